@@ -1,0 +1,189 @@
+"""Configuration: one dataclass per stage, filled from `configs/<dataset>.toml` plus overrides.
+
+The TOML files are the single source of per-dataset facts (class order, seed, signal length,
+levels); code never repeats them. A run saves its effective config, so results carry their settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import TimnetError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+    classes: list[str]
+    recipe: str = "folders"
+    expected_count: int | None = None
+
+
+@dataclass
+class FeatureSettings:
+    """Arguments of the authors' recipe, all explicit so library default changes cannot move them."""
+
+    signal_length: int
+    sample_rate: int = 22050
+    res_type: str = "soxr_hq"
+    n_mfcc: int = 39
+    n_fft: int = 2048
+    hop_length: int = 512
+    window: str = "hann"
+    center: bool = True
+    pad_mode: str = "constant"
+    n_mels: int = 128
+
+    @property
+    def frames(self) -> int:
+        """MFCC frames per utterance (centred STFT: 1 + L // hop)."""
+        return 1 + self.signal_length // self.hop_length if self.center else 1 + (self.signal_length - self.n_fft) // self.hop_length
+
+
+@dataclass
+class ModelSettings:
+    filters: int = 39
+    kernel_size: int = 2
+    levels: int = 8
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainSettings:
+    seed: int = 0
+    folds: int = 10
+    epochs: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    beta1: float = 0.93
+    beta2: float = 0.98
+    eps: float = 1e-8
+    label_smoothing: float = 0.1
+    protocol: str = "random"
+    checkpoint: str = "last"
+    val_fraction: float = 0.1
+    patience: int = 0
+    seeds: list[int] = field(default_factory=list)
+    device: str = "auto"
+
+    PROTOCOLS = ("random", "speaker")
+    CHECKPOINTS = ("last", "best-val", "best-test")
+
+    def validate(self) -> None:
+        if self.protocol not in self.PROTOCOLS:
+            raise TimnetError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(self.PROTOCOLS)}")
+        if self.checkpoint not in self.CHECKPOINTS:
+            raise TimnetError(f"unknown checkpoint policy {self.checkpoint!r}; choose one of {', '.join(self.CHECKPOINTS)}")
+        if self.folds < 2:
+            raise TimnetError(f"folds must be at least 2 (got {self.folds})")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TimnetError("epochs and batch_size must be positive")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise TimnetError(f"val_fraction must be in (0, 0.5) (got {self.val_fraction})")
+
+    @property
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
+
+
+@dataclass
+class Published:
+    paper_uar: float = math.nan
+    paper_war: float = math.nan
+    update_2023_uar: float = math.nan
+    update_2023_war: float = math.nan
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig
+    features: FeatureSettings
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    published: Published = field(default_factory=Published)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.dataset.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        sections = {f.name: f.type for f in fields(cls)}
+        kwargs = {}
+        for name, section_cls in (("dataset", DatasetConfig), ("features", FeatureSettings), ("model", ModelSettings),
+                                  ("train", TrainSettings), ("published", Published)):
+            raw = dict(data.get(name, {}))
+            known = {f.name for f in fields(section_cls)}
+            unknown = set(raw) - known
+            if unknown:
+                raise TimnetError(f"unknown setting(s) in [{name}]: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+            try:
+                kwargs[name] = section_cls(**raw)
+            except TypeError as err:
+                raise TimnetError(f"incomplete [{name}] section: {err}") from None
+        assert set(kwargs) == set(sections)
+        cfg = cls(**kwargs)
+        cfg.train.validate()
+        return cfg
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """Return a copy with `{"train.epochs": 2, ...}` applied, types coerced to the field's type."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section, _, name = key.partition(".")
+            if section not in data or name not in data[section]:
+                raise TimnetError(f"unknown setting {key!r}; settings look like train.epochs or features.n_mfcc")
+            data[section][name] = _coerce(value, data[section][name])
+        return Config.from_dict(data)
+
+
+def _coerce(value: Any, current: Any) -> Any:
+    if isinstance(value, str) and not isinstance(current, str):
+        if isinstance(current, bool):
+            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(current, list):
+            return [int(v) for v in value.split(",") if v.strip()]
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+    return value
+
+
+def known_datasets() -> list[str]:
+    return sorted(p.name[:-5].upper() for p in resources.files("timnet.configs").iterdir() if p.name.endswith(".toml"))
+
+
+def load_config(source: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a config by dataset name (`EMODB`) or TOML path (`configs/emodb.toml`)."""
+    path = Path(source)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise TimnetError(f"{path}: config file not found — see configs/ for examples")
+        text = path.read_text(encoding="utf-8")
+    else:
+        candidate = resources.files("timnet.configs") / f"{str(source).lower()}.toml"
+        if not candidate.is_file():
+            raise TimnetError(f"unknown dataset {source!r}; known: {', '.join(known_datasets())}, or pass a .toml path")
+        text = candidate.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise TimnetError(f"{source}: invalid TOML ({err})") from None
+    cfg = Config.from_dict(data)
+    return cfg.with_overrides(overrides) if overrides else cfg

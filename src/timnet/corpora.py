@@ -1,0 +1,285 @@
+"""Corpus recipes: read a corpus in the layout it is distributed in and return a manifest.
+
+A manifest is a DataFrame, one row per utterance, in the authors' sample order (class by class in
+the config's class order; inside a class, natsort of `<stem>_raw.csv`, the names they sorted):
+
+    file         path relative to the corpus root (posix), e.g. "wav/03a01Wa.wav"
+    path         absolute path
+    stem         file name without extension (the key that ties features, folds and weights together)
+    label        class name;   class_index: position in the class order
+    speaker      speaker id ("" when unknown); gender "m"/"f"/""; session ("" when none)
+
+Labels come from file names (or IEMOCAP's EmoEvaluation files), never from hand-sorted folders.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import natsort
+import pandas as pd
+
+from .config import DatasetConfig
+from .errors import BadFileNameError, TimnetError
+
+COLUMNS = ["file", "path", "stem", "label", "class_index", "speaker", "gender", "session"]
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+
+
+@dataclass(frozen=True)
+class Row:
+    path: Path
+    label: str
+    speaker: str = ""
+    gender: str = ""
+    session: str = ""
+
+
+@dataclass
+class Scan:
+    """What a recipe found: the usable rows and the files it had to leave out, with the reason."""
+
+    rows: list[Row]
+    skipped: list[tuple[str, str]]
+    ignored: int = 0  # files that are legitimately not part of the task (RAVDESS song, other classes)
+
+
+def authors_order(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Sort class by class, then natsort of `<stem>_raw.csv` with ns.PATH, as the authors did."""
+    rank = {c: i for i, c in enumerate(classes)}
+    keyed = natsort.natsort_keygen(alg=natsort.ns.PATH)
+    order = sorted(range(len(df)), key=lambda i: (rank[df.label.iat[i]], keyed(f"{df.stem.iat[i]}_raw.csv")))
+    return df.iloc[order].reset_index(drop=True)
+
+
+def to_manifest(rows: list[Row], root: Path, classes: list[str]) -> pd.DataFrame:
+    rank = {c: i for i, c in enumerate(classes)}
+    df = pd.DataFrame(
+        {
+            "file": [r.path.relative_to(root).as_posix() for r in rows],
+            "path": [str(r.path.resolve()) for r in rows],
+            "stem": [r.path.stem for r in rows],
+            "label": [r.label for r in rows],
+            "class_index": [rank[r.label] for r in rows],
+            "speaker": [r.speaker for r in rows],
+            "gender": [r.gender for r in rows],
+            "session": [r.session for r in rows],
+        },
+        columns=COLUMNS,
+    )
+    return authors_order(df, classes)
+
+
+def _audio_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("._"))
+
+
+def _by_pattern(root: Path, corpus: str, example: str, parse: Callable[[Path], Row | None | str]) -> Scan:
+    """Apply a file-name parser to every audio file; a parser returns a Row, None (not a name of
+    this corpus) or a string (a valid file that is not part of the task, e.g. RAVDESS song)."""
+    rows, skipped, ignored = [], [], 0
+    for path in _audio_files(root):
+        row = parse(path)
+        if isinstance(row, Row):
+            rows.append(row)
+        elif isinstance(row, str):
+            ignored += 1
+        else:
+            skipped.append((path.relative_to(root).as_posix(), BadFileNameError(path, corpus, example).problem))
+    return Scan(rows, skipped, ignored)
+
+
+# --- EMO-DB: wav/03a01Wa.wav -------------------------------------------------------------
+EMODB_EMOTIONS = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fear", "F": "happy", "T": "sad", "N": "neutral"}
+EMODB_GENDER = {"03": "m", "08": "f", "09": "f", "10": "m", "11": "m", "12": "m", "13": "f", "14": "f", "15": "m", "16": "f"}
+_EMODB = re.compile(r"^(?P<speaker>\d\d)(?P<text>[ab]\d\d)(?P<emotion>[WLEAFTN])(?P<version>[a-z])$")
+
+
+def _parse_emodb(path: Path) -> Row | None:
+    m = _EMODB.match(path.stem)
+    if not m:
+        return None
+    return Row(path, EMODB_EMOTIONS[m["emotion"]], m["speaker"], EMODB_GENDER.get(m["speaker"], ""))
+
+
+def scan_emodb(root: Path, classes: list[str]) -> Scan:
+    return _by_pattern(root, "EMODB", "03a01Wa.wav", _parse_emodb)
+
+
+# --- RAVDESS: Actor_01/03-01-05-01-01-01-01.wav (modality-channel-emotion-intensity-statement-rep-actor)
+RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fear", "07": "disgust", "08": "surprise"}
+_RAVDESS = re.compile(r"^(?P<mod>0[1-3])-(?P<chan>0[12])-(?P<emo>0[1-8])-(?P<int>0[12])-(?P<stmt>0[12])-(?P<rep>0[12])-(?P<actor>\d\d)$")
+
+
+def _parse_ravdess(path: Path) -> Row | str | None:
+    m = _RAVDESS.match(path.stem)
+    if not m:
+        return None
+    if m["mod"] != "03" or m["chan"] != "01":
+        return "not audio-only speech"
+    actor = int(m["actor"])
+    return Row(path, RAVDESS_EMOTIONS[m["emo"]], f"{actor:02d}", "m" if actor % 2 else "f")
+
+
+def scan_ravdess(root: Path, classes: list[str]) -> Scan:
+    return _by_pattern(root, "RAVDESS", "Actor_01/03-01-05-01-01-01-01.wav", _parse_ravdess)
+
+
+# --- SAVEE: AudioData/DC/a01.wav or flat DC_a01.wav ---------------------------------------
+SAVEE_EMOTIONS = {"a": "angry", "d": "disgust", "f": "fear", "h": "happy", "n": "neutral", "sa": "sad", "su": "surprise"}
+SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
+_SAVEE = re.compile(r"^(?:(?P<spk>DC|JE|JK|KL)_)?(?P<emo>sa|su|a|d|f|h|n)(?P<num>\d\d)$")
+
+
+def _parse_savee(path: Path) -> Row | None:
+    m = _SAVEE.match(path.stem)
+    speaker = m["spk"] if m and m["spk"] else path.parent.name
+    if not m or speaker not in SAVEE_SPEAKERS:
+        return None
+    return Row(path, SAVEE_EMOTIONS[m["emo"]], speaker, "m")
+
+
+def scan_savee(root: Path, classes: list[str]) -> Scan:
+    return _by_pattern(root, "SAVEE", "AudioData/DC/a01.wav or DC_a01.wav", _parse_savee)
+
+
+def savee_stem(row_stem: str, speaker: str) -> str:
+    """Nested SAVEE files (`DC/a01.wav`) collide across speakers; the canonical stem is `DC_a01`."""
+    return row_stem if row_stem.startswith(f"{speaker}_") else f"{speaker}_{row_stem}"
+
+
+# --- EMOVO: f1/dis-f1-b1.wav ----------------------------------------------------------------
+EMOVO_EMOTIONS = {"dis": "disgust", "gio": "happy", "neu": "neutral", "pau": "fear", "rab": "angry", "sor": "surprise", "tri": "sad"}
+_EMOVO = re.compile(r"^(?P<emo>dis|gio|neu|pau|rab|sor|tri)-(?P<spk>[fm][1-3])-(?P<sent>[a-z]\d)$")
+
+
+def _parse_emovo(path: Path) -> Row | None:
+    m = _EMOVO.match(path.stem)
+    return Row(path, EMOVO_EMOTIONS[m["emo"]], m["spk"], m["spk"][0]) if m else None
+
+
+def scan_emovo(root: Path, classes: list[str]) -> Scan:
+    return _by_pattern(root, "EMOVO", "f1/dis-f1-b1.wav", _parse_emovo)
+
+
+# --- IEMOCAP: Session1/dialog/EmoEvaluation/*.txt + Session1/sentences/wav/<dialog>/<utt>.wav --
+IEMOCAP_LABELS = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}
+_IEMOCAP_LINE = re.compile(r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(?P<utt>Ses\d\d[FM]_\S+)\s+(?P<lab>\w+)\s+\[")
+
+
+def scan_iemocap(root: Path, classes: list[str]) -> Scan:
+    sessions = sorted(root.glob("Session[1-5]"))
+    if not sessions:
+        raise TimnetError(f"{root}: no Session1..Session5 folders — point --data at the IEMOCAP_full_release folder")
+    rows, skipped, ignored = [], [], 0
+    for session in sessions:
+        for txt in sorted((session / "dialog" / "EmoEvaluation").glob("*.txt")):
+            for line in txt.read_text(encoding="utf-8", errors="replace").splitlines():
+                m = _IEMOCAP_LINE.match(line)
+                if not m:
+                    continue
+                if m["lab"] not in IEMOCAP_LABELS:
+                    ignored += 1
+                    continue
+                utt = m["utt"]
+                dialog = utt.rsplit("_", 1)[0]
+                wav = session / "sentences" / "wav" / dialog / f"{utt}.wav"
+                if not wav.is_file():
+                    skipped.append((wav.relative_to(root).as_posix(), f"labelled in {txt.name} but the wav file is missing"))
+                    continue
+                gender = utt.rsplit("_", 1)[1][0]
+                rows.append(Row(wav, IEMOCAP_LABELS[m["lab"]], f"{utt[:5]}{gender}", gender.lower(), session.name))
+    return Scan(rows, skipped, ignored)
+
+
+# --- folder per class: <root>/<class>/<any>.wav (CASIA raw audio, any new corpus) -----------
+def scan_folders(root: Path, classes: list[str]) -> Scan:
+    missing = [c for c in classes if not (root / c).is_dir()]
+    if len(missing) == len(classes):
+        raise TimnetError(f"{root}: expected one folder per class ({', '.join(classes)}) — none found")
+    rows, skipped = [], []
+    for c in classes:
+        for path in _audio_files(root / c) if (root / c).is_dir() else []:
+            rows.append(Row(path, c, speaker=path.parent.name if path.parent != root / c else ""))
+    for path in _audio_files(root):
+        if path.relative_to(root).parts[0] not in classes:
+            skipped.append((path.relative_to(root).as_posix(), f"not inside a class folder ({', '.join(classes)})"))
+    return Scan(rows, skipped)
+
+
+RECIPES: dict[str, Callable[[Path, list[str]], Scan]] = {
+    "emodb": scan_emodb,
+    "ravdess": scan_ravdess,
+    "savee": scan_savee,
+    "emovo": scan_emovo,
+    "iemocap": scan_iemocap,
+    "casia": scan_folders,
+    "folders": scan_folders,
+}
+
+
+def build_manifest(root: Path, dataset: DatasetConfig, skip_bad: bool = False) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Scan `root` with the dataset's recipe; return (manifest, skipped [(file, reason)]).
+
+    Files whose names carry no valid label raise `BadFileNameError` unless `skip_bad`.
+    A count different from the complete corpus is reported as a warning with the numbers.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise TimnetError(f"{root}: corpus folder not found — put {dataset.name} there (see README, 'Corpora') or pass --data")
+    if dataset.recipe not in RECIPES:
+        raise TimnetError(f"unknown recipe {dataset.recipe!r} for {dataset.name}; known: {', '.join(RECIPES)}")
+    scan = RECIPES[dataset.recipe](root, dataset.classes)
+    if scan.skipped and not skip_bad:
+        file, reason = scan.skipped[0]
+        more = f" (and {len(scan.skipped) - 1} more)" if len(scan.skipped) > 1 else ""
+        raise TimnetError(f"{root / file}: {reason}{more} — rename or remove it, or pass --skip-bad to skip and list such files")
+    rows = [r for r in scan.rows if r.label in dataset.classes]
+    if not rows:
+        raise TimnetError(f"{root}: no {dataset.name} audio files found — check the folder layout (see README, 'Corpora')")
+    manifest = to_manifest(rows, root, dataset.classes)
+    if dataset.recipe == "savee":
+        manifest["stem"] = [savee_stem(s, spk) for s, spk in zip(manifest.stem, manifest.speaker)]
+        manifest = authors_order(manifest, dataset.classes)
+    duplicated = manifest.stem[manifest.stem.duplicated()].tolist()
+    if duplicated:
+        raise TimnetError(f"{root}: the same utterance appears twice ({duplicated[0]}) — keep one copy")
+    if dataset.expected_count and len(manifest) != dataset.expected_count:
+        warnings.warn(
+            f"{dataset.name}: found {len(manifest)} utterances in {root}, the complete corpus has {dataset.expected_count} "
+            f"({len(manifest) - dataset.expected_count:+d}); results will not be comparable to the paper",
+            stacklevel=2,
+        )
+    return manifest, scan.skipped
+
+
+# --- canonical (complete) file lists, needed to rebuild the authors' folds from a subset ------
+def canonical_stems(dataset: DatasetConfig) -> pd.DataFrame | None:
+    """The complete corpus as (stem, label) in the authors' order, or None when it is not known."""
+    name = dataset.name.upper()
+    if name == "EMODB":
+        stems = resources.files("timnet").joinpath("data/emodb_files.txt").read_text().split()
+        labels = [EMODB_EMOTIONS[s[5]] for s in stems]
+    elif name == "RAVDESS":
+        stems = [
+            f"03-01-{emo}-{inten}-{stmt}-{rep}-{actor:02d}"
+            for actor in range(1, 25) for emo in RAVDESS_EMOTIONS for inten in ("01", "02")
+            for stmt in ("01", "02") for rep in ("01", "02") if not (emo == "01" and inten == "02")
+        ]
+        labels = [RAVDESS_EMOTIONS[s.split("-")[2]] for s in stems]
+    elif name == "EMOVO":
+        sentences = ["b1", "b2", "b3", "d1", "d2", "l1", "l2", "l3", "l4", "n1", "n2", "n3", "n4", "n5"]
+        stems = [f"{e}-{s}-{t}" for e in EMOVO_EMOTIONS for s in ("f1", "f2", "f3", "m1", "m2", "m3") for t in sentences]
+        labels = [EMOVO_EMOTIONS[s.split("-")[0]] for s in stems]
+    elif name == "SAVEE":
+        counts = {"a": 15, "d": 15, "f": 15, "h": 15, "n": 30, "sa": 15, "su": 15}
+        stems = [f"{spk}_{e}{i:02d}" for spk in SAVEE_SPEAKERS for e, n in counts.items() for i in range(1, n + 1)]
+        labels = [SAVEE_EMOTIONS[s.split("_")[1].rstrip("0123456789")] for s in stems]
+    else:
+        return None
+    df = pd.DataFrame({"stem": stems, "label": labels})
+    return authors_order(df, dataset.classes)

@@ -1,0 +1,23 @@
+"""One exception family, so the CLI can print one clear line instead of a traceback."""
+
+
+class TimnetError(Exception):
+    """A problem the user can fix; the message names the file and what to do."""
+
+
+class BadAudioError(TimnetError):
+    """An audio file that cannot be turned into features (corrupt, empty, silent, too short)."""
+
+    def __init__(self, path, problem: str, fix: str = "remove or replace the file, or pass --skip-bad to skip it"):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem} — {fix}")
+
+
+class BadFileNameError(TimnetError):
+    """A file whose name does not follow the corpus naming scheme, so its label is unknown."""
+
+    def __init__(self, path, corpus: str, example: str):
+        self.path = str(path)
+        self.problem = f"name does not follow the {corpus} pattern (e.g. {example})"
+        super().__init__(f"{path}: {self.problem} — rename or remove it, or pass --skip-bad to skip it")

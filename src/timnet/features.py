@@ -1,0 +1,329 @@
+"""The authors' MFCC recipe, parallel extraction, and the `MFCC/<DATASET>.npy` file trio.
+
+Recipe (TIMNET_FACTS.md): librosa.load at 22.05 kHz mono with soxr_hq resampling; centred zero-pad
+or crop to a fixed length; 39 MFCCs with librosa's defaults passed explicitly; [frames, 39] float32.
+
+On disk, next to each other:
+    <NAME>.npy    np.save({"x": float32 [N, T, 39], "y": one-hot [N, C]})  (the authors' format)
+    <NAME>.csv    the manifest: one row per utterance, in npy order, plus the skipped files
+    <NAME>.json   settings, input fingerprint and the npy's SHA-256 (proves we wrote that npy)
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import __version__
+from .atomic import atomic_path, write_json
+from .config import Config, FeatureSettings
+from .corpora import build_manifest
+from .errors import BadAudioError, TimnetError
+
+SILENCE_PEAK = 1e-4  # below -80 dBFS everywhere: nothing to recognise
+MIN_SECONDS = 0.1
+
+
+def fix_length(y: np.ndarray, length: int) -> np.ndarray:
+    """Centred zero-pad ((L-n)//2 on the left, the rest right) or centred crop (start (n-L)//2)."""
+    n = len(y)
+    if n < length:
+        left = (length - n) // 2
+        return np.pad(y, (left, length - n - left))
+    start = (n - length) // 2
+    return y[start:start + length]
+
+
+def load_signal(path: Path, settings: FeatureSettings, min_seconds: float = MIN_SECONDS) -> np.ndarray:
+    """Load mono float32 audio at the recipe's rate, or raise BadAudioError saying what is wrong.
+
+    Stereo is averaged to mono, other rates are resampled and 8/16/24/32-bit PCM or float are
+    read as float: exactly what the authors' `librosa.load` did, so those are not errors.
+    """
+    import librosa
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadAudioError(path, "file not found", "check the path")
+    try:
+        info = sf.info(str(path))
+    except Exception:  # libsndfile's error type differs across versions
+        raise BadAudioError(path, "cannot be read as audio (corrupt, truncated or not an audio file)") from None
+    if info.frames == 0:
+        raise BadAudioError(path, "is empty (0 samples)")
+    try:
+        y, _ = librosa.load(str(path), sr=settings.sample_rate, mono=True, res_type=settings.res_type)
+    except Exception as err:
+        raise BadAudioError(path, f"cannot be decoded ({type(err).__name__}: {err})") from None
+    if not np.all(np.isfinite(y)):
+        raise BadAudioError(path, "contains NaN or infinite samples (corrupt float wav)")
+    if len(y) < min_seconds * settings.sample_rate:
+        raise BadAudioError(path, f"is too short ({info.frames / info.samplerate:.3f} s < {min_seconds} s)")
+    if np.max(np.abs(y)) < SILENCE_PEAK:
+        raise BadAudioError(path, "is silent (peak below -80 dBFS)")
+    return y
+
+
+def mfcc(signal: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    """[frames, n_mfcc] float32 MFCCs of an already fixed-length signal."""
+    import librosa
+
+    m = librosa.feature.mfcc(
+        y=signal, sr=settings.sample_rate, n_mfcc=settings.n_mfcc, dct_type=2, norm="ortho", lifter=0,
+        n_fft=settings.n_fft, hop_length=settings.hop_length, win_length=None, window=settings.window,
+        center=settings.center, pad_mode=settings.pad_mode, power=2.0, n_mels=settings.n_mels,
+        fmin=0.0, fmax=None, htk=False,
+    )
+    return np.ascontiguousarray(m.T, dtype=np.float32)
+
+
+def extract_file(path: Path, settings: FeatureSettings) -> np.ndarray:
+    """Audio file -> [frames, n_mfcc] with the authors' recipe."""
+    return mfcc(fix_length(load_signal(path, settings), settings.signal_length), settings)
+
+
+def _extract_job(job: tuple[int, str, FeatureSettings]) -> tuple[int, np.ndarray | None, str | None]:
+    index, path, settings = job
+    try:
+        return index, extract_file(Path(path), settings), None
+    except BadAudioError as err:
+        return index, None, err.problem
+
+
+def _pool_context():
+    # fork hands workers the parent's warmed-up librosa (numba code, filter banks) at no cost;
+    # macOS and Windows need spawn, where each worker warms up once.
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def _single_threaded_worker() -> None:
+    """One BLAS thread per worker process: the processes already use every core."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def extract_many(paths: list[str | Path], settings: FeatureSettings, workers: int | None = None,
+                 progress: bool = True) -> tuple[np.ndarray, dict[int, str]]:
+    """Features of many files, in order, using `workers` processes (default: all cores).
+
+    Returns (x [N, frames, n_mfcc] with zeros for failed files, {index: problem} of failed files).
+    """
+    workers = max(1, workers or os.cpu_count() or 1)
+    x = np.zeros((len(paths), settings.frames, settings.n_mfcc), dtype=np.float32)
+    failed: dict[int, str] = {}
+    jobs = [(i, str(p), settings) for i, p in enumerate(paths)]
+    bar = tqdm(total=len(jobs), desc="MFCC", unit="file", disable=not progress)
+
+    def collect(results):
+        for i, feat, problem in results:
+            if problem is None:
+                x[i] = feat
+            else:
+                failed[i] = problem
+            bar.update()
+
+    if workers == 1 or len(jobs) < 4 * workers:
+        collect(map(_extract_job, jobs))
+    else:
+        collect([_extract_job(jobs[0])])  # warm up before forking, so no worker pays the JIT again
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_single_threaded_worker) as pool:
+            collect(pool.map(_extract_job, jobs[1:], chunksize=max(1, min(16, len(jobs) // (8 * workers)))))
+    bar.close()
+    return x, failed
+
+
+# --- the npy / csv / json trio ---------------------------------------------------------------
+@dataclass
+class FeatureSet:
+    """Features ready for training: x [N, T, F] float32, y [N] class indices, manifest rows in order."""
+
+    x: np.ndarray
+    y: np.ndarray
+    manifest: pd.DataFrame
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def sidecars(npy: Path) -> tuple[Path, Path]:
+    return npy.with_suffix(".csv"), npy.with_suffix(".json")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(manifest: pd.DataFrame, settings: FeatureSettings) -> str:
+    """Changes when the settings or any input file (name, size, mtime) changes."""
+    stats = [(f, os.stat(p).st_size, os.stat(p).st_mtime_ns) for f, p in zip(manifest.file, manifest.path)]
+    blob = json.dumps({"settings": dataclasses.asdict(settings), "files": stats}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def write_feature_files(npy: Path, x: np.ndarray, class_index: np.ndarray, n_classes: int,
+                        manifest: pd.DataFrame, record: dict) -> None:
+    """Write npy, then csv, then json (the json, holding the npy's hash, is written last)."""
+    y = np.eye(n_classes, dtype=np.float32)[class_index]
+    with atomic_path(npy) as tmp:
+        np.save(tmp, {"x": x.astype(np.float32), "y": y}, allow_pickle=True)
+    csv, js = sidecars(npy)
+    with atomic_path(csv) as tmp:
+        manifest.to_csv(tmp, index=False)
+    write_json(js, {**record, "npy_sha256": sha256(npy), "count": int(len(x)),
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def read_record(npy: Path) -> dict | None:
+    js = sidecars(npy)[1]
+    if not js.is_file():
+        return None
+    try:
+        return json.loads(js.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
+def load_features(npy: Path, classes: list[str] | None = None, trust_pickle: bool = False) -> FeatureSet:
+    """Read an MFCC npy (ours or the authors'), checking shapes; its manifest if one is beside it.
+
+    The authors' format is a pickle, and unpickling can run code: a file whose SHA-256 matches the
+    record we wrote beside it is ours; any other needs `trust_pickle=True` (CLI: --trust-pickle).
+    """
+    npy = Path(npy)
+    if not npy.is_file():
+        raise TimnetError(f"{npy}: MFCC file not found — run `timnet preprocess` first or check --mfcc")
+    record = read_record(npy)
+    ours = record is not None and record.get("npy_sha256") == sha256(npy)
+    if not ours and not trust_pickle:
+        raise TimnetError(
+            f"{npy}: this .npy holds a pickle that timnet did not write here (or it changed since); unpickling can "
+            "run code from the file — if you trust its source (e.g. the authors' MFCC release), pass --trust-pickle")
+    try:
+        data = np.load(npy, allow_pickle=True)
+        data = data.item() if data.dtype == object else {"x": data}
+    except Exception as err:
+        raise TimnetError(f"{npy}: not a readable NumPy file ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict) or "x" not in data or "y" not in data:
+        raise TimnetError(f"{npy}: expected the authors' format, a dict with 'x' [N, T, 39] and 'y' one-hot [N, C]")
+    x, y = np.asarray(data["x"], dtype=np.float32), np.asarray(data["y"])
+    if x.ndim != 3 or y.ndim != 2 or len(x) != len(y):
+        raise TimnetError(f"{npy}: wrong shapes x {x.shape}, y {y.shape} — expected x [N, T, F] and y [N, C] with the same N")
+    if classes is not None and y.shape[1] != len(classes):
+        raise TimnetError(f"{npy}: y has {y.shape[1]} classes but the config lists {len(classes)} ({', '.join(classes)}) — wrong --dataset?")
+    labels = y.argmax(axis=1)
+    csv = sidecars(npy)[0]
+    if csv.is_file():
+        manifest = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        manifest = manifest[manifest.status == "ok"].reset_index(drop=True) if "status" in manifest else manifest
+        if len(manifest) != len(x):
+            raise TimnetError(f"{csv}: {len(manifest)} rows but {npy.name} holds {len(x)} utterances — re-run `timnet preprocess`")
+    else:
+        names = classes or [str(i) for i in range(y.shape[1])]
+        manifest = pd.DataFrame({"file": [f"{npy.stem}_{i:05d}" for i in range(len(x))], "stem": [f"{npy.stem}_{i:05d}" for i in range(len(x))],
+                                 "label": [names[i] for i in labels], "speaker": "", "gender": "", "session": ""})
+    manifest["class_index"] = labels
+    return FeatureSet(x, labels.astype(np.int64), manifest, list(classes or manifest.label.unique()))
+
+
+@dataclass
+class PreprocessResult:
+    npy: Path
+    count: int
+    skipped: list[tuple[str, str]]
+    up_to_date: bool
+
+
+def _describe_change(npy: Path, record: dict, manifest: pd.DataFrame, settings: FeatureSettings) -> str:
+    old = record.get("settings", {})
+    changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(settings).items() if old.get(k) != v]
+    csv = sidecars(npy)[0]
+    if csv.is_file():
+        before = set(pd.read_csv(csv, dtype=str, keep_default_na=False).file)
+        now = set(manifest.file)
+        if before != now:
+            changed.append(f"{len(now - before)} file(s) added, {len(before - now)} removed")
+    return "; ".join(changed) or "input files were modified"
+
+
+def preprocess(config: Config, data: Path, out_dir: Path, workers: int | None = None, skip_bad: bool = False,
+               overwrite: bool = False, progress: bool = True, trust_pickle: bool = False) -> PreprocessResult:
+    """Corpus folder (or the authors' npy) -> `out_dir/<NAME>.npy/.csv/.json`. Idempotent."""
+    data, out_dir = Path(data), Path(out_dir)
+    npy = out_dir / f"{config.dataset.name}.npy"
+    if data.suffix == ".npy":
+        return _import_authors_npy(config, data, npy, trust_pickle, overwrite)
+    manifest, name_problems = build_manifest(data, config.dataset, skip_bad=skip_bad)
+    settings = config.features
+    fp = fingerprint(manifest, settings)
+    record = read_record(npy)
+    if npy.exists():
+        if record and record.get("fingerprint") == fp and record.get("npy_sha256") == sha256(npy):
+            return PreprocessResult(npy, int(record["count"]), [tuple(s) for s in record.get("skipped", [])], True)
+        if not overwrite:
+            why = _describe_change(npy, record, manifest, settings) if record else "it was not written by timnet"
+            raise TimnetError(f"{npy} already exists and differs ({why}) — pass --overwrite to replace it, or --out for another folder")
+    x, failed = extract_many(list(manifest.path), settings, workers=workers, progress=progress)
+    if failed and not skip_bad:
+        i = min(failed)
+        more = f" (and {len(failed) - 1} more bad file(s))" if len(failed) > 1 else ""
+        raise BadAudioError(manifest.path.iat[i], failed[i] + more)
+    good = np.array([i not in failed for i in range(len(manifest))], dtype=bool)
+    skipped = list(name_problems) + [(manifest.file.iat[i], failed[i]) for i in sorted(failed)]
+    table = manifest.drop(columns=["path"])[good].astype({"class_index": str}).assign(status="ok")
+    table = pd.concat([table, pd.DataFrame({"file": [s[0] for s in skipped], "status": [f"skipped: {s[1]}" for s in skipped]})],
+                      ignore_index=True).fillna("")
+    if not good.any():
+        raise TimnetError(f"{data}: every file was bad; nothing to write")
+    record = {"dataset": config.dataset.name, "classes": config.dataset.classes, "source": str(data.resolve()),
+              "settings": dataclasses.asdict(settings), "fingerprint": fp, "skipped": skipped,
+              "timnet_version": __version__, "librosa_version": _librosa_version()}
+    write_feature_files(npy, x[good], manifest.class_index.to_numpy()[good], config.n_classes, table, record)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} bad file(s); they are listed in {sidecars(npy)[0]} with the reason", stacklevel=2)
+    return PreprocessResult(npy, int(good.sum()), skipped, False)
+
+
+def _import_authors_npy(config: Config, src: Path, npy: Path, trust_pickle: bool, overwrite: bool) -> PreprocessResult:
+    """CASIA's raw audio is not public: users bring the authors' npy; we validate and adopt it."""
+    fs = load_features(src, config.dataset.classes, trust_pickle=trust_pickle)
+    if fs.x.shape[1:] != (config.features.frames, config.features.n_mfcc):
+        raise TimnetError(f"{src}: features are {fs.x.shape[1:]} per utterance, {config.dataset.name} expects "
+                          f"({config.features.frames}, {config.features.n_mfcc}) — wrong --dataset?")
+    record = read_record(npy)
+    fp = sha256(src)
+    if npy.exists():
+        if record and record.get("fingerprint") == fp:
+            return PreprocessResult(npy, int(record["count"]), [], True)
+        if not overwrite:
+            raise TimnetError(f"{npy} already exists and differs — pass --overwrite to replace it, or --out for another folder")
+    table = fs.manifest.drop(columns=["class_index"]).assign(status="ok")
+    record = {"dataset": config.dataset.name, "classes": config.dataset.classes, "source": str(src.resolve()),
+              "settings": dataclasses.asdict(config.features), "fingerprint": fp, "skipped": [],
+              "imported_from_authors_npy": True, "timnet_version": __version__}
+    write_feature_files(npy, fs.x, fs.y, config.n_classes, table, record)
+    return PreprocessResult(npy, len(fs), [], False)
+
+
+def _librosa_version() -> str:
+    import librosa
+
+    return librosa.__version__
