@@ -136,14 +136,44 @@ def extract_many(paths: list[str | Path], settings: FeatureSettings, workers: in
                 failed[i] = problem
             bar.update()
 
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # same BLAS threading in every mode: features do not depend on `workers`
+        collect([_extract_job(jobs[0])] if jobs else [])  # also warms up before forking: no worker pays the JIT again
     if workers == 1 or len(jobs) < 4 * workers:
-        collect(map(_extract_job, jobs))
+        with threadpool_limits(1):
+            collect(map(_extract_job, jobs[1:]))
     else:
-        collect([_extract_job(jobs[0])])  # warm up before forking, so no worker pays the JIT again
         with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_single_threaded_worker) as pool:
             collect(pool.map(_extract_job, jobs[1:], chunksize=max(1, min(16, len(jobs) // (8 * workers)))))
     bar.close()
     return x, failed
+
+
+def extract_manifest(manifest: pd.DataFrame, settings: FeatureSettings, workers: int | None = None, skip_bad: bool = False,
+                     progress: bool = True) -> tuple[np.ndarray, pd.DataFrame, list[tuple[str, str]]]:
+    """Features of every manifest row: (x of the good rows, their manifest rows, [(file, problem)] skipped).
+
+    Without `skip_bad` the first bad file raises BadAudioError, saying how many more there are.
+    """
+    x, failed = extract_many(list(manifest.path), settings, workers=workers, progress=progress)
+    if failed and not skip_bad:
+        i = min(failed)
+        more = f" (and {len(failed) - 1} more bad file(s))" if len(failed) > 1 else ""
+        raise BadAudioError(manifest.path.iat[i], failed[i] + more)
+    good = np.array([i not in failed for i in range(len(manifest))], dtype=bool)
+    if not good.any():
+        raise TimnetError(f"every one of the {len(manifest)} files was bad; nothing to compute")
+    skipped = [(manifest.file.iat[i], failed[i]) for i in sorted(failed)]
+    return x[good], manifest[good].reset_index(drop=True), skipped
+
+
+def features_from_audio(config: Config, data: Path, workers: int | None = None, skip_bad: bool = False,
+                        progress: bool = True) -> tuple[FeatureSet, list[tuple[str, str]]]:
+    """A corpus folder straight to features in memory (nothing written)."""
+    manifest, skipped = build_manifest(Path(data), config.dataset, skip_bad=skip_bad)
+    x, good, bad = extract_manifest(manifest, config.features, workers, skip_bad, progress)
+    return FeatureSet(x, good.class_index.to_numpy().astype(np.int64), good, list(config.dataset.classes)), skipped + bad
 
 
 # --- the npy / csv / json trio ---------------------------------------------------------------
@@ -281,25 +311,18 @@ def preprocess(config: Config, data: Path, out_dir: Path, workers: int | None = 
         if not overwrite:
             why = _describe_change(npy, record, manifest, settings) if record else "it was not written by timnet"
             raise TimnetError(f"{npy} already exists and differs ({why}) — pass --overwrite to replace it, or --out for another folder")
-    x, failed = extract_many(list(manifest.path), settings, workers=workers, progress=progress)
-    if failed and not skip_bad:
-        i = min(failed)
-        more = f" (and {len(failed) - 1} more bad file(s))" if len(failed) > 1 else ""
-        raise BadAudioError(manifest.path.iat[i], failed[i] + more)
-    good = np.array([i not in failed for i in range(len(manifest))], dtype=bool)
-    skipped = list(name_problems) + [(manifest.file.iat[i], failed[i]) for i in sorted(failed)]
-    table = manifest.drop(columns=["path"])[good].astype({"class_index": str}).assign(status="ok")
+    x, good_manifest, skipped = extract_manifest(manifest, settings, workers, skip_bad, progress)
+    skipped = list(name_problems) + skipped
+    table = good_manifest.drop(columns=["path"]).astype({"class_index": str}).assign(status="ok")
     table = pd.concat([table, pd.DataFrame({"file": [s[0] for s in skipped], "status": [f"skipped: {s[1]}" for s in skipped]})],
                       ignore_index=True).fillna("")
-    if not good.any():
-        raise TimnetError(f"{data}: every file was bad; nothing to write")
     record = {"dataset": config.dataset.name, "classes": config.dataset.classes, "source": str(data.resolve()),
               "settings": dataclasses.asdict(settings), "fingerprint": fp, "skipped": skipped,
               "timnet_version": __version__, "librosa_version": _librosa_version()}
-    write_feature_files(npy, x[good], manifest.class_index.to_numpy()[good], config.n_classes, table, record)
+    write_feature_files(npy, x, good_manifest.class_index.to_numpy(), config.n_classes, table, record)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} bad file(s); they are listed in {sidecars(npy)[0]} with the reason", stacklevel=2)
-    return PreprocessResult(npy, int(good.sum()), skipped, False)
+    return PreprocessResult(npy, len(x), skipped, False)
 
 
 def _import_authors_npy(config: Config, src: Path, npy: Path, trust_pickle: bool, overwrite: bool) -> PreprocessResult:

@@ -1,0 +1,123 @@
+"""`timnet` command line: a thin shell over the library. Errors the user can fix print one line."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from .config import load_config
+from .errors import TimnetError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="dataset name (EMODB, RAVDESS, ...) or configs/<name>.toml")
+    p.add_argument("--config", type=Path, help="a TOML config (default: the built-in one of --dataset)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set features.res_type=soxr_vhq (repeatable)")
+
+
+def _config(args, **overrides):
+    source = args.config or args.dataset
+    if source is None:
+        raise TimnetError("say which dataset: --dataset EMODB (or --config configs/emodb.toml)")
+    pairs = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TimnetError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    pairs.update({k: v for k, v in overrides.items() if v is not None})
+    return load_config(source, pairs)
+
+
+def cmd_preprocess(args) -> None:
+    from .features import preprocess
+
+    cfg = _config(args)
+    data = args.data or Path("Datasets") / cfg.dataset.name
+    result = preprocess(cfg, data, args.out, workers=args.workers, skip_bad=args.skip_bad, overwrite=args.overwrite,
+                        progress=not args.quiet, trust_pickle=args.trust_pickle)
+    state = "up to date (nothing changed)" if result.up_to_date else "written"
+    print(f"{result.npy}: {result.count} utterances, {state}")
+    for file, reason in result.skipped:
+        print(f"  skipped {file}: {reason}")
+
+
+def _feature_set(cfg, data: Path, args):
+    """An MFCC .npy, or a corpus folder whose features are computed on the fly."""
+    from .features import features_from_audio, load_features
+
+    if data.suffix == ".npy":
+        return load_features(data, cfg.dataset.classes, trust_pickle=args.trust_pickle)
+    features, skipped = features_from_audio(cfg, data, workers=args.workers, skip_bad=args.skip_bad, progress=not args.quiet)
+    for file, reason in skipped:
+        print(f"  skipped {file}: {reason}")
+    return features
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate_weights
+    from .report import write_evaluation
+
+    cfg = _config(args)
+    if args.out and args.out.exists():
+        raise TimnetError(f"{args.out} already exists — earlier results are never overwritten; choose another file name")
+    features = _feature_set(cfg, args.data or Path("MFCC") / f"{cfg.dataset.name}.npy", args)
+    ev = evaluate_weights(args.weights, cfg, features, seed=args.seed, device=args.device)
+    print(ev.folds.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    o = ev.overall
+    print(f"overall on {len(ev.predictions)} test files ({ev.missing} of the authors' test files missing): "
+          f"WAR {o['war']:.2f} %  UAR {o['uar']:.2f} %  macro-F1 {o['f1']:.2f} %")
+    if args.out:
+        write_evaluation(args.out, ev, cfg, source=str(args.weights))
+        print(f"wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (PyTorch).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("preprocess", help="corpus audio -> MFCC/<DATASET>.npy (+ .csv manifest, .json settings)")
+    _config_args(p)
+    p.add_argument("--data", type=Path, help="corpus folder in its distributed layout (default Datasets/<DATASET>), "
+                   "or the authors' MFCC .npy (CASIA)")
+    p.add_argument("--out", type=Path, default=Path("MFCC"), help="output folder (default MFCC)")
+    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable/silent/misnamed files and list them in the manifest")
+    p.add_argument("--overwrite", action="store_true", help="replace features computed from other data or settings")
+    p.add_argument("--trust-pickle", action="store_true", help="allow reading a pickled .npy not written by timnet")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("evaluate", help="evaluate the authors' published weights on their own test folds")
+    _config_args(p)
+    p.add_argument("--weights", type=Path, required=True, help="the authors' zip (EMODB_46.zip), its folder, or one .hdf5")
+    p.add_argument("--data", type=Path, help="corpus folder or MFCC .npy (default MFCC/<DATASET>.npy)")
+    p.add_argument("--seed", type=int, help="KFold seed (default: from the weights' name, e.g. _46)")
+    p.add_argument("--out", type=Path, help="also write the per-fold table and predictions to this .xlsx")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+    try:
+        args.func(args)
+    except TimnetError as err:
+        print(f"timnet: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("timnet: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Spreadsheets: one workbook per run, and the cross-run `Accuracy Analysis Summary.xlsx`.
+
+Workbooks are written to a temporary file and renamed, so a crash never leaves half a workbook,
+and a run's workbook is never overwritten (each run has its own id).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import atomic_path
+from .config import Config
+from .errors import TimnetError
+
+SUMMARY_NAME = "Accuracy Analysis Summary.xlsx"
+
+
+def _config_sheet(cfg: Config) -> pd.DataFrame:
+    rows = [(f"{section}.{key}", str(value)) for section, values in cfg.to_dict().items() for key, value in values.items()]
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def write_workbook(path: Path, sheets: dict[str, pd.DataFrame], overwrite: bool = False) -> Path:
+    """Write sheets atomically; refuse to replace an existing workbook unless `overwrite`."""
+    path = Path(path)
+    if path.suffix != ".xlsx":
+        raise TimnetError(f"{path}: results are written as .xlsx — give a file name ending in .xlsx")
+    if path.exists() and not overwrite:
+        raise TimnetError(f"{path} already exists — earlier results are never overwritten; choose another file name")
+    with atomic_path(path) as tmp:
+        with pd.ExcelWriter(tmp, engine="openpyxl") as writer:
+            for name, frame in sheets.items():
+                frame.to_excel(writer, sheet_name=name[:31], index=frame.index.name is not None)
+    return path
+
+
+def write_evaluation(path: Path, ev, cfg: Config, source: str) -> Path:
+    folds = ev.folds.copy()
+    overall = {"fold": "overall", "n_test": int(folds.n_test.sum()), "missing": ev.missing, **ev.overall}
+    folds = pd.concat([folds, pd.DataFrame([overall])], ignore_index=True)
+    info = pd.DataFrame({"setting": ["weights"], "value": [source]})
+    return write_workbook(path, {"folds": folds, "predictions": ev.predictions, "config": pd.concat([info, _config_sheet(cfg)])})
+
+
+def summary_row(run_id: str, cfg: Config, folds: pd.DataFrame, seeds: list[int]) -> dict:
+    """One line of the cross-run summary: mean ± std over folds (and seeds), beside published numbers."""
+    t, p = cfg.train, cfg.published
+    row = {"run": run_id, "dataset": cfg.dataset.name, "protocol": t.protocol,
+           "checkpoint": t.checkpoint + (" (optimistic: picked on the test fold)" if t.checkpoint == "best-test" else ""),
+           "folds": t.folds, "epochs": t.epochs, "seeds": ",".join(map(str, seeds)), "utterances": int(folds.n_test.sum())}
+    for metric in ("war", "uar", "f1"):
+        per_seed = folds.groupby("seed")[metric].mean() if "seed" in folds else folds[metric]
+        row[f"{metric}_mean"] = round(float(folds[metric].mean()), 2)
+        row[f"{metric}_std"] = round(float(folds[metric].std(ddof=0)), 2)
+        row[f"{metric}_std_over_seeds"] = round(float(per_seed.std(ddof=0)), 2) if len(per_seed) > 1 else math.nan
+    row.update({"paper_war": p.paper_war, "paper_uar": p.paper_uar, "authors_2023_war": p.update_2023_war, "authors_2023_uar": p.update_2023_uar})
+    return row
+
+
+def append_summary(results_dir: Path, row: dict) -> Path:
+    """Add (or refresh, for the same run id) one row of `Results/Accuracy Analysis Summary.xlsx`."""
+    path = Path(results_dir) / SUMMARY_NAME
+    table = pd.read_excel(path, sheet_name="runs") if path.exists() else pd.DataFrame()
+    if len(table) and "run" in table:
+        table = table[table.run.astype(str) != row["run"]]
+    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+    return write_workbook(path, {"runs": table}, overwrite=True)

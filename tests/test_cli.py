@@ -1,0 +1,49 @@
+"""The `timnet` command: real runs on synthetic corpora, one-line errors with exit code 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from conftest import WEIGHTS, needs_shared
+
+from timnet.cli import main
+
+
+def test_preprocess_then_noop(emodb_root, tmp_path, capsys):
+    out = tmp_path / "MFCC"
+    assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--out", str(out), "--quiet", "--workers", "2"]) == 0
+    assert "84 utterances, written" in capsys.readouterr().out
+    assert np.load(out / "EMODB.npy", allow_pickle=True).item()["x"].shape == (84, 188, 39)
+    assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--out", str(out), "--quiet"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_bad_file_is_one_line_and_exit_2(emodb_root, tmp_path):
+    (emodb_root / "wav" / "03a07Wa.wav").write_bytes(b"\x00" * 10)
+    proc = subprocess.run([sys.executable, "-m", "timnet.cli", "preprocess", "--dataset", "EMODB", "--data", str(emodb_root),
+                           "--out", str(tmp_path / "o"), "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.splitlines() if line.startswith("timnet: error")]
+    assert len(err) == 1 and "03a07Wa.wav: cannot be read as audio" in err[0] and "--skip-bad" in err[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_set_overrides_and_unknown_setting(emodb_root, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--out", str(out), "--quiet",
+                 "--set", "features.signal_length=48000"]) == 0
+    assert np.load(out / "EMODB.npy", allow_pickle=True).item()["x"].shape[1] == 94
+    assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--set", "features.nope=1"]) == 2
+    assert "unknown setting 'features.nope'" in capsys.readouterr().err
+    assert main(["preprocess", "--dataset", "NOPE", "--data", str(emodb_root)]) == 2
+    assert "unknown dataset 'NOPE'" in capsys.readouterr().err
+
+
+@needs_shared
+def test_evaluate_wrong_dataset_for_weights(emodb_root, tmp_path, capsys):
+    out = tmp_path / "MFCC"
+    main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--out", str(out), "--quiet"])
+    code = main(["evaluate", "--dataset", "EMODB", "--weights", str(WEIGHTS / "RAVDE_46.zip"), "--data", str(out / "EMODB.npy")])
+    assert code == 2
+    assert "trained for 8 classes" in capsys.readouterr().err

@@ -1,0 +1,58 @@
+"""The faithfulness test: the authors' weights, their folds, features we compute from original audio."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared
+
+from timnet import load_config
+from timnet.evaluate import authors_test_folds, evaluate_weights, infer, model_config
+from timnet.features import features_from_audio
+from timnet.keras_weights import load_fold_models
+
+pytestmark = needs_shared
+
+
+@pytest.fixture(scope="module")
+def emodb_subset():
+    cfg = load_config("EMODB")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        features, skipped = features_from_audio(cfg, EMODB_16K, progress=False)
+    assert skipped == [] and len(features) == 361
+    return cfg, features
+
+
+def test_reproduces_the_authors_keras_evaluation(emodb_subset):
+    cfg, features = emodb_subset
+    ev = evaluate_weights(WEIGHTS / "EMODB_46.zip", cfg, features)
+    ref = pd.read_csv(REPO / "tests/data/keras_reference_emodb46_predictions.csv", dtype={"stem": str})
+    merged = ref.merge(ev.predictions, on="stem", validate="one_to_one")
+    assert len(merged) == len(ev.predictions) == 361
+    assert (merged.fold_x == merged.fold_y).all(), "a file landed in another test fold than in the reference"
+    agreement = (merged.keras_pred.map(cfg.dataset.classes.__getitem__) == merged.predicted).mean()
+    assert agreement >= 0.995
+    keras_war = (ref.label == ref.keras_pred).mean() * 100
+    assert abs(ev.overall["war"] - keras_war) <= 0.3
+    # the authors' own Keras code on these 361 files: WAR 94.46 %, UAR 93.74 %
+    assert ev.overall["war"] == pytest.approx(94.46, abs=0.3)
+    assert ev.overall["uar"] == pytest.approx(93.74, abs=0.5)
+    assert ev.missing == 535 - 361
+    assert ev.folds.war.min() >= 85 and ev.folds.war.max() <= 100
+
+
+def test_fold_models_know_their_training_files(emodb_subset):
+    """A wrong order or seed leaks training files into test folds; the right one makes every fold model
+    ~100 % on its own training files and wrong only on test files."""
+    cfg, features = emodb_subset
+    tests, _ = authors_test_folds(cfg, features, 10, 46)
+    models = load_fold_models(WEIGHTS / "EMODB_46.zip", model_config(cfg))
+    for k in (1, 5, 10):
+        train = np.setdiff1d(np.arange(len(features)), tests[k - 1])
+        prob, _ = infer(models[k], features.x[train])
+        assert (prob.argmax(1) == features.y[train]).mean() >= 0.99
+    wrong_seed, _ = authors_test_folds(cfg, features, 10, 0)
+    assert not all(np.array_equal(a, b) for a, b in zip(tests, wrong_seed))
