@@ -74,6 +74,31 @@ def cmd_evaluate(args) -> None:
         print(f"wrote {args.out}")
 
 
+def cmd_train(args) -> None:
+    import torch
+
+    from .train import run_training
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    changed = [name for name in ("dataset", "config", "mfcc", "folds", "epochs", "protocol", "checkpoint", "seeds", "patience", "batch_size")
+               if getattr(args, name) is not None] + (["set"] if args.set else [])
+    if args.resume and changed:
+        raise TimnetError(f"--resume continues a run with its saved config; drop --{', --'.join(n.replace('_', '-') for n in changed)}")
+    cfg = _config(args, **{"train.folds": args.folds, "train.epochs": args.epochs, "train.protocol": args.protocol,
+                           "train.checkpoint": args.checkpoint, "train.seeds": args.seeds, "train.patience": args.patience,
+                           "train.batch_size": args.batch_size}) if not args.resume else None
+    mfcc = args.mfcc or (Path("MFCC") / f"{cfg.dataset.name}.npy" if cfg else None)
+    result = run_training(cfg, mfcc, args.models, args.logs, args.results, resume=args.resume, device=args.device,
+                          progress=not args.quiet, only_folds=args.only_folds)
+    print(result.folds.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    s = result.summary
+    note = "  (OPTIMISTIC: epoch picked on the test fold)" if "optimistic" in s["checkpoint"] else ""
+    print(f"run {result.run_id}: WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  "
+          f"macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f}{note}")
+    print(f"wrote {result.workbook}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (PyTorch).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train and evaluate TIM-Net over k folds; writes Models/, logs/, Results/")
+    _config_args(p)
+    p.add_argument("--mfcc", type=Path, help="features from `timnet preprocess` (default MFCC/<DATASET>.npy)")
+    p.add_argument("--folds", type=int, help="number of folds (authors: 10)")
+    p.add_argument("--epochs", type=int, help="epochs per fold (authors: 500)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--protocol", choices=["random", "speaker"], help="random = authors' KFold; speaker = speaker-independent")
+    p.add_argument("--checkpoint", choices=["last", "best-val", "best-test"],
+                   help="which epoch's weights are evaluated; best-test is the paper's optimistic protocol")
+    p.add_argument("--patience", type=int, help="early stopping on validation accuracy (0 = off)")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 46,1,2: results as mean ± std")
+    p.add_argument("--only-folds", type=lambda v: [int(i) for i in v.split(",")], help="train only these folds, e.g. 1,2")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its saved config is used)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    p.add_argument("--models", type=Path, default=Path("Models"))
+    p.add_argument("--logs", type=Path, default=Path("logs"))
+    p.add_argument("--results", type=Path, default=Path("Results"))
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

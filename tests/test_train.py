@@ -1,0 +1,196 @@
+"""Training over folds on synthetic audio: files written, protocols, learning, resume after kill -9."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import emodb_tree
+from sklearn.model_selection import KFold
+
+from timnet import load_config
+from timnet.corpora import canonical_stems
+from timnet.errors import TimnetError
+from timnet.features import load_features, preprocess
+from timnet.report import SUMMARY_NAME
+from timnet.splits import make_folds, speaker_folds, validation_split
+from timnet.train import run_training
+
+
+# Short signals (16000 samples -> 32 frames) keep training tests fast; the model is the same.
+SHORT = {"features.signal_length": 16000}
+
+
+@pytest.fixture(scope="module")
+def mfcc(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    tree = emodb_tree(root / "EMODB", speakers=("03", "08", "09", "10"), texts=("a01", "a02", "a04"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        preprocess(load_config("EMODB", SHORT), tree, root / "MFCC", progress=False)
+    return root / "MFCC" / "EMODB.npy"
+
+
+def train(tmp_path, mfcc, **overrides):
+    cfg = load_config("EMODB", {**SHORT, **{f"train.{k}": v for k, v in overrides.items()}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_training(cfg, mfcc, tmp_path / "Models", tmp_path / "logs", tmp_path / "Results", device="cpu", progress=False)
+
+
+def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
+    before = np.load(mfcc, allow_pickle=True).item()["y"].copy()
+    run = train(tmp_path, mfcc, folds=2, epochs=2)
+    models, logs = tmp_path / "Models" / run.run_id, tmp_path / "logs" / run.run_id
+    for k in (1, 2):
+        saved = torch.load(models / f"fold_{k}.pt", weights_only=True)
+        assert saved["fold"] == k and saved["epoch"] == 2 and saved["config"]["train"]["epochs"] == 2
+        assert set(saved["metrics"]) == {"war", "uar", "f1"} and len(saved["test_stems"]) == 42
+        assert saved["test_probs"].shape == (42, 7)
+        torch.testing.assert_close(saved["test_probs"].sum(1), torch.ones(42))
+        history = pd.read_csv(logs / f"fold_{k}.csv")
+        assert list(history.columns) == ["epoch", "loss", "train_acc", "val_acc", "test_acc"] and list(history.epoch) == [1, 2]
+        assert (logs / f"fold_{k}.png").stat().st_size > 5000
+    assert not list(models.glob("*.state.pt")), "per-epoch state must be removed once a fold is done"
+    assert (models / "config.json").is_file() and (logs / "config.json").is_file()
+
+    book = pd.read_excel(run.workbook, sheet_name=None)
+    assert set(book) == {"folds", "predictions", "confusion", "config"}
+    folds = book["folds"]
+    assert list(folds.fold[:2]) == [1, 2] and list(folds.fold[2:]) == ["mean", "std"]
+    assert folds.war[2] == pytest.approx(folds.war[:2].mean())
+    preds = book["predictions"]
+    assert len(preds) == 84 and preds.file.str.startswith("wav/").all() and preds.stem.is_unique
+    assert np.allclose(preds.filter(like="p_").sum(1), 1, atol=1e-5)
+    war = (preds.label == preds.predicted).mean() * 100
+    assert war == pytest.approx((folds.war[:2] * folds.n_test[:2]).sum() / 84)
+    assert book["confusion"].drop(columns="true").to_numpy().sum() == 84
+    assert "train.epochs" in set(book["config"].setting)
+
+    summary = pd.read_excel(tmp_path / "Results" / SUMMARY_NAME)
+    assert list(summary.run) == [run.run_id]
+    assert summary.paper_war[0] == 95.70 and summary.authors_2023_war[0] == 90.28
+    assert summary.war_mean[0] == pytest.approx(folds.war[:2].mean(), abs=0.01)
+    # label smoothing never touches the labels (upstream smoothed them in place, once per fold)
+    np.testing.assert_array_equal(np.load(mfcc, allow_pickle=True).item()["y"], before)
+
+    again = train(tmp_path, mfcc, folds=2, epochs=1)
+    assert again.run_id != run.run_id and run.workbook.exists()
+    assert len(pd.read_excel(tmp_path / "Results" / SUMMARY_NAME)) == 2
+
+
+def test_short_run_beats_chance_by_a_wide_margin(tmp_path, mfcc):
+    # enough optimiser steps for BatchNorm's slow (Keras momentum 0.99) running statistics to settle
+    run = train(tmp_path, mfcc, folds=2, epochs=30, batch_size=16)
+    assert run.summary["war_mean"] >= 60, run.folds  # chance is 14 %
+
+
+def test_best_test_is_labelled_optimistic_and_best_val_uses_validation(tmp_path, mfcc):
+    run = train(tmp_path, mfcc, folds=2, epochs=3, checkpoint="best-test")
+    assert "optimistic" in run.summary["checkpoint"]
+    config_sheet = pd.read_excel(run.workbook, sheet_name="config")
+    assert config_sheet.value[1].startswith("OPTIMISTIC")
+    run = train(tmp_path, mfcc, folds=2, epochs=3, checkpoint="best-val", protocol="speaker")
+    history = pd.read_csv(tmp_path / "logs" / run.run_id / "fold_1.csv")
+    assert history.val_acc.notna().all()
+    saved = torch.load(tmp_path / "Models" / run.run_id / "fold_1.pt", weights_only=True)
+    assert saved["epoch"] == int(history.val_acc.idxmax()) + 1
+
+
+def test_several_seeds_give_mean_and_std(tmp_path, mfcc):
+    run = train(tmp_path, mfcc, folds=2, epochs=1, seeds=[46, 7])
+    assert sorted(set(run.folds.seed)) == [7, 46] and len(run.folds) == 4
+    assert (tmp_path / "Models" / run.run_id / "fold_1_seed7.pt").exists()
+    assert run.summary["seeds"] == "46,7" and not np.isnan(run.summary["war_std_over_seeds"])
+
+
+# --- protocols ---------------------------------------------------------------------------
+def test_random_folds_equal_the_authors_kfold():
+    cfg = load_config("EMODB")
+    canonical = canonical_stems(cfg.dataset)
+    folds = make_folds("random", canonical.assign(speaker=""), canonical, 10, 46)
+    for (tr, te), (ktr, kte) in zip(folds, KFold(10, shuffle=True, random_state=46).split(np.zeros(535))):
+        np.testing.assert_array_equal(te, kte)
+        np.testing.assert_array_equal(tr, ktr)
+    # a subset keeps the authors' test sets, restricted to the files present
+    subset = canonical.iloc[::3].reset_index(drop=True)
+    sub_folds = make_folds("random", subset, canonical, 10, 46)
+    for (_, te), (_, full_te) in zip(sub_folds, folds):
+        assert set(subset.stem[te]) == set(canonical.stem[full_te]) & set(subset.stem)
+
+
+def test_speaker_folds_share_no_speaker(mfcc):
+    fs = load_features(mfcc, load_config("EMODB").dataset.classes)
+    folds = make_folds("speaker", fs.manifest, None, 10, 46)
+    assert len(folds) == 4  # leave-one-speaker-out with 4 speakers
+    for tr, te in folds:
+        assert not set(fs.manifest.speaker[tr]) & set(fs.manifest.speaker[te])
+        assert len(tr) + len(te) == len(fs)
+    two = speaker_folds(fs.manifest.speaker, 2, seed=0)
+    assert [len(set(fs.manifest.speaker[te])) for _, te in two] == [2, 2]
+    sessions = pd.DataFrame({"stem": list("abcdef"), "speaker": ["S1F", "S1M", "S2F", "S2M", "S3F", "S3M"],
+                             "session": ["Session1", "Session1", "Session2", "Session2", "Session3", "Session3"]})
+    assert [list(te) for _, te in make_folds("speaker", sessions, None, 5, 0)] == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(TimnetError, match="need a speaker for every utterance.*--protocol random"):
+        make_folds("speaker", fs.manifest.assign(speaker=""), None, 10, 46)
+
+
+def test_validation_comes_from_training_part_only(mfcc):
+    fs = load_features(mfcc, load_config("EMODB").dataset.classes)
+    train_idx, test_idx = make_folds("speaker", fs.manifest, None, 10, 46)[0]
+    tr, va = validation_split(train_idx, fs.y, fs.manifest.speaker, 0.1, seed=0)
+    assert set(tr) | set(va) == set(train_idx) and not set(va) & set(test_idx) and not set(tr) & set(va)
+    assert not set(fs.manifest.speaker[tr]) & set(fs.manifest.speaker[va])
+    tr, va = validation_split(train_idx, fs.y, None, 0.2, seed=0)
+    assert set(tr) | set(va) == set(train_idx) and len(va) == pytest.approx(0.2 * len(train_idx), abs=1)
+
+
+# --- interruption -------------------------------------------------------------------------
+def cli(*args):
+    config = [] if "--resume" in args else ["--dataset", "EMODB", "--set", "features.signal_length=16000"]
+    return [sys.executable, "-m", "timnet.cli", "train", *config, "--device", "cpu", "--threads", "1", "--quiet", *args]
+
+
+def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfcc):
+    common = ["--mfcc", str(mfcc), "--folds", "2", "--epochs", "30"]
+    dirs = lambda name: ["--models", str(tmp_path / name / "M"), "--logs", str(tmp_path / name / "L"), "--results", str(tmp_path / name / "R")]  # noqa: E731
+    subprocess.run(cli(*common, *dirs("whole")), check=True, capture_output=True)
+
+    proc = subprocess.Popen(cli(*common, *dirs("killed")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    history = None
+    while time.time() < deadline:
+        found = list((tmp_path / "killed" / "L").glob("*/fold_1.csv"))
+        if found and len(pd.read_csv(found[0])) >= 5:
+            history = found[0]
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert history is not None, "the run never got going"
+    run_id = history.parent.name
+    models = tmp_path / "killed" / "M" / run_id
+    assert not (models / "fold_2.pt").exists(), "the kill came too late to test anything"
+    done_before = {p.name for p in models.glob("fold_*.pt")}
+
+    subprocess.run(cli("--resume", run_id, *dirs("killed")), check=True, capture_output=True)
+    whole_id = next((tmp_path / "whole" / "M").iterdir()).name
+    for k in (1, 2):
+        a = torch.load(tmp_path / "whole" / "M" / whole_id / f"fold_{k}.pt", weights_only=True)
+        b = torch.load(models / f"fold_{k}.pt", weights_only=True)
+        assert a["metrics"] == b["metrics"]
+        torch.testing.assert_close(a["test_probs"], b["test_probs"], rtol=0, atol=0)
+        for key in a["state_dict"]:
+            torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
+        assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    if "fold_1.pt" in done_before:  # a finished fold is never retrained
+        assert (models / "fold_1.pt").stat().st_mtime_ns < (models / "fold_2.pt").stat().st_mtime_ns
+    assert pd.read_excel(tmp_path / "killed" / "R" / f"{run_id}.xlsx", sheet_name="folds").war[:2].tolist() == \
+        pd.read_excel(tmp_path / "whole" / "R" / f"{whole_id}.xlsx", sheet_name="folds").war[:2].tolist()
