@@ -1,14 +1,9 @@
 """TIM-Net speech emotion recognition in PyTorch, faithful to Ye et al. (ICASSP 2023)."""
-from .config import Config, load_config
-from .errors import BadAudioError, TimnetError
-
 __version__ = "0.1.0"
 
+from .config import Config, load_config  # noqa: E402
+from .errors import BadAudioError, TimnetError  # noqa: E402
+# Bound after the submodule `timnet.predict` is imported, so the name stays the function.
+from .predict import predict_files as predict  # noqa: E402
+
 __all__ = ["Config", "load_config", "TimnetError", "BadAudioError", "predict", "__version__"]
-
-
-def predict(*args, **kwargs):
-    """Predict emotions of audio files; see `timnet.predict.predict_files`."""
-    from .predict import predict_files
-
-    return predict_files(*args, **kwargs)

@@ -99,6 +99,42 @@ def cmd_train(args) -> None:
     print(f"wrote {result.workbook}")
 
 
+def cmd_tsne(args) -> None:
+    from .tsne import run_embeddings, write_tsne
+
+    if args.run:
+        cfg, features, embeddings = run_embeddings(args.run, args.models)
+        out_dir, title = args.results / Path(args.run).name, f"{cfg.dataset.name} run {Path(args.run).name}"
+    elif args.weights:
+        from .evaluate import evaluate_weights
+
+        cfg = _config(args)
+        features = _feature_set(cfg, args.data or Path("MFCC") / f"{cfg.dataset.name}.npy", args)
+        embeddings = evaluate_weights(args.weights, cfg, features).embeddings
+        out_dir, title = args.results / f"{Path(args.weights).stem}_{cfg.dataset.name}", f"{cfg.dataset.name}, authors' weights {Path(args.weights).name}"
+    else:
+        raise TimnetError("give --run RUN, or --weights <authors' zip> with --dataset")
+    png, csv = write_tsne(out_dir, cfg, features, embeddings, title, args.perplexity, args.seed, args.speaker_markers)
+    print(f"t-SNE of {len(features)} utterances: wrote {png} and {csv}")
+
+
+def cmd_predict(args) -> None:
+    from .predict import predict_files
+
+    dataset = args.dataset or (str(args.config) if args.config else None)
+    table = predict_files(args.files, run=args.run, weights=args.weights, dataset=dataset, fold=args.fold,
+                          models_root=args.models, device=args.device)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.csv:
+        if args.csv.exists():
+            raise TimnetError(f"{args.csv} already exists — earlier results are never overwritten; choose another file name")
+        from .atomic import atomic_path
+
+        with atomic_path(args.csv) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"wrote {args.csv}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (PyTorch).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +184,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=Path("Results"))
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tsne", help="t-SNE of the penultimate layer (each utterance from its test-fold model)")
+    _config_args(p)
+    p.add_argument("--run", help="a training run id (folder under --models)")
+    p.add_argument("--weights", type=Path, help="or the authors' weights zip (with --dataset and --data)")
+    p.add_argument("--data", type=Path, help="with --weights: corpus folder or MFCC .npy")
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speaker-markers", action="store_true", help="one marker shape per speaker")
+    p.add_argument("--models", type=Path, default=Path("Models"))
+    p.add_argument("--results", type=Path, default=Path("Results"))
+    p.add_argument("--workers", type=int)
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_tsne)
+
+    p = sub.add_parser("predict", help="predict the emotion of audio files")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--run", help="a training run id: its fold models and its preprocessing are used")
+    p.add_argument("--weights", type=Path, help="or the authors' weights zip (needs --dataset)")
+    p.add_argument("--dataset", help="with --weights: which corpus they were trained on")
+    p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--fold", type=int, help="use one fold model instead of averaging all")
+    p.add_argument("--csv", type=Path, help="also write the table to this CSV")
+    p.add_argument("--models", type=Path, default=Path("Models"))
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -230,6 +230,14 @@ class RunPaths:
         return self.results / f"{self.run_id}.xlsx"
 
 
+def latest_run(models_root: Path, dataset: str) -> str:
+    """The most recently started run of a dataset (for notebooks that follow a training run)."""
+    runs = sorted((p for p in Path(models_root).glob(f"{dataset}_*") if (p / "config.json").is_file()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise TimnetError(f"{models_root}: no {dataset} run yet — run train.ipynb (or `timnet train`) first, or set run_id")
+    return runs[-1].name
+
+
 def new_run_id(cfg: Config, models_root: Path) -> str:
     base = f"{cfg.dataset.name}_{cfg.train.protocol}_{cfg.train.checkpoint}_{datetime.now():%Y%m%d-%H%M%S}"
     run_id, n = base, 1

@@ -1,0 +1,103 @@
+"""Emotion prediction for new audio, with the preprocessing read from the run (never re-typed).
+
+The fold models of a run (or the authors' published fold weights) each give class probabilities;
+by default they are averaged, or one fold is used (`fold=k`), which then equals that fold's
+evaluation output for its test files.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+
+from .config import Config, load_config
+from .errors import TimnetError
+from .evaluate import infer, model_config
+from .features import extract_file
+from .keras_weights import load_fold_models
+from .model import TIMNet, TIMNetConfig
+
+LONG_FACTOR = 2.0  # warn when a file is this many times longer than the training length
+
+
+@dataclass
+class FoldModels:
+    """Fold models with the config (classes, features) they were trained with."""
+
+    config: Config
+    models: dict[str, TIMNet]
+    source: str
+
+
+def load_run(run: str | Path, models_root: Path = Path("Models"), fold: int | None = None, seed: int | None = None) -> FoldModels:
+    """The fold models of a training run, by run id (under models_root) or folder."""
+    run_dir = Path(run) if Path(run).is_dir() else Path(models_root) / str(run)
+    record_path = run_dir / "config.json"
+    if not record_path.is_file():
+        raise TimnetError(f"{run_dir}: not a timnet run (no config.json) — give a run id from {models_root}/")
+    record = json.loads(record_path.read_text())
+    config = Config.from_dict(record["config"])
+    models = {}
+    for path in sorted(run_dir.glob("fold_*.pt")):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if (fold is not None and saved["fold"] != fold) or (seed is not None and saved["seed"] != seed):
+            continue
+        model = TIMNet(TIMNetConfig(**saved["model_config"]))
+        model.load_state_dict(saved["state_dict"])
+        models[path.stem] = model.eval()
+    if not models:
+        which = f" for fold {fold}" if fold is not None else ""
+        raise TimnetError(f"{run_dir}: no finished fold models{which} — train (or resume) the run first")
+    return FoldModels(config, models, str(run_dir))
+
+
+def load_published(weights: Path, dataset: str, fold: int | None = None) -> FoldModels:
+    """The authors' published fold weights for a dataset (features: the dataset's built-in config)."""
+    config = load_config(dataset)
+    models = {f"fold_{k}": m for k, m in load_fold_models(weights, model_config(config)).items() if fold is None or k == fold}
+    if not models:
+        raise TimnetError(f"{weights}: no weights for fold {fold}")
+    return FoldModels(config, models, str(weights))
+
+
+def predict_features(fold_models: FoldModels, x: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Mean class probabilities over the fold models, [N, K]."""
+    return np.mean([infer(m, x, device=device)[0] for m in fold_models.models.values()], axis=0)
+
+
+def predict_files(files: list[str | Path], run: str | Path | None = None, weights: Path | None = None,
+                  dataset: str | None = None, fold: int | None = None, models_root: Path = Path("Models"),
+                  device: str = "cpu") -> pd.DataFrame:
+    """Predict the emotion of audio files: a table of file, predicted emotion, probability per class.
+
+    `timnet.predict(["a.wav"], run="EMODB_random_last_...")` or
+    `timnet.predict(["a.wav"], weights="EMODB_46.zip", dataset="EMODB")`.
+    """
+    if (run is None) == (weights is None):
+        raise TimnetError("give either a run (--run) or the authors' weights (--weights with --dataset)")
+    if weights is not None and dataset is None:
+        raise TimnetError("--weights needs --dataset: the weights do not say which corpus (class names, signal length) they are for")
+    fold_models = load_run(run, models_root, fold) if run is not None else load_published(Path(weights), dataset, fold)
+    settings = fold_models.config.features
+    if not files:
+        raise TimnetError("no audio files given")
+    x = np.stack([extract_file(Path(f), settings) for f in files])
+    for f in files:
+        seconds = sf.info(str(f)).duration
+        limit = settings.signal_length / settings.sample_rate
+        if seconds > LONG_FACTOR * limit:
+            warnings.warn(f"{f}: {seconds:.1f} s long, the model was trained on {limit:.2f} s; only the middle "
+                          f"{limit:.2f} s is used (centre crop, as in training)", stacklevel=2)
+    probs = predict_features(fold_models, x, device)
+    classes = fold_models.config.dataset.classes
+    table = pd.DataFrame({"file": [str(f) for f in files], "predicted": [classes[i] for i in probs.argmax(1)],
+                          "probability": probs.max(1)})
+    for c, name in enumerate(classes):
+        table[name] = probs[:, c]
+    return table

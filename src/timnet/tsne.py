@@ -1,0 +1,109 @@
+"""t-SNE of the penultimate embedding ([N, 39], the weighted sum over levels).
+
+Each utterance is embedded by the fold model for which it was a TEST sample, so the picture shows
+what the model does on unseen data, as in the authors' tsne notebook.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.manifold import TSNE
+
+from .atomic import atomic_path
+from .config import Config
+from .errors import TimnetError
+from .evaluate import infer
+from .features import FeatureSet, load_features
+from .predict import load_run
+
+
+def run_embeddings(run: str | Path, models_root: Path = Path("Models")) -> tuple[Config, FeatureSet, np.ndarray]:
+    """(config, features, [N, C] test-fold embeddings) of a training run (its first seed)."""
+    fold_models = load_run(run, models_root)
+    run_dir = Path(fold_models.source)
+    record = json.loads((run_dir / "config.json").read_text())
+    config = fold_models.config
+    features = load_features(Path(record["mfcc"]), config.dataset.classes)
+    first_seed = record["folds"][0]["seed"]
+    embeddings = np.full((len(features), config.model.filters), np.nan, dtype=np.float32)
+    where = {s: i for i, s in enumerate(features.manifest.stem)}
+    for unit in record["folds"]:
+        if unit["seed"] != first_seed or unit["unit"] not in fold_models.models:
+            continue
+        idx = np.array([where[s] for s in unit["test_stems"]], dtype=np.int64)
+        embeddings[idx] = infer(fold_models.models[unit["unit"]], features.x[idx])[1]
+    done = ~np.isnan(embeddings).any(axis=1)
+    if not done.any():
+        raise TimnetError(f"{run_dir}: no finished fold — nothing to embed")
+    kept = FeatureSet(features.x[done], features.y[done], features.manifest[done].reset_index(drop=True), features.classes)
+    return config, kept, embeddings[done]
+
+
+def project(embeddings: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """[N, C] -> [N, 2] with scikit-learn's t-SNE (perplexity clipped to what N allows)."""
+    if len(embeddings) < 3:
+        raise TimnetError(f"t-SNE needs at least 3 utterances, got {len(embeddings)}")
+    perplexity = min(perplexity, (len(embeddings) - 1) / 3)
+    return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(embeddings)
+
+
+def unique_path(path: Path) -> Path:
+    """`path`, or `name_2.ext`, `name_3.ext`, ... so earlier results are never overwritten."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
+
+
+def plot(coords: np.ndarray, labels: list[str], classes: list[str], path: Path, title: str, speakers: list[str] | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    colours = plt.get_cmap("tab10")
+    markers = "o^sDvP*Xh<>p"
+    speaker_marker = {s: markers[i % len(markers)] for i, s in enumerate(sorted(set(speakers)))} if speakers else None
+    labels = np.asarray(labels)
+    for c, name in enumerate(classes):
+        mask = labels == name
+        if not mask.any():
+            continue
+        if speaker_marker:
+            for spk, marker in speaker_marker.items():
+                sel = mask & (np.asarray(speakers) == spk)
+                ax.scatter(coords[sel, 0], coords[sel, 1], s=14, color=colours(c), marker=marker, alpha=0.8)
+            ax.scatter([], [], color=colours(c), label=name)
+        else:
+            ax.scatter(coords[mask, 0], coords[mask, 1], s=14, color=colours(c), label=name, alpha=0.8)
+    ax.legend(title="emotion", fontsize=8, markerscale=1.5)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_tsne(out_dir: Path, config: Config, features: FeatureSet, embeddings: np.ndarray, title: str,
+               perplexity: float = 30.0, seed: int = 0, speaker_markers: bool = False) -> tuple[Path, Path]:
+    """Project, then write `tsne.png` and `tsne.csv` (file, label, speaker, x, y) under out_dir."""
+    coords = project(embeddings, perplexity, seed)
+    out_dir = Path(out_dir)
+    png = unique_path(out_dir / f"tsne_perplexity{perplexity:g}_seed{seed}.png")
+    csv = png.with_suffix(".csv")
+    labels = [config.dataset.classes[i] for i in features.y]
+    speakers = [str(s) for s in features.manifest.speaker] if speaker_markers and "speaker" in features.manifest else None
+    plot(coords, labels, config.dataset.classes, png, title, speakers)
+    table = pd.DataFrame({"file": features.manifest.file, "label": labels,
+                          "speaker": features.manifest.get("speaker", ""), "x": coords[:, 0], "y": coords[:, 1]})
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
+    return png, csv

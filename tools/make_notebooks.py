@@ -1,0 +1,189 @@
+"""Write the three thin notebooks at the repo root (no outputs). Run after changing configs/:
+
+    python tools/make_notebooks.py
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from timnet import load_config
+from timnet.config import known_datasets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_table() -> str:
+    rows = ["| dataset | signal length (samples @ 22.05 kHz) | MFCC frames | classes | KFold seed | levels |",
+            "|---|---|---|---|---|---|"]
+    for name in known_datasets():
+        c = load_config(name)
+        rows.append(f"| {name} | {c.features.signal_length} | {c.features.frames} | {', '.join(c.dataset.classes)} | "
+                    f"{c.train.seed} | {c.model.levels} |")
+    return "\n".join(rows)
+
+
+def parameters(source: str):
+    cell = new_code_cell(source.strip())
+    cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+def notebook(title: str, intro: str, params: str, cells: list[str]) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [new_markdown_cell(f"# {title}\n\n{intro.strip()}\n\n**Per-dataset settings** (from `configs/<dataset>.toml`):\n\n"
+                                  f"{settings_table()}\n\nEdit only the next cell (tagged `parameters`), then run all cells."),
+                parameters(params)] + [new_code_cell(c.strip()) for c in cells]
+    return nb
+
+
+PREPROCESS = notebook(
+    "1 · Preprocess: audio → MFCC",
+    """
+Reads a corpus in the layout it is distributed in (`Datasets/<DATASET>/…`; see README, *Corpora*) and writes
+`MFCC/<DATASET>.npy` in the authors' format (`{"x": [N, T, 39], "y": one-hot}`), `MFCC/<DATASET>.csv` (one row
+per utterance with file name, label, speaker; skipped files with the reason) and `MFCC/<DATASET>.json` (settings).
+The recipe is the authors': 22.05 kHz (soxr_hq), centred pad/crop to the signal length, 39 MFCCs.
+Running it again with nothing changed does nothing. CASIA: set `data_dir` to the authors' `CASIA.npy` and `trust_pickle = True`.
+""",
+    """
+dataset = "EMODB"        # CASIA, EMODB, EMOVO, IEMOCAP, RAVDESS, SAVEE, or a path to your own .toml
+data_dir = None          # default: Datasets/<dataset>
+mfcc_dir = "MFCC"
+workers = None           # processes; None = all cores
+skip_bad = False         # True: skip unreadable/silent/misnamed files and list them in the manifest
+overwrite = False        # True: replace features made from other data or settings
+trust_pickle = False     # only for a pickled .npy you trust (the authors' CASIA features)
+overrides = {}           # any config value, e.g. {"features.res_type": "soxr_vhq"}
+""",
+    [
+        """
+from pathlib import Path
+
+import pandas as pd
+
+import timnet
+from timnet.features import preprocess
+
+cfg = timnet.load_config(dataset, overrides)
+result = preprocess(cfg, Path(data_dir or f"Datasets/{cfg.dataset.name}"), Path(mfcc_dir), workers=workers,
+                    skip_bad=skip_bad, overwrite=overwrite, trust_pickle=trust_pickle)
+print(f"{result.npy}: {result.count} utterances", "(up to date, nothing recomputed)" if result.up_to_date else "written")
+pd.DataFrame(result.skipped, columns=["skipped file", "reason"])
+""",
+        """
+manifest = pd.read_csv(result.npy.with_suffix(".csv"), dtype=str, keep_default_na=False)
+manifest[manifest.status == "ok"].groupby("label", sort=False).size().rename("utterances").to_frame()
+""",
+    ],
+)
+
+TRAIN = notebook(
+    "2 · Train and evaluate over k folds",
+    """
+Trains one TIM-Net per fold from `MFCC/<DATASET>.npy` and evaluates it on the held-out fold.
+Writes `Models/<run>/fold_<k>.pt`, `logs/<run>/` (per-epoch CSV and curves), `Results/<run>.xlsx` (per-fold metrics,
+per-utterance predictions with file names, confusion matrix, config) and a row in `Results/Accuracy Analysis Summary.xlsx`.
+`protocol`: `random` = the authors' KFold (their order and seed), `speaker` = speaker-independent folds.
+`checkpoint`: `last` (authors' 2023 numbers), `best-val` (validation carved from the training part),
+`best-test` (the paper's protocol: optimistic, labelled so). Interrupted? Set `resume` to the run id and run again.
+""",
+    """
+dataset = "EMODB"
+mfcc_dir = "MFCC"
+folds = 10
+epochs = 500
+protocol = "random"      # random | speaker
+checkpoint = "last"      # last | best-val | best-test
+seeds = None             # e.g. [46, 1, 2] for mean ± std over seeds; None = the dataset's seed
+patience = 0             # early stopping on validation accuracy; 0 = off
+device = "auto"          # auto | cpu | cuda | mps
+resume = None            # a run id to continue after an interruption
+models_dir, logs_dir, results_dir = "Models", "logs", "Results"
+overrides = {}           # any config value, e.g. {"train.batch_size": 32}
+""",
+    [
+        """
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Image, display
+
+import timnet
+from timnet.train import run_training
+
+settings = {"train.folds": folds, "train.epochs": epochs, "train.protocol": protocol, "train.checkpoint": checkpoint,
+            "train.patience": patience, "train.seeds": seeds or []}
+cfg = None if resume else timnet.load_config(dataset, {**overrides, **settings})
+mfcc = None if resume else Path(mfcc_dir) / f"{cfg.dataset.name}.npy"
+result = run_training(cfg, mfcc, Path(models_dir), Path(logs_dir), Path(results_dir), resume=resume, device=device)
+result.folds
+""",
+        """
+s = result.summary
+print(f"run {result.run_id} ({s['checkpoint']}): WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  "
+      f"UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f}")
+print(f"paper (best epoch on test fold): WAR {s['paper_war']}  ·  authors' 2023 update (last epoch): WAR {s['authors_2023_war']}")
+for png in sorted((Path(logs_dir) / result.run_id).glob("*.png")):
+    display(Image(filename=str(png)))
+""",
+        """
+pd.read_excel(result.workbook, sheet_name="confusion", index_col=0)
+""",
+    ],
+)
+
+TSNE = notebook(
+    "3 · t-SNE of the penultimate layer",
+    """
+Embeds every utterance with the fold model for which it was a test sample (the [N, 39] weighted sum over levels),
+projects with t-SNE and writes a PNG and a CSV of coordinates with file names under `Results/<run>/`.
+Leave `run_id = None` to use the latest run of `dataset`; or set `weights` to the authors' zip to draw their model.
+""",
+    """
+dataset = "EMODB"
+run_id = None            # None = the latest run of dataset
+weights = None           # or the authors' weights zip, e.g. "../shared/data/timnet-weights/EMODB_46.zip"
+data = None              # with weights: corpus folder or MFCC .npy (default MFCC/<dataset>.npy)
+perplexity = 30.0
+seed = 0
+speaker_markers = False
+models_dir, results_dir = "Models", "Results"
+""",
+    [
+        """
+from pathlib import Path
+
+from IPython.display import Image, display
+
+import timnet
+from timnet.tsne import run_embeddings, write_tsne
+
+if weights:
+    from timnet.evaluate import evaluate_weights
+    from timnet.features import load_features
+
+    cfg = timnet.load_config(dataset)
+    features = load_features(Path(data or f"MFCC/{cfg.dataset.name}.npy"), cfg.dataset.classes)
+    embeddings = evaluate_weights(Path(weights), cfg, features).embeddings
+    out_dir, title = Path(results_dir) / f"{Path(weights).stem}_{dataset}", f"{dataset}, authors' weights"
+else:
+    from timnet.train import latest_run
+
+    run_id = run_id or latest_run(Path(models_dir), dataset)
+    cfg, features, embeddings = run_embeddings(run_id, Path(models_dir))
+    out_dir, title = Path(results_dir) / run_id, f"{cfg.dataset.name} run {run_id}"
+png, csv = write_tsne(out_dir, cfg, features, embeddings, title, perplexity, seed, speaker_markers)
+print(f"{len(features)} utterances -> {png}, {csv}")
+display(Image(filename=str(png)))
+""",
+    ],
+)
+
+if __name__ == "__main__":
+    for name, nb in (("preprocess", PREPROCESS), ("train", TRAIN), ("tsne", TSNE)):
+        nbformat.write(nb, ROOT / f"{name}.ipynb")
+        print(f"wrote {name}.ipynb")
