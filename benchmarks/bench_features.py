@@ -38,14 +38,13 @@ print(cold, time.perf_counter() - t1, len(manifest))
 
 
 def synthetic_corpus(root: Path, n: int = 300) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import EMODB_FREQ, write_wav
+    from timnet.example import EMOTION_PITCH, write_wav
 
-    emotions = list(EMODB_FREQ)
+    emotions = list(EMOTION_PITCH)
     for i in range(n):
         emo = emotions[i % 7]
         write_wav(root / "wav" / f"{3 + i // 70:02d}{'ab'[i % 2]}{i % 50:02d}{emo}{'abcdefg'[i % 7]}.wav",
-                  seconds=2.0, freq=EMODB_FREQ[emo], seed=i)
+                  seconds=2.0, freq=EMOTION_PITCH[emo], seed=i)
     return root
 
 

@@ -46,8 +46,8 @@ def test_frame_count_for_every_corpus_length(name, make_wav):
     assert feat.shape == (FACT_FRAMES[name], 39) and feat.dtype == np.float32
 
 
-def test_all_configs_are_covered():
-    assert sorted(known_datasets()) == sorted(FACT_FRAMES)
+def test_all_paper_corpora_are_configured():
+    assert sorted(set(known_datasets()) - {"EXAMPLE"}) == sorted(FACT_FRAMES)
 
 
 @pytest.mark.parametrize("seconds,sr", [(1.2, 16000), (6.0, 16000), (2.0, 22050), (1.0, 48000)])

@@ -135,9 +135,22 @@ def cmd_predict(args) -> None:
         print(f"wrote {args.csv}")
 
 
+def cmd_example_data(args) -> None:
+    from .example import write_example_corpus
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise TimnetError(f"{args.out} already exists and is not empty — choose another --out")
+    root = write_example_corpus(args.out)
+    print(f"wrote {len(list(root.rglob('*.wav')))} synthetic utterances to {root} (EMO-DB layout; use --dataset EXAMPLE)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (PyTorch).")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("example-data", help="write a small synthetic corpus for the quickstart (Datasets/EXAMPLE)")
+    p.add_argument("--out", type=Path, default=Path("Datasets/EXAMPLE"))
+    p.set_defaults(func=cmd_example_data)
 
     p = sub.add_parser("preprocess", help="corpus audio -> MFCC/<DATASET>.npy (+ .csv manifest, .json settings)")
     _config_args(p)
