@@ -79,6 +79,10 @@ def test_tsne_of_a_run(run):
     assert png.stat().st_size > 10_000
     png2, _ = write_tsne(root / "Results" / result.run_id, cfg, features, emb, "test", perplexity=10)
     assert png2 != png and png.exists(), "an earlier figure must not be overwritten"
+    _, _, one = run_embeddings(result.run_id, root / "Models", fold=2)
+    test_of_2 = torch.load(root / "Models" / result.run_id / "fold_2.pt", weights_only=True)["test_index"]
+    np.testing.assert_allclose(one[test_of_2], emb[test_of_2], atol=1e-5)  # same model for fold 2's test files
+    assert not np.allclose(one, emb, atol=1e-3)
 
 
 @needs_shared

@@ -103,17 +103,24 @@ def cmd_tsne(args) -> None:
     from .tsne import run_embeddings, write_tsne
 
     if args.run:
-        cfg, features, embeddings = run_embeddings(args.run, args.models)
+        cfg, features, embeddings = run_embeddings(args.run, args.models, args.fold)
         out_dir, title = args.results / Path(args.run).name, f"{cfg.dataset.name} run {Path(args.run).name}"
     elif args.weights:
-        from .evaluate import evaluate_weights
+        from .evaluate import evaluate_weights, infer
+        from .predict import load_published
 
         cfg = _config(args)
         features = _feature_set(cfg, args.data or Path("MFCC") / f"{cfg.dataset.name}.npy", args)
-        embeddings = evaluate_weights(args.weights, cfg, features).embeddings
+        if args.fold is None:
+            embeddings = evaluate_weights(args.weights, cfg, features).embeddings
+        else:
+            (model,) = load_published(args.weights, cfg.dataset.name, args.fold).models.values()
+            embeddings = infer(model, features.x)[1]
         out_dir, title = args.results / f"{Path(args.weights).stem}_{cfg.dataset.name}", f"{cfg.dataset.name}, authors' weights {Path(args.weights).name}"
     else:
         raise TimnetError("give --run RUN, or --weights <authors' zip> with --dataset")
+    if args.fold is not None:
+        title += f", fold {args.fold} model for all"
     png, csv = write_tsne(out_dir, cfg, features, embeddings, title, args.perplexity, args.seed, args.speaker_markers)
     print(f"t-SNE of {len(features)} utterances: wrote {png} and {csv}")
 
@@ -206,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perplexity", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speaker-markers", action="store_true", help="one marker shape per speaker")
+    p.add_argument("--fold", type=int, help="embed every utterance with this fold's model (default: each with its test-fold model)")
     p.add_argument("--models", type=Path, default=Path("Models"))
     p.add_argument("--results", type=Path, default=Path("Results"))
     p.add_argument("--workers", type=int)

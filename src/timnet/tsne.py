@@ -1,7 +1,8 @@
 """t-SNE of the penultimate embedding ([N, 39], the weighted sum over levels).
 
-Each utterance is embedded by the fold model for which it was a TEST sample, so the picture shows
-what the model does on unseen data, as in the authors' tsne notebook.
+By default each utterance is embedded by the fold model for which it was a TEST sample, so the picture
+shows unseen data; every fold model has its own embedding space, so expect a small cluster per fold
+and emotion. `fold=k` embeds every utterance with one model instead (its training files included).
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ from .features import FeatureSet, load_features
 from .predict import load_run
 
 
-def run_embeddings(run: str | Path, models_root: Path = Path("Models")) -> tuple[Config, FeatureSet, np.ndarray]:
-    """(config, features, [N, C] test-fold embeddings) of a training run (its first seed)."""
-    fold_models = load_run(run, models_root)
+def run_embeddings(run: str | Path, models_root: Path = Path("Models"), fold: int | None = None) -> tuple[Config, FeatureSet, np.ndarray]:
+    """(config, features, [N, C] embeddings) of a training run (its first seed): test-fold models, or one fold's."""
+    fold_models = load_run(run, models_root, fold)
     run_dir = Path(fold_models.source)
     record = json.loads((run_dir / "config.json").read_text())
     config = fold_models.config
     features = load_features(Path(record["mfcc"]), config.dataset.classes)
+    if fold is not None:
+        return config, features, infer(next(iter(fold_models.models.values())), features.x)[1]
     first_seed = record["folds"][0]["seed"]
     embeddings = np.full((len(features), config.model.filters), np.nan, dtype=np.float32)
     where = {s: i for i, s in enumerate(features.manifest.stem)}
