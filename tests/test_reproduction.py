@@ -56,3 +56,40 @@ def test_fold_models_know_their_training_files(emodb_subset):
         assert (prob.argmax(1) == features.y[train]).mean() >= 0.99
     wrong_seed, _ = authors_test_folds(cfg, features, 10, 0)
     assert not all(np.array_equal(a, b) for a, b in zip(tests, wrong_seed))
+
+
+def synthetic_features(cfg, stems_labels: pd.DataFrame, seed: int = 0):
+    from timnet.features import FeatureSet
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 20, size=(len(stems_labels), cfg.features.frames, 39)).astype(np.float32)
+    y = stems_labels.label.map(cfg.dataset.classes.index).to_numpy()
+    manifest = stems_labels.assign(file=stems_labels.stem + ".wav", speaker="").reset_index(drop=True)
+    return FeatureSet(x, y, manifest, cfg.dataset.classes)
+
+
+def test_ravdess_weights_on_a_partial_corpus_use_the_authors_folds():
+    """Plumbing with the published RAVDESS weights: the canonical 1440-name list, their seed, a subset present."""
+    from sklearn.model_selection import KFold
+
+    from timnet.corpora import canonical_stems
+
+    cfg = load_config("RAVDESS")
+    canonical = canonical_stems(cfg.dataset)
+    present = canonical.iloc[::12]  # 120 of 1440
+    ev = evaluate_weights(WEIGHTS / "RAVDE_46.zip", cfg, synthetic_features(cfg, present))
+    assert ev.missing == 1440 - 120 and ev.folds.n_test.sum() == 120
+    expected = [len(np.intersect1d(te, np.arange(0, 1440, 12))) for _, te in KFold(10, shuffle=True, random_state=46).split(np.zeros(1440))]
+    assert ev.folds.n_test.tolist() == expected
+    np.testing.assert_allclose(ev.predictions.filter(like="p_").sum(axis=1), 1, atol=1e-5)
+
+
+def test_casia_weights_need_the_complete_authors_npy():
+    cfg = load_config("CASIA")
+    labels = pd.DataFrame({"stem": [f"CASIA_{i:05d}" for i in range(1200)], "label": [cfg.dataset.classes[i // 200] for i in range(1200)]})
+    ev = evaluate_weights(WEIGHTS / "CASIA_32.zip", cfg, synthetic_features(cfg, labels))
+    assert ev.folds.n_test.tolist() == [120] * 10 and ev.missing == 0
+    from timnet.errors import TimnetError
+
+    with pytest.raises(TimnetError, match=r"need the complete corpus \(1200 utterances"):
+        evaluate_weights(WEIGHTS / "CASIA_32.zip", cfg, synthetic_features(cfg, labels.iloc[:600]))

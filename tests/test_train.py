@@ -62,16 +62,20 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
     assert (models / "config.json").is_file() and (logs / "config.json").is_file()
 
     book = pd.read_excel(run.workbook, sheet_name=None)
-    assert set(book) == {"folds", "predictions", "confusion", "config"}
+    assert set(book) == {"folds", "predictions", "confusion", "confusion_per_fold", "config"}
     folds = book["folds"]
     assert list(folds.fold[:2]) == [1, 2] and list(folds.fold[2:]) == ["mean", "std"]
     assert folds.war[2] == pytest.approx(folds.war[:2].mean())
     preds = book["predictions"]
     assert len(preds) == 84 and preds.file.str.startswith("wav/").all() and preds.stem.is_unique
-    assert np.allclose(preds.filter(like="p_").sum(1), 1, atol=1e-5)
+    assert np.allclose(preds.filter(like="p_").sum(axis=1), 1, atol=1e-5)
     war = (preds.label == preds.predicted).mean() * 100
     assert war == pytest.approx((folds.war[:2] * folds.n_test[:2]).sum() / 84)
     assert book["confusion"].drop(columns="true").to_numpy().sum() == 84
+    per_fold = book["confusion_per_fold"]
+    assert per_fold.groupby("fold")["count"].sum().tolist() == [42, 42] and len(per_fold) == 2 * 7 * 7
+    fold1 = torch.load(models / "fold_1.pt", weights_only=True)["confusion"]
+    assert np.array(fold1).sum() == 42 and np.trace(np.array(fold1)) == round(folds.war[0] * 42 / 100)
     assert "train.epochs" in set(book["config"].setting)
 
     summary = pd.read_excel(tmp_path / "Results" / SUMMARY_NAME)

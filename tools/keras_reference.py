@@ -14,9 +14,9 @@ Regenerate the fixtures (from the repo root, with ../shared beside it):
         --mfcc /tmp/emodb16k/EMODB.npy --out tests/data
 
 Writes:
-    keras_random_emodb.hdf5 + keras_random_emodb.npz   a randomly initialised Keras model, inputs,
-                                                       its softmax and penultimate outputs (no ../shared needed)
-    keras_reference_emodb46.npz                        fold-1 authors' weights: inputs, softmax, penultimate
+    keras_random_emodb.hdf5 + keras_random_emodb.npz   a randomly initialised Keras model, inputs, its
+                                                       logits, softmax and penultimate outputs (no ../shared needed)
+    keras_reference_emodb46.npz                        fold-1 authors' weights: inputs, logits, softmax, penultimate
     keras_reference_emodb46_predictions.csv            every fold model on its test files of the subset
 """
 from __future__ import annotations
@@ -82,6 +82,13 @@ def build(n_classes: int, frames: int, n_mfcc: int = 39, filters: int = 39, kern
     return keras.Model(inputs, outputs), keras.Model(inputs, embedding)
 
 
+def outputs(model: keras.Model, embedder: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """softmax, penultimate embedding, and logits (Keras's embedding through Keras's dense weights)."""
+    embedding = embedder.predict(x, verbose=0)
+    kernel, bias = model.layers[-1].get_weights()
+    return {"softmax": model.predict(x, verbose=0), "embedding": embedding, "logits": embedding @ kernel + bias}
+
+
 def fold_files(zip_path: Path) -> dict[int, bytes]:
     with zipfile.ZipFile(zip_path) as z:
         return {int(m.group(1)): z.read(n) for n in z.namelist() if (m := re.search(r"fold_weights_best_(\d+)\.hdf5$", n))}
@@ -116,14 +123,13 @@ def main() -> None:
     rand_model.save_weights(str(args.out / "keras_random_emodb.hdf5"))
     rng = np.random.default_rng(0)
     inputs = np.concatenate([x[:6], rng.normal(0, 50, size=(2,) + x.shape[1:]).astype(np.float32)])
-    np.savez_compressed(args.out / "keras_random_emodb.npz", x=inputs,
-                        softmax=rand_model.predict(inputs, verbose=0), embedding=rand_embed.predict(inputs, verbose=0))
+    np.savez_compressed(args.out / "keras_random_emodb.npz", x=inputs, **outputs(rand_model, rand_embed, inputs))
 
     # 2) the authors' fold-1 weights on real features
     folds = fold_files(args.weights)
     load(model, folds[1], tmp)
     np.savez_compressed(args.out / "keras_reference_emodb46.npz", x=inputs, stems=np.array(list(manifest.stem[:6]) + ["noise0", "noise1"]),
-                        softmax=model.predict(inputs, verbose=0), embedding=embedder.predict(inputs, verbose=0))
+                        **outputs(model, embedder, inputs))
 
     # 3) every fold on its own test files present in the subset
     canonical = args.canonical.read_text().split()

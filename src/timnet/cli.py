@@ -17,6 +17,14 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override any config value, e.g. --set features.res_type=soxr_vhq (repeatable)")
 
 
+def _audio_args(p: argparse.ArgumentParser) -> None:
+    """Options of every command that may compute features from audio."""
+    p.add_argument("--workers", type=int, help="processes for feature extraction (default: all cores)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable/silent/misnamed files and list them in the manifest")
+    p.add_argument("--trust-pickle", action="store_true", help="allow reading a pickled .npy not written by timnet")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _config(args, **overrides):
     source = args.config or args.dataset
     if source is None:
@@ -164,11 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="corpus folder in its distributed layout (default Datasets/<DATASET>), "
                    "or the authors' MFCC .npy (CASIA)")
     p.add_argument("--out", type=Path, default=Path("MFCC"), help="output folder (default MFCC)")
-    p.add_argument("--workers", type=int, help="processes (default: all cores)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable/silent/misnamed files and list them in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace features computed from other data or settings")
-    p.add_argument("--trust-pickle", action="store_true", help="allow reading a pickled .npy not written by timnet")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _audio_args(p)
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("evaluate", help="evaluate the authors' published weights on their own test folds")
@@ -178,10 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="KFold seed (default: from the weights' name, e.g. _46)")
     p.add_argument("--out", type=Path, help="also write the per-fold table and predictions to this .xlsx")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--trust-pickle", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    _audio_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train and evaluate TIM-Net over k folds; writes Models/, logs/, Results/")
@@ -216,10 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, help="embed every utterance with this fold's model (default: each with its test-fold model)")
     p.add_argument("--models", type=Path, default=Path("Models"))
     p.add_argument("--results", type=Path, default=Path("Results"))
-    p.add_argument("--workers", type=int)
-    p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--trust-pickle", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    _audio_args(p)
     p.set_defaults(func=cmd_tsne)
 
     p = sub.add_parser("predict", help="predict the emotion of audio files")

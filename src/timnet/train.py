@@ -174,6 +174,7 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None) -> FoldResult:
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": job.config, "model_config": model_config(cfg).to_dict(),
         "fold": job.fold, "seed": job.seed, "metrics": metrics, "epoch": chosen_epoch, "seconds": state["seconds"],
         "checkpoint": t.checkpoint, "optimistic": t.checkpoint == "best-test", "test_index": list(job.test),
+        "confusion": confusion(features.y[job.test], probs.argmax(1), cfg.dataset.classes).to_numpy().tolist(),
         "test_stems": [str(s) for s in features.manifest.stem.iloc[job.test]], "test_probs": torch.from_numpy(probs),
         "history": state["history"],
     })
@@ -329,6 +330,9 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
         preds.append(table)
     folds = pd.DataFrame(rows)
     predictions = pd.concat(preds, ignore_index=True)
+    per_fold = pd.concat([confusion(group.label.map(classes.index).to_numpy(), group.predicted.map(classes.index).to_numpy(), classes)
+                          .stack().rename("count").reset_index().assign(seed=seed, fold=fold)
+                          for (seed, fold), group in predictions.groupby(["seed", "fold"], sort=True)], ignore_index=True)
     y_true = predictions.label.map(classes.index).to_numpy()
     y_pred = predictions.predicted.map(classes.index).to_numpy()
     stats = pd.DataFrame([{"seed": "", "fold": name, **{m: getattr(folds[m], name)() for m in ("war", "uar", "f1")}}
@@ -340,6 +344,7 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
         "folds": pd.concat([folds, stats], ignore_index=True),
         "predictions": predictions,
         "confusion": confusion(y_true, y_pred, classes),
+        "confusion_per_fold": per_fold[["seed", "fold", "true", "predicted", "count"]],
         "config": pd.concat([meta, _config_sheet(cfg)], ignore_index=True),
     }, overwrite=True)
     summary = summary_row(paths.run_id, cfg, folds, cfg.train.run_seeds)
