@@ -70,6 +70,9 @@ def test_predict_errors_and_long_file_warning(run, tmp_path):
 
 def test_tsne_of_a_run(run):
     root, _, result = run
+    in_progress = root / "Models" / result.run_id / "in_progress"
+    in_progress.mkdir(exist_ok=True)
+    (in_progress / "fold_3.pt").write_bytes(b"half-written state of an unfinished fold")
     cfg, features, emb = run_embeddings(result.run_id, root / "Models")
     assert emb.shape == (84, 39) and np.isfinite(emb).all()
     png, csv = write_tsne(root / "Results" / result.run_id, cfg, features, emb, "test", perplexity=10, speaker_markers=True)

@@ -58,7 +58,7 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
         history = pd.read_csv(logs / f"fold_{k}.csv")
         assert list(history.columns) == ["epoch", "loss", "train_acc", "val_acc", "test_acc"] and list(history.epoch) == [1, 2]
         assert (logs / f"fold_{k}.png").stat().st_size > 5000
-    assert not list(models.glob("*.state.pt")), "per-epoch state must be removed once a fold is done"
+    assert not list(models.glob("in_progress/*.pt")), "per-epoch state must be removed once a fold is done"
     assert (models / "config.json").is_file() and (logs / "config.json").is_file()
 
     book = pd.read_excel(run.workbook, sheet_name=None)
@@ -182,6 +182,7 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
     run_id = history.parent.name
     models = tmp_path / "killed" / "M" / run_id
     assert not (models / "fold_2.pt").exists(), "the kill came too late to test anything"
+    assert list(models.glob("in_progress/fold_*.pt")), "the killed run left no state to resume from"
     done_before = {p.name for p in models.glob("fold_*.pt")}
 
     subprocess.run(cli("--resume", run_id, *dirs("killed")), check=True, capture_output=True)

@@ -1,8 +1,8 @@
 """Training over folds. One fold (for one seed) is one pure unit of work: `train_fold(FoldJob)`.
 
 A unit reads the MFCC file named in its job, trains, and writes only its own files:
-    Models/<run>/<unit>.state.pt   everything needed to continue (model, optimiser, RNG, history),
-                                   replaced atomically after every epoch, deleted when the unit ends
+    Models/<run>/in_progress/<unit>.pt   everything needed to continue (model, optimiser, RNG, history),
+                                         replaced atomically after every epoch, deleted when the unit ends
     Models/<run>/<unit>.pt         the chosen weights + config + metrics + test predictions
     logs/<run>/<unit>.csv, .png    per-epoch loss/accuracy and the curves
 So a killed run (even kill -9) resumes exactly where it stopped, and finished units are never redone.
@@ -77,7 +77,7 @@ class FoldJob:
 
     @property
     def state_path(self) -> Path:
-        return Path(self.models_dir) / f"{self.unit}.state.pt"
+        return Path(self.models_dir) / "in_progress" / f"{self.unit}.pt"
 
 
 @dataclass
