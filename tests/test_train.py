@@ -108,6 +108,16 @@ def test_best_test_is_labelled_optimistic_and_best_val_uses_validation(tmp_path,
     assert saved["epoch"] == int(history.val_acc.idxmax()) + 1
 
 
+def test_early_stopping_on_validation(tmp_path, mfcc):
+    run = train(tmp_path, mfcc, folds=2, epochs=60, patience=2)
+    for k in (1, 2):
+        history = pd.read_csv(tmp_path / "logs" / run.run_id / f"fold_{k}.csv")
+        assert history.val_acc.notna().all() and len(history) < 60
+        best = history.val_acc.cummax()
+        assert (best.iloc[-1] == best.iloc[-3]) and history.val_acc.iloc[-2:].max() <= best.iloc[-3]  # 2 epochs without improvement
+    assert set(run.folds.epoch) == {len(pd.read_csv(tmp_path / "logs" / run.run_id / f"fold_{k}.csv")) for k in (1, 2)}
+
+
 def test_several_seeds_give_mean_and_std(tmp_path, mfcc):
     run = train(tmp_path, mfcc, folds=2, epochs=1, seeds=[46, 7])
     assert sorted(set(run.folds.seed)) == [7, 46] and len(run.folds) == 4

@@ -85,13 +85,13 @@ def validation_split(train: np.ndarray, labels: np.ndarray, speakers: pd.Series 
         mask = np.isin(spk, held)
         return train[~mask], train[mask]
     y = labels[train]
-    stratify = y if np.bincount(y).min(initial=len(y)) >= 2 and np.all(np.bincount(y)[np.unique(y)] >= 2) else None
-    splitter = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed) if stratify is not None else None
-    if splitter is None:
-        idx = np.random.default_rng(seed).permutation(len(train))
-        cut = max(1, int(round(fraction * len(train))))
-        return train[np.sort(idx[cut:])], train[np.sort(idx[:cut])]
-    tr, va = next(splitter.split(np.zeros(len(y)), y))
+    n_val = max(1, int(round(fraction * len(train))))
+    counts = np.bincount(y)[np.unique(y)]
+    if n_val >= len(counts) and counts.min() >= 2:  # stratification needs a sample of every class on both sides
+        tr, va = next(StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed).split(np.zeros(len(y)), y))
+    else:
+        order = np.random.default_rng(seed).permutation(len(train))
+        tr, va = order[n_val:], order[:n_val]
     return train[np.sort(tr)], train[np.sort(va)]
 
 

@@ -120,7 +120,7 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None) -> FoldResult:
     model = TIMNet(model_config(cfg)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     shuffle = torch.Generator().manual_seed(job.seed * 1000 + job.fold)
-    state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "best_score": -1.0, "stale": 0, "seconds": 0.0}
+    state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "best_score": -1.0, "best_val": -1.0, "stale": 0, "seconds": 0.0}
     if job.state_path.exists():
         saved = torch.load(job.state_path, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
@@ -150,7 +150,9 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None) -> FoldResult:
                "val_acc": _accuracy(model, x[va], y[va]) if len(va) else float("nan"), "test_acc": _accuracy(model, x[te], y[te])}
         state["history"].append(row)
         if watch and row[watch] > state["best_score"]:
-            state.update(best=copy.deepcopy(model.state_dict()), best_epoch=state["epoch"], best_score=row[watch], stale=0)
+            state.update(best=copy.deepcopy(model.state_dict()), best_epoch=state["epoch"], best_score=row[watch])
+        if len(va) and row["val_acc"] > state["best_val"]:  # early stopping watches validation only
+            state.update(best_val=row["val_acc"], stale=0)
         else:
             state["stale"] += 1
         state["seconds"] += time.perf_counter() - started
