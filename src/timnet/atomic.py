@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -30,3 +31,25 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, timeout: float = 60.0):
+    """Hold `path.lock` (created exclusively) for a read-modify-write shared between processes."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:  # a crashed holder: its lock is stale
+                lock.unlink(missing_ok=True)
+                deadline = time.monotonic() + timeout
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        os.close(fd)
+        lock.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_path
+from .atomic import atomic_path, exclusive
 from .config import Config
 from .errors import TimnetError
 
@@ -62,8 +62,9 @@ def summary_row(run_id: str, cfg: Config, folds: pd.DataFrame, seeds: list[int])
 def append_summary(results_dir: Path, row: dict) -> Path:
     """Add (or refresh, for the same run id) one row of `Results/Accuracy Analysis Summary.xlsx`."""
     path = Path(results_dir) / SUMMARY_NAME
-    table = pd.read_excel(path, sheet_name="runs") if path.exists() else pd.DataFrame()
-    if len(table) and "run" in table:
-        table = table[table.run.astype(str) != row["run"]]
-    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
-    return write_workbook(path, {"runs": table}, overwrite=True)
+    with exclusive(path):  # runs finishing at the same time must not drop each other's row
+        table = pd.read_excel(path, sheet_name="runs") if path.exists() else pd.DataFrame()
+        if len(table) and "run" in table:
+            table = table[table.run.astype(str) != row["run"]]
+        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+        return write_workbook(path, {"runs": table}, overwrite=True)
