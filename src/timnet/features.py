@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -111,8 +112,6 @@ def _pool_context():
 
 def _single_threaded_worker() -> None:
     """One BLAS thread per worker process: the processes already use every core."""
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(1)
 
 
@@ -135,8 +134,6 @@ def extract_many(paths: list[str | Path], settings: FeatureSettings, workers: in
             else:
                 failed[i] = problem
             bar.update()
-
-    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # same BLAS threading in every mode: features do not depend on `workers`
         collect([_extract_job(jobs[0])] if jobs else [])  # also warms up before forking: no worker pays the JIT again
