@@ -99,3 +99,17 @@ def test_authors_weights_predict_equals_evaluate_and_tsne():
     table = timnet.predict([EMODB_16K / f for f in rows.file], weights=WEIGHTS / "EMODB_46.zip", dataset="EMODB", fold=3)
     np.testing.assert_allclose(table[cfg.dataset.classes].to_numpy(), rows[[f"p_{c}" for c in cfg.dataset.classes]].to_numpy(), atol=1e-5)
     assert np.isfinite(ev.embeddings).all() and ev.embeddings.shape == (361, 39)
+
+
+def test_predict_command_writes_csv_once(run, tmp_path, capsys):
+    from timnet.cli import main
+
+    root, tree, result = run
+    files = [str(p) for p in sorted((tree / "wav").glob("*.wav"))[:2]]
+    csv = tmp_path / "pred.csv"
+    assert main(["predict", "--run", result.run_id, "--models", str(root / "Models"), *files, "--csv", str(csv)]) == 0
+    table = pd.read_csv(csv)
+    assert table.file.tolist() == files and table.predicted.isin(load_config("EMODB").dataset.classes).all()
+    np.testing.assert_allclose(table[load_config("EMODB").dataset.classes].sum(axis=1), 1, atol=1e-3)
+    assert main(["predict", "--run", result.run_id, "--models", str(root / "Models"), *files, "--csv", str(csv)]) == 2
+    assert "already exists" in capsys.readouterr().err
