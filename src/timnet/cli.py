@@ -136,13 +136,13 @@ def cmd_tsne(args) -> None:
 def cmd_predict(args) -> None:
     from .predict import predict_files
 
+    if args.csv and args.csv.exists():
+        raise TimnetError(f"{args.csv} already exists — earlier results are never overwritten; choose another file name")
     dataset = args.dataset or (str(args.config) if args.config else None)
     table = predict_files(args.files, run=args.run, weights=args.weights, dataset=dataset, fold=args.fold,
                           models_root=args.models, device=args.device)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.csv:
-        if args.csv.exists():
-            raise TimnetError(f"{args.csv} already exists — earlier results are never overwritten; choose another file name")
         from .atomic import atomic_path
 
         with atomic_path(args.csv) as tmp:
