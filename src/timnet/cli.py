@@ -25,6 +25,12 @@ def _audio_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _refuse_existing(path: Path | None) -> None:
+    """Checked before any work starts: results are never overwritten."""
+    if path is not None and path.exists():
+        raise TimnetError(f"{path} already exists — earlier results are never overwritten; choose another file name")
+
+
 def _config(args, **overrides):
     source = args.config or args.dataset
     if source is None:
@@ -69,8 +75,7 @@ def cmd_evaluate(args) -> None:
     from .report import write_evaluation
 
     cfg = _config(args)
-    if args.out and args.out.exists():
-        raise TimnetError(f"{args.out} already exists — earlier results are never overwritten; choose another file name")
+    _refuse_existing(args.out)
     features = _feature_set(cfg, args.data or Path("MFCC") / f"{cfg.dataset.name}.npy", args)
     ev = evaluate_weights(args.weights, cfg, features, seed=args.seed, device=args.device)
     print(ev.folds.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
@@ -136,8 +141,7 @@ def cmd_tsne(args) -> None:
 def cmd_predict(args) -> None:
     from .predict import predict_files
 
-    if args.csv and args.csv.exists():
-        raise TimnetError(f"{args.csv} already exists — earlier results are never overwritten; choose another file name")
+    _refuse_existing(args.csv)
     dataset = args.dataset or (str(args.config) if args.config else None)
     table = predict_files(args.files, run=args.run, weights=args.weights, dataset=dataset, fold=args.fold,
                           models_root=args.models, device=args.device)
