@@ -205,6 +205,16 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
         for key in a["state_dict"]:
             torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
         assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    changed = tmp_path / "changed.npy"
+    changed.write_bytes(mfcc.read_bytes())
+    record = models / "config.json"
+    saved = record.read_text()
+    record.write_text(saved.replace(str(mfcc.resolve()), str(changed)))
+    with open(changed, "ab") as f:
+        f.write(b"\0")
+    failed = subprocess.run(cli("--resume", run_id, *dirs("killed")), capture_output=True, text=True)
+    assert failed.returncode == 2 and "changed since run" in failed.stderr
+    record.write_text(saved)
     if "fold_1.pt" in done_before:  # a finished fold is never retrained
         assert (models / "fold_1.pt").stat().st_mtime_ns < (models / "fold_2.pt").stat().st_mtime_ns
     assert pd.read_excel(tmp_path / "killed" / "R" / f"{run_id}.xlsx", sheet_name="folds").war[:2].tolist() == \

@@ -31,7 +31,7 @@ from .config import Config
 from .corpora import canonical_stems
 from .errors import TimnetError
 from .evaluate import confusion, infer, model_config, scores
-from .features import FeatureSet, load_features
+from .features import FeatureSet, load_features, sha256
 from .model import TIMNet
 from .splits import make_folds, validation_split
 
@@ -122,7 +122,7 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None) -> FoldResult:
     shuffle = torch.Generator().manual_seed(job.seed * 1000 + job.fold)
     state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "best_score": -1.0, "best_val": -1.0, "stale": 0, "seconds": 0.0}
     if job.state_path.exists():
-        saved = torch.load(job.state_path, map_location=device, weights_only=False)
+        saved = torch.load(job.state_path, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
@@ -280,6 +280,9 @@ def run_training(cfg: Config, mfcc: Path, models_root: Path = Path("Models"), lo
             raise TimnetError(f"{run_dir}: no run to resume (config.json missing) — see the run ids in {models_root}")
         saved = json.loads((run_dir / "config.json").read_text())
         cfg, mfcc = Config.from_dict(saved["config"]), Path(saved["mfcc"])
+        if not mfcc.is_file() or sha256(mfcc) != saved["mfcc_sha256"]:
+            raise TimnetError(f"{mfcc} is missing or changed since run {resume} started, so its folds would point at other "
+                              "utterances — restore that file, or start a new run")
         run_id = resume
     else:
         cfg.train.validate()
@@ -295,7 +298,7 @@ def run_training(cfg: Config, mfcc: Path, models_root: Path = Path("Models"), lo
     if not resume:
         paths.models.mkdir(parents=True)
         paths.logs.mkdir(parents=True, exist_ok=True)
-        record = {"run_id": run_id, "config": cfg.to_dict(), "mfcc": str(mfcc.resolve()), "device": device,
+        record = {"run_id": run_id, "config": cfg.to_dict(), "mfcc": str(mfcc.resolve()), "mfcc_sha256": sha256(mfcc), "device": device,
                   "created": datetime.now().isoformat(timespec="seconds"),
                   "folds": [{"unit": j.unit, "fold": j.fold, "seed": j.seed, "test_stems": features.manifest.stem.iloc[j.test].tolist()} for j in jobs]}
         write_json(paths.models / "config.json", record)
