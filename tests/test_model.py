@@ -6,13 +6,12 @@ import torch
 
 from timnet import load_config
 from timnet.config import known_datasets
-from timnet.evaluate import model_config
 from timnet.model import TIMNet, TIMNetConfig, count_parameters
 
 
 @pytest.mark.parametrize("name", known_datasets())
 def test_parameter_count_equals_keras_for_every_config(name):
-    cfg = model_config(load_config(name))
+    cfg = TIMNetConfig.from_config(load_config(name))
     total, trainable = count_parameters(TIMNet(cfg))
     # Keras: 2 input 1x1 convs + 2 x levels TABs (2 convs + 2 BNs each) + level weights + dense
     tab = 2 * (cfg.filters * cfg.filters * cfg.kernel_size + cfg.filters) + 2 * 4 * cfg.filters

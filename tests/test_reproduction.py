@@ -9,7 +9,8 @@ import pytest
 from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared
 
 from timnet import load_config
-from timnet.evaluate import authors_test_folds, evaluate_weights, infer, model_config
+from timnet.evaluate import authors_test_folds, evaluate_weights, infer
+from timnet.model import TIMNetConfig
 from timnet.features import features_from_audio
 from timnet.keras_weights import load_fold_models
 
@@ -49,7 +50,7 @@ def test_fold_models_know_their_training_files(emodb_subset):
     ~100 % on its own training files and wrong only on test files."""
     cfg, features = emodb_subset
     tests, _ = authors_test_folds(cfg, features, 10, 46)
-    models = load_fold_models(WEIGHTS / "EMODB_46.zip", model_config(cfg))
+    models = load_fold_models(WEIGHTS / "EMODB_46.zip", TIMNetConfig.from_config(cfg))
     for k in (1, 5, 10):
         train = np.setdiff1d(np.arange(len(features)), tests[k - 1])
         prob, _ = infer(models[k], features.x[train])

@@ -1,6 +1,7 @@
 """Training over folds on synthetic audio: files written, protocols, learning, resume after kill -9."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -123,6 +124,10 @@ def test_several_seeds_give_mean_and_std(tmp_path, mfcc):
     assert sorted(set(run.folds.seed)) == [7, 46] and len(run.folds) == 4
     assert (tmp_path / "Models" / run.run_id / "fold_1_seed7.pt").exists()
     assert run.summary["seeds"] == "46,7" and not np.isnan(run.summary["war_std_over_seeds"])
+    # every seed is evaluated on the same (authors') test sets; only training randomness differs
+    tests = {(p["seed"], p["fold"]): p["test_stems"] for p in json.loads((tmp_path / "Models" / run.run_id / "config.json").read_text())["folds"]}
+    assert tests[(46, 1)] == tests[(7, 1)] and tests[(46, 2)] == tests[(7, 2)]
+    assert run.predictions.groupby("seed").stem.apply(sorted).apply(tuple).nunique() == 1
 
 
 # --- protocols ---------------------------------------------------------------------------

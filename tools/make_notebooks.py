@@ -98,7 +98,7 @@ folds = 10
 epochs = 500
 protocol = "random"      # random | speaker
 checkpoint = "last"      # last | best-val | best-test
-seeds = None             # e.g. [46, 1, 2] for mean ± std over seeds; None = the dataset's seed
+seeds = None             # e.g. [46, 1, 2]: repeat training on the same folds, mean ± std; None = the dataset's seed
 patience = 0             # early stopping on validation accuracy; 0 = off
 device = "auto"          # auto | cpu | cuda | mps
 resume = None            # a run id to continue after an interruption

@@ -61,12 +61,6 @@ class Evaluation:
     embeddings: np.ndarray
 
 
-def model_config(config: Config) -> TIMNetConfig:
-    m = config.model
-    return TIMNetConfig(n_classes=config.n_classes, n_mfcc=config.features.n_mfcc, filters=m.filters,
-                        kernel_size=m.kernel_size, levels=m.levels, dropout=m.dropout)
-
-
 def authors_test_folds(config: Config, features: FeatureSet, n_folds: int, seed: int) -> tuple[list[np.ndarray], list[int]]:
     """For fold k: the indices of `features` in the authors' test set k, and how many of it are missing."""
     canonical = canonical_stems(config.dataset)
@@ -97,7 +91,7 @@ def evaluate_weights(weights: Path, config: Config, features: FeatureSet, seed: 
     seed = seed if seed is not None else seed_from_name(weights)
     if seed is None:
         seed = config.train.seed
-    models = load_fold_models(weights, model_config(config))
+    models = load_fold_models(weights, TIMNetConfig.from_config(config))
     n_folds = max(models)
     tests, missing = authors_test_folds(config, features, n_folds, seed)
     rows, preds, embeddings = [], [], np.zeros((len(features), config.model.filters), np.float32)

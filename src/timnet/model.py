@@ -26,6 +26,13 @@ class TIMNetConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_config(cls, config) -> "TIMNetConfig":
+        """The architecture of a `timnet.config.Config` (classes, MFCCs, [model] section)."""
+        m = config.model
+        return cls(n_classes=config.n_classes, n_mfcc=config.features.n_mfcc, filters=m.filters,
+                   kernel_size=m.kernel_size, levels=m.levels, dropout=m.dropout)
+
 
 class CausalConv1d(nn.Conv1d):
     """Conv1d that sees only the past: left-pad by (k - 1) * dilation (Keras padding='causal')."""

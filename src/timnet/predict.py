@@ -18,7 +18,7 @@ import torch
 
 from .config import Config, load_config
 from .errors import TimnetError
-from .evaluate import infer, model_config
+from .evaluate import infer
 from .features import extract_file
 from .keras_weights import load_fold_models
 from .model import TIMNet, TIMNetConfig
@@ -60,7 +60,7 @@ def load_run(run: str | Path, models_root: Path = Path("Models"), fold: int | No
 def load_published(weights: Path, dataset: str, fold: int | None = None) -> FoldModels:
     """The authors' published fold weights for a dataset (features: the dataset's built-in config)."""
     config = load_config(dataset)
-    models = {f"fold_{k}": m for k, m in load_fold_models(weights, model_config(config)).items() if fold is None or k == fold}
+    models = {f"fold_{k}": m for k, m in load_fold_models(weights, TIMNetConfig.from_config(config)).items() if fold is None or k == fold}
     if not models:
         raise TimnetError(f"{weights}: no weights for fold {fold}")
     return FoldModels(config, models, str(weights))

@@ -17,7 +17,7 @@ from .errors import TimnetError
 SUMMARY_NAME = "Accuracy Analysis Summary.xlsx"
 
 
-def _config_sheet(cfg: Config) -> pd.DataFrame:
+def config_sheet(cfg: Config) -> pd.DataFrame:
     rows = [(f"{section}.{key}", str(value)) for section, values in cfg.to_dict().items() for key, value in values.items()]
     return pd.DataFrame(rows, columns=["setting", "value"])
 
@@ -41,7 +41,7 @@ def write_evaluation(path: Path, ev, cfg: Config, source: str) -> Path:
     overall = {"fold": "overall", "n_test": int(folds.n_test.sum()), "missing": ev.missing, **ev.overall}
     folds = pd.concat([folds, pd.DataFrame([overall])], ignore_index=True)
     info = pd.DataFrame({"setting": ["weights"], "value": [source]})
-    return write_workbook(path, {"folds": folds, "predictions": ev.predictions, "config": pd.concat([info, _config_sheet(cfg)])})
+    return write_workbook(path, {"folds": folds, "predictions": ev.predictions, "config": pd.concat([info, config_sheet(cfg)])})
 
 
 def summary_row(run_id: str, cfg: Config, folds: pd.DataFrame, seeds: list[int]) -> dict:

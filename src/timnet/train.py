@@ -30,9 +30,9 @@ from .atomic import atomic_path, write_json
 from .config import Config
 from .corpora import canonical_stems
 from .errors import TimnetError
-from .evaluate import confusion, infer, model_config, scores
+from .evaluate import confusion, infer, scores
 from .features import FeatureSet, load_features, sha256
-from .model import TIMNet
+from .model import TIMNet, TIMNetConfig
 from .splits import make_folds, validation_split
 
 
@@ -117,7 +117,7 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None) -> FoldResult:
     tr, te, va = (torch.as_tensor(np.asarray(i, dtype=np.int64), device=device) for i in (job.train, job.test, job.val))
 
     torch.manual_seed(job.seed * 1000 + job.fold)
-    model = TIMNet(model_config(cfg)).to(device)
+    model = TIMNet(TIMNetConfig.from_config(cfg)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     shuffle = torch.Generator().manual_seed(job.seed * 1000 + job.fold)
     state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "best_score": -1.0, "best_val": -1.0, "stale": 0, "seconds": 0.0}
@@ -173,7 +173,7 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None) -> FoldResult:
     metrics = scores(features.y[job.test], probs.argmax(1))
     result = FoldResult(job.fold, job.seed, metrics, chosen_epoch, state["seconds"], list(job.test), probs, pd.DataFrame(state["history"]))
     _save(job.final_path, {
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": job.config, "model_config": model_config(cfg).to_dict(),
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": job.config, "model_config": TIMNetConfig.from_config(cfg).to_dict(),
         "fold": job.fold, "seed": job.seed, "metrics": metrics, "epoch": chosen_epoch, "seconds": state["seconds"],
         "checkpoint": t.checkpoint, "optimistic": t.checkpoint == "best-test", "test_index": list(job.test),
         "confusion": confusion(features.y[job.test], probs.argmax(1), cfg.dataset.classes).to_numpy().tolist(),
@@ -254,13 +254,13 @@ def plan_jobs(cfg: Config, features: FeatureSet, mfcc: Path, paths: RunPaths, de
     """All (seed, fold) units of a run, with their index sets fixed up front (and saved with the run)."""
     t = cfg.train
     seeds = t.run_seeds
+    # Folds always come from the dataset's seed (for `random`: the authors' exact test sets);
+    # several seeds repeat the training (init, shuffling, dropout, validation carve) on the same folds.
+    folds = make_folds(t.protocol, features.manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
+    need_val = t.checkpoint == "best-val" or t.patience > 0
+    speakers = features.manifest.speaker if t.protocol == "speaker" else None
     jobs = []
     for seed in seeds:
-        # `random` keeps the authors' test sets for the config seed; other seeds reshuffle
-        fold_seed = t.seed if (t.protocol == "random" and seed == seeds[0]) else seed
-        folds = make_folds(t.protocol, features.manifest, canonical_stems(cfg.dataset), t.folds, fold_seed)
-        need_val = t.checkpoint == "best-val" or t.patience > 0
-        speakers = features.manifest.speaker if t.protocol == "speaker" else None
         for k, (train, test) in enumerate(folds, start=1):
             val = np.array([], dtype=np.int64)
             if need_val:
@@ -318,7 +318,7 @@ class RunResult:
 
 
 def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list[FoldResult]) -> RunResult:
-    from .report import _config_sheet, append_summary, summary_row, write_workbook
+    from .report import append_summary, config_sheet, summary_row, write_workbook
 
     classes = cfg.dataset.classes
     rows, preds = [], []
@@ -350,7 +350,7 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
         "predictions": predictions,
         "confusion": confusion(y_true, y_pred, classes),
         "confusion_per_fold": per_fold[["seed", "fold", "true", "predicted", "count"]],
-        "config": pd.concat([meta, _config_sheet(cfg)], ignore_index=True),
+        "config": pd.concat([meta, config_sheet(cfg)], ignore_index=True),
     }, overwrite=True)
     summary = summary_row(paths.run_id, cfg, folds, cfg.train.run_seeds)
     summary["complete"] = complete
