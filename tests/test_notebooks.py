@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, emodb_tree
+from conftest import EMODB_16K, REPO, WEIGHTS, emodb_tree, needs_shared
 
 papermill = pytest.importorskip("papermill")
 
@@ -40,3 +40,13 @@ def test_notebooks_run_in_order(tmp_path):
     table = pd.read_csv(csv)
     assert len(table) == 84 and np.isfinite(table[["x", "y"]].to_numpy()).all()
     assert csv.with_suffix(".png").is_file()
+
+
+@needs_shared
+def test_tsne_notebook_with_the_authors_weights_on_audio(tmp_path):
+    papermill.execute_notebook(str(REPO / "tsne.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3", cwd=str(tmp_path),
+                               progress_bar=False, parameters={"dataset": "EMODB", "weights": str(WEIGHTS / "EMODB_46.zip"),
+                                                               "data": str(EMODB_16K), "results_dir": str(tmp_path / "Results")})
+    (csv,) = (tmp_path / "Results" / "EMODB_46_EMODB").glob("tsne*.csv")
+    table = pd.read_csv(csv)
+    assert len(table) == 361 and np.isfinite(table[["x", "y"]].to_numpy()).all()

@@ -164,10 +164,10 @@ from timnet.tsne import run_embeddings, write_tsne
 
 if weights:
     from timnet.evaluate import evaluate_weights
-    from timnet.features import load_features
+    from timnet.features import load_or_extract
 
     cfg = timnet.load_config(dataset)
-    features = load_features(Path(data or f"MFCC/{cfg.dataset.name}.npy"), cfg.dataset.classes)
+    features, _ = load_or_extract(cfg, Path(data or f"MFCC/{cfg.dataset.name}.npy"))
     embeddings = evaluate_weights(Path(weights), cfg, features).embeddings
     out_dir, title = Path(results_dir) / f"{Path(weights).stem}_{dataset}", f"{dataset}, authors' weights"
 else:

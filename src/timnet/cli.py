@@ -60,11 +60,10 @@ def cmd_preprocess(args) -> None:
 
 def _feature_set(cfg, data: Path, args):
     """An MFCC .npy, or a corpus folder whose features are computed on the fly."""
-    from .features import features_from_audio, load_features
+    from .features import load_or_extract
 
-    if data.suffix == ".npy":
-        return load_features(data, cfg.dataset.classes, trust_pickle=args.trust_pickle)
-    features, skipped = features_from_audio(cfg, data, workers=args.workers, skip_bad=args.skip_bad, progress=not args.quiet)
+    features, skipped = load_or_extract(cfg, data, workers=args.workers, skip_bad=args.skip_bad, trust_pickle=args.trust_pickle,
+                                        progress=not args.quiet)
     for file, reason in skipped:
         print(f"  skipped {file}: {reason}")
     return features

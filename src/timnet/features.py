@@ -173,6 +173,15 @@ def features_from_audio(config: Config, data: Path, workers: int | None = None, 
     return FeatureSet(x, good.class_index.to_numpy().astype(np.int64), good, list(config.dataset.classes)), skipped + bad
 
 
+def load_or_extract(config: Config, data: Path, workers: int | None = None, skip_bad: bool = False,
+                    trust_pickle: bool = False, progress: bool = True) -> tuple[FeatureSet, list[tuple[str, str]]]:
+    """Features from an MFCC `.npy`, or computed in memory from a corpus folder: (features, skipped files)."""
+    data = Path(data)
+    if data.suffix == ".npy":
+        return load_features(data, config.dataset.classes, trust_pickle=trust_pickle), []
+    return features_from_audio(config, data, workers=workers, skip_bad=skip_bad, progress=progress)
+
+
 # --- the npy / csv / json trio ---------------------------------------------------------------
 @dataclass
 class FeatureSet:
