@@ -35,6 +35,24 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> pd.
     return pd.DataFrame(m, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
 
 
+def prediction_table(manifest: pd.DataFrame, idx: np.ndarray, probs: np.ndarray, classes: list[str],
+                     columns: tuple[str, ...] = ("file", "stem", "label"), **keys) -> pd.DataFrame:
+    """Per-utterance predictions: `keys` (fold, seed), manifest columns, predicted, correct, p_<class>."""
+    table = manifest.iloc[idx][list(columns)].reset_index(drop=True)
+    for position, (name, value) in enumerate(keys.items()):
+        table.insert(position, name, value)
+    table["predicted"] = [classes[p] for p in probs.argmax(1)]
+    table["correct"] = table.label.to_numpy() == table.predicted.to_numpy()
+    for c, name in enumerate(classes):
+        table[f"p_{name}"] = probs[:, c]
+    return table
+
+
+def table_scores(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
+    """Overall scores of a prediction table (all folds pooled)."""
+    return scores(predictions.label.map(classes.index).to_numpy(), predictions.predicted.map(classes.index).to_numpy())
+
+
 @torch.no_grad()
 def infer(model: TIMNet, x: np.ndarray, batch_size: int = 256, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, K], embeddings [N, C]) in eval mode."""
@@ -98,17 +116,8 @@ def evaluate_weights(weights: Path, config: Config, features: FeatureSet, seed: 
     for k, model in models.items():
         idx = tests[k - 1]
         prob, emb = infer(model, features.x[idx], device=device)
-        pred = prob.argmax(1) if len(idx) else np.zeros(0, int)
         embeddings[idx] = emb
-        rows.append({"fold": k, "n_test": len(idx), "missing": missing[k - 1], **scores(features.y[idx], pred)})
-        table = features.manifest.iloc[idx][["file", "stem", "label"]].copy()
-        table["fold"] = k
-        table["predicted"] = [config.dataset.classes[p] for p in pred]
-        table["correct"] = table.label.to_numpy() == table.predicted.to_numpy()
-        for c, name in enumerate(config.dataset.classes):
-            table[f"p_{name}"] = prob[:, c]
-        preds.append(table)
+        rows.append({"fold": k, "n_test": len(idx), "missing": missing[k - 1], **scores(features.y[idx], prob.argmax(1))})
+        preds.append(prediction_table(features.manifest, idx, prob, config.dataset.classes, fold=k))
     predictions = pd.concat(preds, ignore_index=True)
-    y_true = np.array([config.dataset.classes.index(v) for v in predictions.label])
-    y_pred = np.array([config.dataset.classes.index(v) for v in predictions.predicted])
-    return Evaluation(pd.DataFrame(rows), predictions, scores(y_true, y_pred), int(sum(missing)), embeddings)
+    return Evaluation(pd.DataFrame(rows), predictions, table_scores(predictions, config.dataset.classes), int(sum(missing)), embeddings)

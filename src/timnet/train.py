@@ -30,7 +30,7 @@ from .atomic import atomic_path, write_json
 from .config import Config
 from .corpora import canonical_stems
 from .errors import TimnetError
-from .evaluate import confusion, infer, scores
+from .evaluate import confusion, infer, prediction_table, scores
 from .features import FeatureSet, load_features, sha256
 from .model import TIMNet, TIMNetConfig
 from .splits import make_folds, validation_split
@@ -325,21 +325,13 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
     for r in results:
         idx = np.asarray(r.test_index, dtype=np.int64)
         rows.append({"seed": r.seed, "fold": r.fold, "n_test": len(idx), "epoch": r.epoch, "train_seconds": round(r.seconds, 1), **r.metrics})
-        table = features.manifest.iloc[idx][["file", "stem", "label", "speaker"]].copy()
-        table.insert(0, "seed", r.seed)
-        table.insert(1, "fold", r.fold)
-        table["predicted"] = [classes[p] for p in r.probs.argmax(1)]
-        table["correct"] = table.label.to_numpy() == table.predicted.to_numpy()
-        for c, name in enumerate(classes):
-            table[f"p_{name}"] = r.probs[:, c]
-        preds.append(table)
+        preds.append(prediction_table(features.manifest, idx, r.probs, classes, ("file", "stem", "label", "speaker"),
+                                      seed=r.seed, fold=r.fold))
     folds = pd.DataFrame(rows)
     predictions = pd.concat(preds, ignore_index=True)
     per_fold = pd.concat([confusion(group.label.map(classes.index).to_numpy(), group.predicted.map(classes.index).to_numpy(), classes)
                           .stack().rename("count").reset_index().assign(seed=seed, fold=fold)
                           for (seed, fold), group in predictions.groupby(["seed", "fold"], sort=True)], ignore_index=True)
-    y_true = predictions.label.map(classes.index).to_numpy()
-    y_pred = predictions.predicted.map(classes.index).to_numpy()
     stats = pd.DataFrame([{"seed": "", "fold": name, **{m: getattr(folds[m], name)() for m in ("war", "uar", "f1")}}
                           for name in ("mean", "std")])
     label = "OPTIMISTIC: epoch picked on the test fold (paper protocol)" if cfg.train.checkpoint == "best-test" else cfg.train.checkpoint
@@ -348,7 +340,7 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
     workbook = write_workbook(paths.workbook, {
         "folds": pd.concat([folds, stats], ignore_index=True),
         "predictions": predictions,
-        "confusion": confusion(y_true, y_pred, classes),
+        "confusion": confusion(predictions.label.map(classes.index).to_numpy(), predictions.predicted.map(classes.index).to_numpy(), classes),
         "confusion_per_fold": per_fold[["seed", "fold", "true", "predicted", "count"]],
         "config": pd.concat([meta, config_sheet(cfg)], ignore_index=True),
     }, overwrite=True)
