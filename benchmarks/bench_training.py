@@ -58,9 +58,10 @@ def main() -> None:
     args = ap.parse_args()
     if not args.report:
         mfcc = args.work / "MFCC"
-        subprocess.run([sys.executable, "-m", "timnet.cli", "preprocess", "--dataset", "EMODB", "--data", str(args.data),
-                        "--out", str(mfcc), "--quiet"], check=True)
         existing = runs(args.work)
+        if not all(p in existing for p in PROTOCOLS):  # a resumed run checks its own MFCC file (SHA-256)
+            subprocess.run([sys.executable, "-m", "timnet.cli", "preprocess", "--dataset", "EMODB", "--data", str(args.data),
+                            "--out", str(mfcc), "--quiet"], check=True)
         dirs = ["--models", str(args.work / "Models"), "--logs", str(args.work / "logs"), "--results", str(args.work / "Results")]
         procs = []
         for protocol in PROTOCOLS:

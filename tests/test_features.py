@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import librosa
@@ -188,6 +189,11 @@ def test_rerun_with_nothing_changed_is_a_noop(emodb_root, tmp_path):
 def test_changed_data_or_settings_are_detected_and_never_silently_overwritten(emodb_root, tmp_path):
     out = tmp_path / "MFCC"
     run_preprocess(emodb_root, out)
+    touched = emodb_root / "wav" / "03a01Fa.wav"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    with pytest.raises(TimnetError, match=r"differs \(an input file's size or modification time changed"):
+        run_preprocess(emodb_root, out)
+    assert run_preprocess(emodb_root, out, overwrite=True).count == 84
     write_wav(emodb_root / "wav" / "11a01Wa.wav", seconds=0.5)
     with pytest.raises(TimnetError, match=r"already exists and differs \(1 file\(s\) added, 0 removed\).*--overwrite"):
         run_preprocess(emodb_root, out)

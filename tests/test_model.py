@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from timnet import load_config
 from timnet.config import known_datasets
-from timnet.model import TIMNet, TIMNetConfig, count_parameters
+from timnet.model import CausalConv1d, TIMNet, TIMNetConfig, count_parameters
 
 
 @pytest.mark.parametrize("name", known_datasets())
@@ -38,14 +40,34 @@ def test_shapes_and_embedding():
 def test_causal_convolution_never_looks_ahead():
     torch.manual_seed(0)
     block = TIMNet(TIMNetConfig(n_classes=7)).eval().forward_blocks
-    x = torch.randn(1, 39, 100)
+    x = torch.randn(1, 100, 39)  # channels last [B, T, C]
     y = x.clone()
-    y[:, :, 60:] = torch.randn(1, 39, 40)  # change only the future
+    y[:, 60:] = torch.randn(1, 40, 39)  # change only the future
     a, b = x, y
     for blk in block:
         a, b = blk(a), blk(b)
-    torch.testing.assert_close(a[:, :, :60], b[:, :, :60])
-    assert not torch.allclose(a[:, :, 60:], b[:, :, 60:])
+    torch.testing.assert_close(a[:, :60], b[:, :60])
+    assert not torch.allclose(a[:, 60:], b[:, 60:])
+
+
+@pytest.mark.parametrize("kernel_size, dilation", [(1, 1), (2, 1), (2, 16), (2, 64), (3, 5)])
+def test_gemm_causal_conv_equals_left_padded_conv1d(kernel_size, dilation):
+    """Forward and all gradients of the GEMM formulation equal F.pad + F.conv1d (float64, so exactly)."""
+    torch.manual_seed(0)
+    conv = CausalConv1d(5, 4, kernel_size, dilation=dilation).double()
+    nn.init.normal_(conv.bias)
+    x = torch.randn(3, 40, 5, dtype=torch.float64, requires_grad=True)  # dilation 64 > T: only padding behind
+    upstream = torch.randn(3, 40, 4, dtype=torch.float64)
+
+    ours = conv(x)
+    grads = torch.autograd.grad((ours * upstream).sum(), (x, conv.weight, conv.bias))
+    padded = F.pad(x.transpose(1, 2), ((kernel_size - 1) * dilation, 0))
+    reference = F.conv1d(padded, conv.weight, conv.bias, dilation=dilation).transpose(1, 2)
+    expected = torch.autograd.grad((reference * upstream).sum(), (x, conv.weight, conv.bias))
+
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_backward_direction_sees_reversed_time():

@@ -297,7 +297,7 @@ def _describe_change(npy: Path, record: dict, manifest: pd.DataFrame, settings: 
         now = set(manifest.file)
         if before != now:
             changed.append(f"{len(now - before)} file(s) added, {len(before - now)} removed")
-    return "; ".join(changed) or "input files were modified"
+    return "; ".join(changed) or "an input file's size or modification time changed; copying a corpus changes the times too"
 
 
 def preprocess(config: Config, data: Path, out_dir: Path, workers: int | None = None, skip_bad: bool = False,
