@@ -48,7 +48,7 @@ def test_predict_averages_folds_into_probabilities(run):
     files = sorted((tree / "wav").glob("*.wav"))[:4]
     table = timnet.predict(files, run=result.run_id, models_root=root / "Models")
     classes = load_config("EMODB").dataset.classes
-    np.testing.assert_allclose(table[classes].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(table[classes].sum(axis=1), 1.0, atol=1e-5)
     one = [timnet.predict(files, run=result.run_id, models_root=root / "Models", fold=k)[classes].to_numpy() for k in (1, 2)]
     np.testing.assert_allclose(table[classes].to_numpy(), np.mean(one, axis=0), atol=1e-6)
 

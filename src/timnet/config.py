@@ -52,6 +52,8 @@ class FeatureSettings:
 
 @dataclass
 class ModelSettings:
+    """[model]: the architecture (TIMNetConfig adds the class count and MFCC size)."""
+
     filters: int = 39
     kernel_size: int = 2
     levels: int = 8
@@ -60,6 +62,9 @@ class ModelSettings:
 
 @dataclass
 class TrainSettings:
+    """[train]: the authors' optimiser, batch, epochs and KFold seed, plus this project's choices
+    (protocol, checkpoint policy, validation carve, early stopping, repeat seeds, device)."""
+
     seed: int = 0
     folds: int = 10
     epochs: int = 500
