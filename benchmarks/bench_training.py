@@ -31,6 +31,7 @@ def runs(work: Path) -> dict[str, Path]:
 
 
 def report(work: Path) -> str:
+    per_fold = []
     lines = ["| protocol | folds done | WAR % | UAR % | macro-F1 % | train time |", "|---|---|---|---|---|---|"]
     for protocol, run in runs(work).items():
         record = json.loads((run / "config.json").read_text())
@@ -46,7 +47,9 @@ def report(work: Path) -> str:
         hours = sum(s["seconds"] for s in saved) / 3600
         done = ", ".join(str(s["fold"]) for s in sorted(saved, key=lambda s: s["fold"]))
         lines.append(f"| {protocol} | {len(saved)} of {total} ({done}) | {' | '.join(cells)} | {hours:.1f} h |")
-    return "\n".join(lines)
+        per_fold.append(f"{protocol}: " + ", ".join(f"fold {s['fold']} {s['metrics']['war']:.2f} % in {s['seconds'] / 60:.0f} min"
+                                                  for s in sorted(saved, key=lambda s: s["fold"])))
+    return "\n".join(lines + ["", "WAR per fold and its training time:", *per_fold])
 
 
 def main() -> None:
