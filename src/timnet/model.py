@@ -39,8 +39,8 @@ class _CausalConvGEMM(torch.autograd.Function):
     """Causal dilated conv on channels-last [B, T, C] as one GEMM per kernel tap, with a hand-written backward.
 
     y[t] = b + sum_j W_j x[t - (k-1-j) d]. On CPU this is ~3x faster than Conv1d for 39 channels and
-    kernel 2 (oneDNN's conv and its autograd run at a third of GEMM speed), which makes training
-    ~1.7x faster; gradients equal Conv1d's to 1e-14 in float64 (tests/test_model.py).
+    kernel 2 (oneDNN's conv and its autograd run at a third of GEMM speed), which makes a training
+    epoch 1.4x faster (benchmarks/bench_model.py); gradients equal Conv1d's to 1e-14 in float64 (tests/test_model.py).
     """
 
     @staticmethod
