@@ -36,7 +36,7 @@ def report(work: Path) -> str:
     for protocol, run in runs(work).items():
         record = json.loads((run / "config.json").read_text())
         total = len(record["folds"])
-        saved = [torch.load(p, weights_only=True) for p in sorted(run.glob("fold_*.pt"))]
+        saved = sorted((torch.load(p, weights_only=True) for p in run.glob("fold_*.pt")), key=lambda s: s["fold"])
         if not saved:
             lines.append(f"| {protocol} | 0 of {total} | | | | |")
             continue
@@ -45,10 +45,10 @@ def report(work: Path) -> str:
             values = np.array([s["metrics"][metric] for s in saved])
             cells.append(f"{values.mean():.2f} ± {values.std():.2f}")
         hours = sum(s["seconds"] for s in saved) / 3600
-        done = ", ".join(str(s["fold"]) for s in sorted(saved, key=lambda s: s["fold"]))
+        done = ", ".join(str(s["fold"]) for s in saved)
         lines.append(f"| {protocol} | {len(saved)} of {total} ({done}) | {' | '.join(cells)} | {hours:.1f} h |")
         per_fold.append(f"{protocol}: " + ", ".join(f"fold {s['fold']} {s['metrics']['war']:.2f} % in {s['seconds'] / 60:.0f} min"
-                                                  for s in sorted(saved, key=lambda s: s["fold"])))
+                                                  for s in saved))
     return "\n".join(lines + ["", "WAR per fold and its training time:", *per_fold])
 
 

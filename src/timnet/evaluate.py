@@ -48,9 +48,19 @@ def prediction_table(manifest: pd.DataFrame, idx: np.ndarray, probs: np.ndarray,
     return table
 
 
+def _table_indices(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) class indices of a prediction table."""
+    return predictions.label.map(classes.index).to_numpy(), predictions.predicted.map(classes.index).to_numpy()
+
+
 def table_scores(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
     """Overall scores of a prediction table (all folds pooled)."""
-    return scores(predictions.label.map(classes.index).to_numpy(), predictions.predicted.map(classes.index).to_numpy())
+    return scores(*_table_indices(predictions, classes))
+
+
+def table_confusion(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Confusion matrix of a prediction table (or of one fold's rows of it)."""
+    return confusion(*_table_indices(predictions, classes), classes)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from .atomic import atomic_path, write_json
 from .config import Config
 from .corpora import canonical_stems
 from .errors import TimnetError
-from .evaluate import confusion, infer, prediction_table, scores
+from .evaluate import confusion, infer, prediction_table, scores, table_confusion
 from .features import FeatureSet, load_features, sha256
 from .model import TIMNet, TIMNetConfig
 from .splits import make_folds, validation_split
@@ -173,7 +173,7 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None) -> FoldResult:
     metrics = scores(features.y[job.test], probs.argmax(1))
     result = FoldResult(job.fold, job.seed, metrics, chosen_epoch, state["seconds"], list(job.test), probs, pd.DataFrame(state["history"]))
     _save(job.final_path, {
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": job.config, "model_config": TIMNetConfig.from_config(cfg).to_dict(),
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": job.config, "model_config": model.config.to_dict(),
         "fold": job.fold, "seed": job.seed, "metrics": metrics, "epoch": chosen_epoch, "seconds": state["seconds"],
         "checkpoint": t.checkpoint, "optimistic": t.checkpoint == "best-test", "test_index": list(job.test),
         "confusion": confusion(features.y[job.test], probs.argmax(1), cfg.dataset.classes).to_numpy().tolist(),
@@ -329,7 +329,7 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
                                       seed=r.seed, fold=r.fold))
     folds = pd.DataFrame(rows)
     predictions = pd.concat(preds, ignore_index=True)
-    per_fold = pd.concat([confusion(group.label.map(classes.index).to_numpy(), group.predicted.map(classes.index).to_numpy(), classes)
+    per_fold = pd.concat([table_confusion(group, classes)
                           .stack().rename("count").reset_index().assign(seed=seed, fold=fold)
                           for (seed, fold), group in predictions.groupby(["seed", "fold"], sort=True)], ignore_index=True)
     stats = pd.DataFrame([{"seed": "", "fold": name, **{m: getattr(folds[m], name)() for m in ("war", "uar", "f1")}}
@@ -340,7 +340,7 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
     workbook = write_workbook(paths.workbook, {
         "folds": pd.concat([folds, stats], ignore_index=True),
         "predictions": predictions,
-        "confusion": confusion(predictions.label.map(classes.index).to_numpy(), predictions.predicted.map(classes.index).to_numpy(), classes),
+        "confusion": table_confusion(predictions, classes),
         "confusion_per_fold": per_fold[["seed", "fold", "true", "predicted", "count"]],
         "config": pd.concat([meta, config_sheet(cfg)], ignore_index=True),
     }, overwrite=True)
