@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,28 @@ def emodb_tree(root: Path, **kw) -> Path:
 @pytest.fixture
 def emodb_root(tmp_path) -> Path:
     return emodb_tree(tmp_path / "EMODB")
+
+
+# Short signals (16000 samples -> 32 frames) keep training tests fast; the model is the same.
+SHORT = {"features.signal_length": 16000}
+
+
+@pytest.fixture(scope="session")
+def mfcc(tmp_path_factory) -> Path:
+    """MFCC/EMODB.npy of a small synthetic EMO-DB (4 speakers x 3 texts x 7 emotions = 84), short signals."""
+    from timnet import load_config
+    from timnet.features import preprocess
+
+    root = tmp_path_factory.mktemp("corpus")
+    tree = emodb_tree(root / "EMODB", speakers=("03", "08", "09", "10"), texts=("a01", "a02", "a04"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        preprocess(load_config("EMODB", SHORT), tree, root / "MFCC", progress=False)
+    return root / "MFCC" / "EMODB.npy"
+
+
+def train_cli(*args: str) -> list[str]:
+    """argv of `timnet train` on the short-signal EMO-DB config (or of a --resume), quiet, on CPU, one thread
+    per unit (the same arithmetic whatever the number of workers, so runs compare bit for bit)."""
+    config = [] if "--resume" in args else ["--dataset", "EMODB", "--set", "features.signal_length=16000"]
+    return [sys.executable, "-m", "timnet.cli", "train", *config, "--device", "cpu", "--threads", "1", "--quiet", *args]

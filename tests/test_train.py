@@ -13,30 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import emodb_tree
+from conftest import SHORT, train_cli as cli
 from sklearn.model_selection import KFold
 
 from timnet import load_config
 from timnet.corpora import canonical_stems
 from timnet.errors import TimnetError
-from timnet.features import load_features, preprocess
+from timnet.features import load_features
 from timnet.report import SUMMARY_NAME
 from timnet.splits import make_folds, speaker_folds, validation_split
 from timnet.train import run_training
-
-
-# Short signals (16000 samples -> 32 frames) keep training tests fast; the model is the same.
-SHORT = {"features.signal_length": 16000}
-
-
-@pytest.fixture(scope="module")
-def mfcc(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    tree = emodb_tree(root / "EMODB", speakers=("03", "08", "09", "10"), texts=("a01", "a02", "a04"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        preprocess(load_config("EMODB", SHORT), tree, root / "MFCC", progress=False)
-    return root / "MFCC" / "EMODB.npy"
 
 
 def train(tmp_path, mfcc, **overrides):
@@ -172,11 +158,6 @@ def test_validation_comes_from_training_part_only(mfcc):
 
 
 # --- interruption -------------------------------------------------------------------------
-def cli(*args):
-    config = [] if "--resume" in args else ["--dataset", "EMODB", "--set", "features.signal_length=16000"]
-    return [sys.executable, "-m", "timnet.cli", "train", *config, "--device", "cpu", "--threads", "1", "--quiet", *args]
-
-
 def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfcc):
     common = ["--mfcc", str(mfcc), "--folds", "2", "--epochs", "30"]
     dirs = lambda name: ["--models", str(tmp_path / name / "M"), "--logs", str(tmp_path / name / "L"), "--results", str(tmp_path / name / "R")]  # noqa: E731

@@ -171,7 +171,7 @@ if weights:
     embeddings = evaluate_weights(Path(weights), cfg, features).embeddings
     out_dir, title = Path(results_dir) / f"{Path(weights).stem}_{dataset}", f"{dataset}, authors' weights"
 else:
-    from timnet.train import latest_run
+    from timnet.runs import latest_run
 
     run_id = run_id or latest_run(Path(models_dir), dataset)
     cfg, features, embeddings = run_embeddings(run_id, Path(models_dir))

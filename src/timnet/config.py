@@ -63,7 +63,8 @@ class ModelSettings:
 @dataclass
 class TrainSettings:
     """[train]: the authors' optimiser, batch, epochs and KFold seed, plus this project's choices
-    (protocol, checkpoint policy, validation carve, early stopping, repeat seeds, device)."""
+    (protocol, checkpoint policy, validation carve, early stopping, repeat seeds, device, compiling,
+    how often the test fold's accuracy is logged)."""
 
     seed: int = 0
     folds: int = 10
@@ -80,9 +81,12 @@ class TrainSettings:
     patience: int = 0
     seeds: list[int] = field(default_factory=list)
     device: str = "auto"
+    compile: str = "auto"
+    test_every: int = 10
 
     PROTOCOLS = ("random", "speaker")
     CHECKPOINTS = ("last", "best-val", "best-test")
+    COMPILE = ("auto", "on", "off")
 
     def validate(self) -> None:
         if self.protocol not in self.PROTOCOLS:
@@ -93,6 +97,10 @@ class TrainSettings:
             raise TimnetError(f"folds must be at least 2 (got {self.folds})")
         if self.epochs < 1 or self.batch_size < 1:
             raise TimnetError("epochs and batch_size must be positive")
+        if self.compile not in self.COMPILE:
+            raise TimnetError(f"unknown compile setting {self.compile!r}; choose one of {', '.join(self.COMPILE)}")
+        if self.test_every < 0:
+            raise TimnetError(f"test_every must be 0 (only at the end) or a number of epochs (got {self.test_every})")
         if not 0.0 < self.val_fraction < 0.5:
             raise TimnetError(f"val_fraction must be in (0, 0.5) (got {self.val_fraction})")
 

@@ -6,55 +6,22 @@ evaluation output for its test files.
 """
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
-import torch
 
-from .config import Config, load_config
+from .config import load_config
 from .errors import TimnetError
 from .evaluate import infer
 from .features import extract_file
 from .keras_weights import load_fold_models
-from .model import TIMNet, TIMNetConfig
+from .model import TIMNetConfig
+from .runs import FoldModels, load_run
 
 LONG_FACTOR = 2.0  # warn when a file is this many times longer than the training length
-
-
-@dataclass
-class FoldModels:
-    """Fold models with the config (classes, features) they were trained with."""
-
-    config: Config
-    models: dict[str, TIMNet]
-    source: str
-
-
-def load_run(run: str | Path, models_root: Path = Path("Models"), fold: int | None = None, seed: int | None = None) -> FoldModels:
-    """The fold models of a training run, by run id (under models_root) or folder."""
-    run_dir = Path(run) if Path(run).is_dir() else Path(models_root) / str(run)
-    record_path = run_dir / "config.json"
-    if not record_path.is_file():
-        raise TimnetError(f"{run_dir}: not a timnet run (no config.json) — give a run id from {models_root}/")
-    record = json.loads(record_path.read_text())
-    config = Config.from_dict(record["config"])
-    models = {}
-    for path in sorted(run_dir.glob("fold_*.pt")):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if (fold is not None and saved["fold"] != fold) or (seed is not None and saved["seed"] != seed):
-            continue
-        model = TIMNet(TIMNetConfig(**saved["model_config"]))
-        model.load_state_dict(saved["state_dict"])
-        models[path.stem] = model.eval()
-    if not models:
-        which = f" for fold {fold}" if fold is not None else ""
-        raise TimnetError(f"{run_dir}: no finished fold models{which} — train (or resume) the run first")
-    return FoldModels(config, models, str(run_dir))
 
 
 def load_published(weights: Path, dataset: str, fold: int | None = None) -> FoldModels:

@@ -6,7 +6,6 @@ and emotion. `fold=k` embeds every utterance with one model instead (its trainin
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,14 @@ from .config import Config
 from .errors import TimnetError
 from .evaluate import infer
 from .features import FeatureSet, load_features
-from .predict import load_run
+from .runs import load_run, read_record
 
 
 def run_embeddings(run: str | Path, models_root: Path = Path("Models"), fold: int | None = None) -> tuple[Config, FeatureSet, np.ndarray]:
     """(config, features, [N, C] embeddings) of a training run (its first seed): test-fold models, or one fold's."""
     fold_models = load_run(run, models_root, fold)
     run_dir = Path(fold_models.source)
-    record = json.loads((run_dir / "config.json").read_text())
+    record = read_record(run_dir)
     config = fold_models.config
     features = load_features(Path(record["mfcc"]), config.dataset.classes)
     if fold is not None:

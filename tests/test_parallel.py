@@ -1,0 +1,156 @@
+"""Units in parallel worker processes: bit-identical to serial, one progress view, failures named, compile."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+from conftest import SHORT, train_cli
+
+from timnet import load_config
+from timnet.errors import TimnetError
+from timnet.train import available_cores, plan_workers, run_training, should_compile
+
+
+def train(tmp_path, mfcc, name, workers, progress=False, **overrides):
+    cfg = load_config("EMODB", {**SHORT, **{f"train.{k}": v for k, v in overrides.items()}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_training(cfg, mfcc, tmp_path / name / "Models", tmp_path / name / "logs", tmp_path / name / "Results",
+                            device="cpu", progress=progress, workers=workers, threads=1)
+
+
+def assert_same_units(dir_a, dir_b, units):
+    for unit in units:
+        a = torch.load(dir_a / f"{unit}.pt", weights_only=True)
+        b = torch.load(dir_b / f"{unit}.pt", weights_only=True)
+        assert a["metrics"] == b["metrics"] and a["test_stems"] == b["test_stems"]
+        torch.testing.assert_close(a["test_probs"], b["test_probs"], rtol=0, atol=0)
+        for key in a["state_dict"]:
+            torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
+        assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+
+
+def test_worker_rule():
+    cores = available_cores()
+    assert plan_workers(10, "cpu") == (min(10, cores), max(1, cores // min(10, cores)) if min(10, cores) > 1 else None)
+    assert plan_workers(1, "cpu") == (1, None)  # one unit: trained in this process
+    assert plan_workers(10, "cpu", workers=1) == (1, None)
+    assert plan_workers(10, "cpu", threads=cores) == (1, cores)
+    assert plan_workers(10, "cpu", workers=3, threads=1) == (3, 1)
+    assert plan_workers(10, "mps")[0] == 1
+    with pytest.raises(TimnetError, match="--workers must be at least 1"):
+        plan_workers(10, "cpu", workers=0)
+    assert should_compile("on", 1, "cpu") and not should_compile("off", 5000, "cpu")
+    assert should_compile("auto", 1000, "cpu") and not should_compile("auto", 999, "cpu") and not should_compile("auto", 5000, "mps")
+
+
+def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, capsys):
+    serial = train(tmp_path, mfcc, "serial", workers=1, folds=2, epochs=3, seeds=[46, 7])
+    capsys.readouterr()
+    parallel = train(tmp_path, mfcc, "parallel", workers=2, progress=True, folds=2, epochs=3, seeds=[46, 7])
+    bar = capsys.readouterr().err
+    assert "12/12" in bar and "fold-epoch" in bar  # 4 units x 3 epochs in one bar
+    units = ["fold_1_seed46", "fold_2_seed46", "fold_1_seed7", "fold_2_seed7"]
+    assert_same_units(tmp_path / "serial" / "Models" / serial.run_id, tmp_path / "parallel" / "Models" / parallel.run_id, units)
+    pd.testing.assert_frame_equal(serial.folds.drop(columns="train_seconds"), parallel.folds.drop(columns="train_seconds"))
+    pd.testing.assert_frame_equal(serial.predictions, parallel.predictions)
+
+
+def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc):
+    first = train(tmp_path, mfcc, "run", workers=1, folds=3, epochs=2)  # all three folds finished
+    models = tmp_path / "run" / "Models" / first.run_id
+    (models / "fold_2.pt").unlink()
+    (models / "fold_3.pt").unlink()
+    (models / "in_progress").mkdir(exist_ok=True)
+    (models / "in_progress" / "fold_2.pt").write_bytes(b"not a checkpoint")
+    kept = (models / "fold_1.pt").stat().st_mtime_ns
+    with pytest.raises(TimnetError) as failure:
+        run_training(None, None, tmp_path / "run" / "Models", tmp_path / "run" / "logs", tmp_path / "run" / "Results",
+                     resume=first.run_id, device="cpu", progress=False, workers=2, threads=1)
+    message = str(failure.value)
+    assert message.startswith("fold_2: ") and "unreadable per-epoch state" in message and "\n" not in message
+    (models / "in_progress" / "fold_2.pt").unlink()
+    again = run_training(None, None, tmp_path / "run" / "Models", tmp_path / "run" / "logs", tmp_path / "run" / "Results",
+                         resume=first.run_id, device="cpu", progress=False, workers=2, threads=1)
+    assert (models / "fold_1.pt").stat().st_mtime_ns == kept  # fold 1 was loaded, not trained again
+    pd.testing.assert_frame_equal(first.folds.drop(columns="train_seconds"), again.folds.drop(columns="train_seconds"))
+
+
+def _workers_of(parent: int) -> list[int]:
+    """Pool worker pids among a process's children (not multiprocessing's resource tracker)."""
+    found = []
+    for stat in os.listdir("/proc"):
+        if not stat.isdigit():
+            continue
+        try:
+            ppid = int(open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()[1])
+            cmdline = open(f"/proc/{stat}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            found.append(int(stat))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds worker processes through /proc")
+def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_path, mfcc):
+    common = ["--mfcc", str(mfcc), "--folds", "2", "--epochs", "30"]
+    dirs = lambda name: ["--models", str(tmp_path / name / "M"), "--logs", str(tmp_path / name / "L"), "--results", str(tmp_path / name / "R")]  # noqa: E731
+    subprocess.run(train_cli(*common, "--workers", "1", *dirs("whole")), check=True, capture_output=True)
+
+    proc = subprocess.Popen(train_cli(*common, "--workers", "2", *dirs("killed")), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        histories = list((tmp_path / "killed" / "L").glob("*/fold_*.csv"))
+        if len(histories) == 2 and min(len(pd.read_csv(h)) for h in histories) >= 3:
+            break
+        time.sleep(0.05)
+    victim = _workers_of(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("timnet: error")]
+    assert len(errors) == 1 and f"its worker process {victim} died (killed by signal 9" in errors[0], err
+    assert errors[0].startswith("timnet: error: fold_") and "--resume" in errors[0]
+    run_id = histories[0].parent.name
+    models = tmp_path / "killed" / "M" / run_id
+    assert not list(models.glob("fold_*.pt")) and len(list(models.glob("in_progress/fold_*.pt"))) == 2
+
+    subprocess.run(train_cli("--resume", run_id, *dirs("killed")), check=True, capture_output=True)
+    whole = next((tmp_path / "whole" / "M").iterdir())
+    assert_same_units(whole, models, ["fold_1", "fold_2"])
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_falls_back_when_compiling_fails(tmp_path, mfcc):
+    tiny = {"folds": 2, "epochs": 2}
+    cfg = {**SHORT, "model.levels": 2}
+    runs = {}
+    for mode in ("off", "on"):
+        c = load_config("EMODB", {**cfg, **{f"train.{k}": v for k, v in {**tiny, "compile": mode}.items()}})
+        runs[mode] = run_training(c, mfcc, tmp_path / mode / "M", tmp_path / mode / "L", tmp_path / mode / "R",
+                                  device="cpu", progress=False, workers=1, threads=1)
+    probs = {mode: run.predictions.filter(like="p_").to_numpy() for mode, run in runs.items()}
+    assert abs(probs["on"] - probs["off"]).max() < 1e-4
+    eager_loss = [r["loss"] for r in torch.load(next((tmp_path / "off" / "M").iterdir()) / "fold_1.pt", weights_only=True)["history"]]
+    compiled_loss = [r["loss"] for r in torch.load(next((tmp_path / "on" / "M").iterdir()) / "fold_1.pt", weights_only=True)["history"]]
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
+
+    # no working C++ compiler and an empty inductor cache: a warning, then exactly the eager numbers
+    env = {**os.environ, "CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty_cache")}
+    dirs = ["--models", str(tmp_path / "broken" / "M"), "--logs", str(tmp_path / "broken" / "L"), "--results", str(tmp_path / "broken" / "R")]
+    done = subprocess.run(train_cli("--mfcc", str(mfcc), "--set", "model.levels=2", "--folds", "2", "--epochs", "2", "--compile", "on",
+                                    "--workers", "1", *dirs), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "torch.compile failed" in done.stderr and "training without compiling" in done.stderr
+    fallback = torch.load(next((tmp_path / "broken" / "M").iterdir()) / "fold_1.pt", weights_only=True)
+    eager = torch.load(next((tmp_path / "off" / "M").iterdir()) / "fold_1.pt", weights_only=True)
+    torch.testing.assert_close(fallback["test_probs"], eager["test_probs"], rtol=0, atol=0)
