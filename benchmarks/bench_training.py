@@ -4,8 +4,8 @@
     python benchmarks/bench_training.py --work bench_runs --report     # table of what has finished so far
 
 Runs `timnet train` (10 folds x 500 epochs, checkpoint `last`) with the authors' `random` folds and with
-`speaker` (leave-one-speaker-out). Each epoch is checkpointed, so re-running the same command resumes
-the unfinished runs (a 2-core CPU needs ~3 h per protocol). Numbers on emodb-22k-2s are NOT comparable
+`speaker` (leave-one-speaker-out), one protocol after the other, each with its folds in parallel workers
+(default: one per core). Each epoch is checkpointed, so re-running the same command resumes the unfinished runs. Numbers on emodb-22k-2s are NOT comparable
 to the paper: that copy of EMO-DB is trimmed to 2 s.
 """
 from __future__ import annotations
@@ -16,8 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from timnet.metrics import METRICS, mean_std
 
 PROTOCOLS = ("random", "speaker")
 
@@ -41,9 +42,9 @@ def report(work: Path) -> str:
             lines.append(f"| {protocol} | 0 of {total} | | | | |")
             continue
         cells = []
-        for metric in ("war", "uar", "f1"):
-            values = np.array([s["metrics"][metric] for s in saved])
-            cells.append(f"{values.mean():.2f} ± {values.std():.2f}")
+        for metric in METRICS:
+            mean, std = mean_std([s["metrics"][metric] for s in saved])
+            cells.append(f"{mean:.2f} ± {std:.2f}")
         hours = sum(s["seconds"] for s in saved) / 3600
         done = ", ".join(str(s["fold"]) for s in saved)
         lines.append(f"| {protocol} | {len(saved)} of {total} ({done}) | {' | '.join(cells)} | {hours:.1f} h |")
@@ -56,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/emodb-22k-2s"))
     ap.add_argument("--work", type=Path, default=Path("bench_runs"))
-    ap.add_argument("--threads", type=int, default=1, help="per run; both protocols run at once")
+    ap.add_argument("--threads", type=int, help="threads per worker (default: cores divided among the workers)")
     ap.add_argument("--report", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
     if not args.report:
@@ -66,13 +67,11 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "timnet.cli", "preprocess", "--dataset", "EMODB", "--data", str(args.data),
                             "--out", str(mfcc), "--quiet"], check=True)
         dirs = ["--models", str(args.work / "Models"), "--logs", str(args.work / "logs"), "--results", str(args.work / "Results")]
-        procs = []
         for protocol in PROTOCOLS:
             how = ["--resume", existing[protocol].name] if protocol in existing else \
                   ["--dataset", "EMODB", "--mfcc", str(mfcc / "EMODB.npy"), "--protocol", protocol, "--checkpoint", "last"]
-            procs.append(subprocess.Popen([sys.executable, "-m", "timnet.cli", "train", *how, *dirs, "--threads", str(args.threads), "--quiet"]))
-        for p in procs:
-            p.wait()
+            threads = ["--threads", str(args.threads)] if args.threads else []
+            subprocess.run([sys.executable, "-m", "timnet.cli", "train", *how, *dirs, *threads, "--quiet"], check=True)
     print(report(args.work))
 
 

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 from conftest import WEIGHTS, needs_shared
 
+from timnet import load_config
 from timnet.cli import main
 
 
@@ -38,6 +39,15 @@ def test_set_overrides_and_unknown_setting(emodb_root, tmp_path, capsys):
     assert "unknown setting 'features.nope'" in capsys.readouterr().err
     assert main(["preprocess", "--dataset", "NOPE", "--data", str(emodb_root)]) == 2
     assert "unknown dataset 'NOPE'" in capsys.readouterr().err
+    for setting, message in (("train.epochs=ten", "train.epochs: 'ten' is not an integer"),
+                             ("train.seeds=46,x", "train.seeds[1]: 'x' is not an integer"),
+                             ("train.lr=fast", "train.lr: 'fast' is not a number"),
+                             ("features.center=maybe", "features.center: 'maybe' is not true or false"),
+                             ("train.compile=sometimes", "unknown compile setting 'sometimes'")):
+        assert main(["train", "--dataset", "EMODB", "--set", setting]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"timnet: error: {message}") and err.count("\n") == 1, err
+    assert load_config("EMODB", {"train.seeds": "46, 7", "dataset.classes": "a,b"}).train.seeds == [46, 7]
 
 
 @needs_shared

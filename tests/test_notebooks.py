@@ -50,3 +50,13 @@ def test_tsne_notebook_with_the_authors_weights_on_audio(tmp_path):
     (csv,) = (tmp_path / "Results" / "EMODB_46_EMODB").glob("tsne*.csv")
     table = pd.read_csv(csv)
     assert len(table) == 361 and np.isfinite(table[["x", "y"]].to_numpy()).all()
+
+
+def test_committed_notebooks_are_what_the_generator_writes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebooks", REPO / "tools" / "make_notebooks.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    for name, text in generator.generated().items():
+        assert (REPO / name).read_text(encoding="utf-8") == text, f"{name} was edited by hand or is stale: run python tools/make_notebooks.py"

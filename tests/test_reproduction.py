@@ -9,7 +9,8 @@ import pytest
 from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared
 
 from timnet import load_config
-from timnet.evaluate import authors_test_folds, evaluate_weights, infer
+from timnet.evaluate import authors_test_folds, evaluate_weights
+from timnet.metrics import infer
 from timnet.model import TIMNetConfig
 from timnet.features import features_from_audio
 from timnet.keras_weights import load_fold_models

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import warnings
 
@@ -20,9 +19,12 @@ from timnet import load_config
 from timnet.corpora import canonical_stems
 from timnet.errors import TimnetError
 from timnet.features import load_features
+from timnet.metrics import infer
 from timnet.report import SUMMARY_NAME
+from timnet.runs import load_run
 from timnet.splits import make_folds, speaker_folds, validation_split
 from timnet.train import run_training
+from timnet.tsne import run_embeddings
 
 
 def train(tmp_path, mfcc, **overrides):
@@ -53,6 +55,8 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
     folds = book["folds"]
     assert list(folds.fold[:2]) == [1, 2] and list(folds.fold[2:]) == ["mean", "std"]
     assert folds.war[2] == pytest.approx(folds.war[:2].mean())
+    assert folds.war[3] == pytest.approx(np.std(folds.war[:2].astype(float), ddof=1))  # sample std, as the sheet says
+    assert "ddof=1" in book["config"].set_index("setting").value["std"]
     preds = book["predictions"]
     assert len(preds) == 84 and preds.file.str.startswith("wav/").all() and preds.stem.is_unique
     assert np.allclose(preds.filter(like="p_").sum(axis=1), 1, atol=1e-5)
@@ -69,6 +73,7 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
     assert list(summary.run) == [run.run_id]
     assert summary.paper_war[0] == 95.70 and summary.authors_2023_war[0] == 90.28
     assert summary.war_mean[0] == pytest.approx(folds.war[:2].mean(), abs=0.01)
+    assert summary.war_std[0] == pytest.approx(folds.war[3], abs=0.006) and summary.uar_std[0] == pytest.approx(folds.uar[3], abs=0.006)
     # label smoothing never touches the labels (upstream smoothed them in place, once per fold)
     np.testing.assert_array_equal(np.load(mfcc, allow_pickle=True).item()["y"], before)
 
@@ -85,9 +90,10 @@ def test_short_run_beats_chance_by_a_wide_margin(tmp_path, mfcc):
 
 def test_best_test_is_labelled_optimistic_and_best_val_uses_validation(tmp_path, mfcc):
     run = train(tmp_path, mfcc, folds=2, epochs=3, checkpoint="best-test")
-    assert "optimistic" in run.summary["checkpoint"]
+    label = "best-test (OPTIMISTIC: epoch picked on the test fold, the paper's protocol)"
+    assert run.summary["checkpoint"] == label
     config_sheet = pd.read_excel(run.workbook, sheet_name="config")
-    assert config_sheet.value[1].startswith("OPTIMISTIC")
+    assert config_sheet.value[1] == label
     run = train(tmp_path, mfcc, folds=2, epochs=3, checkpoint="best-val", protocol="speaker")
     history = pd.read_csv(tmp_path / "logs" / run.run_id / "fold_1.csv")
     assert history.val_acc.notna().all()
@@ -114,6 +120,14 @@ def test_several_seeds_give_mean_and_std(tmp_path, mfcc):
     tests = {(p["seed"], p["fold"]): p["test_stems"] for p in json.loads((tmp_path / "Models" / run.run_id / "config.json").read_text())["folds"]}
     assert tests[(46, 1)] == tests[(7, 1)] and tests[(46, 2)] == tests[(7, 2)]
     assert run.predictions.groupby("seed").stem.apply(sorted).apply(tuple).nunique() == 1
+    # t-SNE with one fold's model takes the asked seed's model (default: the run's first seed), never an arbitrary one
+    models = tmp_path / "Models"
+    for asked, used in ((7, 7), (None, 46)):
+        _, fs, embedding = run_embeddings(run.run_id, models, fold=1, seed=asked)
+        (model,) = load_run(run.run_id, models, 1, used).models.values()
+        np.testing.assert_array_equal(embedding, infer(model, fs.x)[1])
+    with pytest.raises(TimnetError, match="has no seed 3; its seeds: 46, 7"):
+        run_embeddings(run.run_id, models, fold=1, seed=3)
 
 
 # --- protocols ---------------------------------------------------------------------------

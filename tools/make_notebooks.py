@@ -37,7 +37,14 @@ def notebook(title: str, intro: str, params: str, cells: list[str]) -> nbformat.
     nb.cells = [new_markdown_cell(f"# {title}\n\n{intro.strip()}\n\n**Per-dataset settings** (from `configs/<dataset>.toml`):\n\n"
                                   f"{settings_table()}\n\nEdit only the next cell (tagged `parameters`), then run all cells."),
                 parameters(params)] + [new_code_cell(c.strip()) for c in cells]
+    for i, cell in enumerate(nb.cells):  # stable ids: regenerating writes the same file
+        cell.id = f"cell-{i}"
     return nb
+
+
+def generated() -> dict[str, str]:
+    """The notebooks' file contents as this script writes them, by file name."""
+    return {f"{name}.ipynb": nbformat.writes(nb) + "\n" for name, nb in (("preprocess", PREPROCESS), ("train", TRAIN), ("tsne", TSNE))}
 
 
 PREPROCESS = notebook(
@@ -149,7 +156,7 @@ run_id = None            # None = the latest run of dataset
 weights = None           # or the authors' weights zip, e.g. "../shared/data/timnet-weights/EMODB_46.zip"
 data = None              # with weights: corpus folder or MFCC .npy (default MFCC/<dataset>.npy)
 perplexity = 30.0
-seed = 0
+tsne_seed = 0           # t-SNE's random state
 speaker_markers = False
 models_dir, results_dir = "Models", "Results"
 """,
@@ -160,30 +167,24 @@ from pathlib import Path
 from IPython.display import Image, display
 
 import timnet
-from timnet.tsne import run_embeddings, write_tsne
+from timnet.features import load_or_extract
+from timnet.runs import latest_run
+from timnet.tsne import embeddings_of, write_tsne
 
 if weights:
-    from timnet.evaluate import evaluate_weights
-    from timnet.features import load_or_extract
-
     cfg = timnet.load_config(dataset)
     features, _ = load_or_extract(cfg, Path(data or f"MFCC/{cfg.dataset.name}.npy"))
-    embeddings = evaluate_weights(Path(weights), cfg, features).embeddings
-    out_dir, title = Path(results_dir) / f"{Path(weights).stem}_{dataset}", f"{dataset}, authors' weights"
+    t = embeddings_of(weights=Path(weights), config=cfg, features=features, results_root=Path(results_dir))
 else:
-    from timnet.runs import latest_run
-
-    run_id = run_id or latest_run(Path(models_dir), dataset)
-    cfg, features, embeddings = run_embeddings(run_id, Path(models_dir))
-    out_dir, title = Path(results_dir) / run_id, f"{cfg.dataset.name} run {run_id}"
-png, csv = write_tsne(out_dir, cfg, features, embeddings, title, perplexity, seed, speaker_markers)
-print(f"{len(features)} utterances -> {png}, {csv}")
+    t = embeddings_of(run=run_id or latest_run(Path(models_dir), dataset), models_root=Path(models_dir), results_root=Path(results_dir))
+png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, perplexity, tsne_seed, speaker_markers)
+print(f"{len(t.features)} utterances -> {png}, {csv}")
 display(Image(filename=str(png)))
 """,
     ],
 )
 
 if __name__ == "__main__":
-    for name, nb in (("preprocess", PREPROCESS), ("train", TRAIN), ("tsne", TSNE)):
-        nbformat.write(nb, ROOT / f"{name}.ipynb")
-        print(f"wrote {name}.ipynb")
+    for name, text in generated().items():
+        (ROOT / name).write_text(text, encoding="utf-8")
+        print(f"wrote {name}")

@@ -101,36 +101,21 @@ def cmd_train(args) -> None:
                           progress=not args.quiet, only_folds=args.only_folds, workers=args.workers, threads=args.threads)
     print(result.folds.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     s = result.summary
-    note = "  (OPTIMISTIC: epoch picked on the test fold)" if "optimistic" in s["checkpoint"] else ""
-    print(f"run {result.run_id}: WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  "
-          f"macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f}{note}")
+    print(f"run {result.run_id}, checkpoint {s['checkpoint']}: WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  "
+          f"macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f}")
     print(f"wrote {result.workbook}")
 
 
 def cmd_tsne(args) -> None:
-    from .tsne import run_embeddings, write_tsne
+    from .tsne import embeddings_of, write_tsne
 
-    if args.run:
-        cfg, features, embeddings = run_embeddings(args.run, args.models, args.fold)
-        out_dir, title = args.results / Path(args.run).name, f"{cfg.dataset.name} run {Path(args.run).name}"
-    elif args.weights:
-        from .evaluate import evaluate_weights, infer
-        from .predict import load_published
-
+    cfg = features = None
+    if args.weights:
         cfg = _config(args)
         features = _feature_set(cfg, args.data or Path("MFCC") / f"{cfg.dataset.name}.npy", args)
-        if args.fold is None:
-            embeddings = evaluate_weights(args.weights, cfg, features).embeddings
-        else:
-            (model,) = load_published(args.weights, cfg.dataset.name, args.fold).models.values()
-            embeddings = infer(model, features.x)[1]
-        out_dir, title = args.results / f"{Path(args.weights).stem}_{cfg.dataset.name}", f"{cfg.dataset.name}, authors' weights {Path(args.weights).name}"
-    else:
-        raise TimnetError("give --run RUN, or --weights <authors' zip> with --dataset")
-    if args.fold is not None:
-        title += f", fold {args.fold} model for all"
-    png, csv = write_tsne(out_dir, cfg, features, embeddings, title, args.perplexity, args.seed, args.speaker_markers)
-    print(f"t-SNE of {len(features)} utterances: wrote {png} and {csv}")
+    t = embeddings_of(args.run, args.weights, cfg, features, args.fold, args.seed, args.models, args.results)
+    png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, args.perplexity, args.tsne_seed, args.speaker_markers)
+    print(f"t-SNE of {len(t.features)} utterances: wrote {png} and {csv}")
 
 
 def cmd_predict(args) -> None:
@@ -139,7 +124,7 @@ def cmd_predict(args) -> None:
     _refuse_existing(args.csv)
     dataset = args.dataset or (str(args.config) if args.config else None)
     table = predict_files(args.files, run=args.run, weights=args.weights, dataset=dataset, fold=args.fold,
-                          models_root=args.models, device=args.device)
+                          models_root=args.models, device=args.device, seed=args.seed)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.csv:
         from .atomic import atomic_path
@@ -181,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="corpus folder or MFCC .npy (default MFCC/<DATASET>.npy)")
     p.add_argument("--seed", type=int, help="KFold seed (default: from the weights' name, e.g. _46)")
     p.add_argument("--out", type=Path, help="also write the per-fold table and predictions to this .xlsx")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     _audio_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -216,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, help="or the authors' weights zip (with --dataset and --data)")
     p.add_argument("--data", type=Path, help="with --weights: corpus folder or MFCC .npy")
     p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="with --run: which training seed's models (default: the run's first)")
+    p.add_argument("--tsne-seed", type=int, default=0, help="t-SNE's random state")
     p.add_argument("--speaker-markers", action="store_true", help="one marker shape per speaker")
     p.add_argument("--fold", type=int, help="embed every utterance with this fold's model (default: each with its test-fold model)")
     p.add_argument("--models", type=Path, default=Path("Models"))
@@ -231,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="with --weights: which corpus they were trained on")
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--fold", type=int, help="use one fold model instead of averaging all")
+    p.add_argument("--seed", type=int, help="with --run: only this training seed's models (default: all seeds averaged)")
     p.add_argument("--csv", type=Path, help="also write the table to this CSV")
     p.add_argument("--models", type=Path, default=Path("Models"))
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     p.set_defaults(func=cmd_predict)
     return parser
 

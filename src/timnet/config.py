@@ -63,7 +63,7 @@ class ModelSettings:
 @dataclass
 class TrainSettings:
     """[train]: the authors' optimiser, batch, epochs and KFold seed, plus this project's choices
-    (protocol, checkpoint policy, validation carve, early stopping, repeat seeds, device, compiling,
+    (protocol, checkpoint policy, validation carve, early stopping, repeat seeds, compiling,
     how often the test fold's accuracy is logged)."""
 
     seed: int = 0
@@ -80,7 +80,6 @@ class TrainSettings:
     val_fraction: float = 0.1
     patience: int = 0
     seeds: list[int] = field(default_factory=list)
-    device: str = "auto"
     compile: str = "auto"
     test_every: int = 10
 
@@ -105,6 +104,16 @@ class TrainSettings:
             raise TimnetError(f"val_fraction must be in (0, 0.5) (got {self.val_fraction})")
 
     @property
+    def optimistic(self) -> bool:
+        """best-test picks each fold's epoch on its test data: the paper's protocol, optimistic."""
+        return self.checkpoint == "best-test"
+
+    @property
+    def checkpoint_label(self) -> str:
+        """The policy as every output names it (workbooks, summary, CLI)."""
+        return f"{self.checkpoint} (OPTIMISTIC: epoch picked on the test fold, the paper's protocol)" if self.optimistic else self.checkpoint
+
+    @property
     def run_seeds(self) -> list[int]:
         return list(self.seeds) or [self.seed]
 
@@ -115,6 +124,11 @@ class Published:
     paper_war: float = math.nan
     update_2023_uar: float = math.nan
     update_2023_war: float = math.nan
+
+
+# Settings that runs saved by earlier versions hold and that mean nothing now (the device is chosen when a
+# command runs: --device); reading such a run ignores them.
+RETIRED = {"train": ("device",)}
 
 
 @dataclass
@@ -138,7 +152,7 @@ class Config:
         kwargs = {}
         for name, section_cls in (("dataset", DatasetConfig), ("features", FeatureSettings), ("model", ModelSettings),
                                   ("train", TrainSettings), ("published", Published)):
-            raw = dict(data.get(name, {}))
+            raw = {k: v for k, v in data.get(name, {}).items() if k not in RETIRED.get(name, ())}
             known = {f.name for f in fields(section_cls)}
             unknown = set(raw) - known
             if unknown:
@@ -161,20 +175,30 @@ class Config:
             section, _, name = key.partition(".")
             if section not in data or name not in data[section]:
                 raise TimnetError(f"unknown setting {key!r}; settings look like train.epochs or features.n_mfcc")
-            data[section][name] = _coerce(value, data[section][name])
+            data[section][name] = _coerce(key, value, data[section][name])
         return Config.from_dict(data)
 
 
-def _coerce(value: Any, current: Any) -> Any:
-    if isinstance(value, str) and not isinstance(current, str):
-        if isinstance(current, bool):
-            return value.lower() in ("1", "true", "yes", "on")
-        if isinstance(current, list):
-            return [int(v) for v in value.split(",") if v.strip()]
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """A `--set` string as the type of the setting it replaces; one clear error when it is not one."""
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    if isinstance(current, list):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        kind = type(current[0]) if current else int
+        return [_coerce(f"{key}[{i}]", v, kind()) if kind is not str else v for i, v in enumerate(items)]
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise TimnetError(f"{key}: {value!r} is not true or false")
+    for kind, name in ((int, "an integer"), (float, "a number")):
+        if isinstance(current, kind):
+            try:
+                return kind(value)
+            except ValueError:
+                raise TimnetError(f"{key}: {value!r} is not {name}") from None
     return value
 
 

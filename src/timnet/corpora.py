@@ -24,7 +24,7 @@ import natsort
 import pandas as pd
 
 from .config import DatasetConfig
-from .errors import BadFileNameError, TimnetError
+from .errors import TimnetError
 
 COLUMNS = ["file", "path", "stem", "label", "class_index", "speaker", "gender", "session"]
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
@@ -45,7 +45,6 @@ class Scan:
 
     rows: list[Row]
     skipped: list[tuple[str, str]]
-    ignored: int = 0  # files that are legitimately not part of the task (RAVDESS song, other classes)
 
 
 def authors_order(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -81,16 +80,14 @@ def _audio_files(root: Path) -> list[Path]:
 def _by_pattern(root: Path, corpus: str, example: str, parse: Callable[[Path], Row | None | str]) -> Scan:
     """Apply a file-name parser to every audio file; a parser returns a Row, None (not a name of
     this corpus) or a string (a valid file that is not part of the task, e.g. RAVDESS song)."""
-    rows, skipped, ignored = [], [], 0
+    rows, skipped = [], []
     for path in _audio_files(root):
         row = parse(path)
         if isinstance(row, Row):
             rows.append(row)
-        elif isinstance(row, str):
-            ignored += 1
-        else:
-            skipped.append((path.relative_to(root).as_posix(), BadFileNameError(path, corpus, example).problem))
-    return Scan(rows, skipped, ignored)
+        elif row is None:
+            skipped.append((path.relative_to(root).as_posix(), f"name does not follow the {corpus} pattern (e.g. {example})"))
+    return Scan(rows, skipped)
 
 
 # --- EMO-DB: wav/03a01Wa.wav -------------------------------------------------------------
@@ -175,15 +172,14 @@ def scan_iemocap(root: Path, classes: list[str]) -> Scan:
     sessions = sorted(root.glob("Session[1-5]"))
     if not sessions:
         raise TimnetError(f"{root}: no Session1..Session5 folders — point --data at the IEMOCAP_full_release folder")
-    rows, skipped, ignored = [], [], 0
+    rows, skipped = [], []
     for session in sessions:
         for txt in sorted((session / "dialog" / "EmoEvaluation").glob("*.txt")):
             for line in txt.read_text(encoding="utf-8", errors="replace").splitlines():
                 m = _IEMOCAP_LINE.match(line)
                 if not m:
                     continue
-                if m["lab"] not in IEMOCAP_LABELS:
-                    ignored += 1
+                if m["lab"] not in IEMOCAP_LABELS:  # the other emotions are not part of the 4-class task
                     continue
                 utt = m["utt"]
                 dialog = utt.rsplit("_", 1)[0]
@@ -193,7 +189,7 @@ def scan_iemocap(root: Path, classes: list[str]) -> Scan:
                     continue
                 gender = utt.rsplit("_", 1)[1][0]
                 rows.append(Row(wav, IEMOCAP_LABELS[m["lab"]], f"{utt[:5]}{gender}", gender.lower(), session.name))
-    return Scan(rows, skipped, ignored)
+    return Scan(rows, skipped)
 
 
 # --- folder per class: <root>/<class>/<any>.wav (CASIA raw audio, any new corpus) -----------
@@ -211,29 +207,17 @@ def scan_folders(root: Path, classes: list[str]) -> Scan:
     return Scan(rows, skipped)
 
 
-RECIPES: dict[str, Callable[[Path, list[str]], Scan]] = {
-    "emodb": scan_emodb,
-    "ravdess": scan_ravdess,
-    "savee": scan_savee,
-    "emovo": scan_emovo,
-    "iemocap": scan_iemocap,
-    "casia": scan_folders,
-    "folders": scan_folders,
-}
-
-
 def build_manifest(root: Path, dataset: DatasetConfig, skip_bad: bool = False) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Scan `root` with the dataset's recipe; return (manifest, skipped [(file, reason)]).
 
-    Files whose names carry no valid label raise `BadFileNameError` unless `skip_bad`.
+    Files whose names carry no valid label are an error (naming the first) unless `skip_bad`.
     A count different from the complete corpus is reported as a warning with the numbers.
     """
     root = Path(root)
     if not root.is_dir():
         raise TimnetError(f"{root}: corpus folder not found — put {dataset.name} there (see README, 'Corpora') or pass --data")
-    if dataset.recipe not in RECIPES:
-        raise TimnetError(f"unknown recipe {dataset.recipe!r} for {dataset.name}; known: {', '.join(RECIPES)}")
-    scan = RECIPES[dataset.recipe](root, dataset.classes)
+    corpus = corpus_of(dataset)
+    scan = corpus.scan(root, dataset.classes)
     if scan.skipped and not skip_bad:
         file, reason = scan.skipped[0]
         more = f" (and {len(scan.skipped) - 1} more)" if len(scan.skipped) > 1 else ""
@@ -242,8 +226,8 @@ def build_manifest(root: Path, dataset: DatasetConfig, skip_bad: bool = False) -
     if not rows:
         raise TimnetError(f"{root}: no {dataset.name} audio files found — check the folder layout (see README, 'Corpora')")
     manifest = to_manifest(rows, root, dataset.classes)
-    if dataset.recipe == "savee":
-        manifest["stem"] = [savee_stem(s, spk) for s, spk in zip(manifest.stem, manifest.speaker)]
+    if corpus.stem is not None:
+        manifest["stem"] = [corpus.stem(s, spk) for s, spk in zip(manifest.stem, manifest.speaker)]
         manifest = authors_order(manifest, dataset.classes)
     duplicated = manifest.stem[manifest.stem.duplicated()].tolist()
     if duplicated:
@@ -257,29 +241,66 @@ def build_manifest(root: Path, dataset: DatasetConfig, skip_bad: bool = False) -
     return manifest, scan.skipped
 
 
-# --- canonical (complete) file lists, needed to rebuild the authors' folds from a subset ------
+# --- complete file lists, in the authors' terms: what rebuilds their folds from a subset -------
+def _emodb_files() -> tuple[list[str], list[str]]:
+    stems = resources.files("timnet").joinpath("data/emodb_files.txt").read_text().split()
+    return stems, [EMODB_EMOTIONS[s[5]] for s in stems]
+
+
+def _ravdess_files() -> tuple[list[str], list[str]]:
+    stems = [f"03-01-{emo}-{inten}-{stmt}-{rep}-{actor:02d}"
+             for actor in range(1, 25) for emo in RAVDESS_EMOTIONS for inten in ("01", "02")
+             for stmt in ("01", "02") for rep in ("01", "02") if not (emo == "01" and inten == "02")]
+    return stems, [RAVDESS_EMOTIONS[s.split("-")[2]] for s in stems]
+
+
+def _emovo_files() -> tuple[list[str], list[str]]:
+    sentences = ["b1", "b2", "b3", "d1", "d2", "l1", "l2", "l3", "l4", "n1", "n2", "n3", "n4", "n5"]
+    stems = [f"{e}-{s}-{t}" for e in EMOVO_EMOTIONS for s in ("f1", "f2", "f3", "m1", "m2", "m3") for t in sentences]
+    return stems, [EMOVO_EMOTIONS[s.split("-")[0]] for s in stems]
+
+
+def _savee_files() -> tuple[list[str], list[str]]:
+    counts = {"a": 15, "d": 15, "f": 15, "h": 15, "n": 30, "sa": 15, "su": 15}
+    stems = [f"{spk}_{e}{i:02d}" for spk in SAVEE_SPEAKERS for e, n in counts.items() for i in range(1, n + 1)]
+    return stems, [SAVEE_EMOTIONS[s.split("_")[1].rstrip("0123456789")] for s in stems]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Everything the project knows about one corpus: how to read its distributed layout (`scan`), its
+    complete file list in the authors' terms (`files`: stems and labels; None when unknown), and the rule
+    that turns a found file into that list's stem (`stem`, from the file's stem and speaker)."""
+
+    name: str
+    scan: Callable[[Path, list[str]], Scan]
+    files: Callable[[], tuple[list[str], list[str]]] | None = None
+    stem: Callable[[str, str], str] | None = None
+
+
+# Keyed by the config's `dataset.recipe`.
+CORPORA: dict[str, Corpus] = {
+    "emodb": Corpus("EMODB", scan_emodb, _emodb_files),
+    "ravdess": Corpus("RAVDESS", scan_ravdess, _ravdess_files),
+    "savee": Corpus("SAVEE", scan_savee, _savee_files, savee_stem),
+    "emovo": Corpus("EMOVO", scan_emovo, _emovo_files),
+    "iemocap": Corpus("IEMOCAP", scan_iemocap),
+    "casia": Corpus("CASIA", scan_folders),
+    "folders": Corpus("", scan_folders),
+}
+
+
+def corpus_of(dataset: DatasetConfig) -> Corpus:
+    if dataset.recipe not in CORPORA:
+        raise TimnetError(f"unknown recipe {dataset.recipe!r} for {dataset.name}; known: {', '.join(CORPORA)}")
+    return CORPORA[dataset.recipe]
+
+
 def canonical_stems(dataset: DatasetConfig) -> pd.DataFrame | None:
-    """The complete corpus as (stem, label) in the authors' order, or None when it is not known."""
-    name = dataset.name.upper()
-    if name == "EMODB":
-        stems = resources.files("timnet").joinpath("data/emodb_files.txt").read_text().split()
-        labels = [EMODB_EMOTIONS[s[5]] for s in stems]
-    elif name == "RAVDESS":
-        stems = [
-            f"03-01-{emo}-{inten}-{stmt}-{rep}-{actor:02d}"
-            for actor in range(1, 25) for emo in RAVDESS_EMOTIONS for inten in ("01", "02")
-            for stmt in ("01", "02") for rep in ("01", "02") if not (emo == "01" and inten == "02")
-        ]
-        labels = [RAVDESS_EMOTIONS[s.split("-")[2]] for s in stems]
-    elif name == "EMOVO":
-        sentences = ["b1", "b2", "b3", "d1", "d2", "l1", "l2", "l3", "l4", "n1", "n2", "n3", "n4", "n5"]
-        stems = [f"{e}-{s}-{t}" for e in EMOVO_EMOTIONS for s in ("f1", "f2", "f3", "m1", "m2", "m3") for t in sentences]
-        labels = [EMOVO_EMOTIONS[s.split("-")[0]] for s in stems]
-    elif name == "SAVEE":
-        counts = {"a": 15, "d": 15, "f": 15, "h": 15, "n": 30, "sa": 15, "su": 15}
-        stems = [f"{spk}_{e}{i:02d}" for spk in SAVEE_SPEAKERS for e, n in counts.items() for i in range(1, n + 1)]
-        labels = [SAVEE_EMOTIONS[s.split("_")[1].rstrip("0123456789")] for s in stems]
-    else:
+    """The complete corpus as (stem, label) in the authors' order, or None when it is not known. The list
+    belongs to the corpus itself: another dataset that only reuses its reader (EXAMPLE) has none."""
+    corpus = corpus_of(dataset)
+    if corpus.files is None or dataset.name.upper() != corpus.name:
         return None
-    df = pd.DataFrame({"stem": stems, "label": labels})
-    return authors_order(df, dataset.classes)
+    stems, labels = corpus.files()
+    return authors_order(pd.DataFrame({"stem": stems, "label": labels}), dataset.classes)

@@ -12,12 +12,3 @@ class BadAudioError(TimnetError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{path}: {problem} — {fix}")
-
-
-class BadFileNameError(TimnetError):
-    """A file whose name does not follow the corpus naming scheme, so its label is unknown."""
-
-    def __init__(self, path, corpus: str, example: str):
-        self.path = str(path)
-        self.problem = f"name does not follow the {corpus} pattern (e.g. {example})"
-        super().__init__(f"{path}: {self.problem} — rename or remove it, or pass --skip-bad to skip it")

@@ -1,4 +1,4 @@
-"""Metrics, batched inference, and the reproduction of the authors' evaluation with their weights."""
+"""The reproduction of the authors' evaluation: their published fold weights on their own test folds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,76 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from sklearn.metrics import confusion_matrix, f1_score, recall_score
 
 from .config import Config
 from .corpora import canonical_stems
 from .errors import TimnetError
 from .features import FeatureSet
 from .keras_weights import load_fold_models, seed_from_name
-from .model import TIMNet, TIMNetConfig
+from .metrics import infer, prediction_table, scores, table_scores
+from .model import TIMNetConfig
 from .splits import canonical_positions, kfold
-
-
-def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """WAR (accuracy), UAR (mean recall over the classes present) and macro-F1, in %."""
-    if len(y_true) == 0:
-        return {"war": float("nan"), "uar": float("nan"), "f1": float("nan")}
-    present = np.unique(y_true)
-    return {
-        "war": float(np.mean(y_true == y_pred) * 100),
-        "uar": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0) * 100),
-        "f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0) * 100),
-    }
-
-
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    m = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
-    return pd.DataFrame(m, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
-
-
-def prediction_table(manifest: pd.DataFrame, idx: np.ndarray, probs: np.ndarray, classes: list[str],
-                     columns: tuple[str, ...] = ("file", "stem", "label"), **keys) -> pd.DataFrame:
-    """Per-utterance predictions: `keys` (fold, seed), manifest columns, predicted, correct, p_<class>."""
-    table = manifest.iloc[idx][list(columns)].reset_index(drop=True)
-    for position, (name, value) in enumerate(keys.items()):
-        table.insert(position, name, value)
-    table["predicted"] = [classes[p] for p in probs.argmax(1)]
-    table["correct"] = table.label.to_numpy() == table.predicted.to_numpy()
-    for c, name in enumerate(classes):
-        table[f"p_{name}"] = probs[:, c]
-    return table
-
-
-def _table_indices(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(true, predicted) class indices of a prediction table."""
-    return predictions.label.map(classes.index).to_numpy(), predictions.predicted.map(classes.index).to_numpy()
-
-
-def table_scores(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
-    """Overall scores of a prediction table (all folds pooled)."""
-    return scores(*_table_indices(predictions, classes))
-
-
-def table_confusion(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Confusion matrix of a prediction table (or of one fold's rows of it)."""
-    return confusion(*_table_indices(predictions, classes), classes)
-
-
-@torch.no_grad()
-def infer(model: TIMNet, x: np.ndarray, batch_size: int = 256, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, K], embeddings [N, C]) in eval mode."""
-    model = model.to(device).eval()
-    probs, embs = [], []
-    for start in range(0, len(x), batch_size):
-        batch = torch.as_tensor(x[start:start + batch_size], device=device)
-        emb = model.embed(batch)
-        probs.append(torch.softmax(model.classifier(emb), dim=-1).cpu().numpy())
-        embs.append(emb.cpu().numpy())
-    k, c = model.config.n_classes, model.config.filters
-    return (np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
-            np.concatenate(embs) if embs else np.zeros((0, c), np.float32))
 
 
 @dataclass
@@ -114,7 +53,7 @@ def authors_test_folds(config: Config, features: FeatureSet, n_folds: int, seed:
 
 
 def evaluate_weights(weights: Path, config: Config, features: FeatureSet, seed: int | None = None,
-                     device: str = "cpu") -> Evaluation:
+                     device: str = "auto") -> Evaluation:
     """Evaluate the authors' fold-k weights on their fold-k test files that are present."""
     seed = seed if seed is not None else seed_from_name(weights)
     if seed is None:

@@ -1,7 +1,8 @@
 """The authors' MFCC recipe, parallel extraction, and the `MFCC/<DATASET>.npy` file trio.
 
-Recipe (TIMNET_FACTS.md): librosa.load at 22.05 kHz mono with soxr_hq resampling; centred zero-pad
-or crop to a fixed length; 39 MFCCs with librosa's defaults passed explicitly; [frames, 39] float32.
+Recipe (the spec: ../shared/reference/TIMNET_FACTS.md beside the repo; README, "Faithfulness"): librosa.load
+at 22.05 kHz mono with soxr_hq resampling; centred zero-pad or crop to a fixed length; 39 MFCCs with
+librosa's defaults passed explicitly; [frames, 39] float32.
 
 On disk, next to each other:
     <NAME>.npy    np.save({"x": float32 [N, T, 39], "y": one-hot [N, C]})  (the authors' format)

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from .config import load_config
 from .errors import TimnetError
-from .evaluate import infer
+from .metrics import infer
 from .features import extract_file
 from .keras_weights import load_fold_models
 from .model import TIMNetConfig
@@ -33,16 +33,17 @@ def load_published(weights: Path, dataset: str, fold: int | None = None) -> Fold
     return FoldModels(config, models, str(weights))
 
 
-def predict_features(fold_models: FoldModels, x: np.ndarray, device: str = "cpu") -> np.ndarray:
+def predict_features(fold_models: FoldModels, x: np.ndarray, device: str = "auto") -> np.ndarray:
     """Mean class probabilities over the fold models, [N, K]."""
     return np.mean([infer(m, x, device=device)[0] for m in fold_models.models.values()], axis=0)
 
 
 def predict_files(files: list[str | Path], run: str | Path | None = None, weights: Path | None = None,
                   dataset: str | None = None, fold: int | None = None, models_root: Path = Path("Models"),
-                  device: str = "cpu") -> pd.DataFrame:
+                  device: str = "auto", seed: int | None = None) -> pd.DataFrame:
     """Predict the emotion of audio files: a table of file, predicted emotion, probability per class.
 
+    A run's fold models are averaged (all its seeds', or `seed`'s), or one fold's (`fold=k`):
     `timnet.predict(["a.wav"], run="EMODB_random_last_...")` or
     `timnet.predict(["a.wav"], weights="EMODB_46.zip", dataset="EMODB")`.
     """
@@ -50,7 +51,7 @@ def predict_files(files: list[str | Path], run: str | Path | None = None, weight
         raise TimnetError("give either a run (--run) or the authors' weights (--weights with --dataset)")
     if weights is not None and dataset is None:
         raise TimnetError("--weights needs --dataset: the weights do not say which corpus (class names, signal length) they are for")
-    fold_models = load_run(run, models_root, fold) if run is not None else load_published(Path(weights), dataset, fold)
+    fold_models = load_run(run, models_root, fold, seed) if run is not None else load_published(Path(weights), dataset, fold)
     settings = fold_models.config.features
     if not files:
         raise TimnetError("no audio files given")

@@ -5,7 +5,6 @@ and a run's workbook is never overwritten (each run has its own id).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +12,7 @@ import pandas as pd
 from .atomic import atomic_path, exclusive
 from .config import Config
 from .errors import TimnetError
+from .metrics import METRICS, fold_statistics, mean_std
 
 SUMMARY_NAME = "Accuracy Analysis Summary.xlsx"
 
@@ -45,16 +45,17 @@ def write_evaluation(path: Path, ev, cfg: Config, source: str) -> Path:
 
 
 def summary_row(run_id: str, cfg: Config, folds: pd.DataFrame, seeds: list[int]) -> dict:
-    """One line of the cross-run summary: mean ± std over folds (and seeds), beside published numbers."""
+    """One line of the cross-run summary: mean ± sample std over folds (and seeds), beside published numbers."""
     t, p = cfg.train, cfg.published
     row = {"run": run_id, "dataset": cfg.dataset.name, "protocol": t.protocol,
-           "checkpoint": t.checkpoint + (" (optimistic: picked on the test fold)" if t.checkpoint == "best-test" else ""),
+           "checkpoint": t.checkpoint_label,
            "folds": t.folds, "epochs": t.epochs, "seeds": ",".join(map(str, seeds)), "utterances": int(folds.n_test.sum())}
-    for metric in ("war", "uar", "f1"):
+    stats = fold_statistics(folds)
+    for metric in METRICS:
         per_seed = folds.groupby("seed")[metric].mean() if "seed" in folds else folds[metric]
-        row[f"{metric}_mean"] = round(float(folds[metric].mean()), 2)
-        row[f"{metric}_std"] = round(float(folds[metric].std(ddof=0)), 2)
-        row[f"{metric}_std_over_seeds"] = round(float(per_seed.std(ddof=0)), 2) if len(per_seed) > 1 else math.nan
+        row[f"{metric}_mean"] = round(stats[f"{metric}_mean"], 2)
+        row[f"{metric}_std"] = round(stats[f"{metric}_std"], 2)
+        row[f"{metric}_std_over_seeds"] = round(mean_std(per_seed)[1], 2)
     row.update({"paper_war": p.paper_war, "paper_uar": p.paper_uar, "authors_2023_war": p.update_2023_war, "authors_2023_uar": p.update_2023_uar})
     return row
 

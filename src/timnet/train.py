@@ -39,7 +39,7 @@ from .atomic import atomic_path
 from .config import Config
 from .corpora import canonical_stems
 from .errors import TimnetError
-from .evaluate import confusion, infer, prediction_table, scores, table_confusion
+from .metrics import METRICS, confusion, fold_statistics, infer, pick_device, prediction_table, scores, table_confusion
 from .features import FeatureSet, load_features
 from .model import TIMNet, TIMNetConfig
 from .runs import FoldResult, RunPaths, create_run, load_result, new_run_id, open_run, save_pt, save_unit, unit_name
@@ -50,20 +50,6 @@ from .splits import make_folds, validation_split
 # and an epoch gets 1.05x (AVX-512 EPYC) to 1.23x (AVX2) faster, ~0.1-0.35 s: it repays itself only after
 # several hundred epochs. On CUDA the many small elementwise kernels are what compiling fuses.
 COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
-
-
-def pick_device(name: str = "auto") -> str:
-    if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise TimnetError("--device cuda asked for, but PyTorch sees no CUDA GPU (install a CUDA build of torch)")
-        if name == "mps" and not torch.backends.mps.is_available():
-            raise TimnetError("--device mps asked for, but Apple Metal (MPS) is not available in this PyTorch")
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 @dataclass
@@ -236,7 +222,7 @@ class _FoldTraining:
             "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()}, "config": job.config,
             "model_config": self.model.config.to_dict(), "fold": job.fold, "seed": job.seed, "metrics": metrics,
             "epoch": chosen_epoch, "seconds": progress.seconds, "checkpoint": self.t.checkpoint,
-            "optimistic": self.t.checkpoint == "best-test", "test_index": list(job.test),
+            "optimistic": self.t.optimistic, "test_index": list(job.test),
             "confusion": confusion(features.y[job.test], probs.argmax(1), cfg.dataset.classes).to_numpy().tolist(),
             "test_stems": [str(s) for s in features.manifest.stem.iloc[job.test]], "test_probs": torch.from_numpy(probs),
             "history": progress.history,
@@ -551,10 +537,11 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
     per_fold = pd.concat([table_confusion(group, classes)
                           .stack().rename("count").reset_index().assign(seed=seed, fold=fold)
                           for (seed, fold), group in predictions.groupby(["seed", "fold"], sort=True)], ignore_index=True)
-    stats = pd.DataFrame([{"seed": "", "fold": name, **{m: getattr(folds[m], name)() for m in ("war", "uar", "f1")}}
-                          for name in ("mean", "std")])
-    label = "OPTIMISTIC: epoch picked on the test fold (paper protocol)" if cfg.train.checkpoint == "best-test" else cfg.train.checkpoint
-    meta = pd.DataFrame({"setting": ["run", "checkpoint policy", "utterances predicted"], "value": [paths.run_id, label, len(predictions)]})
+    stat = fold_statistics(folds)
+    stats = pd.DataFrame([{"seed": "", "fold": name, **{m: stat[f"{m}_{name}"] for m in METRICS}} for name in ("mean", "std")])
+    meta = pd.DataFrame({"setting": ["run", "checkpoint policy", "utterances predicted", "std"],
+                         "value": [paths.run_id, cfg.train.checkpoint_label, len(predictions),
+                                   "sample standard deviation over the folds (x seeds), ddof=1"]})
     complete = len({(r.seed, r.fold) for r in results}) == cfg.train.folds * len(cfg.train.run_seeds)
     workbook = write_workbook(paths.workbook, {
         "folds": pd.concat([folds, stats], ignore_index=True),

@@ -6,6 +6,7 @@ and emotion. `fold=k` embeds every utterance with one model instead (its trainin
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,33 +16,78 @@ from sklearn.manifold import TSNE
 from .atomic import atomic_path
 from .config import Config
 from .errors import TimnetError
-from .evaluate import infer
-from .features import FeatureSet, load_features
-from .runs import load_run, read_record
+from .metrics import infer
+from .predict import load_published
+from .evaluate import evaluate_weights
+from .features import FeatureSet, load_features, load_or_extract
+from .runs import load_run, read_record, run_dir
 
 
-def run_embeddings(run: str | Path, models_root: Path = Path("Models"), fold: int | None = None) -> tuple[Config, FeatureSet, np.ndarray]:
-    """(config, features, [N, C] embeddings) of a training run (its first seed): test-fold models, or one fold's."""
-    fold_models = load_run(run, models_root, fold)
-    run_dir = Path(fold_models.source)
-    record = read_record(run_dir)
+def run_embeddings(run: str | Path, models_root: Path = Path("Models"), fold: int | None = None,
+                   seed: int | None = None) -> tuple[Config, FeatureSet, np.ndarray]:
+    """(config, features, [N, C] embeddings) of a training run's models of one seed (default: the run's first):
+    each utterance from the fold model it was a test file of, or (`fold=k`) every utterance from fold k's."""
+    record = read_record(run_dir(run, models_root))
+    seeds = list(dict.fromkeys(unit["seed"] for unit in record["folds"]))
+    seed = seeds[0] if seed is None else seed
+    if seed not in seeds:
+        raise TimnetError(f"run {Path(run).name} has no seed {seed}; its seeds: {', '.join(map(str, seeds))}")
+    fold_models = load_run(run, models_root, fold, seed)
     config = fold_models.config
     features = load_features(Path(record["mfcc"]), config.dataset.classes)
     if fold is not None:
         return config, features, infer(next(iter(fold_models.models.values())), features.x)[1]
-    first_seed = record["folds"][0]["seed"]
     embeddings = np.full((len(features), config.model.filters), np.nan, dtype=np.float32)
     where = {s: i for i, s in enumerate(features.manifest.stem)}
     for unit in record["folds"]:
-        if unit["seed"] != first_seed or unit["unit"] not in fold_models.models:
+        if unit["seed"] != seed or unit["unit"] not in fold_models.models:
             continue
         idx = np.array([where[s] for s in unit["test_stems"]], dtype=np.int64)
         embeddings[idx] = infer(fold_models.models[unit["unit"]], features.x[idx])[1]
     done = ~np.isnan(embeddings).any(axis=1)
     if not done.any():
-        raise TimnetError(f"{run_dir}: no finished fold — nothing to embed")
+        raise TimnetError(f"{fold_models.source}: no finished fold — nothing to embed")
     kept = FeatureSet(features.x[done], features.y[done], features.manifest[done].reset_index(drop=True), features.classes)
     return config, kept, embeddings[done]
+
+
+@dataclass
+class TsneInput:
+    """What a t-SNE figure shows, and where it goes."""
+
+    config: Config
+    features: FeatureSet
+    embeddings: np.ndarray
+    out_dir: Path
+    title: str
+
+
+def embeddings_of(run: str | Path | None = None, weights: Path | None = None, config: Config | None = None,
+                  features: FeatureSet | None = None, fold: int | None = None, seed: int | None = None,
+                  models_root: Path = Path("Models"), results_root: Path = Path("Results")) -> TsneInput:
+    """The embeddings of a training run (`run`, its models of `seed`) or of the authors' weights (`weights` with the
+    dataset's `config` and `features`, default MFCC/<DATASET>.npy): by default each utterance from the fold model
+    it was a test file of; `fold=k` embeds every utterance with fold k's model. The CLI and tsne.ipynb call this."""
+    if (run is None) == (weights is None):
+        raise TimnetError("give a training run (--run RUN), or the authors' weights (--weights ZIP with --dataset)")
+    if run is not None:
+        config, features, embeddings = run_embeddings(run, models_root, fold, seed)
+        out_dir, title = Path(results_root) / Path(run).name, f"{config.dataset.name} run {Path(run).name}"
+    else:
+        if config is None:
+            raise TimnetError("--weights needs --dataset: the weights do not say which corpus they are for")
+        if features is None:
+            features = load_or_extract(config, Path("MFCC") / f"{config.dataset.name}.npy")[0]
+        if fold is None:
+            embeddings = evaluate_weights(Path(weights), config, features).embeddings
+        else:
+            (model,) = load_published(Path(weights), config.dataset.name, fold).models.values()
+            embeddings = infer(model, features.x)[1]
+        out_dir = Path(results_root) / f"{Path(weights).stem}_{config.dataset.name}"
+        title = f"{config.dataset.name}, authors' weights {Path(weights).name}"
+    if fold is not None:
+        title += f", fold {fold} model for all"
+    return TsneInput(config, features, embeddings, out_dir, title)
 
 
 def project(embeddings: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,207 @@
+"""Training speed against the official Keras code, side by side in ONE run, with ratios and peak memory.
+
+    pip install -e .[reference]          # tensorflow-cpu + tf-keras, for the Keras competitor
+    python benchmarks/bench_vs_keras.py [--folds 4] [--epochs 50] [--mfcc MFCC/EMODB.npy]
+
+Competitors, one after another on the same EMO-DB-shaped data (the authors' 10 folds: 481 training / 54 test
+utterances of 188 x 39, batch 64), each over the same `--folds` x `--epochs`:
+  keras                      the model of tools/keras_reference.py trained as the original trains: per fold a new
+                             model and one `fit` over all epochs, validation on the test fold and a weights
+                             checkpoint (ModelCheckpoint, save_best_only on val_accuracy) every epoch
+  timnet train (defaults)    the CLI as a user runs it: default workers, threads and compile, with its per-epoch
+                             state saving, history, curves, workbook
+  timnet --workers 1 --compile off    the serial path
+Each is timed as a whole command (start-up, model building, compiling included) and divided by folds x epochs.
+Peak memory is the largest sum of proportional resident memory (PSS) over the command's process tree (Linux;
+elsewhere the largest resident size of a single child). The table is printed and appended to benchmarks/results/bench_vs_keras.csv.
+Without --mfcc the features are random numbers in EMO-DB's shape (speed does not depend on the values).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results" / "bench_vs_keras.csv"
+
+
+def synthetic_emodb(out: Path) -> Path:
+    """MFCC/EMODB.npy trio: random features for the complete 535-utterance corpus in the authors' order."""
+    from timnet import load_config
+    from timnet.corpora import canonical_stems
+    from timnet.features import write_feature_files
+
+    cfg = load_config("EMODB")
+    canonical = canonical_stems(cfg.dataset)
+    x = np.random.default_rng(0).normal(size=(len(canonical), cfg.features.frames, cfg.features.n_mfcc)).astype(np.float32)
+    labels = canonical.label.map(cfg.dataset.classes.index).to_numpy()
+    manifest = canonical.assign(file=canonical.stem + ".wav", speaker=canonical.stem.str[:2], status="ok")
+    npy = out / "EMODB.npy"
+    write_feature_files(npy, x, labels, len(cfg.dataset.classes), manifest, {"dataset": "EMODB", "synthetic": True})
+    return npy
+
+
+def keras_main(mfcc: Path, folds: int, epochs: int, work: Path) -> None:
+    """The Keras competitor (run in its own process): the authors' training loop."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(REPO / "tools"))
+    import tf_keras as keras
+    from keras_reference import build
+    from sklearn.model_selection import KFold
+
+    data = np.load(mfcc, allow_pickle=True).item()
+    x, y = data["x"], data["y"]
+    for k, (train, test) in enumerate(KFold(10, shuffle=True, random_state=46).split(x), start=1):
+        if k > folds:
+            break
+        model, _ = build(y.shape[1], x.shape[1])
+        model.compile(loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1), metrics=["accuracy"],
+                      optimizer=keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.93, beta_2=0.98, epsilon=1e-8))
+        checkpoint = keras.callbacks.ModelCheckpoint(str(work / f"10-fold_weights_best_{k}.hdf5"), monitor="val_accuracy",
+                                                     save_weights_only=True, save_best_only=True, mode="max")
+        model.fit(x[train], y[train], validation_data=(x[test], y[test]), batch_size=64, epochs=epochs, verbose=0,
+                  callbacks=[checkpoint])
+        keras.backend.clear_session()
+
+
+def tree_memory(root: int) -> int:
+    """Proportional resident bytes (PSS) of a process and all its descendants (Linux /proc): pages shared between
+    them — the torch and TensorFlow libraries every worker maps — count once in total, not once per process."""
+    parents = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                parents[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    total = 0
+    for pid in tree:
+        try:
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def timed(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak memory in MB of the process tree: PSS on Linux) of one command."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+    if sys.platform.startswith("linux"):
+        def sample():
+            while proc.poll() is None:
+                peak[0] = max(peak[0], tree_memory(proc.pid))
+                time.sleep(2.0)  # PSS is costly to read; peaks last minutes
+        threading.Thread(target=sample, daemon=True).start()
+    _, err = proc.communicate()
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"failed: {' '.join(argv)}\n{err[-3000:]}")
+    if not peak[0]:
+        peak[0] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return seconds, peak[0] / 2**20
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        cpu += ", AVX-512" if " avx512f" in info else ", AVX2" if " avx2" in info else ""
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def versions() -> str:
+    import torch
+
+    found = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
+    try:
+        from importlib.metadata import version
+
+        found.append(f"tensorflow {version('tensorflow-cpu') if _has('tensorflow-cpu') else version('tensorflow')}")
+    except Exception:  # noqa: BLE001
+        found.append("tensorflow missing")
+    return ", ".join(found)
+
+
+def _has(dist: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(dist)
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--folds", type=int, default=4, help="folds per competitor (of the authors' 10)")
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--mfcc", type=Path, help="an EMODB.npy from `timnet preprocess` (default: random features)")
+    ap.add_argument("--skip-keras", action="store_true", help="only the timnet competitors (no ratio to Keras)")
+    ap.add_argument("--keras-worker", nargs=3, metavar=("MFCC", "FOLDS", "EPOCHS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_vs_keras_") as tmp:
+        work = Path(tmp)
+        if args.keras_worker:
+            return keras_main(Path(args.keras_worker[0]), int(args.keras_worker[1]), int(args.keras_worker[2]), work)
+        mfcc = args.mfcc or synthetic_emodb(work)
+        n = args.folds * args.epochs
+        timnet = [sys.executable, "-m", "timnet.cli", "train", "--dataset", "EMODB", "--mfcc", str(mfcc), "--folds", "10",
+                  "--only-folds", ",".join(str(k) for k in range(1, args.folds + 1)), "--epochs", str(args.epochs), "--quiet"]
+        competitors = {} if args.skip_keras else {"keras (official loop)": [sys.executable, __file__, "--keras-worker", str(mfcc), str(args.folds), str(args.epochs)]}
+        competitors["timnet train (defaults)"] = timnet
+        competitors["timnet --workers 1 --compile off"] = [*timnet, "--workers", "1", "--compile", "off"]
+        rows = []
+        for name, argv in competitors.items():
+            out = work / name.split()[0] / str(len(rows))
+            extra = [] if name.startswith("keras") else ["--models", str(out / "M"), "--logs", str(out / "L"), "--results", str(out / "R")]
+            seconds, rss = timed(argv + extra)
+            rows.append({"competitor": name, "seconds": seconds, "per_fold_epoch": seconds / n, "peak_memory_mb": rss})
+            print(f"  {name}: {seconds:.0f} s", flush=True)
+    base = rows[0]["per_fold_epoch"] if not args.skip_keras else None
+    stamp, where, libs = datetime.now().isoformat(timespec="seconds"), machine(), versions()
+    print(f"\n{stamp} | {where} | {libs} | {args.folds} folds x {args.epochs} epochs, {'real' if args.mfcc else 'random'} EMO-DB-shaped data\n")
+    print("| competitor | s per fold-epoch | speed vs Keras | peak memory (MB) |\n|---|---|---|---|")
+    for row in rows:
+        row["speedup_vs_keras"] = base / row["per_fold_epoch"] if base else float("nan")
+        print(f"| {row['competitor']} | {row['per_fold_epoch']:.3f} | {row['speedup_vs_keras']:.2f}x | {row['peak_memory_mb']:.0f} |")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    new = not RESULTS.exists()
+    with open(RESULTS, "a", newline="") as f:
+        writer = csv.DictWriter(f, ["date", "machine", "versions", "folds", "epochs", "competitor", "seconds", "per_fold_epoch",
+                                    "speedup_vs_keras", "peak_memory_mb"])
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({"date": stamp, "machine": where, "versions": libs, "folds": args.folds, "epochs": args.epochs,
+                             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}})
+    print(f"\nappended to {RESULTS.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

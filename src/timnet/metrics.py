@@ -1,0 +1,106 @@
+"""Metrics, batched inference and per-utterance prediction tables: what train, evaluate, predict and tsne share.
+
+Over folds (and seeds) every output — CLI, notebook, run workbook, summary workbook, sweeps — reports
+mean ± SAMPLE standard deviation (ddof=1), computed by `mean_std` alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import confusion_matrix, f1_score, recall_score
+
+from .errors import TimnetError
+from .model import TIMNet
+
+METRICS = ("war", "uar", "f1")
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """WAR (accuracy), UAR (mean recall over the classes present) and macro-F1, in %."""
+    if len(y_true) == 0:
+        return {"war": float("nan"), "uar": float("nan"), "f1": float("nan")}
+    present = np.unique(y_true)
+    return {
+        "war": float(np.mean(y_true == y_pred) * 100),
+        "uar": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0) * 100),
+        "f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0) * 100),
+    }
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    m = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
+    return pd.DataFrame(m, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
+
+
+def prediction_table(manifest: pd.DataFrame, idx: np.ndarray, probs: np.ndarray, classes: list[str],
+                     columns: tuple[str, ...] = ("file", "stem", "label"), **keys) -> pd.DataFrame:
+    """Per-utterance predictions: `keys` (fold, seed), manifest columns, predicted, correct, p_<class>."""
+    table = manifest.iloc[idx][list(columns)].reset_index(drop=True)
+    for position, (name, value) in enumerate(keys.items()):
+        table.insert(position, name, value)
+    table["predicted"] = [classes[p] for p in probs.argmax(1)]
+    table["correct"] = table.label.to_numpy() == table.predicted.to_numpy()
+    for c, name in enumerate(classes):
+        table[f"p_{name}"] = probs[:, c]
+    return table
+
+
+def _table_indices(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) class indices of a prediction table."""
+    return predictions.label.map(classes.index).to_numpy(), predictions.predicted.map(classes.index).to_numpy()
+
+
+def table_scores(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
+    """Overall scores of a prediction table (all folds pooled)."""
+    return scores(*_table_indices(predictions, classes))
+
+
+def table_confusion(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Confusion matrix of a prediction table (or of one fold's rows of it)."""
+    return confusion(*_table_indices(predictions, classes), classes)
+
+
+def pick_device(name: str = "auto") -> str:
+    """`auto`: CUDA, then Apple MPS, then CPU; a named device is checked to exist."""
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise TimnetError("--device cuda asked for, but PyTorch sees no CUDA GPU (install a CUDA build of torch)")
+        if name == "mps" and not torch.backends.mps.is_available():
+            raise TimnetError("--device mps asked for, but Apple Metal (MPS) is not available in this PyTorch")
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@torch.no_grad()
+def infer(model: TIMNet, x: np.ndarray, batch_size: int = 256, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, K], embeddings [N, C]) in eval mode."""
+    device = pick_device(device)
+    model = model.to(device).eval()
+    probs, embs = [], []
+    for start in range(0, len(x), batch_size):
+        batch = torch.as_tensor(x[start:start + batch_size], device=device)
+        emb = model.embed(batch)
+        probs.append(torch.softmax(model.classifier(emb), dim=-1).cpu().numpy())
+        embs.append(emb.cpu().numpy())
+    k, c = model.config.n_classes, model.config.filters
+    return (np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
+            np.concatenate(embs) if embs else np.zeros((0, c), np.float32))
+
+
+def mean_std(values) -> tuple[float, float]:
+    """(mean, sample standard deviation with ddof=1); the std of a single value is NaN, not 0."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else float("nan"))
+
+
+def fold_statistics(folds: pd.DataFrame) -> dict[str, float]:
+    """`{war_mean, war_std, uar_mean, ...}` over the rows (folds x seeds) of a per-fold table."""
+    stats = {}
+    for metric in METRICS:
+        stats[f"{metric}_mean"], stats[f"{metric}_std"] = mean_std(folds[metric])
+    return stats
