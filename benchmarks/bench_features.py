@@ -7,6 +7,7 @@ Two numbers per mode:
   steady  the same after a warm-up in that process: the throughput that matters for big corpora.
 Without --data it writes a synthetic 300-file corpus to a temporary folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,16 +43,24 @@ def synthetic_corpus(root: Path, n: int = 300) -> Path:
     emotions = list(EMOTION_PITCH)
     for i in range(n):
         emo = emotions[i % 7]
-        write_wav(root / "wav" / f"{3 + i // 70:02d}{'ab'[i % 2]}{i % 50:02d}{emo}{'abcdefg'[i % 7]}.wav",
-                  seconds=2.0, freq=EMOTION_PITCH[emo], seed=i)
+        write_wav(
+            root / "wav" / f"{3 + i // 70:02d}{'ab'[i % 2]}{i % 50:02d}{emo}{'abcdefg'[i % 7]}.wav",
+            seconds=2.0,
+            freq=EMOTION_PITCH[emo],
+            seed=i,
+        )
     return root
 
 
 def measure(dataset: str, data: Path, workers: int, repeat: int) -> tuple[float, float, int]:
     colds, steadies = [], []
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", ONE_RUN, dataset, str(data), str(workers)],
-                             capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", ONE_RUN, dataset, str(data), str(workers)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         colds.append(float(out[0]))
         steadies.append(float(out[1]))
     return statistics.median(colds), statistics.median(steadies), int(out[2])

@@ -7,6 +7,7 @@ x 188 frames x 39 MFCCs, batch 64), interleaved, so machine load hits both alike
 textbook formulation (F.pad + F.conv1d on [B, C, T], nn.Dropout1d), i.e. what model.py ran before.
 Prints seconds per epoch (median) and the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,14 @@ from timnet.model import TIMNet, TIMNetConfig
 
 def conv1d_levels(model: TIMNet, x: torch.Tensor) -> torch.Tensor:
     """model.levels computed channels-first with F.conv1d: [B, T, F] -> [B, C, L]."""
+
     def conv(layer, h):  # [B, C_in, T] -> [B, C_out, T], causal
-        return F.conv1d(F.pad(h, ((layer.kernel_size[0] - 1) * layer.dilation[0], 0)), layer.weight, layer.bias,
-                        dilation=layer.dilation[0])
+        return F.conv1d(
+            F.pad(h, ((layer.kernel_size[0] - 1) * layer.dilation[0], 0)),
+            layer.weight,
+            layer.bias,
+            dilation=layer.dilation[0],
+        )
 
     def block(b, h):
         g = F.dropout1d(F.relu(b.bn1(conv(b.conv1, h))), b.drop.p, b.training)
@@ -45,8 +51,8 @@ def epoch_seconds(model: TIMNet, levels, x: torch.Tensor, y: torch.Tensor, epoch
     started = time.perf_counter()
     for _ in range(epochs):
         for i in range(0, len(x), 64):
-            logits = model.classifier(levels(x[i:i + 64]) @ model.level_weights)
-            loss = F.cross_entropy(logits, y[i:i + 64], label_smoothing=0.1)
+            logits = model.classifier(levels(x[i : i + 64]) @ model.level_weights)
+            loss = F.cross_entropy(logits, y[i : i + 64], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -67,7 +73,7 @@ def main() -> None:
         gap = (model.eval().levels(x[:64]) - conv1d_levels(model, x[:64])).abs().max().item()
     competitors = {"gemm (shipped)": model.levels, "conv1d": lambda xb: conv1d_levels(model, xb)}
     times = {name: [] for name in competitors}
-    for name, levels in competitors.items():  # warm-up
+    for levels in competitors.values():  # warm-up
         epoch_seconds(model, levels, x, y, 1)
     for _ in range(args.repeat):
         for name, levels in competitors.items():

@@ -5,9 +5,10 @@
 
 Runs `timnet train` (10 folds x 500 epochs, checkpoint `last`) with the authors' `random` folds and with
 `speaker` (leave-one-speaker-out), one protocol after the other, each with its folds in parallel workers
-(default: one per core). Each epoch is checkpointed, so re-running the same command resumes the unfinished runs. Numbers on emodb-22k-2s are NOT comparable
-to the paper: that copy of EMO-DB is trimmed to 2 s.
+(default: one per core). Each epoch is checkpointed, so re-running the same command resumes the unfinished
+runs. Numbers on emodb-22k-2s are NOT comparable to the paper: that copy of EMO-DB is trimmed to 2 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def report(work: Path) -> str:
         hours = sum(s["seconds"] for s in saved) / 3600
         done = ", ".join(str(s["fold"]) for s in saved)
         lines.append(f"| {protocol} | {len(saved)} of {total} ({done}) | {' | '.join(cells)} | {hours:.1f} h |")
-        per_fold.append(f"{protocol}: " + ", ".join(f"fold {s['fold']} {s['metrics']['war']:.2f} % in {s['seconds'] / 60:.0f} min"
-                                                  for s in saved))
+        per_fold.append(
+            f"{protocol}: "
+            + ", ".join(f"fold {s['fold']} {s['metrics']['war']:.2f} % in {s['seconds'] / 60:.0f} min" for s in saved)
+        )
     return "\n".join(lines + ["", "WAR per fold and its training time:", *per_fold])
 
 
@@ -64,12 +67,45 @@ def main() -> None:
         mfcc = args.work / "MFCC"
         existing = runs(args.work)
         if not all(p in existing for p in PROTOCOLS):  # a resumed run checks its own MFCC file (SHA-256)
-            subprocess.run([sys.executable, "-m", "timnet.cli", "preprocess", "--dataset", "EMODB", "--data", str(args.data),
-                            "--out", str(mfcc), "--quiet"], check=True)
-        dirs = ["--models", str(args.work / "Models"), "--logs", str(args.work / "logs"), "--results", str(args.work / "Results")]
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "timnet.cli",
+                    "preprocess",
+                    "--dataset",
+                    "EMODB",
+                    "--data",
+                    str(args.data),
+                    "--out",
+                    str(mfcc),
+                    "--quiet",
+                ],
+                check=True,
+            )
+        dirs = [
+            "--models",
+            str(args.work / "Models"),
+            "--logs",
+            str(args.work / "logs"),
+            "--results",
+            str(args.work / "Results"),
+        ]
         for protocol in PROTOCOLS:
-            how = ["--resume", existing[protocol].name] if protocol in existing else \
-                  ["--dataset", "EMODB", "--mfcc", str(mfcc / "EMODB.npy"), "--protocol", protocol, "--checkpoint", "last"]
+            how = (
+                ["--resume", existing[protocol].name]
+                if protocol in existing
+                else [
+                    "--dataset",
+                    "EMODB",
+                    "--mfcc",
+                    str(mfcc / "EMODB.npy"),
+                    "--protocol",
+                    protocol,
+                    "--checkpoint",
+                    "last",
+                ]
+            )
             threads = ["--threads", str(args.threads)] if args.threads else []
             subprocess.run([sys.executable, "-m", "timnet.cli", "train", *how, *dirs, *threads, "--quiet"], check=True)
     print(report(args.work))

@@ -13,9 +13,11 @@ utterances of 188 x 39, batch 64), each over the same `--folds` x `--epochs`:
   timnet --workers 1 --compile off    the serial path
 Each is timed as a whole command (start-up, model building, compiling included) and divided by folds x epochs.
 Peak memory is the largest sum of proportional resident memory (PSS) over the command's process tree (Linux;
-elsewhere the largest resident size of a single child). The table is printed and appended to benchmarks/results/bench_vs_keras.csv.
+elsewhere the largest resident size of a single child). The table is printed and appended to
+benchmarks/results/bench_vs_keras.csv.
 Without --mfcc the features are random numbers in EMO-DB's shape (speed does not depend on the values).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +48,11 @@ def synthetic_emodb(out: Path) -> Path:
 
     cfg = load_config("EMODB")
     canonical = canonical_stems(cfg.dataset)
-    x = np.random.default_rng(0).normal(size=(len(canonical), cfg.features.frames, cfg.features.n_mfcc)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .normal(size=(len(canonical), cfg.features.frames, cfg.features.n_mfcc))
+        .astype(np.float32)
+    )
     labels = canonical.label.map(cfg.dataset.classes.index).to_numpy()
     manifest = canonical.assign(file=canonical.stem + ".wav", speaker=canonical.stem.str[:2], status="ok")
     npy = out / "EMODB.npy"
@@ -69,12 +75,27 @@ def keras_main(mfcc: Path, folds: int, epochs: int, work: Path) -> None:
         if k > folds:
             break
         model, _ = build(y.shape[1], x.shape[1])
-        model.compile(loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1), metrics=["accuracy"],
-                      optimizer=keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.93, beta_2=0.98, epsilon=1e-8))
-        checkpoint = keras.callbacks.ModelCheckpoint(str(work / f"10-fold_weights_best_{k}.hdf5"), monitor="val_accuracy",
-                                                     save_weights_only=True, save_best_only=True, mode="max")
-        model.fit(x[train], y[train], validation_data=(x[test], y[test]), batch_size=64, epochs=epochs, verbose=0,
-                  callbacks=[checkpoint])
+        model.compile(
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+            metrics=["accuracy"],
+            optimizer=keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.93, beta_2=0.98, epsilon=1e-8),
+        )
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            str(work / f"10-fold_weights_best_{k}.hdf5"),
+            monitor="val_accuracy",
+            save_weights_only=True,
+            save_best_only=True,
+            mode="max",
+        )
+        model.fit(
+            x[train],
+            y[train],
+            validation_data=(x[test], y[test]),
+            batch_size=64,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[checkpoint],
+        )
         keras.backend.clear_session()
 
 
@@ -111,10 +132,12 @@ def timed(argv: list[str]) -> tuple[float, float]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = [0]
     if sys.platform.startswith("linux"):
+
         def sample():
             while proc.poll() is None:
                 peak[0] = max(peak[0], tree_memory(proc.pid))
                 time.sleep(2.0)  # PSS is costly to read; peaks last minutes
+
         threading.Thread(target=sample, daemon=True).start()
     _, err = proc.communicate()
     seconds = time.perf_counter() - started
@@ -171,35 +194,94 @@ def main() -> None:
             return keras_main(Path(args.keras_worker[0]), int(args.keras_worker[1]), int(args.keras_worker[2]), work)
         mfcc = args.mfcc or synthetic_emodb(work)
         n = args.folds * args.epochs
-        timnet = [sys.executable, "-m", "timnet.cli", "train", "--dataset", "EMODB", "--mfcc", str(mfcc), "--folds", "10",
-                  "--only-folds", ",".join(str(k) for k in range(1, args.folds + 1)), "--epochs", str(args.epochs), "--quiet"]
-        competitors = {} if args.skip_keras else {"keras (official loop)": [sys.executable, __file__, "--keras-worker", str(mfcc), str(args.folds), str(args.epochs)]}
+        timnet = [
+            sys.executable,
+            "-m",
+            "timnet.cli",
+            "train",
+            "--dataset",
+            "EMODB",
+            "--mfcc",
+            str(mfcc),
+            "--folds",
+            "10",
+            "--only-folds",
+            ",".join(str(k) for k in range(1, args.folds + 1)),
+            "--epochs",
+            str(args.epochs),
+            "--quiet",
+        ]
+        competitors = (
+            {}
+            if args.skip_keras
+            else {
+                "keras (official loop)": [
+                    sys.executable,
+                    __file__,
+                    "--keras-worker",
+                    str(mfcc),
+                    str(args.folds),
+                    str(args.epochs),
+                ]
+            }
+        )
         competitors["timnet train (defaults)"] = timnet
         competitors["timnet --workers 1 --compile off"] = [*timnet, "--workers", "1", "--compile", "off"]
         rows = []
         for name, argv in competitors.items():
             out = work / name.split()[0] / str(len(rows))
-            extra = [] if name.startswith("keras") else ["--models", str(out / "M"), "--logs", str(out / "L"), "--results", str(out / "R")]
+            extra = (
+                []
+                if name.startswith("keras")
+                else ["--models", str(out / "M"), "--logs", str(out / "L"), "--results", str(out / "R")]
+            )
             seconds, rss = timed(argv + extra)
             rows.append({"competitor": name, "seconds": seconds, "per_fold_epoch": seconds / n, "peak_memory_mb": rss})
             print(f"  {name}: {seconds:.0f} s", flush=True)
     base = rows[0]["per_fold_epoch"] if not args.skip_keras else None
     stamp, where, libs = datetime.now().isoformat(timespec="seconds"), machine(), versions()
-    print(f"\n{stamp} | {where} | {libs} | {args.folds} folds x {args.epochs} epochs, {'real' if args.mfcc else 'random'} EMO-DB-shaped data\n")
+    print(
+        f"\n{stamp} | {where} | {libs} | {args.folds} folds x {args.epochs} epochs, "
+        f"{'real' if args.mfcc else 'random'} EMO-DB-shaped data\n"
+    )
     print("| competitor | s per fold-epoch | speed vs Keras | peak memory (MB) |\n|---|---|---|---|")
     for row in rows:
         row["speedup_vs_keras"] = base / row["per_fold_epoch"] if base else float("nan")
-        print(f"| {row['competitor']} | {row['per_fold_epoch']:.3f} | {row['speedup_vs_keras']:.2f}x | {row['peak_memory_mb']:.0f} |")
+        print(
+            f"| {row['competitor']} | {row['per_fold_epoch']:.3f} | {row['speedup_vs_keras']:.2f}x | "
+            f"{row['peak_memory_mb']:.0f} |"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     new = not RESULTS.exists()
     with open(RESULTS, "a", newline="") as f:
-        writer = csv.DictWriter(f, ["date", "machine", "versions", "folds", "epochs", "competitor", "seconds", "per_fold_epoch",
-                                    "speedup_vs_keras", "peak_memory_mb"])
+        writer = csv.DictWriter(
+            f,
+            [
+                "date",
+                "machine",
+                "versions",
+                "folds",
+                "epochs",
+                "competitor",
+                "seconds",
+                "per_fold_epoch",
+                "speedup_vs_keras",
+                "peak_memory_mb",
+            ],
+        )
         if new:
             writer.writeheader()
         for row in rows:
-            writer.writerow({"date": stamp, "machine": where, "versions": libs, "folds": args.folds, "epochs": args.epochs,
-                             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}})
+            writer.writerow(
+                {
+                    "date": stamp,
+                    "machine": where,
+                    "versions": libs,
+                    "folds": args.folds,
+                    "epochs": args.epochs,
+                    **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
+                }
+            )
     print(f"\nappended to {RESULTS.relative_to(REPO)}")
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: synthetic audio written by the tests, and ../shared when it is there."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,10 @@ EMODB_16K = SHARED / "data" / "emodb-16k-subset"
 EMODB_22K = SHARED / "data" / "emodb-22k-2s"
 WEIGHTS = SHARED / "data" / "timnet-weights"
 
-needs_shared = pytest.mark.skipif(not (EMODB_16K.is_dir() and WEIGHTS.is_dir()),
-                                  reason=f"needs ../shared (real EMO-DB audio and the authors' weights), not found at {SHARED}")
+needs_shared = pytest.mark.skipif(
+    not (EMODB_16K.is_dir() and WEIGHTS.is_dir()),
+    reason=f"needs ../shared (real EMO-DB audio and the authors' weights), not found at {SHARED}",
+)
 
 
 @pytest.fixture

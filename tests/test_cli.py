@@ -1,10 +1,12 @@
 """The `timnet` command: real runs on synthetic corpora, one-line errors with exit code 2."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 from conftest import WEIGHTS, needs_shared
 
 from timnet import load_config
@@ -13,7 +15,23 @@ from timnet.cli import main
 
 def test_preprocess_then_noop(emodb_root, tmp_path, capsys):
     out = tmp_path / "MFCC"
-    assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--out", str(out), "--quiet", "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--dataset",
+                "EMODB",
+                "--data",
+                str(emodb_root),
+                "--out",
+                str(out),
+                "--quiet",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "84 utterances, written" in capsys.readouterr().out
     assert np.load(out / "EMODB.npy", allow_pickle=True).item()["x"].shape == (84, 188, 39)
     assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--out", str(out), "--quiet"]) == 0
@@ -22,8 +40,23 @@ def test_preprocess_then_noop(emodb_root, tmp_path, capsys):
 
 def test_bad_file_is_one_line_and_exit_2(emodb_root, tmp_path):
     (emodb_root / "wav" / "03a07Wa.wav").write_bytes(b"\x00" * 10)
-    proc = subprocess.run([sys.executable, "-m", "timnet.cli", "preprocess", "--dataset", "EMODB", "--data", str(emodb_root),
-                           "--out", str(tmp_path / "o"), "--quiet"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "timnet.cli",
+            "preprocess",
+            "--dataset",
+            "EMODB",
+            "--data",
+            str(emodb_root),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     err = [line for line in proc.stderr.splitlines() if line.startswith("timnet: error")]
     assert len(err) == 1 and "03a07Wa.wav: cannot be read as audio" in err[0] and "--skip-bad" in err[0]
@@ -32,18 +65,35 @@ def test_bad_file_is_one_line_and_exit_2(emodb_root, tmp_path):
 
 def test_set_overrides_and_unknown_setting(emodb_root, tmp_path, capsys):
     out = tmp_path / "o"
-    assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--out", str(out), "--quiet",
-                 "--set", "features.signal_length=48000"]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--dataset",
+                "EMODB",
+                "--data",
+                str(emodb_root),
+                "--out",
+                str(out),
+                "--quiet",
+                "--set",
+                "features.signal_length=48000",
+            ]
+        )
+        == 0
+    )
     assert np.load(out / "EMODB.npy", allow_pickle=True).item()["x"].shape[1] == 94
     assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--set", "features.nope=1"]) == 2
     assert "unknown setting 'features.nope'" in capsys.readouterr().err
     assert main(["preprocess", "--dataset", "NOPE", "--data", str(emodb_root)]) == 2
     assert "unknown dataset 'NOPE'" in capsys.readouterr().err
-    for setting, message in (("train.epochs=ten", "train.epochs: 'ten' is not an integer"),
-                             ("train.seeds=46,x", "train.seeds[1]: 'x' is not an integer"),
-                             ("train.lr=fast", "train.lr: 'fast' is not a number"),
-                             ("features.center=maybe", "features.center: 'maybe' is not true or false"),
-                             ("train.compile=sometimes", "unknown compile setting 'sometimes'")):
+    for setting, message in (
+        ("train.epochs=ten", "train.epochs: 'ten' is not an integer"),
+        ("train.seeds=46,x", "train.seeds[1]: 'x' is not an integer"),
+        ("train.lr=fast", "train.lr: 'fast' is not a number"),
+        ("features.center=maybe", "features.center: 'maybe' is not true or false"),
+        ("train.compile=sometimes", "unknown compile setting 'sometimes'"),
+    ):
         assert main(["train", "--dataset", "EMODB", "--set", setting]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"timnet: error: {message}") and err.count("\n") == 1, err
@@ -54,7 +104,9 @@ def test_set_overrides_and_unknown_setting(emodb_root, tmp_path, capsys):
 def test_evaluate_wrong_dataset_for_weights(emodb_root, tmp_path, capsys):
     out = tmp_path / "MFCC"
     main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--out", str(out), "--quiet"])
-    code = main(["evaluate", "--dataset", "EMODB", "--weights", str(WEIGHTS / "RAVDE_46.zip"), "--data", str(out / "EMODB.npy")])
+    code = main(
+        ["evaluate", "--dataset", "EMODB", "--weights", str(WEIGHTS / "RAVDE_46.zip"), "--data", str(out / "EMODB.npy")]
+    )
     assert code == 2
     assert "trained for 8 classes" in capsys.readouterr().err
 
@@ -67,7 +119,15 @@ def test_evaluate_command_on_real_audio_then_on_its_npy(tmp_path, capsys):
     out = tmp_path / "MFCC"
     assert main(["preprocess", "--dataset", "EMODB", "--data", str(EMODB_16K), "--out", str(out), "--quiet"]) == 0
     capsys.readouterr()
-    args = ["evaluate", "--dataset", "EMODB", "--weights", str(WEIGHTS / "EMODB_46.zip"), "--data", str(out / "EMODB.npy")]
+    args = [
+        "evaluate",
+        "--dataset",
+        "EMODB",
+        "--weights",
+        str(WEIGHTS / "EMODB_46.zip"),
+        "--data",
+        str(out / "EMODB.npy"),
+    ]
     assert main([*args, "--out", str(tmp_path / "eval.xlsx")]) == 0
     printed = capsys.readouterr().out
     assert "overall on 361 test files (174 of the authors' test files missing): WAR 94.46 %  UAR 93.74 %" in printed
@@ -76,3 +136,34 @@ def test_evaluate_command_on_real_audio_then_on_its_npy(tmp_path, capsys):
     assert len(pd.read_excel(tmp_path / "eval.xlsx", sheet_name="predictions")) == 361
     assert main([*args, "--out", str(tmp_path / "eval.xlsx")]) == 2  # never overwrites
     assert "already exists" in capsys.readouterr().err
+
+
+def test_run_does_the_three_notebooks_work_on_generated_data_in_an_empty_folder(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "timnet.cli", "run", "--folds", "2", "--epochs", "2", "--workers", "1", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "Datasets" / "EXAMPLE" / "wav").glob("*.wav"))) == 84
+    assert np.load(tmp_path / "MFCC" / "EXAMPLE.npy", allow_pickle=True).item()["x"].shape[0] == 84
+    (run_dir,) = (tmp_path / "Models").iterdir()
+    assert sorted(p.name for p in run_dir.glob("fold_*.pt")) == ["fold_1.pt", "fold_2.pt"]
+    folds = pd.read_excel(tmp_path / "Results" / f"{run_dir.name}.xlsx", sheet_name="folds")
+    assert folds.n_test[:2].sum() == 84 and folds.war[:2].between(0, 100).all()
+    (png,) = (tmp_path / "Results" / run_dir.name).glob("tsne_*.png")
+    for shown in (
+        f"Models/{run_dir.name}/",
+        f"Results/{run_dir.name}.xlsx",
+        str(png.relative_to(tmp_path)),
+        f"timnet predict --run {run_dir.name}",
+    ):
+        assert shown in done.stdout, done.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "timnet.cli", "run", "--folds", "2", "--epochs", "2", "--workers", "1", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0 and "(up to date)" in again.stdout and len(list((tmp_path / "Models").iterdir())) == 2

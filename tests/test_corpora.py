@@ -1,4 +1,5 @@
 """Corpus recipes on synthetic trees that use each corpus's real layout and file-name patterns."""
+
 from __future__ import annotations
 
 import warnings
@@ -23,7 +24,15 @@ def touch(root, *names):
 
 
 def test_emodb_labels_speakers_and_authors_order(tmp_path):
-    touch(tmp_path, "wav/03a01Wa.wav", "wav/16b10Lb.wav", "wav/03a05Wa.wav", "wav/08a02Nc.wav", "wav/10a01Aa.wav", "wav/09b02Ea.wav")
+    touch(
+        tmp_path,
+        "wav/03a01Wa.wav",
+        "wav/16b10Lb.wav",
+        "wav/03a05Wa.wav",
+        "wav/08a02Nc.wav",
+        "wav/10a01Aa.wav",
+        "wav/09b02Ea.wav",
+    )
     df, skipped = manifest("EMODB", tmp_path)
     assert skipped == []
     # class order angry, boredom, disgust, fear, happy, neutral, sad; natsort inside a class
@@ -43,9 +52,14 @@ def test_natsort_puts_2_before_10():
 
 
 def test_ravdess_speech_only_and_actor_gender(tmp_path):
-    touch(tmp_path, "Actor_01/03-01-05-01-01-01-01.wav", "Actor_02/03-01-02-02-01-02-02.wav",
-          "Actor_01/03-02-05-01-01-01-01.wav",  # song: not part of the speech task
-          "Actor_02/03-01-08-01-02-01-02.wav", "Actor_02/03-01-01-01-01-01-02.wav")
+    touch(
+        tmp_path,
+        "Actor_01/03-01-05-01-01-01-01.wav",
+        "Actor_02/03-01-02-02-01-02-02.wav",
+        "Actor_01/03-02-05-01-01-01-01.wav",  # song: not part of the speech task
+        "Actor_02/03-01-08-01-02-01-02.wav",
+        "Actor_02/03-01-01-01-01-01-02.wav",
+    )
     df, skipped = manifest("RAVDESS", tmp_path)
     assert skipped == []
     assert list(df.label) == ["angry", "calm", "neutral", "surprise"]
@@ -81,7 +95,8 @@ def test_iemocap_release_tree(tmp_path):
         "C-E2:\tNeutral;\t()\n"
         "[10.0 - 11.5]\tSes01F_impro01_M001\texc\t[3.0, 3.0, 3.0]\n"
         "[12.0 - 13.5]\tSes01F_impro01_F002\tfru\t[3.0, 3.0, 3.0]\n"
-        "[14.0 - 15.5]\tSes01F_impro01_M003\tang\t[3.0, 3.0, 3.0]\n")
+        "[14.0 - 15.5]\tSes01F_impro01_M003\tang\t[3.0, 3.0, 3.0]\n"
+    )
     wav = tmp_path / "Session1" / "sentences" / "wav" / "Ses01F_impro01"
     for utt in ("F000", "M001", "F002", "M003"):
         write_wav(wav / f"Ses01F_impro01_{utt}.wav", seconds=0.2)

@@ -1,4 +1,5 @@
 """The authors' MFCC recipe, bad input handling, and the idempotent MFCC file trio."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def reference_mfcc(path, length):
         y = np.pad(y, (left, length - len(y) - left))
     else:
         start = (len(y) - length) // 2
-        y = y[start:start + length]
+        y = y[start : start + length]
     return librosa.feature.mfcc(y=y, sr=sr, n_mfcc=39).T
 
 
@@ -129,8 +130,15 @@ def test_other_sample_rates_are_resampled_to_22050(make_wav):
     y = tone(1.0, sr=44100, freq=300.0)
     assert sf.info(make_wav("hi.wav", y=y, sr=44100, subtype="FLOAT")).samplerate == 44100
     a = extract_file(make_wav("hi.wav", y=y, sr=44100, subtype="FLOAT"), EMODB.features)
-    b = extract_file(make_wav("lo.wav", y=librosa.resample(y, orig_sr=44100, target_sr=22050, res_type="soxr_hq"), sr=22050,
-                              subtype="FLOAT"), EMODB.features)
+    b = extract_file(
+        make_wav(
+            "lo.wav",
+            y=librosa.resample(y, orig_sr=44100, target_sr=22050, res_type="soxr_hq"),
+            sr=22050,
+            subtype="FLOAT",
+        ),
+        EMODB.features,
+    )
     np.testing.assert_allclose(a, b, atol=1e-3)
 
 
@@ -170,7 +178,9 @@ def test_preprocess_writes_authors_format_and_manifest(emodb_root, tmp_path):
     assert manifest.file[0] == "wav/03a01Wa.wav" and set(manifest.status) == {"ok"}
     assert [int(i) for i in manifest.class_index] == list(data["y"].argmax(1))
     # features are in manifest order: row 0 is exactly that file's features
-    np.testing.assert_allclose(data["x"][0], extract_file(emodb_root / "wav/03a01Wa.wav", EMODB.features), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        data["x"][0], extract_file(emodb_root / "wav/03a01Wa.wav", EMODB.features), rtol=0, atol=1e-4
+    )
     record = json.loads((out / "EMODB.json").read_text())
     assert record["settings"]["res_type"] == "soxr_hq" and record["settings"]["pad_mode"] == "constant"
     assert record["count"] == 84

@@ -1,4 +1,5 @@
 """Keras weight import: parity with a fresh reference Keras implementation (tools/keras_reference.py)."""
+
 from __future__ import annotations
 
 import io
@@ -88,7 +89,9 @@ def test_sources_file_folder_and_zip(tmp_path):
 
 
 @needs_shared
-@pytest.mark.parametrize("name,classes,levels", [("EMODB_46", 7, 8), ("RAVDE_46", 8, 8), ("EMOVO_1", 7, 8), ("CASIA_32", 6, 8)])
+@pytest.mark.parametrize(
+    "name,classes,levels", [("EMODB_46", 7, 8), ("RAVDE_46", 8, 8), ("EMOVO_1", 7, 8), ("CASIA_32", 6, 8)]
+)
 def test_all_published_weight_sets_load(name, classes, levels):
     models = load_fold_models(WEIGHTS / f"{name}.zip", TIMNetConfig(n_classes=classes, levels=levels))
     assert sorted(models) == list(range(1, 11))

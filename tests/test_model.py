@@ -1,4 +1,5 @@
 """TIM-Net structure: Keras parameter counts, shapes, causality, Keras-like initialisation."""
+
 from __future__ import annotations
 
 import copy
@@ -19,7 +20,13 @@ def test_parameter_count_equals_keras_for_every_config(name):
     total, trainable = count_parameters(TIMNet(cfg))
     # Keras: 2 input 1x1 convs + 2 x levels TABs (2 convs + 2 BNs each) + level weights + dense
     tab = 2 * (cfg.filters * cfg.filters * cfg.kernel_size + cfg.filters) + 2 * 4 * cfg.filters
-    expected = 2 * (cfg.n_mfcc * cfg.filters + cfg.filters) + 2 * cfg.levels * tab + cfg.levels + cfg.filters * cfg.n_classes + cfg.n_classes
+    expected = (
+        2 * (cfg.n_mfcc * cfg.filters + cfg.filters)
+        + 2 * cfg.levels * tab
+        + cfg.levels
+        + cfg.filters * cfg.n_classes
+        + cfg.n_classes
+    )
     assert total == expected
     assert trainable == total - 2 * cfg.levels * 2 * 2 * cfg.filters  # BN moving mean/var are not trainable
 

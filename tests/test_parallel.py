@@ -1,4 +1,5 @@
 """Units in parallel worker processes: bit-identical to serial, one progress view, failures named, compile."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,17 @@ def train(tmp_path, mfcc, name, workers, progress=False, **overrides):
     cfg = load_config("EMODB", {**SHORT, **{f"train.{k}": v for k, v in overrides.items()}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_training(cfg, mfcc, tmp_path / name / "Models", tmp_path / name / "logs", tmp_path / name / "Results",
-                            device="cpu", progress=progress, workers=workers, threads=1)
+        return run_training(
+            cfg,
+            mfcc,
+            tmp_path / name / "Models",
+            tmp_path / name / "logs",
+            tmp_path / name / "Results",
+            device="cpu",
+            progress=progress,
+            workers=workers,
+            threads=1,
+        )
 
 
 def assert_same_units(dir_a, dir_b, units):
@@ -48,7 +58,11 @@ def test_worker_rule():
     with pytest.raises(TimnetError, match="--workers must be at least 1"):
         plan_workers(10, "cpu", workers=0)
     assert should_compile("on", 1, "cpu") and not should_compile("off", 5000, "cpu")
-    assert should_compile("auto", 1000, "cpu") and not should_compile("auto", 999, "cpu") and not should_compile("auto", 5000, "mps")
+    assert (
+        should_compile("auto", 1000, "cpu")
+        and not should_compile("auto", 999, "cpu")
+        and not should_compile("auto", 5000, "mps")
+    )
 
 
 def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, capsys):
@@ -58,8 +72,12 @@ def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, caps
     bar = capsys.readouterr().err
     assert "12/12" in bar and "fold-epoch" in bar  # 4 units x 3 epochs in one bar
     units = ["fold_1_seed46", "fold_2_seed46", "fold_1_seed7", "fold_2_seed7"]
-    assert_same_units(tmp_path / "serial" / "Models" / serial.run_id, tmp_path / "parallel" / "Models" / parallel.run_id, units)
-    pd.testing.assert_frame_equal(serial.folds.drop(columns="train_seconds"), parallel.folds.drop(columns="train_seconds"))
+    assert_same_units(
+        tmp_path / "serial" / "Models" / serial.run_id, tmp_path / "parallel" / "Models" / parallel.run_id, units
+    )
+    pd.testing.assert_frame_equal(
+        serial.folds.drop(columns="train_seconds"), parallel.folds.drop(columns="train_seconds")
+    )
     pd.testing.assert_frame_equal(serial.predictions, parallel.predictions)
 
 
@@ -72,13 +90,33 @@ def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc
     (models / "in_progress" / "fold_2.pt").write_bytes(b"not a checkpoint")
     kept = (models / "fold_1.pt").stat().st_mtime_ns
     with pytest.raises(TimnetError) as failure:
-        run_training(None, None, tmp_path / "run" / "Models", tmp_path / "run" / "logs", tmp_path / "run" / "Results",
-                     resume=first.run_id, device="cpu", progress=False, workers=2, threads=1)
+        run_training(
+            None,
+            None,
+            tmp_path / "run" / "Models",
+            tmp_path / "run" / "logs",
+            tmp_path / "run" / "Results",
+            resume=first.run_id,
+            device="cpu",
+            progress=False,
+            workers=2,
+            threads=1,
+        )
     message = str(failure.value)
     assert message.startswith("fold_2: ") and "unreadable per-epoch state" in message and "\n" not in message
     (models / "in_progress" / "fold_2.pt").unlink()
-    again = run_training(None, None, tmp_path / "run" / "Models", tmp_path / "run" / "logs", tmp_path / "run" / "Results",
-                         resume=first.run_id, device="cpu", progress=False, workers=2, threads=1)
+    again = run_training(
+        None,
+        None,
+        tmp_path / "run" / "Models",
+        tmp_path / "run" / "logs",
+        tmp_path / "run" / "Results",
+        resume=first.run_id,
+        device="cpu",
+        progress=False,
+        workers=2,
+        threads=1,
+    )
     assert (models / "fold_1.pt").stat().st_mtime_ns == kept  # fold 1 was loaded, not trained again
     pd.testing.assert_frame_equal(first.folds.drop(columns="train_seconds"), again.folds.drop(columns="train_seconds"))
 
@@ -103,10 +141,25 @@ def _workers_of(parent: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds worker processes through /proc")
 def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_path, mfcc):
     common = ["--mfcc", str(mfcc), "--folds", "2", "--epochs", "30"]
-    dirs = lambda name: ["--models", str(tmp_path / name / "M"), "--logs", str(tmp_path / name / "L"), "--results", str(tmp_path / name / "R")]  # noqa: E731
+
+    def dirs(name):
+        return [
+            "--models",
+            str(tmp_path / name / "M"),
+            "--logs",
+            str(tmp_path / name / "L"),
+            "--results",
+            str(tmp_path / name / "R"),
+        ]  # noqa: E731
+
     subprocess.run(train_cli(*common, "--workers", "1", *dirs("whole")), check=True, capture_output=True)
 
-    proc = subprocess.Popen(train_cli(*common, "--workers", "2", *dirs("killed")), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cli(*common, "--workers", "2", *dirs("killed")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         histories = list((tmp_path / "killed" / "L").glob("*/fold_*.csv"))
@@ -136,19 +189,59 @@ def test_compiled_training_matches_eager_and_falls_back_when_compiling_fails(tmp
     runs = {}
     for mode in ("off", "on"):
         c = load_config("EMODB", {**cfg, **{f"train.{k}": v for k, v in {**tiny, "compile": mode}.items()}})
-        runs[mode] = run_training(c, mfcc, tmp_path / mode / "M", tmp_path / mode / "L", tmp_path / mode / "R",
-                                  device="cpu", progress=False, workers=1, threads=1)
+        runs[mode] = run_training(
+            c,
+            mfcc,
+            tmp_path / mode / "M",
+            tmp_path / mode / "L",
+            tmp_path / mode / "R",
+            device="cpu",
+            progress=False,
+            workers=1,
+            threads=1,
+        )
     probs = {mode: run.predictions.filter(like="p_").to_numpy() for mode, run in runs.items()}
     assert abs(probs["on"] - probs["off"]).max() < 1e-4
-    eager_loss = [r["loss"] for r in torch.load(next((tmp_path / "off" / "M").iterdir()) / "fold_1.pt", weights_only=True)["history"]]
-    compiled_loss = [r["loss"] for r in torch.load(next((tmp_path / "on" / "M").iterdir()) / "fold_1.pt", weights_only=True)["history"]]
+    eager_loss = [
+        r["loss"]
+        for r in torch.load(next((tmp_path / "off" / "M").iterdir()) / "fold_1.pt", weights_only=True)["history"]
+    ]
+    compiled_loss = [
+        r["loss"]
+        for r in torch.load(next((tmp_path / "on" / "M").iterdir()) / "fold_1.pt", weights_only=True)["history"]
+    ]
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
 
     # no working C++ compiler and an empty inductor cache: a warning, then exactly the eager numbers
     env = {**os.environ, "CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty_cache")}
-    dirs = ["--models", str(tmp_path / "broken" / "M"), "--logs", str(tmp_path / "broken" / "L"), "--results", str(tmp_path / "broken" / "R")]
-    done = subprocess.run(train_cli("--mfcc", str(mfcc), "--set", "model.levels=2", "--folds", "2", "--epochs", "2", "--compile", "on",
-                                    "--workers", "1", *dirs), capture_output=True, text=True, env=env)
+    dirs = [
+        "--models",
+        str(tmp_path / "broken" / "M"),
+        "--logs",
+        str(tmp_path / "broken" / "L"),
+        "--results",
+        str(tmp_path / "broken" / "R"),
+    ]
+    done = subprocess.run(
+        train_cli(
+            "--mfcc",
+            str(mfcc),
+            "--set",
+            "model.levels=2",
+            "--folds",
+            "2",
+            "--epochs",
+            "2",
+            "--compile",
+            "on",
+            "--workers",
+            "1",
+            *dirs,
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "torch.compile failed" in done.stderr and "training without compiling" in done.stderr
     fallback = torch.load(next((tmp_path / "broken" / "M").iterdir()) / "fold_1.pt", weights_only=True)

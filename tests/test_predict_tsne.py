@@ -1,6 +1,8 @@
 """Prediction on new audio and the t-SNE of the penultimate layer, for our runs and the authors' weights."""
+
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -13,9 +15,9 @@ import timnet
 from timnet import load_config
 from timnet.errors import BadAudioError, TimnetError
 from timnet.evaluate import evaluate_weights
-from timnet.features import features_from_audio, preprocess
+from timnet.features import features_from_audio, load_or_extract, preprocess
 from timnet.train import run_training
-from timnet.tsne import run_embeddings, write_tsne
+from timnet.tsne import embeddings_of, procrustes_map, run_embeddings, write_tsne
 
 SHORT = {"features.signal_length": 16000}
 
@@ -28,7 +30,9 @@ def run(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         preprocess(cfg, tree, root / "MFCC", progress=False)
-        result = run_training(cfg, root / "MFCC" / "EMODB.npy", root / "Models", root / "logs", root / "Results", progress=False)
+        result = run_training(
+            cfg, root / "MFCC" / "EMODB.npy", root / "Models", root / "logs", root / "Results", progress=False
+        )
     return root, tree, result
 
 
@@ -49,7 +53,10 @@ def test_predict_averages_folds_into_probabilities(run):
     table = timnet.predict(files, run=result.run_id, models_root=root / "Models")
     classes = load_config("EMODB").dataset.classes
     np.testing.assert_allclose(table[classes].sum(axis=1), 1.0, atol=1e-5)
-    one = [timnet.predict(files, run=result.run_id, models_root=root / "Models", fold=k)[classes].to_numpy() for k in (1, 2)]
+    one = [
+        timnet.predict(files, run=result.run_id, models_root=root / "Models", fold=k)[classes].to_numpy()
+        for k in (1, 2)
+    ]
     np.testing.assert_allclose(table[classes].to_numpy(), np.mean(one, axis=0), atol=1e-6)
 
 
@@ -73,19 +80,34 @@ def test_tsne_of_a_run(run):
     in_progress = root / "Models" / result.run_id / "in_progress"
     in_progress.mkdir(exist_ok=True)
     (in_progress / "fold_3.pt").write_bytes(b"half-written state of an unfinished fold")
-    cfg, features, emb = run_embeddings(result.run_id, root / "Models")
+    cfg, features, emb, notes = run_embeddings(result.run_id, root / "Models")  # held-out, aligned (default)
     assert emb.shape == (84, 39) and np.isfinite(emb).all()
-    png, csv = write_tsne(root / "Results" / result.run_id, cfg, features, emb, "test", perplexity=10, speaker_markers=True)
+    assert (
+        notes["align"] == "procrustes" and -1 <= notes["silhouette_embedding"] <= 1 and "silhouette_unaligned" in notes
+    )
+    png, csv = write_tsne(
+        root / "Results" / result.run_id, cfg, features, emb, "test", perplexity=10, speaker_markers=True, notes=notes
+    )
     table = pd.read_csv(csv, dtype={"speaker": str})
     assert len(table) == 84 and table.file.is_unique and np.isfinite(table[["x", "y"]].to_numpy()).all()
     assert set(table.label) == set(cfg.dataset.classes)
     assert png.stat().st_size > 10_000
+    sidecar = json.loads(csv.with_suffix(".json").read_text())
+    assert (
+        sidecar["silhouette_embedding"] == pytest.approx(notes["silhouette_embedding"]) and sidecar["utterances"] == 84
+    )
+    assert -1 <= sidecar["silhouette_tsne"] <= 1 and sidecar["perplexity"] == 10
     png2, _ = write_tsne(root / "Results" / result.run_id, cfg, features, emb, "test", perplexity=10)
     assert png2 != png and png.exists(), "an earlier figure must not be overwritten"
-    _, _, one = run_embeddings(result.run_id, root / "Models", fold=2)
-    test_of_2 = torch.load(root / "Models" / result.run_id / "fold_2.pt", weights_only=True)["test_index"]
-    np.testing.assert_allclose(one[test_of_2], emb[test_of_2], atol=1e-5)  # same model for fold 2's test files
-    assert not np.allclose(one, emb, atol=1e-3)
+    _, _, raw, _ = run_embeddings(result.run_id, root / "Models", align="none")
+    _, _, one, _ = run_embeddings(result.run_id, root / "Models", fold=2)
+    test_of = {
+        k: torch.load(root / "Models" / result.run_id / f"fold_{k}.pt", weights_only=True)["test_index"] for k in (1, 2)
+    }
+    np.testing.assert_allclose(one[test_of[2]], raw[test_of[2]], atol=1e-5)  # raw: each file from its test-fold model
+    np.testing.assert_allclose(emb[test_of[1]], raw[test_of[1]], atol=1e-6)  # the reference fold stays where it is
+    assert not np.allclose(emb[test_of[2]], raw[test_of[2]], atol=1e-3)  # fold 2 is mapped into fold 1's space
+    assert not np.allclose(one, raw, atol=1e-3)
 
 
 @needs_shared
@@ -96,8 +118,12 @@ def test_authors_weights_predict_equals_evaluate_and_tsne():
         features, _ = features_from_audio(cfg, EMODB_16K, progress=False)
     ev = evaluate_weights(WEIGHTS / "EMODB_46.zip", cfg, features)
     rows = ev.predictions[ev.predictions.fold == 3].head(3)
-    table = timnet.predict([EMODB_16K / f for f in rows.file], weights=WEIGHTS / "EMODB_46.zip", dataset="EMODB", fold=3)
-    np.testing.assert_allclose(table[cfg.dataset.classes].to_numpy(), rows[[f"p_{c}" for c in cfg.dataset.classes]].to_numpy(), atol=1e-5)
+    table = timnet.predict(
+        [EMODB_16K / f for f in rows.file], weights=WEIGHTS / "EMODB_46.zip", dataset="EMODB", fold=3
+    )
+    np.testing.assert_allclose(
+        table[cfg.dataset.classes].to_numpy(), rows[[f"p_{c}" for c in cfg.dataset.classes]].to_numpy(), atol=1e-5
+    )
     assert np.isfinite(ev.embeddings).all() and ev.embeddings.shape == (361, 39)
 
 
@@ -113,3 +139,31 @@ def test_predict_command_writes_csv_once(run, tmp_path, capsys):
     np.testing.assert_allclose(table[load_config("EMODB").dataset.classes].sum(axis=1), 1, atol=1e-3)
     assert main(["predict", "--run", result.run_id, "--models", str(root / "Models"), *files, "--csv", str(csv)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_procrustes_map_recovers_a_rotation():
+    rng = np.random.default_rng(0)
+    rotation, _ = np.linalg.qr(rng.normal(size=(39, 39)))
+    source, points = rng.normal(size=(200, 39)), rng.normal(size=(20, 39))
+    shift = rng.normal(size=39)
+    np.testing.assert_allclose(
+        procrustes_map(source, source @ rotation + shift, points), points @ rotation + shift, atol=1e-9
+    )
+
+
+@needs_shared
+def test_aligned_tsne_of_the_authors_weights_clusters_by_emotion(tmp_path):
+    cfg = load_config("EMODB")
+    features, _ = load_or_extract(cfg, EMODB_16K, progress=False)
+    raw = embeddings_of(
+        weights=WEIGHTS / "EMODB_46.zip", config=cfg, features=features, align="none", results_root=tmp_path
+    )
+    aligned = embeddings_of(weights=WEIGHTS / "EMODB_46.zip", config=cfg, features=features, results_root=tmp_path)
+    np.testing.assert_array_equal(np.isnan(raw.embeddings), np.isnan(aligned.embeddings))
+    assert raw.silhouette < 0.05 and aligned.silhouette > raw.silhouette + 0.25, (raw.silhouette, aligned.silhouette)
+    png, csv = write_tsne(
+        aligned.out_dir, aligned.config, aligned.features, aligned.embeddings, aligned.title, notes=aligned.notes
+    )
+    sidecar = json.loads(csv.with_suffix(".json").read_text())
+    assert sidecar["align"] == "procrustes" and sidecar["silhouette_embedding"] == pytest.approx(aligned.silhouette)
+    assert sidecar["silhouette_tsne"] > sidecar["silhouette_embedding"] - 0.2

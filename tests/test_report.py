@@ -1,4 +1,5 @@
 """Workbooks: never overwritten, and concurrent runs never drop each other's summary row."""
+
 from __future__ import annotations
 
 import multiprocessing

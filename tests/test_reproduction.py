@@ -1,4 +1,5 @@
 """The faithfulness test: the authors' weights, their folds, features we compute from original audio."""
+
 from __future__ import annotations
 
 import warnings
@@ -10,10 +11,10 @@ from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared
 
 from timnet import load_config
 from timnet.evaluate import authors_test_folds, evaluate_weights
-from timnet.metrics import infer
-from timnet.model import TIMNetConfig
 from timnet.features import features_from_audio
 from timnet.keras_weights import load_fold_models
+from timnet.metrics import infer
+from timnet.model import TIMNetConfig
 
 pytestmark = needs_shared
 
@@ -81,14 +82,19 @@ def test_ravdess_weights_on_a_partial_corpus_use_the_authors_folds():
     present = canonical.iloc[::12]  # 120 of 1440
     ev = evaluate_weights(WEIGHTS / "RAVDE_46.zip", cfg, synthetic_features(cfg, present))
     assert ev.missing == 1440 - 120 and ev.folds.n_test.sum() == 120
-    expected = [len(np.intersect1d(te, np.arange(0, 1440, 12))) for _, te in KFold(10, shuffle=True, random_state=46).split(np.zeros(1440))]
+    expected = [
+        len(np.intersect1d(te, np.arange(0, 1440, 12)))
+        for _, te in KFold(10, shuffle=True, random_state=46).split(np.zeros(1440))
+    ]
     assert ev.folds.n_test.tolist() == expected
     np.testing.assert_allclose(ev.predictions.filter(like="p_").sum(axis=1), 1, atol=1e-5)
 
 
 def test_casia_weights_need_the_complete_authors_npy():
     cfg = load_config("CASIA")
-    labels = pd.DataFrame({"stem": [f"CASIA_{i:05d}" for i in range(1200)], "label": [cfg.dataset.classes[i // 200] for i in range(1200)]})
+    labels = pd.DataFrame(
+        {"stem": [f"CASIA_{i:05d}" for i in range(1200)], "label": [cfg.dataset.classes[i // 200] for i in range(1200)]}
+    )
     ev = evaluate_weights(WEIGHTS / "CASIA_32.zip", cfg, synthetic_features(cfg, labels))
     assert ev.folds.n_test.tolist() == [120] * 10 and ev.missing == 0
     from timnet.errors import TimnetError

@@ -1,4 +1,5 @@
 """Training over folds on synthetic audio: files written, protocols, learning, resume after kill -9."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SHORT, train_cli as cli
+from conftest import SHORT
+from conftest import train_cli as cli
 from sklearn.model_selection import KFold
 
 from timnet import load_config
@@ -31,7 +33,9 @@ def train(tmp_path, mfcc, **overrides):
     cfg = load_config("EMODB", {**SHORT, **{f"train.{k}": v for k, v in overrides.items()}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_training(cfg, mfcc, tmp_path / "Models", tmp_path / "logs", tmp_path / "Results", device="cpu", progress=False)
+        return run_training(
+            cfg, mfcc, tmp_path / "Models", tmp_path / "logs", tmp_path / "Results", device="cpu", progress=False
+        )
 
 
 def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
@@ -45,10 +49,17 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
         assert saved["test_probs"].shape == (42, 7)
         torch.testing.assert_close(saved["test_probs"].sum(1), torch.ones(42))
         history = pd.read_csv(logs / f"fold_{k}.csv")
-        assert list(history.columns) == ["epoch", "loss", "train_acc", "val_acc", "test_acc"] and list(history.epoch) == [1, 2]
+        assert list(history.columns) == ["epoch", "loss", "train_acc", "val_acc", "test_acc"] and list(
+            history.epoch
+        ) == [1, 2]
         assert (logs / f"fold_{k}.png").stat().st_size > 5000
     assert not list(models.glob("in_progress/*.pt")), "per-epoch state must be removed once a fold is done"
     assert (models / "config.json").is_file() and (logs / "config.json").is_file()
+    from matplotlib.image import imread
+
+    heatmap = imread(run.confusion_png)  # row-normalised confusion heatmap, counts annotated
+    assert run.confusion_png == tmp_path / "Results" / run.run_id / "confusion.png" and min(heatmap.shape[:2]) > 400
+    assert imread(logs / "curves.png").shape[1] > 500  # every fold's curves in one figure
 
     book = pd.read_excel(run.workbook, sheet_name=None)
     assert set(book) == {"folds", "predictions", "confusion", "confusion_per_fold", "config"}
@@ -73,7 +84,9 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
     assert list(summary.run) == [run.run_id]
     assert summary.paper_war[0] == 95.70 and summary.authors_2023_war[0] == 90.28
     assert summary.war_mean[0] == pytest.approx(folds.war[:2].mean(), abs=0.01)
-    assert summary.war_std[0] == pytest.approx(folds.war[3], abs=0.006) and summary.uar_std[0] == pytest.approx(folds.uar[3], abs=0.006)
+    assert summary.war_std[0] == pytest.approx(folds.war[3], abs=0.006) and summary.uar_std[0] == pytest.approx(
+        folds.uar[3], abs=0.006
+    )
     # label smoothing never touches the labels (upstream smoothed them in place, once per fold)
     np.testing.assert_array_equal(np.load(mfcc, allow_pickle=True).item()["y"], before)
 
@@ -107,7 +120,9 @@ def test_early_stopping_on_validation(tmp_path, mfcc):
         history = pd.read_csv(tmp_path / "logs" / run.run_id / f"fold_{k}.csv")
         assert history.val_acc.notna().all() and len(history) < 60
         best = history.val_acc.cummax()
-        assert (best.iloc[-1] == best.iloc[-3]) and history.val_acc.iloc[-2:].max() <= best.iloc[-3]  # 2 epochs without improvement
+        assert (best.iloc[-1] == best.iloc[-3]) and history.val_acc.iloc[-2:].max() <= best.iloc[
+            -3
+        ]  # 2 epochs without improvement
     assert set(run.folds.epoch) == {len(pd.read_csv(tmp_path / "logs" / run.run_id / f"fold_{k}.csv")) for k in (1, 2)}
 
 
@@ -117,13 +132,16 @@ def test_several_seeds_give_mean_and_std(tmp_path, mfcc):
     assert (tmp_path / "Models" / run.run_id / "fold_1_seed7.pt").exists()
     assert run.summary["seeds"] == "46,7" and not np.isnan(run.summary["war_std_over_seeds"])
     # every seed is evaluated on the same (authors') test sets; only training randomness differs
-    tests = {(p["seed"], p["fold"]): p["test_stems"] for p in json.loads((tmp_path / "Models" / run.run_id / "config.json").read_text())["folds"]}
+    tests = {
+        (p["seed"], p["fold"]): p["test_stems"]
+        for p in json.loads((tmp_path / "Models" / run.run_id / "config.json").read_text())["folds"]
+    }
     assert tests[(46, 1)] == tests[(7, 1)] and tests[(46, 2)] == tests[(7, 2)]
     assert run.predictions.groupby("seed").stem.apply(sorted).apply(tuple).nunique() == 1
     # t-SNE with one fold's model takes the asked seed's model (default: the run's first seed), never an arbitrary one
     models = tmp_path / "Models"
     for asked, used in ((7, 7), (None, 46)):
-        _, fs, embedding = run_embeddings(run.run_id, models, fold=1, seed=asked)
+        _, fs, embedding, _ = run_embeddings(run.run_id, models, fold=1, seed=asked)
         (model,) = load_run(run.run_id, models, 1, used).models.values()
         np.testing.assert_array_equal(embedding, infer(model, fs.x)[1])
     with pytest.raises(TimnetError, match="has no seed 3; its seeds: 46, 7"):
@@ -154,8 +172,13 @@ def test_speaker_folds_share_no_speaker(mfcc):
         assert len(tr) + len(te) == len(fs)
     two = speaker_folds(fs.manifest.speaker, 2, seed=0)
     assert [len(set(fs.manifest.speaker[te])) for _, te in two] == [2, 2]
-    sessions = pd.DataFrame({"stem": list("abcdef"), "speaker": ["S1F", "S1M", "S2F", "S2M", "S3F", "S3M"],
-                             "session": ["Session1", "Session1", "Session2", "Session2", "Session3", "Session3"]})
+    sessions = pd.DataFrame(
+        {
+            "stem": list("abcdef"),
+            "speaker": ["S1F", "S1M", "S2F", "S2M", "S3F", "S3M"],
+            "session": ["Session1", "Session1", "Session2", "Session2", "Session3", "Session3"],
+        }
+    )
     assert [list(te) for _, te in make_folds("speaker", sessions, None, 5, 0)] == [[0, 1], [2, 3], [4, 5]]
     with pytest.raises(TimnetError, match="need a speaker for every utterance.*--protocol random"):
         make_folds("speaker", fs.manifest.assign(speaker=""), None, 10, 46)
@@ -174,7 +197,17 @@ def test_validation_comes_from_training_part_only(mfcc):
 # --- interruption -------------------------------------------------------------------------
 def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfcc):
     common = ["--mfcc", str(mfcc), "--folds", "2", "--epochs", "30"]
-    dirs = lambda name: ["--models", str(tmp_path / name / "M"), "--logs", str(tmp_path / name / "L"), "--results", str(tmp_path / name / "R")]  # noqa: E731
+
+    def dirs(name):
+        return [
+            "--models",
+            str(tmp_path / name / "M"),
+            "--logs",
+            str(tmp_path / name / "L"),
+            "--results",
+            str(tmp_path / name / "R"),
+        ]  # noqa: E731
+
     subprocess.run(cli(*common, *dirs("whole")), check=True, capture_output=True)
 
     proc = subprocess.Popen(cli(*common, *dirs("killed")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -217,5 +250,7 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
     record.write_text(saved)
     if "fold_1.pt" in done_before:  # a finished fold is never retrained
         assert (models / "fold_1.pt").stat().st_mtime_ns < (models / "fold_2.pt").stat().st_mtime_ns
-    assert pd.read_excel(tmp_path / "killed" / "R" / f"{run_id}.xlsx", sheet_name="folds").war[:2].tolist() == \
-        pd.read_excel(tmp_path / "whole" / "R" / f"{whole_id}.xlsx", sheet_name="folds").war[:2].tolist()
+    assert (
+        pd.read_excel(tmp_path / "killed" / "R" / f"{run_id}.xlsx", sheet_name="folds").war[:2].tolist()
+        == pd.read_excel(tmp_path / "whole" / "R" / f"{whole_id}.xlsx", sheet_name="folds").war[:2].tolist()
+    )

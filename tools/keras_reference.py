@@ -19,6 +19,7 @@ Writes:
     keras_reference_emodb46.npz                        fold-1 authors' weights: inputs, logits, softmax, penultimate
     keras_reference_emodb46_predictions.csv            every fold model on its test files of the subset
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,15 @@ def temporal_aware_block(x, filters, kernel_size, dilation, dropout):
     return layers.Lambda(lambda t: t[0] * t[1])([x, gate])
 
 
-def build(n_classes: int, frames: int, n_mfcc: int = 39, filters: int = 39, kernel_size: int = 2, levels: int = 8,
-          dropout: float = 0.1) -> tuple[keras.Model, keras.Model]:
+def build(
+    n_classes: int,
+    frames: int,
+    n_mfcc: int = 39,
+    filters: int = 39,
+    kernel_size: int = 2,
+    levels: int = 8,
+    dropout: float = 0.1,
+) -> tuple[keras.Model, keras.Model]:
     """(model with softmax output, model with the penultimate [B, C] output)."""
     inputs = keras.Input(shape=(frames, n_mfcc))
     backward = tf.reverse(inputs, axis=[1])
@@ -90,7 +98,9 @@ def outputs(model: keras.Model, embedder: keras.Model, x: np.ndarray) -> dict[st
 
 def fold_files(zip_path: Path) -> dict[int, bytes]:
     with zipfile.ZipFile(zip_path) as z:
-        return {int(m.group(1)): z.read(n) for n in z.namelist() if (m := re.search(r"fold_weights_best_(\d+)\.hdf5$", n))}
+        return {
+            int(m.group(1)): z.read(n) for n in z.namelist() if (m := re.search(r"fold_weights_best_(\d+)\.hdf5$", n))
+        }
 
 
 def load(model: keras.Model, blob: bytes, tmp: Path) -> None:
@@ -127,8 +137,12 @@ def main() -> None:
     # 2) the authors' fold-1 weights on real features
     folds = fold_files(args.weights)
     load(model, folds[1], tmp)
-    np.savez_compressed(args.out / "keras_reference_emodb46.npz", x=inputs, stems=np.array(list(manifest.stem[:6]) + ["noise0", "noise1"]),
-                        **outputs(model, embedder, inputs))
+    np.savez_compressed(
+        args.out / "keras_reference_emodb46.npz",
+        x=inputs,
+        stems=np.array(list(manifest.stem[:6]) + ["noise0", "noise1"]),
+        **outputs(model, embedder, inputs),
+    )
 
     # 3) every fold on its own test files present in the subset
     canonical = args.canonical.read_text().split()
@@ -140,12 +154,22 @@ def main() -> None:
     where = {s: i for i, s in enumerate(canonical)}
     position = np.array([where[s] for s in manifest.stem])
     rows = []
-    for k, (_, test) in enumerate(KFold(10, shuffle=True, random_state=args.seed).split(np.zeros(len(canonical))), start=1):
+    for k, (_, test) in enumerate(
+        KFold(10, shuffle=True, random_state=args.seed).split(np.zeros(len(canonical))), start=1
+    ):
         load(model, folds[k], tmp)
         sel = np.flatnonzero(np.isin(position, test))
         prob = model.predict(x[sel], verbose=0)
-        rows += [{"stem": manifest.stem[i], "fold": k, "label": int(y[i]), "keras_pred": int(p.argmax()), "keras_prob": float(p.max())}
-                 for i, p in zip(sel, prob)]
+        rows += [
+            {
+                "stem": manifest.stem[i],
+                "fold": k,
+                "label": int(y[i]),
+                "keras_pred": int(p.argmax()),
+                "keras_prob": float(p.max()),
+            }
+            for i, p in zip(sel, prob)
+        ]
     tmp.unlink()
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "keras_reference_emodb46_predictions.csv", index=False)

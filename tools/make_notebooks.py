@@ -1,7 +1,8 @@
 """Write the three thin notebooks at the repo root (no outputs). Run after changing configs/:
 
-    python tools/make_notebooks.py
+python tools/make_notebooks.py
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,12 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings_table() -> str:
-    rows = ["| dataset | signal length (samples @ 22.05 kHz) | MFCC frames | classes | KFold seed | levels |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| dataset | signal length (samples @ 22.05 kHz) | MFCC frames | classes | KFold seed | levels |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in known_datasets():
         c = load_config(name)
-        rows.append(f"| {name} | {c.features.signal_length} | {c.features.frames} | {', '.join(c.dataset.classes)} | "
-                    f"{c.train.seed} | {c.model.levels} |")
+        rows.append(
+            f"| {name} | {c.features.signal_length} | {c.features.frames} | {', '.join(c.dataset.classes)} | "
+            f"{c.train.seed} | {c.model.levels} |"
+        )
     return "\n".join(rows)
 
 
@@ -34,9 +39,13 @@ def parameters(source: str):
 def notebook(title: str, intro: str, params: str, cells: list[str]) -> nbformat.NotebookNode:
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [new_markdown_cell(f"# {title}\n\n{intro.strip()}\n\n**Per-dataset settings** (from `configs/<dataset>.toml`):\n\n"
-                                  f"{settings_table()}\n\nEdit only the next cell (tagged `parameters`), then run all cells."),
-                parameters(params)] + [new_code_cell(c.strip()) for c in cells]
+    nb.cells = [
+        new_markdown_cell(
+            f"# {title}\n\n{intro.strip()}\n\n**Per-dataset settings** (from `configs/<dataset>.toml`):\n\n"
+            f"{settings_table()}\n\nEdit only the next cell (tagged `parameters`), then run all cells."
+        ),
+        parameters(params),
+    ] + [new_code_cell(c.strip()) for c in cells]
     for i, cell in enumerate(nb.cells):  # stable ids: regenerating writes the same file
         cell.id = f"cell-{i}"
     return nb
@@ -44,7 +53,10 @@ def notebook(title: str, intro: str, params: str, cells: list[str]) -> nbformat.
 
 def generated() -> dict[str, str]:
     """The notebooks' file contents as this script writes them, by file name."""
-    return {f"{name}.ipynb": nbformat.writes(nb) + "\n" for name, nb in (("preprocess", PREPROCESS), ("train", TRAIN), ("tsne", TSNE))}
+    return {
+        f"{name}.ipynb": nbformat.writes(nb) + "\n"
+        for name, nb in (("preprocess", PREPROCESS), ("train", TRAIN), ("tsne", TSNE))
+    }
 
 
 PREPROCESS = notebook(
@@ -54,7 +66,8 @@ Reads a corpus in the layout it is distributed in (`Datasets/<DATASET>/…`; see
 `MFCC/<DATASET>.npy` in the authors' format (`{"x": [N, T, 39], "y": one-hot}`), `MFCC/<DATASET>.csv` (one row
 per utterance with file name, label, speaker; skipped files with the reason) and `MFCC/<DATASET>.json` (settings).
 The recipe is the authors': 22.05 kHz (soxr_hq), centred pad/crop to the signal length, 39 MFCCs.
-Running it again with nothing changed does nothing. CASIA: set `data_dir` to the authors' `CASIA.npy` and `trust_pickle = True`.
+Running it again with nothing changed does nothing.
+CASIA: set `data_dir` to the authors' `CASIA.npy` and `trust_pickle = True`.
 """,
     """
 dataset = "EMODB"        # CASIA, EMODB, EMOVO, IEMOCAP, RAVDESS, SAVEE, or a path to your own .toml
@@ -78,7 +91,8 @@ from timnet.features import preprocess
 cfg = timnet.load_config(dataset, overrides)
 result = preprocess(cfg, Path(data_dir or f"Datasets/{cfg.dataset.name}"), Path(mfcc_dir), workers=workers,
                     skip_bad=skip_bad, overwrite=overwrite, trust_pickle=trust_pickle)
-print(f"{result.npy}: {result.count} utterances", "(up to date, nothing recomputed)" if result.up_to_date else "written")
+state = "(up to date, nothing recomputed)" if result.up_to_date else "written"
+print(f"{result.npy}: {result.count} utterances", state)
 pd.DataFrame(result.skipped, columns=["skipped file", "reason"])
 """,
         """
@@ -93,7 +107,8 @@ TRAIN = notebook(
     """
 Trains one TIM-Net per fold from `MFCC/<DATASET>.npy` and evaluates it on the held-out fold.
 Writes `Models/<run>/fold_<k>.pt`, `logs/<run>/` (per-epoch CSV and curves), `Results/<run>.xlsx` (per-fold metrics,
-per-utterance predictions with file names, confusion matrix, config) and a row in `Results/Accuracy Analysis Summary.xlsx`.
+per-utterance predictions with file names, confusion matrix, config) and a row in
+`Results/Accuracy Analysis Summary.xlsx`.
 `protocol`: `random` = the authors' KFold (their order and seed), `speaker` = speaker-independent folds.
 `checkpoint`: `last` (authors' 2023 numbers), `best-val` (validation carved from the training part),
 `best-test` (the paper's protocol: optimistic, labelled so). Interrupted? Set `resume` to the run id and run again.
@@ -133,12 +148,13 @@ result.folds
 s = result.summary
 print(f"run {result.run_id} ({s['checkpoint']}): WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  "
       f"UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f}")
-print(f"paper (best epoch on test fold): WAR {s['paper_war']}  ·  authors' 2023 update (last epoch): WAR {s['authors_2023_war']}")
-for png in sorted((Path(logs_dir) / result.run_id).glob("*.png")):
-    display(Image(filename=str(png)))
+print(f"paper (best epoch on test fold): WAR {s['paper_war']}  ·  "
+      f"authors' 2023 update (last epoch): WAR {s['authors_2023_war']}")
+print("mean ± sample standard deviation (ddof=1) over the folds")
+display(Image(filename=str(Path(logs_dir) / result.run_id / "curves.png")))  # every fold's curves in one figure
 """,
         """
-pd.read_excel(result.workbook, sheet_name="confusion", index_col=0)
+display(Image(filename=str(result.confusion_png)))  # all test folds pooled; counts and row shares
 """,
     ],
 )
@@ -176,8 +192,11 @@ if weights:
     features, _ = load_or_extract(cfg, Path(data or f"MFCC/{cfg.dataset.name}.npy"))
     t = embeddings_of(weights=Path(weights), config=cfg, features=features, results_root=Path(results_dir))
 else:
-    t = embeddings_of(run=run_id or latest_run(Path(models_dir), dataset), models_root=Path(models_dir), results_root=Path(results_dir))
-png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, perplexity, tsne_seed, speaker_markers)
+    run_id = run_id or latest_run(Path(models_dir), dataset)
+    t = embeddings_of(run=run_id, models_root=Path(models_dir), results_root=Path(results_dir))
+png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, perplexity, tsne_seed, speaker_markers,
+                      t.notes)
+print(f"silhouette by emotion: {t.silhouette:.2f} ({t.notes['align']})")
 print(f"{len(t.features)} utterances -> {png}, {csv}")
 display(Image(filename=str(png)))
 """,

@@ -1,4 +1,5 @@
 """Atomic file writes: a crash or kill leaves either the old file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import contextlib

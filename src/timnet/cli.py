@@ -1,4 +1,5 @@
 """`timnet` command line: a thin shell over the library. Errors the user can fix print one line."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,16 +14,53 @@ from .errors import TimnetError
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset name (EMODB, RAVDESS, ...) or configs/<name>.toml")
     p.add_argument("--config", type=Path, help="a TOML config (default: the built-in one of --dataset)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config value, e.g. --set features.res_type=soxr_vhq (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config value, e.g. --set features.res_type=soxr_vhq (repeatable)",
+    )
 
 
 def _audio_args(p: argparse.ArgumentParser) -> None:
     """Options of every command that may compute features from audio."""
-    p.add_argument("--workers", type=int, help="processes for feature extraction (default: all cores)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable/silent/misnamed files and list them in the manifest")
+    p.add_argument(
+        "--workers", type=int, help="processes for feature extraction (default: all cores); `run`: and for folds"
+    )
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable/silent/misnamed files and list them in the manifest"
+    )
     p.add_argument("--trust-pickle", action="store_true", help="allow reading a pickled .npy not written by timnet")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """Options of every command that trains."""
+    p.add_argument("--folds", type=int, help="number of folds (authors: 10)")
+    p.add_argument("--epochs", type=int, help="epochs per fold (authors: 500)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--protocol", choices=["random", "speaker"], help="random = authors' KFold; speaker = speaker-independent"
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=["last", "best-val", "best-test"],
+        help="which epoch's weights are evaluated; best-test is the paper's optimistic protocol",
+    )
+    p.add_argument("--patience", type=int, help="early stopping on validation accuracy (0 = off)")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 46,1,2: results as mean ± std")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores divided among the workers)")
+    p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        help="torch.compile the model (auto: for folds of "
+        ">= 1000 epochs on CPU, >= 200 on CUDA, where it repays its 1-2 minutes)",
+    )
+    p.add_argument("--models", type=Path, default=Path("Models"))
+    p.add_argument("--logs", type=Path, default=Path("logs"))
+    p.add_argument("--results", type=Path, default=Path("Results"))
 
 
 def _refuse_existing(path: Path | None) -> None:
@@ -50,8 +88,16 @@ def cmd_preprocess(args) -> None:
 
     cfg = _config(args)
     data = args.data or Path("Datasets") / cfg.dataset.name
-    result = preprocess(cfg, data, args.out, workers=args.workers, skip_bad=args.skip_bad, overwrite=args.overwrite,
-                        progress=not args.quiet, trust_pickle=args.trust_pickle)
+    result = preprocess(
+        cfg,
+        data,
+        args.out,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        trust_pickle=args.trust_pickle,
+    )
     state = "up to date (nothing changed)" if result.up_to_date else "written"
     print(f"{result.npy}: {result.count} utterances, {state}")
     for file, reason in result.skipped:
@@ -62,8 +108,9 @@ def _feature_set(cfg, data: Path, args):
     """An MFCC .npy, or a corpus folder whose features are computed on the fly."""
     from .features import load_or_extract
 
-    features, skipped = load_or_extract(cfg, data, workers=args.workers, skip_bad=args.skip_bad, trust_pickle=args.trust_pickle,
-                                        progress=not args.quiet)
+    features, skipped = load_or_extract(
+        cfg, data, workers=args.workers, skip_bad=args.skip_bad, trust_pickle=args.trust_pickle, progress=not args.quiet
+    )
     for file, reason in skipped:
         print(f"  skipped {file}: {reason}")
     return features
@@ -79,31 +126,123 @@ def cmd_evaluate(args) -> None:
     ev = evaluate_weights(args.weights, cfg, features, seed=args.seed, device=args.device)
     print(ev.folds.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     o = ev.overall
-    print(f"overall on {len(ev.predictions)} test files ({ev.missing} of the authors' test files missing): "
-          f"WAR {o['war']:.2f} %  UAR {o['uar']:.2f} %  macro-F1 {o['f1']:.2f} %")
+    print(
+        f"overall on {len(ev.predictions)} test files ({ev.missing} of the authors' test files missing): "
+        f"WAR {o['war']:.2f} %  UAR {o['uar']:.2f} %  macro-F1 {o['f1']:.2f} %"
+    )
     if args.out:
         write_evaluation(args.out, ev, cfg, source=str(args.weights))
         print(f"wrote {args.out}")
 
 
+# `timnet train` / `timnet run` option -> the config setting it overrides
+TRAIN_OPTIONS = {
+    "folds": "train.folds",
+    "epochs": "train.epochs",
+    "protocol": "train.protocol",
+    "checkpoint": "train.checkpoint",
+    "seeds": "train.seeds",
+    "patience": "train.patience",
+    "batch_size": "train.batch_size",
+    "compile": "train.compile",
+}
+
+
+def _training_overrides(args) -> dict:
+    return {key: getattr(args, name) for name, key in TRAIN_OPTIONS.items()}
+
+
+def _print_run(result) -> None:
+    print(result.folds.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    s = result.summary
+    print(
+        f"run {result.run_id}, checkpoint {s['checkpoint']}: WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  "
+        f"UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f} "
+        "(mean ± sample std over folds)"
+    )
+    print(f"wrote {result.workbook}")
+
+
 def cmd_train(args) -> None:
     from .train import run_training
 
-    changed = [name for name in ("dataset", "config", "mfcc", "folds", "epochs", "protocol", "checkpoint", "seeds", "patience", "batch_size",
-                                 "compile") if getattr(args, name) is not None] + (["set"] if args.set else [])
+    changed = [n for n in ("dataset", "config", "mfcc", *TRAIN_OPTIONS) if getattr(args, n) is not None]
+    changed += ["set"] if args.set else []
     if args.resume and changed:
-        raise TimnetError(f"--resume continues a run with its saved config; drop --{', --'.join(n.replace('_', '-') for n in changed)}")
-    cfg = _config(args, **{"train.folds": args.folds, "train.epochs": args.epochs, "train.protocol": args.protocol,
-                           "train.checkpoint": args.checkpoint, "train.seeds": args.seeds, "train.patience": args.patience,
-                           "train.batch_size": args.batch_size, "train.compile": args.compile}) if not args.resume else None
+        raise TimnetError(
+            "--resume continues a run with its saved config; drop "
+            f"--{', --'.join(n.replace('_', '-') for n in changed)}"
+        )
+    cfg = None if args.resume else _config(args, **_training_overrides(args))
     mfcc = args.mfcc or (Path("MFCC") / f"{cfg.dataset.name}.npy" if cfg else None)
-    result = run_training(cfg, mfcc, args.models, args.logs, args.results, resume=args.resume, device=args.device,
-                          progress=not args.quiet, only_folds=args.only_folds, workers=args.workers, threads=args.threads)
-    print(result.folds.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    s = result.summary
-    print(f"run {result.run_id}, checkpoint {s['checkpoint']}: WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  "
-          f"macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f}")
-    print(f"wrote {result.workbook}")
+    result = run_training(
+        cfg,
+        mfcc,
+        args.models,
+        args.logs,
+        args.results,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
+        only_folds=args.only_folds,
+        workers=args.workers,
+        threads=args.threads,
+    )
+    _print_run(result)
+
+
+def cmd_run(args) -> None:
+    """The three notebooks' work in one go: preprocess -> train -> t-SNE, then where every output is."""
+    from .example import write_example_corpus
+    from .features import preprocess
+    from .train import run_training
+    from .tsne import embeddings_of, write_tsne
+
+    if args.dataset is None and args.config is None:
+        args.dataset = "EXAMPLE"
+    cfg = _config(args, **_training_overrides(args))
+    data = args.data or Path("Datasets") / cfg.dataset.name
+    if cfg.dataset.name == "EXAMPLE" and not (data.is_dir() and any(data.iterdir())):
+        write_example_corpus(data)
+        print(f"no corpus given: wrote the synthetic example corpus to {data} (for a real one: --dataset EMODB)")
+    prep = preprocess(
+        cfg,
+        data,
+        args.mfcc_dir,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        trust_pickle=args.trust_pickle,
+    )
+    for file, reason in prep.skipped:
+        print(f"  skipped {file}: {reason}")
+    print(f"1/3 features: {prep.npy}, {prep.count} utterances{' (up to date)' if prep.up_to_date else ''}")
+    print("2/3 training")
+    result = run_training(
+        cfg,
+        prep.npy,
+        args.models,
+        args.logs,
+        args.results,
+        device=args.device,
+        progress=not args.quiet,
+        workers=args.workers,
+        threads=args.threads,
+    )
+    _print_run(result)
+    t = embeddings_of(run=result.run_id, models_root=args.models, results_root=args.results)
+    png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, notes=t.notes)
+    print(f"3/3 t-SNE of {len(t.features)} held-out utterances: {png}")
+    print(
+        f"\noutputs of run {result.run_id}:\n"
+        f"  features  {prep.npy} (+ .csv manifest, .json settings)\n"
+        f"  models    {args.models / result.run_id}/ (fold_<k>.pt, config.json)\n"
+        f"  curves    {args.logs / result.run_id}/ (per-epoch CSV and PNG per fold)\n"
+        f"  results   {result.workbook}, {args.results / 'Accuracy Analysis Summary.xlsx'}\n"
+        f"  t-SNE     {png}, {csv}\n"
+        f"next: timnet predict --run {result.run_id} <audio files>"
+    )
 
 
 def cmd_tsne(args) -> None:
@@ -113,9 +252,24 @@ def cmd_tsne(args) -> None:
     if args.weights:
         cfg = _config(args)
         features = _feature_set(cfg, args.data or Path("MFCC") / f"{cfg.dataset.name}.npy", args)
-    t = embeddings_of(args.run, args.weights, cfg, features, args.fold, args.seed, args.models, args.results)
-    png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, args.perplexity, args.tsne_seed, args.speaker_markers)
-    print(f"t-SNE of {len(t.features)} utterances: wrote {png} and {csv}")
+    t = embeddings_of(
+        args.run, args.weights, cfg, features, args.fold, args.seed, args.models, args.results, args.align
+    )
+    png, csv = write_tsne(
+        t.out_dir,
+        t.config,
+        t.features,
+        t.embeddings,
+        t.title,
+        args.perplexity,
+        args.tsne_seed,
+        args.speaker_markers,
+        t.notes,
+    )
+    print(
+        f"t-SNE of {len(t.features)} utterances ({t.notes['align']}; silhouette by emotion "
+        f"{t.silhouette:.2f}): wrote {png}, {csv} and {csv.with_suffix('.json')}"
+    )
 
 
 def cmd_predict(args) -> None:
@@ -123,8 +277,16 @@ def cmd_predict(args) -> None:
 
     _refuse_existing(args.csv)
     dataset = args.dataset or (str(args.config) if args.config else None)
-    table = predict_files(args.files, run=args.run, weights=args.weights, dataset=dataset, fold=args.fold,
-                          models_root=args.models, device=args.device, seed=args.seed)
+    table = predict_files(
+        args.files,
+        run=args.run,
+        weights=args.weights,
+        dataset=dataset,
+        fold=args.fold,
+        models_root=args.models,
+        device=args.device,
+        seed=args.seed,
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.csv:
         from .atomic import atomic_path
@@ -140,7 +302,9 @@ def cmd_example_data(args) -> None:
     if args.out.exists() and any(args.out.iterdir()):
         raise TimnetError(f"{args.out} already exists and is not empty — choose another --out")
     root = write_example_corpus(args.out)
-    print(f"wrote {len(list(root.rglob('*.wav')))} synthetic utterances to {root} (EMO-DB layout; use --dataset EXAMPLE)")
+    print(
+        f"wrote {len(list(root.rglob('*.wav')))} synthetic utterances to {root} (EMO-DB layout; use --dataset EXAMPLE)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,8 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("preprocess", help="corpus audio -> MFCC/<DATASET>.npy (+ .csv manifest, .json settings)")
     _config_args(p)
-    p.add_argument("--data", type=Path, help="corpus folder in its distributed layout (default Datasets/<DATASET>), "
-                   "or the authors' MFCC .npy (CASIA)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="corpus folder in its distributed layout (default Datasets/<DATASET>), or the authors' MFCC .npy (CASIA)",
+    )
     p.add_argument("--out", type=Path, default=Path("MFCC"), help="output folder (default MFCC)")
     p.add_argument("--overwrite", action="store_true", help="replace features computed from other data or settings")
     _audio_args(p)
@@ -162,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate the authors' published weights on their own test folds")
     _config_args(p)
-    p.add_argument("--weights", type=Path, required=True, help="the authors' zip (EMODB_46.zip), its folder, or one .hdf5")
+    p.add_argument(
+        "--weights", type=Path, required=True, help="the authors' zip (EMODB_46.zip), its folder, or one .hdf5"
+    )
     p.add_argument("--data", type=Path, help="corpus folder or MFCC .npy (default MFCC/<DATASET>.npy)")
     p.add_argument("--seed", type=int, help="KFold seed (default: from the weights' name, e.g. _46)")
     p.add_argument("--out", type=Path, help="also write the per-fold table and predictions to this .xlsx")
@@ -173,27 +342,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train and evaluate TIM-Net over k folds; writes Models/, logs/, Results/")
     _config_args(p)
     p.add_argument("--mfcc", type=Path, help="features from `timnet preprocess` (default MFCC/<DATASET>.npy)")
-    p.add_argument("--folds", type=int, help="number of folds (authors: 10)")
-    p.add_argument("--epochs", type=int, help="epochs per fold (authors: 500)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--protocol", choices=["random", "speaker"], help="random = authors' KFold; speaker = speaker-independent")
-    p.add_argument("--checkpoint", choices=["last", "best-val", "best-test"],
-                   help="which epoch's weights are evaluated; best-test is the paper's optimistic protocol")
-    p.add_argument("--patience", type=int, help="early stopping on validation accuracy (0 = off)")
-    p.add_argument("--seeds", help="comma-separated seeds, e.g. 46,1,2: results as mean ± std")
-    p.add_argument("--only-folds", type=lambda v: [int(i) for i in v.split(",")], help="train only these folds, e.g. 1,2")
+    _train_args(p)
+    p.add_argument(
+        "--only-folds", type=lambda v: [int(i) for i in v.split(",")], help="train only these folds, e.g. 1,2"
+    )
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its saved config is used)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--workers", type=int, help="folds trained at once in worker processes (default: one per CPU core, "
-                   "one per GPU; 1 = one after another in this process)")
-    p.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores divided among the workers)")
-    p.add_argument("--compile", choices=["auto", "on", "off"],
-                   help="torch.compile the model (auto: when each fold trains >= 200 epochs, where it repays its ~2 min)")
-    p.add_argument("--models", type=Path, default=Path("Models"))
-    p.add_argument("--logs", type=Path, default=Path("logs"))
-    p.add_argument("--results", type=Path, default=Path("Results"))
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="folds trained at once in worker processes (default: one per CPU "
+        "core, one per GPU; 1 = one after another in this process)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "run",
+        help="preprocess -> train -> t-SNE in one go (the three notebooks); "
+        "without a corpus, on generated example data",
+    )
+    _config_args(p)
+    p.add_argument("--data", type=Path, help="corpus folder (default Datasets/<DATASET>; EXAMPLE is generated there)")
+    p.add_argument("--mfcc-dir", type=Path, default=Path("MFCC"))
+    p.add_argument("--overwrite", action="store_true", help="replace features computed from other data or settings")
+    _train_args(p)
+    _audio_args(p)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tsne", help="t-SNE of the penultimate layer (each utterance from its test-fold model)")
     _config_args(p)
@@ -203,8 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perplexity", type=float, default=30.0)
     p.add_argument("--seed", type=int, help="with --run: which training seed's models (default: the run's first)")
     p.add_argument("--tsne-seed", type=int, default=0, help="t-SNE's random state")
+    p.add_argument(
+        "--align",
+        choices=["procrustes", "none"],
+        default="procrustes",
+        help="map every fold model's space into the first's (default), or show each model's raw space",
+    )
     p.add_argument("--speaker-markers", action="store_true", help="one marker shape per speaker")
-    p.add_argument("--fold", type=int, help="embed every utterance with this fold's model (default: each with its test-fold model)")
+    p.add_argument(
+        "--fold", type=int, help="embed every utterance with this fold's model (default: each with its test-fold model)"
+    )
     p.add_argument("--models", type=Path, default=Path("Models"))
     p.add_argument("--results", type=Path, default=Path("Results"))
     _audio_args(p)
@@ -217,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="with --weights: which corpus they were trained on")
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--fold", type=int, help="use one fold model instead of averaging all")
-    p.add_argument("--seed", type=int, help="with --run: only this training seed's models (default: all seeds averaged)")
+    p.add_argument(
+        "--seed", type=int, help="with --run: only this training seed's models (default: all seeds averaged)"
+    )
     p.add_argument("--csv", type=Path, help="also write the table to this CSV")
     p.add_argument("--models", type=Path, default=Path("Models"))
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")

@@ -3,6 +3,7 @@
 The TOML files are the single source of per-dataset facts (class order, seed, signal length,
 levels); code never repeats them. A run saves its effective config, so results carry their settings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,7 +48,11 @@ class FeatureSettings:
     @property
     def frames(self) -> int:
         """MFCC frames per utterance (centred STFT: 1 + L // hop)."""
-        return 1 + self.signal_length // self.hop_length if self.center else 1 + (self.signal_length - self.n_fft) // self.hop_length
+        return (
+            1 + self.signal_length // self.hop_length
+            if self.center
+            else 1 + (self.signal_length - self.n_fft) // self.hop_length
+        )
 
 
 @dataclass
@@ -91,7 +96,9 @@ class TrainSettings:
         if self.protocol not in self.PROTOCOLS:
             raise TimnetError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(self.PROTOCOLS)}")
         if self.checkpoint not in self.CHECKPOINTS:
-            raise TimnetError(f"unknown checkpoint policy {self.checkpoint!r}; choose one of {', '.join(self.CHECKPOINTS)}")
+            raise TimnetError(
+                f"unknown checkpoint policy {self.checkpoint!r}; choose one of {', '.join(self.CHECKPOINTS)}"
+            )
         if self.folds < 2:
             raise TimnetError(f"folds must be at least 2 (got {self.folds})")
         if self.epochs < 1 or self.batch_size < 1:
@@ -111,7 +118,11 @@ class TrainSettings:
     @property
     def checkpoint_label(self) -> str:
         """The policy as every output names it (workbooks, summary, CLI)."""
-        return f"{self.checkpoint} (OPTIMISTIC: epoch picked on the test fold, the paper's protocol)" if self.optimistic else self.checkpoint
+        return (
+            f"{self.checkpoint} (OPTIMISTIC: epoch picked on the test fold, the paper's protocol)"
+            if self.optimistic
+            else self.checkpoint
+        )
 
     @property
     def run_seeds(self) -> list[int]:
@@ -150,13 +161,20 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         sections = {f.name: f.type for f in fields(cls)}
         kwargs = {}
-        for name, section_cls in (("dataset", DatasetConfig), ("features", FeatureSettings), ("model", ModelSettings),
-                                  ("train", TrainSettings), ("published", Published)):
+        for name, section_cls in (
+            ("dataset", DatasetConfig),
+            ("features", FeatureSettings),
+            ("model", ModelSettings),
+            ("train", TrainSettings),
+            ("published", Published),
+        ):
             raw = {k: v for k, v in data.get(name, {}).items() if k not in RETIRED.get(name, ())}
             known = {f.name for f in fields(section_cls)}
             unknown = set(raw) - known
             if unknown:
-                raise TimnetError(f"unknown setting(s) in [{name}]: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+                raise TimnetError(
+                    f"unknown setting(s) in [{name}]: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+                )
             try:
                 kwargs[name] = section_cls(**raw)
             except TypeError as err:

@@ -11,6 +11,7 @@ the config's class order; inside a class, natsort of `<stem>_raw.csv`, the names
 
 Labels come from file names (or IEMOCAP's EmoEvaluation files), never from hand-sorted folders.
 """
+
 from __future__ import annotations
 
 import re
@@ -74,7 +75,9 @@ def to_manifest(rows: list[Row], root: Path, classes: list[str]) -> pd.DataFrame
 
 
 def _audio_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("._"))
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("._")
+    )
 
 
 def _by_pattern(root: Path, corpus: str, example: str, parse: Callable[[Path], Row | None | str]) -> Scan:
@@ -86,13 +89,26 @@ def _by_pattern(root: Path, corpus: str, example: str, parse: Callable[[Path], R
         if isinstance(row, Row):
             rows.append(row)
         elif row is None:
-            skipped.append((path.relative_to(root).as_posix(), f"name does not follow the {corpus} pattern (e.g. {example})"))
+            skipped.append(
+                (path.relative_to(root).as_posix(), f"name does not follow the {corpus} pattern (e.g. {example})")
+            )
     return Scan(rows, skipped)
 
 
 # --- EMO-DB: wav/03a01Wa.wav -------------------------------------------------------------
 EMODB_EMOTIONS = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fear", "F": "happy", "T": "sad", "N": "neutral"}
-EMODB_GENDER = {"03": "m", "08": "f", "09": "f", "10": "m", "11": "m", "12": "m", "13": "f", "14": "f", "15": "m", "16": "f"}
+EMODB_GENDER = {
+    "03": "m",
+    "08": "f",
+    "09": "f",
+    "10": "m",
+    "11": "m",
+    "12": "m",
+    "13": "f",
+    "14": "f",
+    "15": "m",
+    "16": "f",
+}
 _EMODB = re.compile(r"^(?P<speaker>\d\d)(?P<text>[ab]\d\d)(?P<emotion>[WLEAFTN])(?P<version>[a-z])$")
 
 
@@ -108,8 +124,19 @@ def scan_emodb(root: Path, classes: list[str]) -> Scan:
 
 
 # --- RAVDESS: Actor_01/03-01-05-01-01-01-01.wav (modality-channel-emotion-intensity-statement-rep-actor)
-RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fear", "07": "disgust", "08": "surprise"}
-_RAVDESS = re.compile(r"^(?P<mod>0[1-3])-(?P<chan>0[12])-(?P<emo>0[1-8])-(?P<int>0[12])-(?P<stmt>0[12])-(?P<rep>0[12])-(?P<actor>\d\d)$")
+RAVDESS_EMOTIONS = {
+    "01": "neutral",
+    "02": "calm",
+    "03": "happy",
+    "04": "sad",
+    "05": "angry",
+    "06": "fear",
+    "07": "disgust",
+    "08": "surprise",
+}
+_RAVDESS = re.compile(
+    r"^(?P<mod>0[1-3])-(?P<chan>0[12])-(?P<emo>0[1-8])-(?P<int>0[12])-(?P<stmt>0[12])-(?P<rep>0[12])-(?P<actor>\d\d)$"
+)
 
 
 def _parse_ravdess(path: Path) -> Row | str | None:
@@ -127,7 +154,15 @@ def scan_ravdess(root: Path, classes: list[str]) -> Scan:
 
 
 # --- SAVEE: AudioData/DC/a01.wav or flat DC_a01.wav ---------------------------------------
-SAVEE_EMOTIONS = {"a": "angry", "d": "disgust", "f": "fear", "h": "happy", "n": "neutral", "sa": "sad", "su": "surprise"}
+SAVEE_EMOTIONS = {
+    "a": "angry",
+    "d": "disgust",
+    "f": "fear",
+    "h": "happy",
+    "n": "neutral",
+    "sa": "sad",
+    "su": "surprise",
+}
 SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
 _SAVEE = re.compile(r"^(?:(?P<spk>DC|JE|JK|KL)_)?(?P<emo>sa|su|a|d|f|h|n)(?P<num>\d\d)$")
 
@@ -150,7 +185,15 @@ def savee_stem(row_stem: str, speaker: str) -> str:
 
 
 # --- EMOVO: f1/dis-f1-b1.wav ----------------------------------------------------------------
-EMOVO_EMOTIONS = {"dis": "disgust", "gio": "happy", "neu": "neutral", "pau": "fear", "rab": "angry", "sor": "surprise", "tri": "sad"}
+EMOVO_EMOTIONS = {
+    "dis": "disgust",
+    "gio": "happy",
+    "neu": "neutral",
+    "pau": "fear",
+    "rab": "angry",
+    "sor": "surprise",
+    "tri": "sad",
+}
 _EMOVO = re.compile(r"^(?P<emo>dis|gio|neu|pau|rab|sor|tri)-(?P<spk>[fm][1-3])-(?P<sent>[a-z]\d)$")
 
 
@@ -185,7 +228,9 @@ def scan_iemocap(root: Path, classes: list[str]) -> Scan:
                 dialog = utt.rsplit("_", 1)[0]
                 wav = session / "sentences" / "wav" / dialog / f"{utt}.wav"
                 if not wav.is_file():
-                    skipped.append((wav.relative_to(root).as_posix(), f"labelled in {txt.name} but the wav file is missing"))
+                    skipped.append(
+                        (wav.relative_to(root).as_posix(), f"labelled in {txt.name} but the wav file is missing")
+                    )
                     continue
                 gender = utt.rsplit("_", 1)[1][0]
                 rows.append(Row(wav, IEMOCAP_LABELS[m["lab"]], f"{utt[:5]}{gender}", gender.lower(), session.name))
@@ -207,7 +252,9 @@ def scan_folders(root: Path, classes: list[str]) -> Scan:
     return Scan(rows, skipped)
 
 
-def build_manifest(root: Path, dataset: DatasetConfig, skip_bad: bool = False) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+def build_manifest(
+    root: Path, dataset: DatasetConfig, skip_bad: bool = False
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Scan `root` with the dataset's recipe; return (manifest, skipped [(file, reason)]).
 
     Files whose names carry no valid label are an error (naming the first) unless `skip_bad`.
@@ -215,16 +262,22 @@ def build_manifest(root: Path, dataset: DatasetConfig, skip_bad: bool = False) -
     """
     root = Path(root)
     if not root.is_dir():
-        raise TimnetError(f"{root}: corpus folder not found — put {dataset.name} there (see README, 'Corpora') or pass --data")
+        raise TimnetError(
+            f"{root}: corpus folder not found — put {dataset.name} there (see README, 'Corpora') or pass --data"
+        )
     corpus = corpus_of(dataset)
     scan = corpus.scan(root, dataset.classes)
     if scan.skipped and not skip_bad:
         file, reason = scan.skipped[0]
         more = f" (and {len(scan.skipped) - 1} more)" if len(scan.skipped) > 1 else ""
-        raise TimnetError(f"{root / file}: {reason}{more} — rename or remove it, or pass --skip-bad to skip and list such files")
+        raise TimnetError(
+            f"{root / file}: {reason}{more} — rename or remove it, or pass --skip-bad to skip and list such files"
+        )
     rows = [r for r in scan.rows if r.label in dataset.classes]
     if not rows:
-        raise TimnetError(f"{root}: no {dataset.name} audio files found — check the folder layout (see README, 'Corpora')")
+        raise TimnetError(
+            f"{root}: no {dataset.name} audio files found — check the folder layout (see README, 'Corpora')"
+        )
     manifest = to_manifest(rows, root, dataset.classes)
     if corpus.stem is not None:
         manifest["stem"] = [corpus.stem(s, spk) for s, spk in zip(manifest.stem, manifest.speaker)]
@@ -234,7 +287,8 @@ def build_manifest(root: Path, dataset: DatasetConfig, skip_bad: bool = False) -
         raise TimnetError(f"{root}: the same utterance appears twice ({duplicated[0]}) — keep one copy")
     if dataset.expected_count and len(manifest) != dataset.expected_count:
         warnings.warn(
-            f"{dataset.name}: found {len(manifest)} utterances in {root}, the complete corpus has {dataset.expected_count} "
+            f"{dataset.name}: found {len(manifest)} utterances in {root}, the complete corpus has "
+            f"{dataset.expected_count} "
             f"({len(manifest) - dataset.expected_count:+d}); results will not be comparable to the paper",
             stacklevel=2,
         )
@@ -248,9 +302,15 @@ def _emodb_files() -> tuple[list[str], list[str]]:
 
 
 def _ravdess_files() -> tuple[list[str], list[str]]:
-    stems = [f"03-01-{emo}-{inten}-{stmt}-{rep}-{actor:02d}"
-             for actor in range(1, 25) for emo in RAVDESS_EMOTIONS for inten in ("01", "02")
-             for stmt in ("01", "02") for rep in ("01", "02") if not (emo == "01" and inten == "02")]
+    stems = [
+        f"03-01-{emo}-{inten}-{stmt}-{rep}-{actor:02d}"
+        for actor in range(1, 25)
+        for emo in RAVDESS_EMOTIONS
+        for inten in ("01", "02")
+        for stmt in ("01", "02")
+        for rep in ("01", "02")
+        if not (emo == "01" and inten == "02")
+    ]
     return stems, [RAVDESS_EMOTIONS[s.split("-")[2]] for s in stems]
 
 

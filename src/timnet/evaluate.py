@@ -1,4 +1,5 @@
 """The reproduction of the authors' evaluation: their published fold weights on their own test folds."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,19 +29,25 @@ class Evaluation:
     embeddings: np.ndarray
 
 
-def authors_test_folds(config: Config, features: FeatureSet, n_folds: int, seed: int) -> tuple[list[np.ndarray], list[int]]:
+def authors_test_folds(
+    config: Config, features: FeatureSet, n_folds: int, seed: int
+) -> tuple[list[np.ndarray], list[int]]:
     """For fold k: the indices of `features` in the authors' test set k, and how many of it are missing."""
     canonical = canonical_stems(config.dataset)
     positions = canonical_positions(features.manifest.stem, canonical)
     if canonical is None:  # the feature file itself is the complete corpus (e.g. the authors' CASIA npy)
         if config.dataset.expected_count and len(features) != config.dataset.expected_count:
-            raise TimnetError(f"{config.dataset.name}: the authors' folds need the complete corpus ({config.dataset.expected_count} "
-                              f"utterances in their order), got {len(features)}")
+            raise TimnetError(
+                f"{config.dataset.name}: the authors' folds need the complete corpus ({config.dataset.expected_count} "
+                f"utterances in their order), got {len(features)}"
+            )
         return [te for _, te in kfold(len(features), n_folds, seed)], [0] * n_folds
     if positions is None:
         unknown = [s for s in features.manifest.stem if s not in set(canonical.stem)]
-        raise TimnetError(f"{unknown[0]}: not a file name of the complete {config.dataset.name} corpus — the authors' folds "
-                          "are defined over the original file names")
+        raise TimnetError(
+            f"{unknown[0]}: not a file name of the complete {config.dataset.name} corpus — the authors' folds "
+            "are defined over the original file names"
+        )
     labels = canonical.label.to_numpy()[positions]
     if not np.array_equal(labels, np.asarray(config.dataset.classes)[features.y]):
         raise TimnetError("labels of the feature file disagree with the labels in the file names — wrong --dataset?")
@@ -52,21 +59,36 @@ def authors_test_folds(config: Config, features: FeatureSet, n_folds: int, seed:
     return tests, missing
 
 
-def evaluate_weights(weights: Path, config: Config, features: FeatureSet, seed: int | None = None,
-                     device: str = "auto") -> Evaluation:
-    """Evaluate the authors' fold-k weights on their fold-k test files that are present."""
+def published_folds(
+    weights: Path, config: Config, features: FeatureSet, seed: int | None = None
+) -> tuple[dict, list[np.ndarray], list[int]]:
+    """The authors' fold models {k: model}, and per fold the indices of its test files in `features` and how many
+    of them are missing. The KFold seed: `seed`, else the weights' name (EMODB_46 -> 46), else the config's."""
     seed = seed if seed is not None else seed_from_name(weights)
-    if seed is None:
-        seed = config.train.seed
     models = load_fold_models(weights, TIMNetConfig.from_config(config))
-    n_folds = max(models)
-    tests, missing = authors_test_folds(config, features, n_folds, seed)
+    tests, missing = authors_test_folds(config, features, max(models), config.train.seed if seed is None else seed)
+    return models, tests, missing
+
+
+def evaluate_weights(
+    weights: Path, config: Config, features: FeatureSet, seed: int | None = None, device: str = "auto"
+) -> Evaluation:
+    """Evaluate the authors' fold-k weights on their fold-k test files that are present."""
+    models, tests, missing = published_folds(weights, config, features, seed)
     rows, preds, embeddings = [], [], np.zeros((len(features), config.model.filters), np.float32)
     for k, model in models.items():
         idx = tests[k - 1]
         prob, emb = infer(model, features.x[idx], device=device)
         embeddings[idx] = emb
-        rows.append({"fold": k, "n_test": len(idx), "missing": missing[k - 1], **scores(features.y[idx], prob.argmax(1))})
+        rows.append(
+            {"fold": k, "n_test": len(idx), "missing": missing[k - 1], **scores(features.y[idx], prob.argmax(1))}
+        )
         preds.append(prediction_table(features.manifest, idx, prob, config.dataset.classes, fold=k))
     predictions = pd.concat(preds, ignore_index=True)
-    return Evaluation(pd.DataFrame(rows), predictions, table_scores(predictions, config.dataset.classes), int(sum(missing)), embeddings)
+    return Evaluation(
+        pd.DataFrame(rows),
+        predictions,
+        table_scores(predictions, config.dataset.classes),
+        int(sum(missing)),
+        embeddings,
+    )

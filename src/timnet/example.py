@@ -3,6 +3,7 @@
 Each emotion is a harmonic tone at its own pitch under a vowel-like envelope, so a model can learn it
 in seconds; speakers shift the pitch slightly. Not speech: it only exercises the pipeline end to end.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,12 +32,23 @@ def write_wav(path: Path, y: np.ndarray | None = None, sr: int = 16000, subtype:
     return path
 
 
-def write_example_corpus(root: Path, speakers=("03", "08", "09", "10"), texts=("a01", "a02", "b01"), emotions: str = "WLEAFTN",
-                         seconds: float = 0.6, sr: int = 16000) -> Path:
+def write_example_corpus(
+    root: Path,
+    speakers=("03", "08", "09", "10"),
+    texts=("a01", "a02", "b01"),
+    emotions: str = "WLEAFTN",
+    seconds: float = 0.6,
+    sr: int = 16000,
+) -> Path:
     """`root/wav/<speaker><text><emotion>a.wav`, EMO-DB names: 4 speakers x 3 texts x 7 emotions = 84 files."""
     for si, spk in enumerate(speakers):
         for ti, text in enumerate(texts):
             for ei, emo in enumerate(emotions):
-                write_wav(Path(root) / "wav" / f"{spk}{text}{emo}a.wav", sr=sr, seconds=seconds,
-                          freq=EMOTION_PITCH[emo] * (1 + 0.03 * si), seed=si * 100 + ti * 10 + ei)
+                write_wav(
+                    Path(root) / "wav" / f"{spk}{text}{emo}a.wav",
+                    sr=sr,
+                    seconds=seconds,
+                    freq=EMOTION_PITCH[emo] * (1 + 0.03 * si),
+                    seed=si * 100 + ti * 10 + ei,
+                )
     return Path(root)

@@ -9,6 +9,7 @@ On disk, next to each other:
     <NAME>.csv    the manifest: one row per utterance, in npy order, plus the skipped files
     <NAME>.json   settings, input fingerprint and the npy's SHA-256 (proves we wrote that npy)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,7 +46,7 @@ def fix_length(y: np.ndarray, length: int) -> np.ndarray:
         left = (length - n) // 2
         return np.pad(y, (left, length - n - left))
     start = (n - length) // 2
-    return y[start:start + length]
+    return y[start : start + length]
 
 
 def load_signal(path: Path, settings: FeatureSettings, min_seconds: float = MIN_SECONDS) -> np.ndarray:
@@ -84,10 +85,23 @@ def mfcc(signal: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     import librosa
 
     m = librosa.feature.mfcc(
-        y=signal, sr=settings.sample_rate, n_mfcc=settings.n_mfcc, dct_type=2, norm="ortho", lifter=0,
-        n_fft=settings.n_fft, hop_length=settings.hop_length, win_length=None, window=settings.window,
-        center=settings.center, pad_mode=settings.pad_mode, power=2.0, n_mels=settings.n_mels,
-        fmin=0.0, fmax=None, htk=False,
+        y=signal,
+        sr=settings.sample_rate,
+        n_mfcc=settings.n_mfcc,
+        dct_type=2,
+        norm="ortho",
+        lifter=0,
+        n_fft=settings.n_fft,
+        hop_length=settings.hop_length,
+        win_length=None,
+        window=settings.window,
+        center=settings.center,
+        pad_mode=settings.pad_mode,
+        power=2.0,
+        n_mels=settings.n_mels,
+        fmin=0.0,
+        fmax=None,
+        htk=False,
     )
     return np.ascontiguousarray(m.T, dtype=np.float32)
 
@@ -116,8 +130,9 @@ def _single_threaded_worker() -> None:
     threadpool_limits(1)
 
 
-def extract_many(paths: list[str | Path], settings: FeatureSettings, workers: int | None = None,
-                 progress: bool = True) -> tuple[np.ndarray, dict[int, str]]:
+def extract_many(
+    paths: list[str | Path], settings: FeatureSettings, workers: int | None = None, progress: bool = True
+) -> tuple[np.ndarray, dict[int, str]]:
     """Features of many files, in order, using `workers` processes (default: all cores).
 
     Returns (x [N, frames, n_mfcc] with zeros for failed files, {index: problem} of failed files).
@@ -142,14 +157,21 @@ def extract_many(paths: list[str | Path], settings: FeatureSettings, workers: in
         with threadpool_limits(1):
             collect(map(_extract_job, jobs[1:]))
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_single_threaded_worker) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=_pool_context(), initializer=_single_threaded_worker
+        ) as pool:
             collect(pool.map(_extract_job, jobs[1:], chunksize=max(1, min(16, len(jobs) // (8 * workers)))))
     bar.close()
     return x, failed
 
 
-def extract_manifest(manifest: pd.DataFrame, settings: FeatureSettings, workers: int | None = None, skip_bad: bool = False,
-                     progress: bool = True) -> tuple[np.ndarray, pd.DataFrame, list[tuple[str, str]]]:
+def extract_manifest(
+    manifest: pd.DataFrame,
+    settings: FeatureSettings,
+    workers: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> tuple[np.ndarray, pd.DataFrame, list[tuple[str, str]]]:
     """Features of every manifest row: (x of the good rows, their manifest rows, [(file, problem)] skipped).
 
     Without `skip_bad` the first bad file raises BadAudioError, saying how many more there are.
@@ -166,16 +188,25 @@ def extract_manifest(manifest: pd.DataFrame, settings: FeatureSettings, workers:
     return x[good], manifest[good].reset_index(drop=True), skipped
 
 
-def features_from_audio(config: Config, data: Path, workers: int | None = None, skip_bad: bool = False,
-                        progress: bool = True) -> tuple[FeatureSet, list[tuple[str, str]]]:
+def features_from_audio(
+    config: Config, data: Path, workers: int | None = None, skip_bad: bool = False, progress: bool = True
+) -> tuple[FeatureSet, list[tuple[str, str]]]:
     """A corpus folder straight to features in memory (nothing written)."""
     manifest, skipped = build_manifest(Path(data), config.dataset, skip_bad=skip_bad)
     x, good, bad = extract_manifest(manifest, config.features, workers, skip_bad, progress)
-    return FeatureSet(x, good.class_index.to_numpy().astype(np.int64), good, list(config.dataset.classes)), skipped + bad
+    return FeatureSet(
+        x, good.class_index.to_numpy().astype(np.int64), good, list(config.dataset.classes)
+    ), skipped + bad
 
 
-def load_or_extract(config: Config, data: Path, workers: int | None = None, skip_bad: bool = False,
-                    trust_pickle: bool = False, progress: bool = True) -> tuple[FeatureSet, list[tuple[str, str]]]:
+def load_or_extract(
+    config: Config,
+    data: Path,
+    workers: int | None = None,
+    skip_bad: bool = False,
+    trust_pickle: bool = False,
+    progress: bool = True,
+) -> tuple[FeatureSet, list[tuple[str, str]]]:
     """Features from an MFCC `.npy`, or computed in memory from a corpus folder: (features, skipped files)."""
     data = Path(data)
     if data.suffix == ".npy":
@@ -216,8 +247,9 @@ def fingerprint(manifest: pd.DataFrame, settings: FeatureSettings) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def write_feature_files(npy: Path, x: np.ndarray, class_index: np.ndarray, n_classes: int,
-                        manifest: pd.DataFrame, record: dict) -> None:
+def write_feature_files(
+    npy: Path, x: np.ndarray, class_index: np.ndarray, n_classes: int, manifest: pd.DataFrame, record: dict
+) -> None:
     """Write npy, then csv, then json (the json, holding the npy's hash, is written last)."""
     y = np.eye(n_classes, dtype=np.float32)[class_index]
     with atomic_path(npy) as tmp:
@@ -225,8 +257,15 @@ def write_feature_files(npy: Path, x: np.ndarray, class_index: np.ndarray, n_cla
     csv, js = sidecars(npy)
     with atomic_path(csv) as tmp:
         manifest.to_csv(tmp, index=False)
-    write_json(js, {**record, "npy_sha256": sha256(npy), "count": int(len(x)),
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_json(
+        js,
+        {
+            **record,
+            "npy_sha256": sha256(npy),
+            "count": int(len(x)),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
 
 
 def read_record(npy: Path) -> dict | None:
@@ -253,7 +292,8 @@ def load_features(npy: Path, classes: list[str] | None = None, trust_pickle: boo
     if not ours and not trust_pickle:
         raise TimnetError(
             f"{npy}: this .npy holds a pickle that timnet did not write here (or it changed since); unpickling can "
-            "run code from the file — if you trust its source (e.g. the authors' MFCC release), pass --trust-pickle")
+            "run code from the file — if you trust its source (e.g. the authors' MFCC release), pass --trust-pickle"
+        )
     try:
         data = np.load(npy, allow_pickle=True)
         data = data.item() if data.dtype == object else {"x": data}
@@ -263,20 +303,35 @@ def load_features(npy: Path, classes: list[str] | None = None, trust_pickle: boo
         raise TimnetError(f"{npy}: expected the authors' format, a dict with 'x' [N, T, 39] and 'y' one-hot [N, C]")
     x, y = np.asarray(data["x"], dtype=np.float32), np.asarray(data["y"])
     if x.ndim != 3 or y.ndim != 2 or len(x) != len(y):
-        raise TimnetError(f"{npy}: wrong shapes x {x.shape}, y {y.shape} — expected x [N, T, F] and y [N, C] with the same N")
+        raise TimnetError(
+            f"{npy}: wrong shapes x {x.shape}, y {y.shape} — expected x [N, T, F] and y [N, C] with the same N"
+        )
     if classes is not None and y.shape[1] != len(classes):
-        raise TimnetError(f"{npy}: y has {y.shape[1]} classes but the config lists {len(classes)} ({', '.join(classes)}) — wrong --dataset?")
+        raise TimnetError(
+            f"{npy}: y has {y.shape[1]} classes but the config lists {len(classes)} ({', '.join(classes)}) — wrong "
+            "--dataset?"
+        )
     labels = y.argmax(axis=1)
     csv = sidecars(npy)[0]
     if csv.is_file():
         manifest = pd.read_csv(csv, dtype=str, keep_default_na=False)
         manifest = manifest[manifest.status == "ok"].reset_index(drop=True) if "status" in manifest else manifest
         if len(manifest) != len(x):
-            raise TimnetError(f"{csv}: {len(manifest)} rows but {npy.name} holds {len(x)} utterances — re-run `timnet preprocess`")
+            raise TimnetError(
+                f"{csv}: {len(manifest)} rows but {npy.name} holds {len(x)} utterances — re-run `timnet preprocess`"
+            )
     else:
         names = classes or [str(i) for i in range(y.shape[1])]
-        manifest = pd.DataFrame({"file": [f"{npy.stem}_{i:05d}" for i in range(len(x))], "stem": [f"{npy.stem}_{i:05d}" for i in range(len(x))],
-                                 "label": [names[i] for i in labels], "speaker": "", "gender": "", "session": ""})
+        manifest = pd.DataFrame(
+            {
+                "file": [f"{npy.stem}_{i:05d}" for i in range(len(x))],
+                "stem": [f"{npy.stem}_{i:05d}" for i in range(len(x))],
+                "label": [names[i] for i in labels],
+                "speaker": "",
+                "gender": "",
+                "session": "",
+            }
+        )
     manifest["class_index"] = labels
     return FeatureSet(x, labels.astype(np.int64), manifest, list(classes or manifest.label.unique()))
 
@@ -298,11 +353,22 @@ def _describe_change(npy: Path, record: dict, manifest: pd.DataFrame, settings: 
         now = set(manifest.file)
         if before != now:
             changed.append(f"{len(now - before)} file(s) added, {len(before - now)} removed")
-    return "; ".join(changed) or "an input file's size or modification time changed; copying a corpus changes the times too"
+    return (
+        "; ".join(changed)
+        or "an input file's size or modification time changed; copying a corpus changes the times too"
+    )
 
 
-def preprocess(config: Config, data: Path, out_dir: Path, workers: int | None = None, skip_bad: bool = False,
-               overwrite: bool = False, progress: bool = True, trust_pickle: bool = False) -> PreprocessResult:
+def preprocess(
+    config: Config,
+    data: Path,
+    out_dir: Path,
+    workers: int | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    trust_pickle: bool = False,
+) -> PreprocessResult:
     """Corpus folder (or the authors' npy) -> `out_dir/<NAME>.npy/.csv/.json`. Idempotent."""
     data, out_dir = Path(data), Path(out_dir)
     npy = out_dir / f"{config.dataset.name}.npy"
@@ -317,18 +383,32 @@ def preprocess(config: Config, data: Path, out_dir: Path, workers: int | None = 
             return PreprocessResult(npy, int(record["count"]), [tuple(s) for s in record.get("skipped", [])], True)
         if not overwrite:
             why = _describe_change(npy, record, manifest, settings) if record else "it was not written by timnet"
-            raise TimnetError(f"{npy} already exists and differs ({why}) — pass --overwrite to replace it, or --out for another folder")
+            raise TimnetError(
+                f"{npy} already exists and differs ({why}) — pass --overwrite to replace it, or --out for another "
+                "folder"
+            )
     x, good_manifest, skipped = extract_manifest(manifest, settings, workers, skip_bad, progress)
     skipped = list(name_problems) + skipped
     table = good_manifest.drop(columns=["path"]).astype({"class_index": str}).assign(status="ok")
-    table = pd.concat([table, pd.DataFrame({"file": [s[0] for s in skipped], "status": [f"skipped: {s[1]}" for s in skipped]})],
-                      ignore_index=True).fillna("")
-    record = {"dataset": config.dataset.name, "classes": config.dataset.classes, "source": str(data.resolve()),
-              "settings": dataclasses.asdict(settings), "fingerprint": fp, "skipped": skipped,
-              "timnet_version": __version__, "librosa_version": _librosa_version()}
+    table = pd.concat(
+        [table, pd.DataFrame({"file": [s[0] for s in skipped], "status": [f"skipped: {s[1]}" for s in skipped]})],
+        ignore_index=True,
+    ).fillna("")
+    record = {
+        "dataset": config.dataset.name,
+        "classes": config.dataset.classes,
+        "source": str(data.resolve()),
+        "settings": dataclasses.asdict(settings),
+        "fingerprint": fp,
+        "skipped": skipped,
+        "timnet_version": __version__,
+        "librosa_version": _librosa_version(),
+    }
     write_feature_files(npy, x, good_manifest.class_index.to_numpy(), config.n_classes, table, record)
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} bad file(s); they are listed in {sidecars(npy)[0]} with the reason", stacklevel=2)
+        warnings.warn(
+            f"skipped {len(skipped)} bad file(s); they are listed in {sidecars(npy)[0]} with the reason", stacklevel=2
+        )
     return PreprocessResult(npy, len(x), skipped, False)
 
 
@@ -336,19 +416,30 @@ def _import_authors_npy(config: Config, src: Path, npy: Path, trust_pickle: bool
     """CASIA's raw audio is not public: users bring the authors' npy; we validate and adopt it."""
     fs = load_features(src, config.dataset.classes, trust_pickle=trust_pickle)
     if fs.x.shape[1:] != (config.features.frames, config.features.n_mfcc):
-        raise TimnetError(f"{src}: features are {fs.x.shape[1:]} per utterance, {config.dataset.name} expects "
-                          f"({config.features.frames}, {config.features.n_mfcc}) — wrong --dataset?")
+        raise TimnetError(
+            f"{src}: features are {fs.x.shape[1:]} per utterance, {config.dataset.name} expects "
+            f"({config.features.frames}, {config.features.n_mfcc}) — wrong --dataset?"
+        )
     record = read_record(npy)
     fp = sha256(src)
     if npy.exists():
         if record and record.get("fingerprint") == fp:
             return PreprocessResult(npy, int(record["count"]), [], True)
         if not overwrite:
-            raise TimnetError(f"{npy} already exists and differs — pass --overwrite to replace it, or --out for another folder")
+            raise TimnetError(
+                f"{npy} already exists and differs — pass --overwrite to replace it, or --out for another folder"
+            )
     table = fs.manifest.drop(columns=["class_index"]).assign(status="ok")
-    record = {"dataset": config.dataset.name, "classes": config.dataset.classes, "source": str(src.resolve()),
-              "settings": dataclasses.asdict(config.features), "fingerprint": fp, "skipped": [],
-              "imported_from_authors_npy": True, "timnet_version": __version__}
+    record = {
+        "dataset": config.dataset.name,
+        "classes": config.dataset.classes,
+        "source": str(src.resolve()),
+        "settings": dataclasses.asdict(config.features),
+        "fingerprint": fp,
+        "skipped": [],
+        "imported_from_authors_npy": True,
+        "timnet_version": __version__,
+    }
     write_feature_files(npy, fs.x, fs.y, config.n_classes, table, record)
     return PreprocessResult(npy, len(fs), [], False)
 

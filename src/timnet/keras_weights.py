@@ -10,6 +10,7 @@ So tensors are matched by creation order (rank of the numeric suffix), which the
 
 Every tensor is mapped explicitly and checked for shape; nothing is loaded partially.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,7 +42,9 @@ def read_layers(source) -> dict[str, dict[str, np.ndarray]]:
     with f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in root.attrs:
-            raise TimnetError(f"{getattr(source, 'name', source)}: HDF5 file without Keras layer_names — not Keras weights")
+            raise TimnetError(
+                f"{getattr(source, 'name', source)}: HDF5 file without Keras layer_names — not Keras weights"
+            )
         layers = {}
         for raw in root.attrs["layer_names"]:
             name = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -59,23 +62,39 @@ def infer_config(layers: dict[str, dict[str, np.ndarray]]) -> TIMNetConfig:
     if len(dense) != 1 or len(weight) != 1 or not convs:
         raise TimnetError("these weights are not a TIM-Net model (need conv1d, weight_layer and one dense layer)")
     first = layers[convs[0]]["kernel"]  # [1, F, C]
-    return TIMNetConfig(n_classes=dense[0]["kernel"].shape[1], n_mfcc=first.shape[1], filters=first.shape[2],
-                        kernel_size=layers[convs[2]]["kernel"].shape[0] if len(convs) > 2 else 2,
-                        levels=weight[0]["kernel"].shape[0])
+    return TIMNetConfig(
+        n_classes=dense[0]["kernel"].shape[1],
+        n_mfcc=first.shape[1],
+        filters=first.shape[2],
+        kernel_size=layers[convs[2]]["kernel"].shape[0] if len(convs) > 2 else 2,
+        levels=weight[0]["kernel"].shape[0],
+    )
 
 
-def to_state_dict(layers: dict[str, dict[str, np.ndarray]], config: TIMNetConfig, what: str = "weights") -> dict[str, torch.Tensor]:
+def to_state_dict(
+    layers: dict[str, dict[str, np.ndarray]], config: TIMNetConfig, what: str = "weights"
+) -> dict[str, torch.Tensor]:
     """Explicit Keras -> PyTorch mapping, checking every shape against `config`."""
     found = infer_config(layers)
-    if (found.n_classes, found.levels, found.filters, found.n_mfcc) != (config.n_classes, config.levels, config.filters, config.n_mfcc):
+    if (found.n_classes, found.levels, found.filters, found.n_mfcc) != (
+        config.n_classes,
+        config.levels,
+        config.filters,
+        config.n_mfcc,
+    ):
         raise TimnetError(
-            f"{what}: trained for {found.n_classes} classes, {found.levels} levels, {found.n_mfcc} MFCCs, but the chosen "
-            f"dataset's config has {config.n_classes} classes, {config.levels} levels, {config.n_mfcc} MFCCs — wrong --dataset for these weights?")
+            f"{what}: trained for {found.n_classes} classes, {found.levels} levels, {found.n_mfcc} MFCCs, but the "
+            "chosen "
+            f"dataset's config has {config.n_classes} classes, {config.levels} levels, {config.n_mfcc} MFCCs — wrong "
+            "--dataset for these weights?"
+        )
     convs = [layers[k] for k in sorted((k for k in layers if k.startswith("conv1d")), key=_suffix)]
     bns = [layers[k] for k in sorted((k for k in layers if k.startswith("batch_normalization")), key=_suffix)]
     if len(convs) != 2 + 4 * config.levels or len(bns) != 4 * config.levels:
-        raise TimnetError(f"{what}: {len(convs)} conv and {len(bns)} batch-norm layers, TIM-Net with {config.levels} levels has "
-                          f"{2 + 4 * config.levels} and {4 * config.levels}")
+        raise TimnetError(
+            f"{what}: {len(convs)} conv and {len(bns)} batch-norm layers, TIM-Net with {config.levels} levels has "
+            f"{2 + 4 * config.levels} and {4 * config.levels}"
+        )
     sd: dict[str, np.ndarray] = {}
 
     def conv(prefix: str, layer: dict) -> None:
@@ -89,7 +108,7 @@ def to_state_dict(layers: dict[str, dict[str, np.ndarray]], config: TIMNetConfig
     conv("forward_in", convs[0])
     conv("backward_in", convs[1])
     for level in range(config.levels):
-        c, b = convs[2 + 4 * level: 6 + 4 * level], bns[4 * level: 4 * level + 4]
+        c, b = convs[2 + 4 * level : 6 + 4 * level], bns[4 * level : 4 * level + 4]
         for direction, offset in (("forward_blocks", 0), ("backward_blocks", 2)):
             conv(f"{direction}.{level}.conv1", c[offset])
             bn(f"{direction}.{level}.bn1", b[offset])
@@ -109,7 +128,9 @@ def load_into(model: TIMNet, source, what: str | None = None) -> TIMNet:
     expected = model.state_dict()
     for key, value in sd.items():
         if expected[key].shape != value.shape:
-            raise TimnetError(f"{what}: tensor {key} has shape {tuple(value.shape)}, the model needs {tuple(expected[key].shape)}")
+            raise TimnetError(
+                f"{what}: tensor {key} has shape {tuple(value.shape)}, the model needs {tuple(expected[key].shape)}"
+            )
     missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
     if missing:
         raise TimnetError(f"{what}: no Keras tensor for {', '.join(missing[:3])}")
@@ -121,7 +142,9 @@ def fold_weights(source: Path) -> dict[int, bytes | Path]:
     """{fold k (1-based): weights} from a `.hdf5` file, a folder of them, or the authors' zip."""
     source = Path(source)
     if not source.exists():
-        raise TimnetError(f"{source}: weights not found — give the authors' zip (e.g. EMODB_46.zip), its folder or one .hdf5")
+        raise TimnetError(
+            f"{source}: weights not found — give the authors' zip (e.g. EMODB_46.zip), its folder or one .hdf5"
+        )
     if source.is_dir():
         files = {int(m.group(2)): p for p in sorted(source.rglob("*.hdf5")) if (m := FOLD_FILE.search(p.as_posix()))}
     elif zipfile.is_zipfile(source):

@@ -3,6 +3,7 @@
 Over folds (and seeds) every output — CLI, notebook, run workbook, summary workbook, sweeps — reports
 mean ± SAMPLE standard deviation (ddof=1), computed by `mean_std` alone.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,14 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> pd.
     return pd.DataFrame(m, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
 
 
-def prediction_table(manifest: pd.DataFrame, idx: np.ndarray, probs: np.ndarray, classes: list[str],
-                     columns: tuple[str, ...] = ("file", "stem", "label"), **keys) -> pd.DataFrame:
+def prediction_table(
+    manifest: pd.DataFrame,
+    idx: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    columns: tuple[str, ...] = ("file", "stem", "label"),
+    **keys,
+) -> pd.DataFrame:
     """Per-utterance predictions: `keys` (fold, seed), manifest columns, predicted, correct, p_<class>."""
     table = manifest.iloc[idx][list(columns)].reset_index(drop=True)
     for position, (name, value) in enumerate(keys.items()):
@@ -83,13 +90,15 @@ def infer(model: TIMNet, x: np.ndarray, batch_size: int = 256, device: str = "au
     model = model.to(device).eval()
     probs, embs = [], []
     for start in range(0, len(x), batch_size):
-        batch = torch.as_tensor(x[start:start + batch_size], device=device)
+        batch = torch.as_tensor(x[start : start + batch_size], device=device)
         emb = model.embed(batch)
         probs.append(torch.softmax(model.classifier(emb), dim=-1).cpu().numpy())
         embs.append(emb.cpu().numpy())
     k, c = model.config.n_classes, model.config.filters
-    return (np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
-            np.concatenate(embs) if embs else np.zeros((0, c), np.float32))
+    return (
+        np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
+        np.concatenate(embs) if embs else np.zeros((0, c), np.float32),
+    )
 
 
 def mean_std(values) -> tuple[float, float]:

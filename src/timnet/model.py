@@ -6,6 +6,7 @@ left, BatchNorm eps 1e-3 / Keras momentum 0.99 (PyTorch momentum 0.01), Glorot-u
 zero biases, SpatialDropout1D (whole channels), level weights U(-0.05, 0.05).
 Activations stay channels-last [B, T, C] throughout, as in Keras.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -31,8 +32,14 @@ class TIMNetConfig:
     def from_config(cls, config) -> "TIMNetConfig":
         """The architecture of a `timnet.config.Config` (classes, MFCCs, [model] section)."""
         m = config.model
-        return cls(n_classes=config.n_classes, n_mfcc=config.features.n_mfcc, filters=m.filters,
-                   kernel_size=m.kernel_size, levels=m.levels, dropout=m.dropout)
+        return cls(
+            n_classes=config.n_classes,
+            n_mfcc=config.features.n_mfcc,
+            filters=m.filters,
+            kernel_size=m.kernel_size,
+            levels=m.levels,
+            dropout=m.dropout,
+        )
 
 
 class _CausalConvGEMM(torch.autograd.Function):
@@ -50,7 +57,7 @@ class _CausalConvGEMM(torch.autograd.Function):
         B, T, c_in = x.shape
         k = weight.shape[-1]
         x = x.contiguous()
-        taps = weight.permute(2, 0, 1).contiguous()                       # [k, C_out, C_in]: taps[j] = W_j
+        taps = weight.permute(2, 0, 1).contiguous()  # [k, C_out, C_in]: taps[j] = W_j
         y = torch.addmm(bias, x.view(B * T, c_in), taps[k - 1].t()).view(B, T, -1)  # current frame: [B, T, C_out]
         for j in range(k - 1):
             shift = (k - 1 - j) * dilation
@@ -66,16 +73,16 @@ class _CausalConvGEMM(torch.autograd.Function):
         x, taps = ctx.saved_tensors
         B, T, c_in = x.shape
         k = taps.shape[0]
-        g = grad.contiguous()                                             # [B, T, C_out]
+        g = grad.contiguous()  # [B, T, C_out]
         gf = g.view(B * T, -1)
-        grad_x = (gf @ taps[k - 1]).view(B, T, c_in)                      # [B, T, C_in]
+        grad_x = (gf @ taps[k - 1]).view(B, T, c_in)  # [B, T, C_in]
         grad_w = torch.empty(k, *taps.shape[1:], dtype=taps.dtype, device=taps.device)  # [k, C_out, C_in]
         grad_w[k - 1] = gf.t() @ x.view(B * T, c_in)
         for j in range(k - 1):
             shift = (k - 1 - j) * ctx.dilation
             if shift < T:  # x[t] reached y[t + shift]
                 grad_x[:, :-shift].baddbmm_(g[:, shift:], taps[j].expand(B, -1, -1))
-                delayed = F.pad(x[:, :-shift], (0, 0, shift, 0))         # x[t - shift], zeros before the start
+                delayed = F.pad(x[:, :-shift], (0, 0, shift, 0))  # x[t - shift], zeros before the start
                 grad_w[j] = gf.t() @ delayed.view(B * T, c_in)
             else:
                 grad_w[j] = 0
@@ -137,8 +144,12 @@ class TIMNet(nn.Module):
         self.forward_in = CausalConv1d(c.n_mfcc, c.filters, 1)
         self.backward_in = CausalConv1d(c.n_mfcc, c.filters, 1)
         dilations = [2**i for i in range(c.levels)]
-        self.forward_blocks = nn.ModuleList(TemporalAwareBlock(c.filters, c.kernel_size, d, c.dropout) for d in dilations)
-        self.backward_blocks = nn.ModuleList(TemporalAwareBlock(c.filters, c.kernel_size, d, c.dropout) for d in dilations)
+        self.forward_blocks = nn.ModuleList(
+            TemporalAwareBlock(c.filters, c.kernel_size, d, c.dropout) for d in dilations
+        )
+        self.backward_blocks = nn.ModuleList(
+            TemporalAwareBlock(c.filters, c.kernel_size, d, c.dropout) for d in dilations
+        )
         self.level_weights = nn.Parameter(torch.empty(c.levels))
         self.classifier = nn.Linear(c.filters, c.n_classes)
         self.reset_parameters()
@@ -155,13 +166,13 @@ class TIMNet(nn.Module):
 
     def levels(self, x: torch.Tensor) -> torch.Tensor:
         """Per-level features: [B, T, F] MFCCs -> [B, C, L] (forward + backward, averaged over time)."""
-        fwd = self.forward_in(x)              # [B, T, C]
-        bwd = self.backward_in(x.flip(1))     # [B, T, C], time reversed
+        fwd = self.forward_in(x)  # [B, T, C]
+        bwd = self.backward_in(x.flip(1))  # [B, T, C], time reversed
         pooled = []
         for f_block, b_block in zip(self.forward_blocks, self.backward_blocks):
             fwd, bwd = f_block(fwd), b_block(bwd)
             pooled.append((fwd + bwd).mean(dim=1))  # [B, C]
-        return torch.stack(pooled, dim=-1)   # [B, C, L]
+        return torch.stack(pooled, dim=-1)  # [B, C, L]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate embedding (t-SNE, prediction): learned weighted sum over levels, [B, C]."""

@@ -11,6 +11,7 @@ Run ids are `<DATASET>_<protocol>_<checkpoint>_<yyyymmdd-hhmmss>[_n]`; a unit (o
 effective config), `mfcc` (absolute path) and `mfcc_sha256` (resume refuses a changed file), `device`,
 `created`, and `folds`: one entry per unit with `unit`, `fold`, `seed` and `test_stems`.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,25 @@ from .model import TIMNet, TIMNetConfig
 
 RECORD = "config.json"
 # What a finished unit's file holds (`torch.load(path, weights_only=True)`).
-UNIT_KEYS = frozenset({"state_dict", "config", "model_config", "fold", "seed", "metrics", "epoch", "seconds", "checkpoint",
-                       "optimistic", "test_index", "confusion", "test_stems", "test_probs", "history"})
+UNIT_KEYS = frozenset(
+    {
+        "state_dict",
+        "config",
+        "model_config",
+        "fold",
+        "seed",
+        "metrics",
+        "epoch",
+        "seconds",
+        "checkpoint",
+        "optimistic",
+        "test_index",
+        "confusion",
+        "test_stems",
+        "test_probs",
+        "history",
+    }
+)
 
 
 @dataclass
@@ -71,9 +89,13 @@ def new_run_id(cfg: Config, models_root: Path) -> str:
 
 def latest_run(models_root: Path, dataset: str) -> str:
     """The most recently started run of a dataset (for notebooks that follow a training run)."""
-    runs = sorted((p for p in Path(models_root).glob(f"{dataset}_*") if (p / RECORD).is_file()), key=lambda p: p.stat().st_mtime)
+    runs = sorted(
+        (p for p in Path(models_root).glob(f"{dataset}_*") if (p / RECORD).is_file()), key=lambda p: p.stat().st_mtime
+    )
     if not runs:
-        raise TimnetError(f"{models_root}: no {dataset} run yet — run train.ipynb (or `timnet train`) first, or set run_id")
+        raise TimnetError(
+            f"{models_root}: no {dataset} run yet — run train.ipynb (or `timnet train`) first, or set run_id"
+        )
     return runs[-1].name
 
 
@@ -91,8 +113,15 @@ def read_record(path: Path) -> dict:
 
 def create_run(paths: RunPaths, cfg: Config, mfcc: Path, device: str, units: list[dict]) -> dict:
     """Make the run's folders and write its record (in Models/ and, for people browsing logs, in logs/)."""
-    record = {"run_id": paths.run_id, "config": cfg.to_dict(), "mfcc": str(Path(mfcc).resolve()), "mfcc_sha256": sha256(mfcc),
-              "device": device, "created": datetime.now().isoformat(timespec="seconds"), "folds": units}
+    record = {
+        "run_id": paths.run_id,
+        "config": cfg.to_dict(),
+        "mfcc": str(Path(mfcc).resolve()),
+        "mfcc_sha256": sha256(mfcc),
+        "device": device,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "folds": units,
+    }
     paths.models.mkdir(parents=True)
     paths.logs.mkdir(parents=True, exist_ok=True)
     write_json(paths.models / RECORD, record)
@@ -108,8 +137,10 @@ def open_run(models_root: Path, run_id: str) -> dict:
     record = read_record(path)
     mfcc = Path(record["mfcc"])
     if not mfcc.is_file() or sha256(mfcc) != record["mfcc_sha256"]:
-        raise TimnetError(f"{mfcc} is missing or changed since run {run_id} started, so its folds would point at other "
-                          "utterances — restore that file, or start a new run")
+        raise TimnetError(
+            f"{mfcc} is missing or changed since run {run_id} started, so its folds would point at other "
+            "utterances — restore that file, or start a new run"
+        )
     return record
 
 
@@ -140,8 +171,16 @@ class FoldResult:
 
 def load_result(path: Path) -> FoldResult:
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    return FoldResult(saved["fold"], saved["seed"], saved["metrics"], saved["epoch"], saved["seconds"], saved["test_index"],
-                      saved["test_probs"].numpy(), pd.DataFrame(saved["history"]))
+    return FoldResult(
+        saved["fold"],
+        saved["seed"],
+        saved["metrics"],
+        saved["epoch"],
+        saved["seconds"],
+        saved["test_index"],
+        saved["test_probs"].numpy(),
+        pd.DataFrame(saved["history"]),
+    )
 
 
 @dataclass
@@ -153,7 +192,9 @@ class FoldModels:
     source: str
 
 
-def load_run(run: str | Path, models_root: Path = Path("Models"), fold: int | None = None, seed: int | None = None) -> FoldModels:
+def load_run(
+    run: str | Path, models_root: Path = Path("Models"), fold: int | None = None, seed: int | None = None
+) -> FoldModels:
     """The finished fold models of a training run (optionally one fold and/or one seed), by run id or folder."""
     path = run_dir(run, models_root)
     config = Config.from_dict(read_record(path)["config"])

@@ -4,6 +4,7 @@ A fold is (train indices, test indices) into the feature set. `random` reproduce
 sets exactly: KFold(n_splits, shuffle=True, random_state=seed) over the COMPLETE corpus in their
 order, then restricted to the files present, so a partial corpus keeps the authors' test sets.
 """
+
 from __future__ import annotations
 
 import natsort
@@ -50,8 +51,10 @@ def speaker_folds(groups: pd.Series, n_splits: int, seed: int) -> list[Fold]:
     no more groups than folds, else groups shuffled with `seed` and dealt into n_splits folds."""
     groups = groups.astype(str)
     if (groups == "").any():
-        raise TimnetError("speaker-independent folds need a speaker for every utterance, and this feature set has none "
-                          "(e.g. the authors' CASIA npy) — use --protocol random")
+        raise TimnetError(
+            "speaker-independent folds need a speaker for every utterance, and this feature set has none "
+            "(e.g. the authors' CASIA npy) — use --protocol random"
+        )
     names = natsort.natsorted(groups.unique())
     if len(names) < 2:
         raise TimnetError(f"only one speaker/session ({names[0]}) — speaker-independent folds need at least two")
@@ -64,8 +67,9 @@ def speaker_folds(groups: pd.Series, n_splits: int, seed: int) -> list[Fold]:
     return [(np.flatnonzero(~np.isin(values, c)), np.flatnonzero(np.isin(values, c))) for c in chunks]
 
 
-def validation_split(train: np.ndarray, labels: np.ndarray, speakers: pd.Series | None, fraction: float,
-                     seed: int) -> Fold:
+def validation_split(
+    train: np.ndarray, labels: np.ndarray, speakers: pd.Series | None, fraction: float, seed: int
+) -> Fold:
     """Carve validation out of a fold's TRAINING part (never the test part).
 
     With speakers: whole speakers are held out (speaker-disjoint); without: stratified by class.
@@ -95,7 +99,9 @@ def validation_split(train: np.ndarray, labels: np.ndarray, speakers: pd.Series 
     return train[np.sort(tr)], train[np.sort(va)]
 
 
-def make_folds(protocol: str, manifest: pd.DataFrame, canonical: pd.DataFrame | None, n_splits: int, seed: int) -> list[Fold]:
+def make_folds(
+    protocol: str, manifest: pd.DataFrame, canonical: pd.DataFrame | None, n_splits: int, seed: int
+) -> list[Fold]:
     """Folds for a protocol; IEMOCAP's speaker protocol is leave-one-session-out."""
     if protocol == "random":
         return random_folds(manifest.stem, canonical, n_splits, seed)

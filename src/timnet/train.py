@@ -13,6 +13,7 @@ Checkpoint policies: `last` (authors' 2023 numbers), `best-val` (validation carv
 part), `best-test` (the paper: epoch picked on the test fold; optimistic, labelled as such). The test
 fold is used for nothing else; its accuracy is only logged, every `train.test_every` epochs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,8 @@ from .atomic import atomic_path
 from .config import Config
 from .corpora import canonical_stems
 from .errors import TimnetError
-from .metrics import METRICS, confusion, fold_statistics, infer, pick_device, prediction_table, scores, table_confusion
 from .features import FeatureSet, load_features
+from .metrics import METRICS, confusion, fold_statistics, infer, pick_device, prediction_table, scores, table_confusion
 from .model import TIMNet, TIMNetConfig
 from .runs import FoldResult, RunPaths, create_run, load_result, new_run_id, open_run, save_pt, save_unit, unit_name
 from .splits import make_folds, validation_split
@@ -88,13 +89,13 @@ class Progress:
 
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
-    best: dict | None = None          # weights of the best epoch so far (best-val / best-test)
+    best: dict | None = None  # weights of the best epoch so far (best-val / best-test)
     best_epoch: int = 0
     best_score: float = -1.0
-    best_val: float = -1.0            # early stopping watches validation accuracy
+    best_val: float = -1.0  # early stopping watches validation accuracy
     stale: int = 0
     seconds: float = 0.0
-    stopped: bool = False             # early stop: nothing left to run on resume
+    stopped: bool = False  # early stop: nothing left to run on resume
 
 
 # A progress event: {"unit", "event": "start" | "epoch" | "done", "epoch", "epochs", "pid", and for
@@ -107,7 +108,9 @@ def _accuracy(model: TIMNet, x: torch.Tensor, y: torch.Tensor, batch: int = 256)
         return float("nan")
     model.eval()
     with torch.no_grad():
-        correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+        correct = sum(
+            int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch)
+        )
     return 100.0 * correct / len(x)
 
 
@@ -119,8 +122,9 @@ class _FoldTraining:
         self.device = torch.device(job.device)
         self.x = torch.as_tensor(features.x, device=self.device)
         self.y = torch.as_tensor(features.y, device=self.device)
-        self.tr, self.te, self.va = (torch.as_tensor(np.asarray(i, dtype=np.int64), device=self.device)
-                                     for i in (job.train, job.test, job.val))
+        self.tr, self.te, self.va = (
+            torch.as_tensor(np.asarray(i, dtype=np.int64), device=self.device) for i in (job.train, job.test, job.val)
+        )
         torch.manual_seed(job.seed * 1000 + job.fold)
         self.model = TIMNet(TIMNetConfig.from_config(cfg)).to(self.device)
         self.forward = _compiled(self.model) if job.compile else self.model
@@ -136,8 +140,10 @@ class _FoldTraining:
         try:
             saved = torch.load(self.job.state_path, map_location=self.device, weights_only=True)
         except Exception as err:
-            raise TimnetError(f"{self.job.state_path}: unreadable per-epoch state ({type(err).__name__}) — delete it to "
-                              "train this fold again from epoch 1") from None
+            raise TimnetError(
+                f"{self.job.state_path}: unreadable per-epoch state ({type(err).__name__}) — delete it to "
+                "train this fold again from epoch 1"
+            ) from None
         self.model.load_state_dict(saved["model"])
         self.opt.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
@@ -147,8 +153,13 @@ class _FoldTraining:
         return Progress(**saved["progress"])
 
     def save(self, progress: Progress) -> None:
-        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "shuffle_rng": self.shuffle.get_state(), "progress": asdict(progress)}
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "progress": asdict(progress),
+        }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         save_pt(self.job.state_path, state)
@@ -162,7 +173,7 @@ class _FoldTraining:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for i in range(0, len(order), self.t.batch_size):
-            idx = order[i:i + self.t.batch_size]
+            idx = order[i : i + self.t.batch_size]
             step = self._first_compiled_step if self.compile_pending else self._step
             logits, loss = step(self.x[idx], self.y[idx])
             loss_sum += loss * len(idx)
@@ -184,8 +195,11 @@ class _FoldTraining:
         try:
             return self._step(xb, yb)
         except Exception as err:  # noqa: BLE001 — any compiler failure means: train eagerly
-            warnings.warn(f"{self.job.unit}: torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                          "training without compiling (--compile off avoids the attempt)", stacklevel=2)
+            warnings.warn(
+                f"{self.job.unit}: torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "training without compiling (--compile off avoids the attempt)",
+                stacklevel=2,
+            )
             self.model.load_state_dict(before[0])
             self.opt.load_state_dict(before[1])
             torch.set_rng_state(before[2])
@@ -197,12 +211,25 @@ class _FoldTraining:
         started = time.perf_counter()
         loss, train_acc = self.train_epoch()
         progress.epoch += 1
-        test_due = t.checkpoint == "best-test" or progress.epoch == t.epochs or (t.test_every > 0 and progress.epoch % t.test_every == 0)
-        row = {"epoch": progress.epoch, "loss": loss, "train_acc": train_acc, "val_acc": _accuracy(self.model, self.x[self.va], self.y[self.va]),
-               "test_acc": _accuracy(self.model, self.x[self.te], self.y[self.te]) if test_due else float("nan")}
+        test_due = (
+            t.checkpoint == "best-test"
+            or progress.epoch == t.epochs
+            or (t.test_every > 0 and progress.epoch % t.test_every == 0)
+        )
+        row = {
+            "epoch": progress.epoch,
+            "loss": loss,
+            "train_acc": train_acc,
+            "val_acc": _accuracy(self.model, self.x[self.va], self.y[self.va]),
+            "test_acc": _accuracy(self.model, self.x[self.te], self.y[self.te]) if test_due else float("nan"),
+        }
         progress.history.append(row)
         if self.watch and row[self.watch] > progress.best_score:
-            progress.best, progress.best_epoch, progress.best_score = copy.deepcopy(self.model.state_dict()), progress.epoch, row[self.watch]
+            progress.best, progress.best_epoch, progress.best_score = (
+                copy.deepcopy(self.model.state_dict()),
+                progress.epoch,
+                row[self.watch],
+            )
         if len(self.va) and row["val_acc"] > progress.best_val:
             progress.best_val, progress.stale = row["val_acc"], 0
         else:
@@ -218,18 +245,34 @@ class _FoldTraining:
             self.model.load_state_dict(progress.best)
         probs, _ = infer(self.model, features.x[job.test], device=str(self.device))
         metrics = scores(features.y[job.test], probs.argmax(1))
-        save_unit(job.final_path, {
-            "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()}, "config": job.config,
-            "model_config": self.model.config.to_dict(), "fold": job.fold, "seed": job.seed, "metrics": metrics,
-            "epoch": chosen_epoch, "seconds": progress.seconds, "checkpoint": self.t.checkpoint,
-            "optimistic": self.t.optimistic, "test_index": list(job.test),
-            "confusion": confusion(features.y[job.test], probs.argmax(1), cfg.dataset.classes).to_numpy().tolist(),
-            "test_stems": [str(s) for s in features.manifest.stem.iloc[job.test]], "test_probs": torch.from_numpy(probs),
-            "history": progress.history,
-        })
+        save_unit(
+            job.final_path,
+            {
+                "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
+                "config": job.config,
+                "model_config": self.model.config.to_dict(),
+                "fold": job.fold,
+                "seed": job.seed,
+                "metrics": metrics,
+                "epoch": chosen_epoch,
+                "seconds": progress.seconds,
+                "checkpoint": self.t.checkpoint,
+                "optimistic": self.t.optimistic,
+                "test_index": list(job.test),
+                "confusion": confusion(features.y[job.test], probs.argmax(1), cfg.dataset.classes).to_numpy().tolist(),
+                "test_stems": [str(s) for s in features.manifest.stem.iloc[job.test]],
+                "test_probs": torch.from_numpy(probs),
+                "history": progress.history,
+            },
+        )
         job.state_path.unlink(missing_ok=True)
         history = pd.DataFrame(progress.history)
-        plot_history(history, Path(job.logs_dir) / f"{job.unit}.png", f"{cfg.dataset.name} {job.unit} ({self.t.checkpoint})", chosen_epoch)
+        plot_history(
+            history,
+            Path(job.logs_dir) / f"{job.unit}.png",
+            f"{cfg.dataset.name} {job.unit} ({self.t.checkpoint})",
+            chosen_epoch,
+        )
         return FoldResult(job.fold, job.seed, metrics, chosen_epoch, progress.seconds, list(job.test), probs, history)
 
 
@@ -241,7 +284,8 @@ def _compiled(model: TIMNet):
 
 
 def train_fold(job: FoldJob, features: FeatureSet | None = None, report: Report | None = None) -> FoldResult:
-    """Train one unit: restore its state (if any) -> epochs, each saved -> evaluate the chosen weights and write them."""
+    """Train one unit: restore its state (if any) -> epochs, each saved -> evaluate the chosen weights and write "
+    "them."""
     cfg = Config.from_dict(job.config)
     report = report or (lambda event: None)
     event = {"unit": job.unit, "epochs": cfg.train.epochs, "pid": os.getpid()}
@@ -291,7 +335,9 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def plan_workers(n_units: int, device: str, workers: int | None = None, threads: int | None = None) -> tuple[int, int | None]:
+def plan_workers(
+    n_units: int, device: str, workers: int | None = None, threads: int | None = None
+) -> tuple[int, int | None]:
     """(worker processes, threads per worker). Default: one worker per GPU; on CPU one per core (up to the
     number of units) with the cores split between them — TIM-Net's small tensors keep one core busy
     but scale poorly over threads, so separate processes run ~2x faster than one process with 2 threads."""
@@ -313,8 +359,14 @@ def plan_workers(n_units: int, device: str, workers: int | None = None, threads:
     return workers, threads
 
 
-def run_units(jobs: list[FoldJob], workers: int = 1, threads: int | None = None, features: FeatureSet | None = None,
-              progress: bool = True, desc: str = "") -> list[FoldResult]:
+def run_units(
+    jobs: list[FoldJob],
+    workers: int = 1,
+    threads: int | None = None,
+    features: FeatureSet | None = None,
+    progress: bool = True,
+    desc: str = "",
+) -> list[FoldResult]:
     """Run units, in parallel worker processes when workers > 1; one progress bar over all their epochs.
 
     A unit that fails (an exception, or its worker killed) fails the run with one line naming it; the
@@ -345,7 +397,9 @@ class _ProgressView:
         self.done = dict.fromkeys(self.epochs, 0)
         self.latest: dict[str, str] = {}
         self.pids: dict[str, int] = {}
-        self.bar = tqdm(total=sum(self.epochs.values()), desc=desc, unit="fold-epoch", disable=not enabled, smoothing=0.05)
+        self.bar = tqdm(
+            total=sum(self.epochs.values()), desc=desc, unit="fold-epoch", disable=not enabled, smoothing=0.05
+        )
 
     def update(self, event: dict) -> None:
         unit = event["unit"]
@@ -359,7 +413,9 @@ class _ProgressView:
         elif "row" in event:
             row = event["row"]
             self.latest[unit] = f"{epoch} {row['loss']:.3f}/{row['train_acc']:.0f}%"
-        self.bar.set_postfix_str(" | ".join(f"{u.replace('fold_', 'f')} {s}" for u, s in sorted(self.latest.items())), refresh=False)
+        self.bar.set_postfix_str(
+            " | ".join(f"{u.replace('fold_', 'f')} {s}" for u, s in sorted(self.latest.items())), refresh=False
+        )
 
     def running(self) -> list[str]:
         """Units that started and have not finished."""
@@ -400,7 +456,9 @@ def _worker_train(job: FoldJob) -> FoldResult:
 def _run_in_pool(jobs: list[FoldJob], workers: int, threads: int | None, view: _ProgressView) -> list[FoldResult]:
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads is not safe
     messages = context.Queue()
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(messages, os.getpid(), threads))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init, initargs=(messages, os.getpid(), threads)
+    )
     futures = {pool.submit(_worker_train, job): job for job in jobs}
     processes: dict = {}
     results: dict[str, FoldResult] = {}
@@ -448,8 +506,15 @@ def _died(view: _ProgressView, processes: dict) -> str:
     for unit in view.running():
         code = codes.get(view.pids.get(unit))
         if code is not None and code != -signal.SIGTERM:
-            how = f"killed by signal {-code}" + (" (kill -9, or out of memory)" if code == -signal.SIGKILL else "") if code < 0 else f"exit code {code}"
-            return f"{unit}: its worker process {view.pids[unit]} died ({how}); finished units are kept — resume the run with --resume"
+            how = (
+                f"killed by signal {-code}" + (" (kill -9, or out of memory)" if code == -signal.SIGKILL else "")
+                if code < 0
+                else f"exit code {code}"
+            )
+            return (
+                f"{unit}: its worker process {view.pids[unit]} died ({how}); "
+                "finished units are kept — resume the run with --resume"
+            )
     running = ", ".join(view.running()) or "a unit"
     return f"a worker process died while training {running}; finished units are kept — resume the run with --resume"
 
@@ -472,8 +537,22 @@ def plan_jobs(cfg: Config, features: FeatureSet, mfcc: Path, paths: RunPaths, de
             if need_val:
                 train, val = validation_split(train, features.y, speakers, t.val_fraction, seed)
             unit_device = f"cuda:{len(jobs) % gpus}" if gpus > 1 else device  # units spread over the GPUs
-            jobs.append(FoldJob(cfg.to_dict(), str(mfcc), k, seed, train.tolist(), test.tolist(), val.tolist(), str(paths.models),
-                                str(paths.logs), unit_name(k, seed, len(seeds) > 1), unit_device, compile_model))
+            jobs.append(
+                FoldJob(
+                    cfg.to_dict(),
+                    str(mfcc),
+                    k,
+                    seed,
+                    train.tolist(),
+                    test.tolist(),
+                    val.tolist(),
+                    str(paths.models),
+                    str(paths.logs),
+                    unit_name(k, seed, len(seeds) > 1),
+                    unit_device,
+                    compile_model,
+                )
+            )
     return jobs
 
 
@@ -484,10 +563,19 @@ def should_compile(setting: str, epochs: int, device: str) -> bool:
     return setting == "on"
 
 
-def run_training(cfg: Config, mfcc: Path, models_root: Path = Path("Models"), logs_root: Path = Path("logs"),
-                 results_root: Path = Path("Results"), resume: str | None = None, device: str = "auto",
-                 progress: bool = True, only_folds: list[int] | None = None, workers: int | None = None,
-                 threads: int | None = None) -> "RunResult":
+def run_training(
+    cfg: Config,
+    mfcc: Path,
+    models_root: Path = Path("Models"),
+    logs_root: Path = Path("logs"),
+    results_root: Path = Path("Results"),
+    resume: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    only_folds: list[int] | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> "RunResult":
     """Train every fold (x seed) of a run — in parallel worker processes by default — then write the run
     workbook and the summary row. `workers=1` trains in this process, one unit after another."""
     if resume:
@@ -500,13 +588,28 @@ def run_training(cfg: Config, mfcc: Path, models_root: Path = Path("Models"), lo
     paths = RunPaths.under(run_id, models_root, logs_root, results_root)
     features = load_features(mfcc, cfg.dataset.classes)
     if features.x.shape[1:] != (cfg.features.frames, cfg.features.n_mfcc):
-        raise TimnetError(f"{mfcc}: features are {features.x.shape[1:]} per utterance, the config expects "
-                          f"({cfg.features.frames}, {cfg.features.n_mfcc}) — wrong --dataset or features made with other settings")
+        raise TimnetError(
+            f"{mfcc}: features are {features.x.shape[1:]} per utterance, the config expects "
+            f"({cfg.features.frames}, {cfg.features.n_mfcc}) — wrong --dataset or features made with other settings"
+        )
     device = pick_device(device)
     jobs = plan_jobs(cfg, features, mfcc, paths, device)
     if not resume:
-        create_run(paths, cfg, mfcc, device, [{"unit": j.unit, "fold": j.fold, "seed": j.seed,
-                                               "test_stems": features.manifest.stem.iloc[j.test].tolist()} for j in jobs])
+        create_run(
+            paths,
+            cfg,
+            mfcc,
+            device,
+            [
+                {
+                    "unit": j.unit,
+                    "fold": j.fold,
+                    "seed": j.seed,
+                    "test_stems": features.manifest.stem.iloc[j.test].tolist(),
+                }
+                for j in jobs
+            ],
+        )
     selected = [j for j in jobs if only_folds is None or j.fold in only_folds]
     workers, threads = plan_workers(len([j for j in selected if not j.final_path.exists()]), device, workers, threads)
     results = run_units(selected, workers, threads, features, progress, desc=run_id)
@@ -520,37 +623,80 @@ class RunResult:
     predictions: pd.DataFrame
     workbook: Path
     summary: dict
+    confusion_png: Path
 
 
 def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list[FoldResult]) -> RunResult:
-    from .report import append_summary, config_sheet, summary_row, write_workbook
+    from .report import append_summary, config_sheet, plot_confusion, plot_curves_grid, summary_row, write_workbook
 
     classes = cfg.dataset.classes
     rows, preds = [], []
     for r in results:
         idx = np.asarray(r.test_index, dtype=np.int64)
-        rows.append({"seed": r.seed, "fold": r.fold, "n_test": len(idx), "epoch": r.epoch, "train_seconds": round(r.seconds, 1), **r.metrics})
-        preds.append(prediction_table(features.manifest, idx, r.probs, classes, ("file", "stem", "label", "speaker"),
-                                      seed=r.seed, fold=r.fold))
+        rows.append(
+            {
+                "seed": r.seed,
+                "fold": r.fold,
+                "n_test": len(idx),
+                "epoch": r.epoch,
+                "train_seconds": round(r.seconds, 1),
+                **r.metrics,
+            }
+        )
+        preds.append(
+            prediction_table(
+                features.manifest, idx, r.probs, classes, ("file", "stem", "label", "speaker"), seed=r.seed, fold=r.fold
+            )
+        )
     folds = pd.DataFrame(rows)
     predictions = pd.concat(preds, ignore_index=True)
-    per_fold = pd.concat([table_confusion(group, classes)
-                          .stack().rename("count").reset_index().assign(seed=seed, fold=fold)
-                          for (seed, fold), group in predictions.groupby(["seed", "fold"], sort=True)], ignore_index=True)
+    per_fold = pd.concat(
+        [
+            table_confusion(group, classes).stack().rename("count").reset_index().assign(seed=seed, fold=fold)
+            for (seed, fold), group in predictions.groupby(["seed", "fold"], sort=True)
+        ],
+        ignore_index=True,
+    )
     stat = fold_statistics(folds)
-    stats = pd.DataFrame([{"seed": "", "fold": name, **{m: stat[f"{m}_{name}"] for m in METRICS}} for name in ("mean", "std")])
-    meta = pd.DataFrame({"setting": ["run", "checkpoint policy", "utterances predicted", "std"],
-                         "value": [paths.run_id, cfg.train.checkpoint_label, len(predictions),
-                                   "sample standard deviation over the folds (x seeds), ddof=1"]})
+    stats = pd.DataFrame(
+        [{"seed": "", "fold": name, **{m: stat[f"{m}_{name}"] for m in METRICS}} for name in ("mean", "std")]
+    )
+    meta = pd.DataFrame(
+        {
+            "setting": ["run", "checkpoint policy", "utterances predicted", "std"],
+            "value": [
+                paths.run_id,
+                cfg.train.checkpoint_label,
+                len(predictions),
+                "sample standard deviation over the folds (x seeds), ddof=1",
+            ],
+        }
+    )
     complete = len({(r.seed, r.fold) for r in results}) == cfg.train.folds * len(cfg.train.run_seeds)
-    workbook = write_workbook(paths.workbook, {
-        "folds": pd.concat([folds, stats], ignore_index=True),
-        "predictions": predictions,
-        "confusion": table_confusion(predictions, classes),
-        "confusion_per_fold": per_fold[["seed", "fold", "true", "predicted", "count"]],
-        "config": pd.concat([meta, config_sheet(cfg)], ignore_index=True),
-    }, overwrite=True)
+    workbook = write_workbook(
+        paths.workbook,
+        {
+            "folds": pd.concat([folds, stats], ignore_index=True),
+            "predictions": predictions,
+            "confusion": table_confusion(predictions, classes),
+            "confusion_per_fold": per_fold[["seed", "fold", "true", "predicted", "count"]],
+            "config": pd.concat([meta, config_sheet(cfg)], ignore_index=True),
+        },
+        overwrite=True,
+    )
     summary = summary_row(paths.run_id, cfg, folds, cfg.train.run_seeds)
     summary["complete"] = complete
     append_summary(paths.results, summary)
-    return RunResult(paths.run_id, folds, predictions, workbook, summary)
+    what = f"{cfg.dataset.name} run {paths.run_id}"
+    confusion_png = plot_confusion(
+        table_confusion(predictions, classes),
+        paths.results / paths.run_id / "confusion.png",
+        f"{what}\n{len(predictions)} test utterances, checkpoint {cfg.train.checkpoint_label}",
+    )
+    several = len(cfg.train.run_seeds) > 1
+    plot_curves_grid(
+        {f"fold {r.fold}" + (f" seed {r.seed}" if several else ""): r.history for r in results},
+        paths.logs / "curves.png",
+        f"{what}: accuracy per epoch",
+    )
+    return RunResult(paths.run_id, folds, predictions, workbook, summary, confusion_png)

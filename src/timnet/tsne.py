@@ -1,32 +1,122 @@
 """t-SNE of the penultimate embedding ([N, 39], the weighted sum over levels).
 
-By default each utterance is embedded by the fold model for which it was a TEST sample, so the picture
-shows unseen data; every fold model has its own embedding space, so expect a small cluster per fold
-and emotion. `fold=k` embeds every utterance with one model instead (its training files included).
+By default each utterance is embedded by the fold model for which it was a TEST sample, so the picture shows
+unseen data. Ten fold models have ten embedding spaces, though: raw, each emotion splits into per-fold islands.
+So each model's space is first mapped into one reference space (the first fold's) by orthogonal Procrustes,
+fitted on the utterances both models trained on (`align="procrustes"`, the default; `"none"` shows the raw
+islands). How well emotions separate is measured by the silhouette score (by emotion, -1..1) of the
+embeddings and of the t-SNE plane, written under the figure and beside its CSV. `fold=k` embeds every utterance
+with one model instead (its training files included).
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .config import Config
 from .errors import TimnetError
-from .metrics import infer
-from .predict import load_published
-from .evaluate import evaluate_weights
+from .evaluate import published_folds
 from .features import FeatureSet, load_features, load_or_extract
+from .metrics import infer
 from .runs import load_run, read_record, run_dir
 
+ALIGNMENTS = ("procrustes", "none")
 
-def run_embeddings(run: str | Path, models_root: Path = Path("Models"), fold: int | None = None,
-                   seed: int | None = None) -> tuple[Config, FeatureSet, np.ndarray]:
-    """(config, features, [N, C] embeddings) of a training run's models of one seed (default: the run's first):
-    each utterance from the fold model it was a test file of, or (`fold=k`) every utterance from fold k's."""
+
+def procrustes_map(source: np.ndarray, reference: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map `points` from one embedding space into another: the rotation (orthogonal Procrustes, after centring)
+    that best takes `source` onto `reference` — the same utterances embedded by the two models."""
+    from scipy.linalg import orthogonal_procrustes
+
+    src_mean, ref_mean = source.mean(axis=0), reference.mean(axis=0)
+    rotation, _ = orthogonal_procrustes(source - src_mean, reference - ref_mean)
+    return (points - src_mean) @ rotation + ref_mean
+
+
+def held_out_embeddings(models: dict, tests: dict, x: np.ndarray, align: str = "procrustes") -> np.ndarray:
+    """[N, C] embedding of each utterance by the fold model it was a TEST file of (NaN where none held it out).
+
+    Ten fold models have ten embedding spaces, so raw, each emotion splits into per-fold islands. With
+    `align="procrustes"` every model's space is mapped into the first one's, fitted on the utterances that BOTH
+    models trained on (on all utterances where fewer than 2 x C are, as with 2 folds), before its held-out
+    utterances are mapped: only unseen data, in one space."""
+    if align not in ALIGNMENTS:
+        raise TimnetError(f"unknown alignment {align!r}; choose one of {', '.join(ALIGNMENTS)}")
+    held = np.zeros(len(x), dtype=bool)
+    for idx in tests.values():
+        held[idx] = True
+    out = np.full((len(x), next(iter(models.values())).config.filters), np.nan, dtype=np.float32)
+    reference = None
+    for unit, model in models.items():
+        if align == "none":
+            out[tests[unit]] = infer(model, x[tests[unit]])[1]
+            continue
+        everything = infer(model, x)[1]
+        if reference is None:
+            reference, ref_unit = everything, unit
+            out[tests[unit]] = everything[tests[unit]]
+            continue
+        fit = np.ones(len(x), dtype=bool)
+        fit[tests[unit]] = False
+        fit[tests[ref_unit]] = False
+        if fit.sum() < 2 * everything.shape[1]:  # e.g. 2 folds: no utterance trained both models; fit on all
+            fit[:] = True
+        out[tests[unit]] = procrustes_map(everything[fit], reference[fit], everything[tests[unit]])
+    return out
+
+
+def silhouette(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    """How well the emotions separate: silhouette score by class (-1..1), NaN for fewer than two classes."""
+    return float(silhouette_score(embeddings, labels)) if 1 < len(np.unique(labels)) < len(labels) else float("nan")
+
+
+@dataclass
+class TsneInput:
+    """What a t-SNE figure shows, where it goes, and how it was made (`notes`: alignment, silhouettes)."""
+
+    config: Config
+    features: FeatureSet
+    embeddings: np.ndarray
+    out_dir: Path
+    title: str
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def silhouette(self) -> float:
+        return self.notes["silhouette_embedding"]
+
+
+def _held_out(config: Config, features: FeatureSet, models: dict, tests: dict, align: str):
+    """(kept features, aligned embeddings, notes) for the utterances some model held out."""
+    aligned = held_out_embeddings(models, tests, features.x, align)
+    done = ~np.isnan(aligned).any(axis=1)
+    if not done.any():
+        raise TimnetError("no finished fold model held out any of these utterances — nothing to embed")
+    kept = FeatureSet(
+        features.x[done], features.y[done], features.manifest[done].reset_index(drop=True), features.classes
+    )
+    notes = {"align": align, "models": len(models), "silhouette_embedding": silhouette(aligned[done], kept.y)}
+    if align != "none":
+        notes["silhouette_unaligned"] = silhouette(held_out_embeddings(models, tests, features.x, "none")[done], kept.y)
+    return kept, aligned[done], notes
+
+
+def run_embeddings(
+    run: str | Path,
+    models_root: Path = Path("Models"),
+    fold: int | None = None,
+    seed: int | None = None,
+    align: str = "procrustes",
+) -> tuple[Config, FeatureSet, np.ndarray, dict]:
+    """(config, features, [N, C] embeddings, notes) of a training run's models of one seed (default: the run's
+    first): each utterance from the fold model it was a test file of, or (`fold=k`) every utterance from fold k's."""
     record = read_record(run_dir(run, models_root))
     seeds = list(dict.fromkeys(unit["seed"] for unit in record["folds"]))
     seed = seeds[0] if seed is None else seed
@@ -36,58 +126,62 @@ def run_embeddings(run: str | Path, models_root: Path = Path("Models"), fold: in
     config = fold_models.config
     features = load_features(Path(record["mfcc"]), config.dataset.classes)
     if fold is not None:
-        return config, features, infer(next(iter(fold_models.models.values())), features.x)[1]
-    embeddings = np.full((len(features), config.model.filters), np.nan, dtype=np.float32)
+        embeddings = infer(next(iter(fold_models.models.values())), features.x)[1]
+        return (
+            config,
+            features,
+            embeddings,
+            {"align": f"one model (fold {fold})", "silhouette_embedding": silhouette(embeddings, features.y)},
+        )
     where = {s: i for i, s in enumerate(features.manifest.stem)}
-    for unit in record["folds"]:
-        if unit["seed"] != seed or unit["unit"] not in fold_models.models:
-            continue
-        idx = np.array([where[s] for s in unit["test_stems"]], dtype=np.int64)
-        embeddings[idx] = infer(fold_models.models[unit["unit"]], features.x[idx])[1]
-    done = ~np.isnan(embeddings).any(axis=1)
-    if not done.any():
-        raise TimnetError(f"{fold_models.source}: no finished fold — nothing to embed")
-    kept = FeatureSet(features.x[done], features.y[done], features.manifest[done].reset_index(drop=True), features.classes)
-    return config, kept, embeddings[done]
+    tests = {
+        u["unit"]: np.array([where[s] for s in u["test_stems"]], dtype=np.int64)
+        for u in record["folds"]
+        if u["unit"] in fold_models.models
+    }
+    return (config, *_held_out(config, features, fold_models.models, tests, align))
 
 
-@dataclass
-class TsneInput:
-    """What a t-SNE figure shows, and where it goes."""
-
-    config: Config
-    features: FeatureSet
-    embeddings: np.ndarray
-    out_dir: Path
-    title: str
-
-
-def embeddings_of(run: str | Path | None = None, weights: Path | None = None, config: Config | None = None,
-                  features: FeatureSet | None = None, fold: int | None = None, seed: int | None = None,
-                  models_root: Path = Path("Models"), results_root: Path = Path("Results")) -> TsneInput:
+def embeddings_of(
+    run: str | Path | None = None,
+    weights: Path | None = None,
+    config: Config | None = None,
+    features: FeatureSet | None = None,
+    fold: int | None = None,
+    seed: int | None = None,
+    models_root: Path = Path("Models"),
+    results_root: Path = Path("Results"),
+    align: str = "procrustes",
+) -> TsneInput:
     """The embeddings of a training run (`run`, its models of `seed`) or of the authors' weights (`weights` with the
     dataset's `config` and `features`, default MFCC/<DATASET>.npy): by default each utterance from the fold model
-    it was a test file of; `fold=k` embeds every utterance with fold k's model. The CLI and tsne.ipynb call this."""
+    it was a test file of, all in one aligned space; `fold=k` embeds every utterance with fold k's model.
+    The CLI, `timnet run` and tsne.ipynb call this."""
     if (run is None) == (weights is None):
         raise TimnetError("give a training run (--run RUN), or the authors' weights (--weights ZIP with --dataset)")
     if run is not None:
-        config, features, embeddings = run_embeddings(run, models_root, fold, seed)
+        config, features, embeddings, notes = run_embeddings(run, models_root, fold, seed, align)
         out_dir, title = Path(results_root) / Path(run).name, f"{config.dataset.name} run {Path(run).name}"
     else:
         if config is None:
             raise TimnetError("--weights needs --dataset: the weights do not say which corpus they are for")
         if features is None:
             features = load_or_extract(config, Path("MFCC") / f"{config.dataset.name}.npy")[0]
+        models, tests, _ = published_folds(Path(weights), config, features)
         if fold is None:
-            embeddings = evaluate_weights(Path(weights), config, features).embeddings
+            features, embeddings, notes = _held_out(config, features, models, {k: tests[k - 1] for k in models}, align)
         else:
-            (model,) = load_published(Path(weights), config.dataset.name, fold).models.values()
-            embeddings = infer(model, features.x)[1]
+            if fold not in models:
+                raise TimnetError(f"{weights}: no weights for fold {fold}")
+            embeddings = infer(models[fold], features.x)[1]
+            notes = {"align": f"one model (fold {fold})", "silhouette_embedding": silhouette(embeddings, features.y)}
         out_dir = Path(results_root) / f"{Path(weights).stem}_{config.dataset.name}"
         title = f"{config.dataset.name}, authors' weights {Path(weights).name}"
     if fold is not None:
         title += f", fold {fold} model for all"
-    return TsneInput(config, features, embeddings, out_dir, title)
+    elif notes["align"] == "procrustes":
+        title += ", held-out, aligned"
+    return TsneInput(config, features, embeddings, out_dir, title, notes)
 
 
 def project(embeddings: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
@@ -107,7 +201,15 @@ def unique_path(path: Path) -> Path:
     return candidate
 
 
-def plot(coords: np.ndarray, labels: list[str], classes: list[str], path: Path, title: str, speakers: list[str] | None = None) -> Path:
+def plot(
+    coords: np.ndarray,
+    labels: list[str],
+    classes: list[str],
+    path: Path,
+    title: str,
+    speakers: list[str] | None = None,
+    caption: str = "",
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -133,6 +235,8 @@ def plot(coords: np.ndarray, labels: list[str], classes: list[str], path: Path, 
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
+    if caption:
+        ax.set_xlabel(caption, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -140,18 +244,54 @@ def plot(coords: np.ndarray, labels: list[str], classes: list[str], path: Path, 
     return path
 
 
-def write_tsne(out_dir: Path, config: Config, features: FeatureSet, embeddings: np.ndarray, title: str,
-               perplexity: float = 30.0, seed: int = 0, speaker_markers: bool = False) -> tuple[Path, Path]:
-    """Project, then write `tsne.png` and `tsne.csv` (file, label, speaker, x, y) under out_dir."""
+def write_tsne(
+    out_dir: Path,
+    config: Config,
+    features: FeatureSet,
+    embeddings: np.ndarray,
+    title: str,
+    perplexity: float = 30.0,
+    seed: int = 0,
+    speaker_markers: bool = False,
+    notes: dict | None = None,
+) -> tuple[Path, Path]:
+    """Project, then write `tsne_*.png`, `tsne_*.csv` (file, label, speaker, x, y) and `tsne_*.json` (how it was
+    made: alignment, silhouette of the embeddings and of the t-SNE plane) under out_dir, never over earlier ones."""
     coords = project(embeddings, perplexity, seed)
     out_dir = Path(out_dir)
     png = unique_path(out_dir / f"tsne_perplexity{perplexity:g}_seed{seed}.png")
     csv = png.with_suffix(".csv")
+    notes = {
+        **(notes or {}),
+        "perplexity": perplexity,
+        "tsne_seed": seed,
+        "utterances": len(features),
+        "silhouette_tsne": silhouette(coords, features.y),
+    }
+    caption = "silhouette by emotion: " + ", ".join(
+        f"{name} {notes[key]:.2f}"
+        for key, name in (
+            ("silhouette_embedding", "embedding"),
+            ("silhouette_unaligned", "unaligned"),
+            ("silhouette_tsne", "t-SNE plane"),
+        )
+        if key in notes
+    )
     labels = [config.dataset.classes[i] for i in features.y]
-    speakers = [str(s) for s in features.manifest.speaker] if speaker_markers and "speaker" in features.manifest else None
-    plot(coords, labels, config.dataset.classes, png, title, speakers)
-    table = pd.DataFrame({"file": features.manifest.file, "label": labels,
-                          "speaker": features.manifest.get("speaker", ""), "x": coords[:, 0], "y": coords[:, 1]})
+    speakers = (
+        [str(s) for s in features.manifest.speaker] if speaker_markers and "speaker" in features.manifest else None
+    )
+    plot(coords, labels, config.dataset.classes, png, title, speakers, caption)
+    table = pd.DataFrame(
+        {
+            "file": features.manifest.file,
+            "label": labels,
+            "speaker": features.manifest.get("speaker", ""),
+            "x": coords[:, 0],
+            "y": coords[:, 1],
+        }
+    )
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)
+    write_json(csv.with_suffix(".json"), notes)
     return png, csv
