@@ -34,33 +34,36 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "bench_vs_keras.csv"
 
 
-def synthetic_emodb(out: Path) -> Path:
-    """MFCC/EMODB.npy trio: random features for the complete 535-utterance corpus in the authors' order."""
+def synthetic_features(dataset: str, out: Path) -> Path:
+    """MFCC/<DATASET>.npy trio of random features in that corpus's shape: its complete file list in the authors'
+    order where the project knows it (EMO-DB: 535 x 188 x 39), else `expected_count` generic utterances."""
     from timnet import load_config
     from timnet.corpora import canonical_stems
     from timnet.features import write_feature_files
 
-    cfg = load_config("EMODB")
-    canonical = canonical_stems(cfg.dataset)
-    x = (
-        np.random.default_rng(0)
-        .normal(size=(len(canonical), cfg.features.frames, cfg.features.n_mfcc))
-        .astype(np.float32)
-    )
-    labels = canonical.label.map(cfg.dataset.classes.index).to_numpy()
-    manifest = canonical.assign(file=canonical.stem + ".wav", speaker=canonical.stem.str[:2], status="ok")
-    npy = out / "EMODB.npy"
-    write_feature_files(npy, x, labels, len(cfg.dataset.classes), manifest, {"dataset": "EMODB", "synthetic": True})
+    cfg = load_config(dataset)
+    files = canonical_stems(cfg.dataset)
+    if files is None:
+        n, classes = cfg.dataset.expected_count, cfg.dataset.classes
+        files = pd.DataFrame(
+            {"stem": [f"utt{i:05d}" for i in range(n)], "label": [classes[i % len(classes)] for i in range(n)]}
+        )
+    x = np.random.default_rng(0).normal(size=(len(files), cfg.features.frames, cfg.features.n_mfcc)).astype(np.float32)
+    labels = files.label.map(cfg.dataset.classes.index).to_numpy()
+    manifest = files.assign(file=files.stem + ".wav", speaker=files.stem.str[:2], status="ok")
+    npy = out / f"{cfg.dataset.name}.npy"
+    write_feature_files(npy, x, labels, len(cfg.dataset.classes), manifest, {"dataset": dataset, "synthetic": True})
     return npy
 
 
-def keras_main(mfcc: Path, folds: int, epochs: int, work: Path) -> None:
+def keras_main(mfcc: Path, folds: int, epochs: int, levels: int, work: Path) -> None:
     """The Keras competitor (run in its own process): the authors' training loop."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -74,7 +77,7 @@ def keras_main(mfcc: Path, folds: int, epochs: int, work: Path) -> None:
     for k, (train, test) in enumerate(KFold(10, shuffle=True, random_state=46).split(x), start=1):
         if k > folds:
             break
-        model, _ = build(y.shape[1], x.shape[1])
+        model, _ = build(y.shape[1], x.shape[1], levels=levels)
         model.compile(
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
             metrics=["accuracy"],
@@ -184,15 +187,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folds", type=int, default=4, help="folds per competitor (of the authors' 10)")
     ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--mfcc", type=Path, help="an EMODB.npy from `timnet preprocess` (default: random features)")
+    ap.add_argument("--dataset", default="EMODB", help="whose shapes (IEMOCAP: 5,531 x 606 x 39, 10 levels)")
+    ap.add_argument("--mfcc", type=Path, help="features from `timnet preprocess` (default: random features)")
     ap.add_argument("--skip-keras", action="store_true", help="only the timnet competitors (no ratio to Keras)")
-    ap.add_argument("--keras-worker", nargs=3, metavar=("MFCC", "FOLDS", "EPOCHS"), help=argparse.SUPPRESS)
+    ap.add_argument("--keras-worker", nargs=4, metavar=("MFCC", "FOLDS", "EPOCHS", "LEVELS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from timnet import load_config
+
     with tempfile.TemporaryDirectory(prefix="bench_vs_keras_") as tmp:
         work = Path(tmp)
         if args.keras_worker:
-            return keras_main(Path(args.keras_worker[0]), int(args.keras_worker[1]), int(args.keras_worker[2]), work)
-        mfcc = args.mfcc or synthetic_emodb(work)
+            mfcc, folds, epochs, levels = args.keras_worker
+            return keras_main(Path(mfcc), int(folds), int(epochs), int(levels), work)
+        mfcc = args.mfcc or synthetic_features(args.dataset, work)
         n = args.folds * args.epochs
         timnet = [
             sys.executable,
@@ -200,7 +207,7 @@ def main() -> None:
             "timnet.cli",
             "train",
             "--dataset",
-            "EMODB",
+            args.dataset,
             "--mfcc",
             str(mfcc),
             "--folds",
@@ -222,6 +229,7 @@ def main() -> None:
                     str(mfcc),
                     str(args.folds),
                     str(args.epochs),
+                    str(load_config(args.dataset).model.levels),
                 ]
             }
         )

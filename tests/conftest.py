@@ -65,3 +65,15 @@ def train_cli(*args: str) -> list[str]:
     per unit (the same arithmetic whatever the number of workers, so runs compare bit for bit)."""
     config = [] if "--resume" in args else ["--dataset", "EMODB", "--set", "features.signal_length=16000"]
     return [sys.executable, "-m", "timnet.cli", "train", *config, "--device", "cpu", "--threads", "1", "--quiet", *args]
+
+
+def run_dirs(tmp_path: Path, name: str) -> list[str]:
+    """`--models/--logs/--results` of one training under tmp_path/name."""
+    return [
+        "--models",
+        str(tmp_path / name / "M"),
+        "--logs",
+        str(tmp_path / name / "L"),
+        "--results",
+        str(tmp_path / name / "R"),
+    ]

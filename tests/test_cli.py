@@ -13,25 +13,13 @@ from timnet import load_config
 from timnet.cli import main
 
 
+def preprocess_cli(root, out, *extra) -> int:
+    return main(["preprocess", "--dataset", "EMODB", "--data", str(root), "--out", str(out), "--quiet", *extra])
+
+
 def test_preprocess_then_noop(emodb_root, tmp_path, capsys):
     out = tmp_path / "MFCC"
-    assert (
-        main(
-            [
-                "preprocess",
-                "--dataset",
-                "EMODB",
-                "--data",
-                str(emodb_root),
-                "--out",
-                str(out),
-                "--quiet",
-                "--workers",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert preprocess_cli(emodb_root, out, "--workers", "2") == 0
     assert "84 utterances, written" in capsys.readouterr().out
     assert np.load(out / "EMODB.npy", allow_pickle=True).item()["x"].shape == (84, 188, 39)
     assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--out", str(out), "--quiet"]) == 0
@@ -65,23 +53,7 @@ def test_bad_file_is_one_line_and_exit_2(emodb_root, tmp_path):
 
 def test_set_overrides_and_unknown_setting(emodb_root, tmp_path, capsys):
     out = tmp_path / "o"
-    assert (
-        main(
-            [
-                "preprocess",
-                "--dataset",
-                "EMODB",
-                "--data",
-                str(emodb_root),
-                "--out",
-                str(out),
-                "--quiet",
-                "--set",
-                "features.signal_length=48000",
-            ]
-        )
-        == 0
-    )
+    assert preprocess_cli(emodb_root, out, "--set", "features.signal_length=48000") == 0
     assert np.load(out / "EMODB.npy", allow_pickle=True).item()["x"].shape[1] == 94
     assert main(["preprocess", "--dataset", "EMODB", "--data", str(emodb_root), "--set", "features.nope=1"]) == 2
     assert "unknown setting 'features.nope'" in capsys.readouterr().err
@@ -166,4 +138,4 @@ def test_run_does_the_three_notebooks_work_on_generated_data_in_an_empty_folder(
         capture_output=True,
         text=True,
     )
-    assert again.returncode == 0 and "(up to date)" in again.stdout and len(list((tmp_path / "Models").iterdir())) == 2
+    assert again.returncode == 0 and "up to date" in again.stdout and len(list((tmp_path / "Models").iterdir())) == 2

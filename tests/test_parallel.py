@@ -12,7 +12,7 @@ import warnings
 import pandas as pd
 import pytest
 import torch
-from conftest import SHORT, train_cli
+from conftest import SHORT, run_dirs, train_cli
 
 from timnet import load_config
 from timnet.errors import TimnetError
@@ -89,8 +89,9 @@ def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc
     (models / "in_progress").mkdir(exist_ok=True)
     (models / "in_progress" / "fold_2.pt").write_bytes(b"not a checkpoint")
     kept = (models / "fold_1.pt").stat().st_mtime_ns
-    with pytest.raises(TimnetError) as failure:
-        run_training(
+
+    def resume():
+        return run_training(
             None,
             None,
             tmp_path / "run" / "Models",
@@ -102,21 +103,13 @@ def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc
             workers=2,
             threads=1,
         )
+
+    with pytest.raises(TimnetError) as failure:
+        resume()
     message = str(failure.value)
     assert message.startswith("fold_2: ") and "unreadable per-epoch state" in message and "\n" not in message
     (models / "in_progress" / "fold_2.pt").unlink()
-    again = run_training(
-        None,
-        None,
-        tmp_path / "run" / "Models",
-        tmp_path / "run" / "logs",
-        tmp_path / "run" / "Results",
-        resume=first.run_id,
-        device="cpu",
-        progress=False,
-        workers=2,
-        threads=1,
-    )
+    again = resume()
     assert (models / "fold_1.pt").stat().st_mtime_ns == kept  # fold 1 was loaded, not trained again
     pd.testing.assert_frame_equal(first.folds.drop(columns="train_seconds"), again.folds.drop(columns="train_seconds"))
 
@@ -143,14 +136,7 @@ def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_pat
     common = ["--mfcc", str(mfcc), "--folds", "2", "--epochs", "30"]
 
     def dirs(name):
-        return [
-            "--models",
-            str(tmp_path / name / "M"),
-            "--logs",
-            str(tmp_path / name / "L"),
-            "--results",
-            str(tmp_path / name / "R"),
-        ]  # noqa: E731
+        return run_dirs(tmp_path, name)
 
     subprocess.run(train_cli(*common, "--workers", "1", *dirs("whole")), check=True, capture_output=True)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SHORT
+from conftest import SHORT, run_dirs
 from conftest import train_cli as cli
 from sklearn.model_selection import KFold
 
@@ -199,14 +199,7 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
     common = ["--mfcc", str(mfcc), "--folds", "2", "--epochs", "30"]
 
     def dirs(name):
-        return [
-            "--models",
-            str(tmp_path / name / "M"),
-            "--logs",
-            str(tmp_path / name / "L"),
-            "--results",
-            str(tmp_path / name / "R"),
-        ]  # noqa: E731
+        return run_dirs(tmp_path, name)
 
     subprocess.run(cli(*common, *dirs("whole")), check=True, capture_output=True)
 

@@ -199,7 +199,7 @@ png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, pe
 print(f"silhouette by emotion: {t.silhouette:.2f} ({t.notes['align']})")
 print(f"{len(t.features)} utterances -> {png}, {csv}")
 display(Image(filename=str(png)))
-""",
+"""
     ],
 )
 

@@ -83,15 +83,14 @@ def _config(args, **overrides):
     return load_config(source, pairs)
 
 
-def cmd_preprocess(args) -> None:
+def _preprocess(cfg, data: Path, out: Path, args):
+    """Corpus audio -> MFCC trio, reporting what it found (shared by `preprocess` and `run`)."""
     from .features import preprocess
 
-    cfg = _config(args)
-    data = args.data or Path("Datasets") / cfg.dataset.name
     result = preprocess(
         cfg,
         data,
-        args.out,
+        out,
         workers=args.workers,
         skip_bad=args.skip_bad,
         overwrite=args.overwrite,
@@ -102,6 +101,12 @@ def cmd_preprocess(args) -> None:
     print(f"{result.npy}: {result.count} utterances, {state}")
     for file, reason in result.skipped:
         print(f"  skipped {file}: {reason}")
+    return result
+
+
+def cmd_preprocess(args) -> None:
+    cfg = _config(args)
+    _preprocess(cfg, args.data or Path("Datasets") / cfg.dataset.name, args.out, args)
 
 
 def _feature_set(cfg, data: Path, args):
@@ -194,7 +199,6 @@ def cmd_train(args) -> None:
 def cmd_run(args) -> None:
     """The three notebooks' work in one go: preprocess -> train -> t-SNE, then where every output is."""
     from .example import write_example_corpus
-    from .features import preprocess
     from .train import run_training
     from .tsne import embeddings_of, write_tsne
 
@@ -205,19 +209,8 @@ def cmd_run(args) -> None:
     if cfg.dataset.name == "EXAMPLE" and not (data.is_dir() and any(data.iterdir())):
         write_example_corpus(data)
         print(f"no corpus given: wrote the synthetic example corpus to {data} (for a real one: --dataset EMODB)")
-    prep = preprocess(
-        cfg,
-        data,
-        args.mfcc_dir,
-        workers=args.workers,
-        skip_bad=args.skip_bad,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        trust_pickle=args.trust_pickle,
-    )
-    for file, reason in prep.skipped:
-        print(f"  skipped {file}: {reason}")
-    print(f"1/3 features: {prep.npy}, {prep.count} utterances{' (up to date)' if prep.up_to_date else ''}")
+    print("1/3 features")
+    prep = _preprocess(cfg, data, args.mfcc_dir, args)
     print("2/3 training")
     result = run_training(
         cfg,
