@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from timnet import load_config
 from timnet.model import TIMNet, TIMNetConfig
 
 
@@ -68,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x, y = torch.randn(481, 188, 39), torch.randint(0, 7, (481,))
-    model = TIMNet(TIMNetConfig(n_classes=7))
+    model = TIMNet(TIMNetConfig.from_config(load_config("EMODB")))
     with torch.no_grad():
         gap = (model.eval().levels(x[:64]) - conv1d_levels(model, x[:64])).abs().max().item()
     competitors = {"gemm (shipped)": model.levels, "conv1d": lambda xb: conv1d_levels(model, xb)}

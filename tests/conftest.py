@@ -77,3 +77,13 @@ def run_dirs(tmp_path: Path, name: str) -> list[str]:
         "--results",
         str(tmp_path / name / "R"),
     ]
+
+
+def model_config(**changes):
+    """EMO-DB's architecture from its TOML (the one place defaults live), with `changes`."""
+    import dataclasses
+
+    from timnet import load_config
+    from timnet.model import TIMNetConfig
+
+    return dataclasses.replace(TIMNetConfig.from_config(load_config("EMODB")), **changes)

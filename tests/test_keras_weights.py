@@ -10,11 +10,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, WEIGHTS, needs_shared
+from conftest import REPO, WEIGHTS, model_config, needs_shared
 
 from timnet.errors import TimnetError
 from timnet.keras_weights import fold_weights, infer_config, load_fold_models, load_into, read_layers, seed_from_name
-from timnet.model import TIMNet, TIMNetConfig
+from timnet.model import TIMNet
 
 DATA = REPO / "tests" / "data"
 
@@ -32,14 +32,14 @@ def assert_parity(model, ref):
 def test_random_keras_model_parity():
     """A randomly initialised Keras model's weights and outputs (no ../shared needed)."""
     ref = np.load(DATA / "keras_random_emodb.npz")
-    assert_parity(load_into(TIMNet(TIMNetConfig(n_classes=7)), DATA / "keras_random_emodb.hdf5"), ref)
+    assert_parity(load_into(TIMNet(model_config()), DATA / "keras_random_emodb.hdf5"), ref)
 
 
 @needs_shared
 def test_authors_fold1_parity():
     ref = np.load(DATA / "keras_reference_emodb46.npz")
     blob = fold_weights(WEIGHTS / "EMODB_46.zip")[1]
-    assert_parity(load_into(TIMNet(TIMNetConfig(n_classes=7)), io.BytesIO(blob)), ref)
+    assert_parity(load_into(TIMNet(model_config()), io.BytesIO(blob)), ref)
 
 
 def test_every_tensor_is_mapped_explicitly():
@@ -53,21 +53,21 @@ def test_every_tensor_is_mapped_explicitly():
 
 def test_wrong_dataset_is_a_clear_error():
     with pytest.raises(TimnetError, match=r"trained for 7 classes, 8 levels.*has 8 classes.*wrong --dataset"):
-        load_into(TIMNet(TIMNetConfig(n_classes=8)), DATA / "keras_random_emodb.hdf5")
+        load_into(TIMNet(model_config(n_classes=8)), DATA / "keras_random_emodb.hdf5")
     with pytest.raises(TimnetError, match=r"7 classes, 8 levels.*10 levels"):
-        load_into(TIMNet(TIMNetConfig(n_classes=7, levels=10)), DATA / "keras_random_emodb.hdf5")
+        load_into(TIMNet(model_config(levels=10)), DATA / "keras_random_emodb.hdf5")
 
 
 def test_not_weights_or_truncated(tmp_path):
     bad = tmp_path / "x.hdf5"
     bad.write_bytes(b"not hdf5")
     with pytest.raises(TimnetError, match="not a Keras HDF5 weight file"):
-        load_into(TIMNet(TIMNetConfig(n_classes=7)), bad)
+        load_into(TIMNet(model_config()), bad)
     other = tmp_path / "other.hdf5"
     with h5py.File(other, "w") as f:
         f["a"] = np.zeros(3)
     with pytest.raises(TimnetError, match="without Keras layer_names"):
-        load_into(TIMNet(TIMNetConfig(n_classes=7)), other)
+        load_into(TIMNet(model_config()), other)
 
 
 def test_sources_file_folder_and_zip(tmp_path):
@@ -78,7 +78,7 @@ def test_sources_file_folder_and_zip(tmp_path):
     with zipfile.ZipFile(tmp_path / "EMODB_46.zip", "w") as z:
         for k in (1, 2):
             z.write(folder / f"10-fold_weights_best_{k}.hdf5", f"EMODB_46/10-fold_weights_best_{k}.hdf5")
-    cfg = TIMNetConfig(n_classes=7)
+    cfg = model_config()
     for source in (folder, tmp_path / "EMODB_46.zip"):
         models = load_fold_models(source, cfg)
         assert sorted(models) == [1, 2]
@@ -93,5 +93,5 @@ def test_sources_file_folder_and_zip(tmp_path):
     "name,classes,levels", [("EMODB_46", 7, 8), ("RAVDE_46", 8, 8), ("EMOVO_1", 7, 8), ("CASIA_32", 6, 8)]
 )
 def test_all_published_weight_sets_load(name, classes, levels):
-    models = load_fold_models(WEIGHTS / f"{name}.zip", TIMNetConfig(n_classes=classes, levels=levels))
+    models = load_fold_models(WEIGHTS / f"{name}.zip", model_config(n_classes=classes, levels=levels))
     assert sorted(models) == list(range(1, 11))

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import model_config
 from torch import nn
 
 from timnet import load_config
@@ -32,12 +33,12 @@ def test_parameter_count_equals_keras_for_every_config(name):
 
 
 def test_published_parameter_counts():
-    assert count_parameters(TIMNet(TIMNetConfig(n_classes=7))) == (106_992, 104_496)  # EMODB
-    assert count_parameters(TIMNet(TIMNetConfig(n_classes=4, levels=10)))[0] == 132_770  # IEMOCAP
+    assert count_parameters(TIMNet(model_config())) == (106_992, 104_496)  # EMODB
+    assert count_parameters(TIMNet(model_config(n_classes=4, levels=10)))[0] == 132_770  # IEMOCAP
 
 
 def test_shapes_and_embedding():
-    model = TIMNet(TIMNetConfig(n_classes=7)).eval()
+    model = TIMNet(model_config()).eval()
     x = torch.randn(3, 188, 39)
     assert model(x).shape == (3, 7)
     assert model.levels(x).shape == (3, 39, 8)
@@ -48,7 +49,7 @@ def test_shapes_and_embedding():
 
 def test_causal_convolution_never_looks_ahead():
     torch.manual_seed(0)
-    block = TIMNet(TIMNetConfig(n_classes=7)).eval().forward_blocks
+    block = TIMNet(model_config()).eval().forward_blocks
     x = torch.randn(1, 100, 39)  # channels last [B, T, C]
     y = x.clone()
     y[:, 60:] = torch.randn(1, 40, 39)  # change only the future
@@ -81,7 +82,7 @@ def test_gemm_causal_conv_equals_left_padded_conv1d(kernel_size, dilation):
 
 def test_backward_direction_sees_reversed_time():
     torch.manual_seed(0)
-    model = TIMNet(TIMNetConfig(n_classes=3)).eval()
+    model = TIMNet(model_config(n_classes=3)).eval()
     x = torch.randn(2, 50, 39)
     assert not torch.allclose(model(x), model(x.flip(1)), atol=1e-4)  # order matters
     # The backward stream is the forward one run on reversed time: swapping the two streams' weights and reversing
@@ -94,7 +95,7 @@ def test_backward_direction_sees_reversed_time():
 
 def test_keras_like_initialisation_and_batchnorm():
     torch.manual_seed(0)
-    model = TIMNet(TIMNetConfig(n_classes=7))
+    model = TIMNet(model_config())
     bn = model.forward_blocks[0].bn1
     assert bn.eps == 1e-3 and bn.momentum == pytest.approx(0.01)  # Keras momentum 0.99
     assert model.level_weights.abs().max() <= 0.05

@@ -247,3 +247,17 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
         pd.read_excel(tmp_path / "killed" / "R" / f"{run_id}.xlsx", sheet_name="folds").war[:2].tolist()
         == pd.read_excel(tmp_path / "whole" / "R" / f"{whole_id}.xlsx", sheet_name="folds").war[:2].tolist()
     )
+
+
+def test_settings_live_in_the_toml_and_runs_of_earlier_versions_still_load():
+    from timnet.config import Config
+
+    data = load_config("EMODB").to_dict()
+    for key in ("compile", "test_every"):  # settings added later: an earlier run did not compile, tested every epoch
+        del data["train"][key]
+    data["train"]["device"] = "auto"  # retired: the device is chosen when a command runs
+    earlier = Config.from_dict(data)
+    assert earlier.train.compile == "off" and earlier.train.test_every == 1
+    del data["model"]["levels"]  # no default in code: the TOML must say it
+    with pytest.raises(TimnetError, match=r"incomplete \[model\] section"):
+        Config.from_dict(data)

@@ -35,15 +35,15 @@ class FeatureSettings:
     """Arguments of the authors' recipe, all explicit so library default changes cannot move them."""
 
     signal_length: int
-    sample_rate: int = 22050
-    res_type: str = "soxr_hq"
-    n_mfcc: int = 39
-    n_fft: int = 2048
-    hop_length: int = 512
-    window: str = "hann"
-    center: bool = True
-    pad_mode: str = "constant"
-    n_mels: int = 128
+    sample_rate: int
+    res_type: str
+    n_mfcc: int
+    n_fft: int
+    hop_length: int
+    window: str
+    center: bool
+    pad_mode: str
+    n_mels: int
 
     @property
     def frames(self) -> int:
@@ -59,10 +59,10 @@ class FeatureSettings:
 class ModelSettings:
     """[model]: the architecture (TIMNetConfig adds the class count and MFCC size)."""
 
-    filters: int = 39
-    kernel_size: int = 2
-    levels: int = 8
-    dropout: float = 0.1
+    filters: int
+    kernel_size: int
+    levels: int
+    dropout: float
 
 
 @dataclass
@@ -71,22 +71,22 @@ class TrainSettings:
     (protocol, checkpoint policy, validation carve, early stopping, repeat seeds, compiling,
     how often the test fold's accuracy is logged)."""
 
-    seed: int = 0
-    folds: int = 10
-    epochs: int = 500
-    batch_size: int = 64
-    lr: float = 1e-3
-    beta1: float = 0.93
-    beta2: float = 0.98
-    eps: float = 1e-8
-    label_smoothing: float = 0.1
-    protocol: str = "random"
-    checkpoint: str = "last"
-    val_fraction: float = 0.1
-    patience: int = 0
-    seeds: list[int] = field(default_factory=list)
-    compile: str = "auto"
-    test_every: int = 10
+    seed: int
+    folds: int
+    epochs: int
+    batch_size: int
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    label_smoothing: float
+    protocol: str
+    checkpoint: str
+    val_fraction: float
+    patience: int
+    compile: str
+    test_every: int
+    seeds: list[int] = field(default_factory=list)  # extra training seeds; none = the KFold seed
 
     PROTOCOLS = ("random", "speaker")
     CHECKPOINTS = ("last", "best-val", "best-test")
@@ -140,14 +140,17 @@ class Published:
 # Settings that runs saved by earlier versions hold and that mean nothing now (the device is chosen when a
 # command runs: --device); reading such a run ignores them.
 RETIRED = {"train": ("device",)}
+# Settings added after runs were saved: what such a run did before they existed. (The TOML files hold every
+# setting; the dataclasses above have no defaults, so a missing one is an error, except these.)
+INTRODUCED = {"train": {"compile": "off", "test_every": 1}}
 
 
 @dataclass
 class Config:
     dataset: DatasetConfig
     features: FeatureSettings
-    model: ModelSettings = field(default_factory=ModelSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
+    model: ModelSettings
+    train: TrainSettings
     published: Published = field(default_factory=Published)
 
     @property
@@ -169,6 +172,7 @@ class Config:
             ("published", Published),
         ):
             raw = {k: v for k, v in data.get(name, {}).items() if k not in RETIRED.get(name, ())}
+            raw = {**INTRODUCED.get(name, {}), **raw}
             known = {f.name for f in fields(section_cls)}
             unknown = set(raw) - known
             if unknown:

@@ -68,6 +68,7 @@ def infer_config(layers: dict[str, dict[str, np.ndarray]]) -> TIMNetConfig:
         filters=first.shape[2],
         kernel_size=layers[convs[2]]["kernel"].shape[0] if len(convs) > 2 else 2,
         levels=weight[0]["kernel"].shape[0],
+        dropout=0.0,  # not stored in the weights; it acts only in training
     )
 
 

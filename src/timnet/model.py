@@ -18,12 +18,14 @@ from torch import nn
 
 @dataclass
 class TIMNetConfig:
+    """The architecture. Its values come from the dataset's TOML (`from_config`) or a saved model; no defaults here."""
+
     n_classes: int
-    n_mfcc: int = 39
-    filters: int = 39
-    kernel_size: int = 2
-    levels: int = 8
-    dropout: float = 0.1
+    n_mfcc: int
+    filters: int
+    kernel_size: int
+    levels: int
+    dropout: float
 
     def to_dict(self) -> dict:
         return asdict(self)

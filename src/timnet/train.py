@@ -17,6 +17,7 @@ fold is used for nothing else; its accuracy is only logged, every `train.test_ev
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import multiprocessing
 import os
@@ -612,7 +613,9 @@ def run_training(
         )
     selected = [j for j in jobs if only_folds is None or j.fold in only_folds]
     workers, threads = plan_workers(len([j for j in selected if not j.final_path.exists()]), device, workers, threads)
-    results = run_units(selected, workers, threads, features, progress, desc=run_id)
+    if workers > 1:  # the workers read the features themselves; here only labels and manifest are needed
+        features = dataclasses.replace(features, x=np.empty((0, *features.x.shape[1:]), np.float32))
+    results = run_units(selected, workers, threads, features if workers == 1 else None, progress, desc=run_id)
     return finish_run(cfg, features, paths, results)
 
 
