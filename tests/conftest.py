@@ -48,7 +48,8 @@ SHORT = {"features.signal_length": 16000}
 
 @pytest.fixture(scope="session")
 def mfcc(tmp_path_factory) -> Path:
-    """MFCC/EMODB.npy of a small synthetic EMO-DB (4 speakers x 3 texts x 7 emotions = 84), short signals."""
+    """MFCC/EMODB.npy of a small synthetic EMO-DB (4 speakers x 3 texts x 7 emotions = 84), short signals;
+    the audio lies in the folder EMODB beside the MFCC folder."""
     from timnet import load_config
     from timnet.features import preprocess
 
@@ -58,6 +59,21 @@ def mfcc(tmp_path_factory) -> Path:
         warnings.simplefilter("ignore")
         preprocess(load_config("EMODB", SHORT), tree, root / "MFCC", progress=False)
     return root / "MFCC" / "EMODB.npy"
+
+
+@pytest.fixture(scope="session")
+def trained_run(mfcc, tmp_path_factory):
+    """One tiny finished run (2 folds x 3 epochs) on `mfcc`, shared by the tests that read a run:
+    (root with Models/ logs/ Results/, the corpus folder, the RunResult)."""
+    from timnet import load_config
+    from timnet.train import run_training
+
+    root = tmp_path_factory.mktemp("run")
+    cfg = load_config("EMODB", {**SHORT, "train.folds": 2, "train.epochs": 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_training(cfg, mfcc, root / "Models", root / "logs", root / "Results", progress=False)
+    return root, mfcc.parent.parent / "EMODB", result
 
 
 def train_cli(*args: str) -> list[str]:

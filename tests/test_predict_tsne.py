@@ -9,35 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import EMODB_16K, WEIGHTS, emodb_tree, needs_shared, tone, write_wav
+from conftest import EMODB_16K, WEIGHTS, needs_shared, tone, write_wav
 
 import timnet
 from timnet import load_config
 from timnet.errors import BadAudioError, TimnetError
 from timnet.evaluate import evaluate_weights
-from timnet.features import features_from_audio, load_or_extract, preprocess
-from timnet.train import run_training
+from timnet.features import features_from_audio, load_or_extract
 from timnet.tsne import embeddings_of, procrustes_map, run_embeddings, write_tsne
 
-SHORT = {"features.signal_length": 16000}
 
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    tree = emodb_tree(root / "EMODB")
-    cfg = load_config("EMODB", {**SHORT, "train.folds": 2, "train.epochs": 3})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        preprocess(cfg, tree, root / "MFCC", progress=False)
-        result = run_training(
-            cfg, root / "MFCC" / "EMODB.npy", root / "Models", root / "logs", root / "Results", progress=False
-        )
-    return root, tree, result
-
-
-def test_predict_with_one_fold_equals_the_evaluation_output(run):
-    root, tree, result = run
+def test_predict_with_one_fold_equals_the_evaluation_output(trained_run):
+    root, tree, result = trained_run
     saved = torch.load(root / "Models" / result.run_id / "fold_2.pt", weights_only=True)
     stems = saved["test_stems"][:3]
     files = [tree / "wav" / f"{s}.wav" for s in stems]
@@ -47,8 +30,8 @@ def test_predict_with_one_fold_equals_the_evaluation_output(run):
     assert list(table.predicted) == [classes[i] for i in saved["test_probs"][:3].argmax(1)]
 
 
-def test_predict_averages_folds_into_probabilities(run):
-    root, tree, result = run
+def test_predict_averages_folds_into_probabilities(trained_run):
+    root, tree, result = trained_run
     files = sorted((tree / "wav").glob("*.wav"))[:4]
     table = timnet.predict(files, run=result.run_id, models_root=root / "Models")
     classes = load_config("EMODB").dataset.classes
@@ -60,8 +43,8 @@ def test_predict_averages_folds_into_probabilities(run):
     np.testing.assert_allclose(table[classes].to_numpy(), np.mean(one, axis=0), atol=1e-6)
 
 
-def test_predict_errors_and_long_file_warning(run, tmp_path):
-    root, _, result = run
+def test_predict_errors_and_long_file_warning(trained_run, tmp_path):
+    root, _, result = trained_run
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFFjunk")
     with pytest.raises(BadAudioError, match="broken.wav: cannot be read as audio"):
@@ -75,8 +58,8 @@ def test_predict_errors_and_long_file_warning(run, tmp_path):
         timnet.predict([long], weights=tmp_path / "x.zip")
 
 
-def test_tsne_of_a_run(run):
-    root, _, result = run
+def test_tsne_of_a_run(trained_run):
+    root, _, result = trained_run
     in_progress = root / "Models" / result.run_id / "in_progress"
     in_progress.mkdir(exist_ok=True)
     (in_progress / "fold_3.pt").write_bytes(b"half-written state of an unfinished fold")
@@ -127,10 +110,10 @@ def test_authors_weights_predict_equals_evaluate_and_tsne():
     assert np.isfinite(ev.embeddings).all() and ev.embeddings.shape == (361, 39)
 
 
-def test_predict_command_writes_csv_once(run, tmp_path, capsys):
+def test_predict_command_writes_csv_once(trained_run, tmp_path, capsys):
     from timnet.cli import main
 
-    root, tree, result = run
+    root, tree, result = trained_run
     files = [str(p) for p in sorted((tree / "wav").glob("*.wav"))[:2]]
     csv = tmp_path / "pred.csv"
     assert main(["predict", "--run", result.run_id, "--models", str(root / "Models"), *files, "--csv", str(csv)]) == 0
