@@ -22,6 +22,7 @@ import torch
 from timnet.metrics import METRICS, mean_std
 
 PROTOCOLS = ("random", "speaker")
+TIMNET = [sys.executable, "-m", "timnet.cli"]
 
 
 def runs(work: Path) -> dict[str, Path]:
@@ -67,22 +68,8 @@ def main() -> None:
         mfcc = args.work / "MFCC"
         existing = runs(args.work)
         if not all(p in existing for p in PROTOCOLS):  # a resumed run checks its own MFCC file (SHA-256)
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "timnet.cli",
-                    "preprocess",
-                    "--dataset",
-                    "EMODB",
-                    "--data",
-                    str(args.data),
-                    "--out",
-                    str(mfcc),
-                    "--quiet",
-                ],
-                check=True,
-            )
+            where = ["--data", str(args.data), "--out", str(mfcc)]
+            subprocess.run([*TIMNET, "preprocess", "--dataset", "EMODB", *where, "--quiet"], check=True)
         dirs = [
             "--models",
             str(args.work / "Models"),
@@ -107,7 +94,7 @@ def main() -> None:
                 ]
             )
             threads = ["--threads", str(args.threads)] if args.threads else []
-            subprocess.run([sys.executable, "-m", "timnet.cli", "train", *how, *dirs, *threads, "--quiet"], check=True)
+            subprocess.run([*TIMNET, "train", *how, *dirs, *threads, "--quiet"], check=True)
     print(report(args.work))
 
 

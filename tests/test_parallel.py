@@ -19,16 +19,18 @@ from timnet.errors import TimnetError
 from timnet.train import available_cores, plan_workers, run_training, should_compile
 
 
-def train(tmp_path, mfcc, name, workers, progress=False, **overrides):
-    cfg = load_config("EMODB", {**SHORT, **{f"train.{k}": v for k, v in overrides.items()}})
+def train(tmp_path, mfcc, name, workers, progress=False, settings=None, **overrides):
+    """A run under tmp_path/name with one thread per unit; `overrides` are train.* settings, `settings` any."""
+    cfg = load_config("EMODB", {**SHORT, **(settings or {}), **{f"train.{k}": v for k, v in overrides.items()}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        root = tmp_path / name
         return run_training(
             cfg,
             mfcc,
-            tmp_path / name / "Models",
-            tmp_path / name / "logs",
-            tmp_path / name / "Results",
+            root / "Models",
+            root / "logs",
+            root / "Results",
             device="cpu",
             progress=progress,
             workers=workers,
@@ -170,66 +172,26 @@ def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_pat
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_falls_back_when_compiling_fails(tmp_path, mfcc):
-    tiny = {"folds": 2, "epochs": 2}
-    cfg = {**SHORT, "model.levels": 2}
-    runs = {}
-    for mode in ("off", "on"):
-        c = load_config("EMODB", {**cfg, **{f"train.{k}": v for k, v in {**tiny, "compile": mode}.items()}})
-        runs[mode] = run_training(
-            c,
-            mfcc,
-            tmp_path / mode / "M",
-            tmp_path / mode / "L",
-            tmp_path / mode / "R",
-            device="cpu",
-            progress=False,
-            workers=1,
-            threads=1,
-        )
+    runs = {
+        mode: train(tmp_path, mfcc, mode, 1, settings={"model.levels": 2}, folds=2, epochs=2, compile=mode)
+        for mode in ("off", "on")
+    }
     probs = {mode: run.predictions.filter(like="p_").to_numpy() for mode, run in runs.items()}
     assert abs(probs["on"] - probs["off"]).max() < 1e-4
-    eager_loss = [
-        r["loss"]
-        for r in torch.load(next((tmp_path / "off" / "M").iterdir()) / "fold_1.pt", weights_only=True)["history"]
-    ]
-    compiled_loss = [
-        r["loss"]
-        for r in torch.load(next((tmp_path / "on" / "M").iterdir()) / "fold_1.pt", weights_only=True)["history"]
-    ]
-    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
+
+    def fold_1(mode):
+        return torch.load(tmp_path / mode / "Models" / runs[mode].run_id / "fold_1.pt", weights_only=True)
+
+    assert [r["loss"] for r in fold_1("on")["history"]] == pytest.approx(
+        [r["loss"] for r in fold_1("off")["history"]], rel=1e-4
+    )
 
     # no working C++ compiler and an empty inductor cache: a warning, then exactly the eager numbers
     env = {**os.environ, "CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty_cache")}
-    dirs = [
-        "--models",
-        str(tmp_path / "broken" / "M"),
-        "--logs",
-        str(tmp_path / "broken" / "L"),
-        "--results",
-        str(tmp_path / "broken" / "R"),
-    ]
-    done = subprocess.run(
-        train_cli(
-            "--mfcc",
-            str(mfcc),
-            "--set",
-            "model.levels=2",
-            "--folds",
-            "2",
-            "--epochs",
-            "2",
-            "--compile",
-            "on",
-            "--workers",
-            "1",
-            *dirs,
-        ),
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    settings = ["--set", "model.levels=2", "--folds", "2", "--epochs", "2", "--compile", "on", "--workers", "1"]
+    argv = train_cli("--mfcc", str(mfcc), *settings, *run_dirs(tmp_path, "broken"))
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "torch.compile failed" in done.stderr and "training without compiling" in done.stderr
     fallback = torch.load(next((tmp_path / "broken" / "M").iterdir()) / "fold_1.pt", weights_only=True)
-    eager = torch.load(next((tmp_path / "off" / "M").iterdir()) / "fold_1.pt", weights_only=True)
-    torch.testing.assert_close(fallback["test_probs"], eager["test_probs"], rtol=0, atol=0)
+    torch.testing.assert_close(fallback["test_probs"], fold_1("off")["test_probs"], rtol=0, atol=0)

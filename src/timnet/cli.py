@@ -270,16 +270,8 @@ def cmd_predict(args) -> None:
 
     _refuse_existing(args.csv)
     dataset = args.dataset or (str(args.config) if args.config else None)
-    table = predict_files(
-        args.files,
-        run=args.run,
-        weights=args.weights,
-        dataset=dataset,
-        fold=args.fold,
-        models_root=args.models,
-        device=args.device,
-        seed=args.seed,
-    )
+    models = {"run": args.run, "weights": args.weights, "dataset": dataset, "fold": args.fold, "seed": args.seed}
+    table = predict_files(args.files, models_root=args.models, device=args.device, **models)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.csv:
         from .atomic import atomic_path

@@ -97,18 +97,7 @@ def _by_pattern(root: Path, corpus: str, example: str, parse: Callable[[Path], R
 
 # --- EMO-DB: wav/03a01Wa.wav -------------------------------------------------------------
 EMODB_EMOTIONS = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fear", "F": "happy", "T": "sad", "N": "neutral"}
-EMODB_GENDER = {
-    "03": "m",
-    "08": "f",
-    "09": "f",
-    "10": "m",
-    "11": "m",
-    "12": "m",
-    "13": "f",
-    "14": "f",
-    "15": "m",
-    "16": "f",
-}
+EMODB_GENDER = dict(zip(("03", "08", "09", "10", "11", "12", "13", "14", "15", "16"), "mffmmmffmf"))
 _EMODB = re.compile(r"^(?P<speaker>\d\d)(?P<text>[ab]\d\d)(?P<emotion>[WLEAFTN])(?P<version>[a-z])$")
 
 
@@ -124,16 +113,10 @@ def scan_emodb(root: Path, classes: list[str]) -> Scan:
 
 
 # --- RAVDESS: Actor_01/03-01-05-01-01-01-01.wav (modality-channel-emotion-intensity-statement-rep-actor)
-RAVDESS_EMOTIONS = {
-    "01": "neutral",
-    "02": "calm",
-    "03": "happy",
-    "04": "sad",
-    "05": "angry",
-    "06": "fear",
-    "07": "disgust",
-    "08": "surprise",
-}
+# fmt: off
+RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fear",
+                    "07": "disgust", "08": "surprise"}
+# fmt: on
 _RAVDESS = re.compile(
     r"^(?P<mod>0[1-3])-(?P<chan>0[12])-(?P<emo>0[1-8])-(?P<int>0[12])-(?P<stmt>0[12])-(?P<rep>0[12])-(?P<actor>\d\d)$"
 )
@@ -154,15 +137,10 @@ def scan_ravdess(root: Path, classes: list[str]) -> Scan:
 
 
 # --- SAVEE: AudioData/DC/a01.wav or flat DC_a01.wav ---------------------------------------
-SAVEE_EMOTIONS = {
-    "a": "angry",
-    "d": "disgust",
-    "f": "fear",
-    "h": "happy",
-    "n": "neutral",
-    "sa": "sad",
-    "su": "surprise",
-}
+# fmt: off
+SAVEE_EMOTIONS = {"a": "angry", "d": "disgust", "f": "fear", "h": "happy", "n": "neutral", "sa": "sad",
+                  "su": "surprise"}
+# fmt: on
 SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
 _SAVEE = re.compile(r"^(?:(?P<spk>DC|JE|JK|KL)_)?(?P<emo>sa|su|a|d|f|h|n)(?P<num>\d\d)$")
 
@@ -185,15 +163,10 @@ def savee_stem(row_stem: str, speaker: str) -> str:
 
 
 # --- EMOVO: f1/dis-f1-b1.wav ----------------------------------------------------------------
-EMOVO_EMOTIONS = {
-    "dis": "disgust",
-    "gio": "happy",
-    "neu": "neutral",
-    "pau": "fear",
-    "rab": "angry",
-    "sor": "surprise",
-    "tri": "sad",
-}
+# fmt: off
+EMOVO_EMOTIONS = {"dis": "disgust", "gio": "happy", "neu": "neutral", "pau": "fear", "rab": "angry", "sor": "surprise",
+                  "tri": "sad"}
+# fmt: on
 _EMOVO = re.compile(r"^(?P<emo>dis|gio|neu|pau|rab|sor|tri)-(?P<spk>[fm][1-3])-(?P<sent>[a-z]\d)$")
 
 
