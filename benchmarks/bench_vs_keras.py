@@ -250,7 +250,7 @@ def main() -> None:
     stamp, where, libs = datetime.now().isoformat(timespec="seconds"), machine(), versions()
     print(
         f"\n{stamp} | {where} | {libs} | {args.folds} folds x {args.epochs} epochs, "
-        f"{'real' if args.mfcc else 'random'} EMO-DB-shaped data\n"
+        f"{'real' if args.mfcc else 'random'} {args.dataset}-shaped data\n"
     )
     print("| competitor | s per fold-epoch | speed vs Keras | peak memory (MB) |\n|---|---|---|---|")
     for row in rows:
