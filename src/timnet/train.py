@@ -394,7 +394,7 @@ class _ProgressView:
     """One bar over all fold-epochs of a run, with each running unit's latest epoch, loss and accuracy."""
 
     def __init__(self, jobs: list[FoldJob], desc: str, enabled: bool):
-        self.epochs = {j.unit: Config.from_dict(j.config).train.epochs for j in jobs}
+        self.epochs = {j.unit: j.config["train"]["epochs"] for j in jobs}
         self.done = dict.fromkeys(self.epochs, 0)
         self.latest: dict[str, str] = {}
         self.pids: dict[str, int] = {}

@@ -40,36 +40,41 @@ def procrustes_map(source: np.ndarray, reference: np.ndarray, points: np.ndarray
     return (points - src_mean) @ rotation + ref_mean
 
 
-def held_out_embeddings(models: dict, tests: dict, x: np.ndarray, align: str = "procrustes") -> np.ndarray:
-    """[N, C] embedding of each utterance by the fold model it was a TEST file of (NaN where none held it out).
-
-    Ten fold models have ten embedding spaces, so raw, each emotion splits into per-fold islands. With
+def held_out_embeddings(
+    models: dict, tests: dict, x: np.ndarray, align: str = "procrustes"
+) -> tuple[np.ndarray, np.ndarray]:
+    """([N, C] aligned, [N, C] raw): each utterance embedded by the fold model it was a TEST file of (NaN where
+    none held it out). Raw, every model has its own space, so each emotion splits into per-fold islands. With
     `align="procrustes"` every model's space is mapped into the first one's, fitted on the utterances that BOTH
     models trained on (on all utterances where fewer than 2 x C are, as with 2 folds), before its held-out
-    utterances are mapped: only unseen data, in one space."""
+    utterances are mapped: only unseen data, in one space. `align="none"` returns the raw embeddings twice."""
     if align not in ALIGNMENTS:
         raise TimnetError(f"unknown alignment {align!r}; choose one of {', '.join(ALIGNMENTS)}")
-    held = np.zeros(len(x), dtype=bool)
-    for idx in tests.values():
-        held[idx] = True
-    out = np.full((len(x), next(iter(models.values())).config.filters), np.nan, dtype=np.float32)
+    raw = np.full((len(x), next(iter(models.values())).config.filters), np.nan, dtype=np.float32)
+    out = raw.copy()
     reference = None
     for unit, model in models.items():
+        held = tests[unit]
         if align == "none":
-            out[tests[unit]] = infer(model, x[tests[unit]])[1]
+            raw[held] = infer(model, x[held])[1]
             continue
         everything = infer(model, x)[1]
+        raw[held] = everything[held]
         if reference is None:
             reference, ref_unit = everything, unit
-            out[tests[unit]] = everything[tests[unit]]
+            out[held] = everything[held]
             continue
         fit = np.ones(len(x), dtype=bool)
-        fit[tests[unit]] = False
+        fit[held] = False
         fit[tests[ref_unit]] = False
         if fit.sum() < 2 * everything.shape[1]:  # e.g. 2 folds: no utterance trained both models; fit on all
             fit[:] = True
-        out[tests[unit]] = procrustes_map(everything[fit], reference[fit], everything[tests[unit]])
-    return out
+        out[held] = procrustes_map(everything[fit], reference[fit], everything[held])
+    return (raw, raw) if align == "none" else (out, raw)
+
+
+def _one_model_notes(fold: int, embeddings: np.ndarray, labels: np.ndarray) -> dict:
+    return {"align": f"one model (fold {fold})", "silhouette_embedding": silhouette(embeddings, labels)}
 
 
 def silhouette(embeddings: np.ndarray, labels: np.ndarray) -> float:
@@ -95,7 +100,7 @@ class TsneInput:
 
 def _held_out(config: Config, features: FeatureSet, models: dict, tests: dict, align: str):
     """(kept features, aligned embeddings, notes) for the utterances some model held out."""
-    aligned = held_out_embeddings(models, tests, features.x, align)
+    aligned, raw = held_out_embeddings(models, tests, features.x, align)
     done = ~np.isnan(aligned).any(axis=1)
     if not done.any():
         raise TimnetError("no finished fold model held out any of these utterances — nothing to embed")
@@ -104,7 +109,7 @@ def _held_out(config: Config, features: FeatureSet, models: dict, tests: dict, a
     )
     notes = {"align": align, "models": len(models), "silhouette_embedding": silhouette(aligned[done], kept.y)}
     if align != "none":
-        notes["silhouette_unaligned"] = silhouette(held_out_embeddings(models, tests, features.x, "none")[done], kept.y)
+        notes["silhouette_unaligned"] = silhouette(raw[done], kept.y)
     return kept, aligned[done], notes
 
 
@@ -127,12 +132,7 @@ def run_embeddings(
     features = load_features(Path(record["mfcc"]), config.dataset.classes)
     if fold is not None:
         embeddings = infer(next(iter(fold_models.models.values())), features.x)[1]
-        return (
-            config,
-            features,
-            embeddings,
-            {"align": f"one model (fold {fold})", "silhouette_embedding": silhouette(embeddings, features.y)},
-        )
+        return (config, features, embeddings, _one_model_notes(fold, embeddings, features.y))
     where = {s: i for i, s in enumerate(features.manifest.stem)}
     tests = {
         u["unit"]: np.array([where[s] for s in u["test_stems"]], dtype=np.int64)
@@ -174,7 +174,7 @@ def embeddings_of(
             if fold not in models:
                 raise TimnetError(f"{weights}: no weights for fold {fold}")
             embeddings = infer(models[fold], features.x)[1]
-            notes = {"align": f"one model (fold {fold})", "silhouette_embedding": silhouette(embeddings, features.y)}
+            notes = _one_model_notes(fold, embeddings, features.y)
         out_dir = Path(results_root) / f"{Path(weights).stem}_{config.dataset.name}"
         title = f"{config.dataset.name}, authors' weights {Path(weights).name}"
     if fold is not None:
