@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,15 +35,27 @@ def runs(work: Path) -> dict[str, Path]:
     return found
 
 
+def record_wall(work: Path, protocol: str, seconds: float) -> None:
+    """Add one session's wall-clock seconds (parallel folds: the time a user waits) to work/wall.json."""
+    path = work / "wall.json"
+    walls = json.loads(path.read_text()) if path.exists() else {}
+    walls.setdefault(protocol, []).append({"seconds": round(seconds, 1), "cores": os.cpu_count()})
+    path.write_text(json.dumps(walls, indent=1))
+
+
 def report(work: Path) -> str:
     per_fold = []
-    lines = ["| protocol | folds done | WAR % | UAR % | macro-F1 % | train time |", "|---|---|---|---|---|---|"]
+    walls = json.loads((work / "wall.json").read_text()) if (work / "wall.json").exists() else {}
+    lines = [
+        "| protocol | folds done | WAR % | UAR % | macro-F1 % | fold time (sum) | wall time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for protocol, run in runs(work).items():
         record = json.loads((run / "config.json").read_text())
         total = len(record["folds"])
         saved = sorted((torch.load(p, weights_only=True) for p in run.glob("fold_*.pt")), key=lambda s: s["fold"])
         if not saved:
-            lines.append(f"| {protocol} | 0 of {total} | | | | |")
+            lines.append(f"| {protocol} | 0 of {total} | | | | | |")
             continue
         cells = []
         for metric in METRICS:
@@ -49,7 +63,10 @@ def report(work: Path) -> str:
             cells.append(f"{mean:.2f} ± {std:.2f}")
         hours = sum(s["seconds"] for s in saved) / 3600
         done = ", ".join(str(s["fold"]) for s in saved)
-        lines.append(f"| {protocol} | {len(saved)} of {total} ({done}) | {' | '.join(cells)} | {hours:.1f} h |")
+        wall = sum(w["seconds"] for w in walls.get(protocol, [])) / 3600
+        lines.append(
+            f"| {protocol} | {len(saved)} of {total} ({done}) | {' | '.join(cells)} | {hours:.1f} h | {wall:.2f} h |"
+        )
         per_fold.append(
             f"{protocol}: "
             + ", ".join(f"fold {s['fold']} {s['metrics']['war']:.2f} % in {s['seconds'] / 60:.0f} min" for s in saved)
@@ -63,11 +80,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench_runs"))
     ap.add_argument("--threads", type=int, help="threads per worker (default: cores divided among the workers)")
     ap.add_argument("--report", action="store_true", help="only print the table of finished folds")
+    ap.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS), help="which to run")
     args = ap.parse_args()
     if not args.report:
         mfcc = args.work / "MFCC"
         existing = runs(args.work)
-        if not all(p in existing for p in PROTOCOLS):  # a resumed run checks its own MFCC file (SHA-256)
+        if not all(p in existing for p in args.protocols):  # a resumed run checks its own MFCC file (SHA-256)
             where = ["--data", str(args.data), "--out", str(mfcc)]
             subprocess.run([*TIMNET, "preprocess", "--dataset", "EMODB", *where, "--quiet"], check=True)
         dirs = [
@@ -78,7 +96,7 @@ def main() -> None:
             "--results",
             str(args.work / "Results"),
         ]
-        for protocol in PROTOCOLS:
+        for protocol in args.protocols:
             how = (
                 ["--resume", existing[protocol].name]
                 if protocol in existing
@@ -94,7 +112,11 @@ def main() -> None:
                 ]
             )
             threads = ["--threads", str(args.threads)] if args.threads else []
-            subprocess.run([*TIMNET, "train", *how, *dirs, *threads, "--quiet"], check=True)
+            started = time.perf_counter()
+            try:
+                subprocess.run([*TIMNET, "train", *how, *dirs, *threads, "--quiet"], check=True)
+            finally:  # an interrupted session's wall time counts too: resumed runs add theirs
+                record_wall(args.work, protocol, time.perf_counter() - started)
     print(report(args.work))
 
 

@@ -16,6 +16,14 @@ Peak memory is the largest sum of proportional resident memory (PSS) over the co
 elsewhere the largest resident size of a single child). The table is printed and appended to
 benchmarks/results/bench_vs_keras.csv.
 Without --mfcc the features are random numbers in EMO-DB's shape (speed does not depend on the values).
+
+    python benchmarks/bench_vs_keras.py --inference [--samples 2048]
+
+Inference instead, samples per second of one fold model (batch 64, EMO-DB shape, randomly initialised: speed does
+not depend on the weights), each competitor in its own process with all cores: Keras `model.predict` as the
+official code evaluates; `timnet` torch eager (`load_model(engine="torch")`); onnxruntime (`engine="onnx"`, the
+default of `timnet predict`); and both for a 10-fold model folder (fold-model samples per second).
+Appended to benchmarks/results/bench_inference.csv.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "bench_vs_keras.csv"
+INFERENCE_RESULTS = HERE / "results" / "bench_inference.csv"
+BATCH = 64
 
 
 def synthetic_features(dataset: str, out: Path) -> Path:
@@ -100,6 +110,88 @@ def keras_main(mfcc: Path, folds: int, epochs: int, levels: int, work: Path) -> 
             callbacks=[checkpoint],
         )
         keras.backend.clear_session()
+
+
+def throughput(predict, x: np.ndarray, seconds: float = 10.0) -> float:
+    """Samples per second of `predict(x)`, after one warm-up call, over at least `seconds`."""
+    predict(x)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        predict(x)
+        done += len(x)
+    return done / (time.perf_counter() - started)
+
+
+def inference_worker(engine: str, samples: int, work: Path) -> None:
+    """One inference competitor in its own process; prints {"samples_per_s": ..., "models": ...} as JSON."""
+    import json
+
+    x = np.random.default_rng(0).normal(size=(samples, 188, 39)).astype(np.float32) * 20
+    if engine == "keras":
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        sys.path.insert(0, str(REPO / "tools"))
+        from keras_reference import build
+
+        model, _ = build(7, 188, levels=8)
+        rate, models = throughput(lambda v: model.predict(v, batch_size=BATCH, verbose=0), x), 1
+    else:
+        import timnet
+        from timnet.config import load_config
+        from timnet.export import write_model_folder
+        from timnet.model import TIMNet, TIMNetConfig
+
+        folds = 10 if engine.endswith("10") else 1
+        cfg = load_config("EMODB")
+        models = {f"fold_{k}": TIMNet(TIMNetConfig.from_config(cfg)).eval() for k in range(1, folds + 1)}
+        folder = write_model_folder(work / engine, cfg, models, [], {"kind": "benchmark"})
+        loaded = timnet.load_model(folder, engine=engine.removesuffix("10"))
+        loaded.runner.batch_size = BATCH
+        rate = throughput(loaded.fold_outputs, x)
+        models = folds
+    print(json.dumps({"samples_per_s": rate, "models": models}))
+
+
+def inference_benchmark(samples: int) -> None:
+    """Inference competitors side by side, one process each, with ratios to Keras."""
+    import json
+
+    competitors = {
+        "keras model.predict (official)": "keras",
+        "timnet torch eager": "torch",
+        "timnet onnxruntime (predict's default)": "onnx",
+        "timnet torch eager, 10-fold model": "torch10",
+        "timnet onnxruntime, 10-fold model": "onnx10",
+    }
+    rows = []
+    for name, engine in competitors.items():
+        argv = [sys.executable, __file__, "--inference-worker", engine, str(samples)]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"failed: {name}\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append({"competitor": name, "fold_model_samples_per_s": result["samples_per_s"] * result["models"]})
+        print(f"  {name}: {rows[-1]['fold_model_samples_per_s']:.0f} samples/s", flush=True)
+    base = rows[0]["fold_model_samples_per_s"]
+    stamp, where, libs = datetime.now().isoformat(timespec="seconds"), machine(), versions()
+    print(f"\n{stamp} | {where} | {libs} | batch {BATCH}, {samples} samples of 188 x 39 per call\n")
+    print("| competitor | fold-model samples/s | vs Keras |\n|---|---|---|")
+    for row in rows:
+        row["speedup_vs_keras"] = row["fold_model_samples_per_s"] / base
+        print(f"| {row['competitor']} | {row['fold_model_samples_per_s']:.0f} | {row['speedup_vs_keras']:.2f}x |")
+    append_csv(INFERENCE_RESULTS, [{"date": stamp, "machine": where, "versions": libs, **r} for r in rows])
+
+
+def append_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    fields = list(rows[0]) if new else next(csv.reader(open(path)))  # an existing file keeps its column order
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        if new:
+            writer.writeheader()
+        writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    print(f"\nappended to {path.relative_to(REPO)}")
 
 
 def tree_memory(root: int) -> int:
@@ -191,8 +283,17 @@ def main() -> None:
     ap.add_argument("--mfcc", type=Path, help="features from `timnet preprocess` (default: random features)")
     ap.add_argument("--skip-keras", action="store_true", help="only the timnet competitors (no ratio to Keras)")
     ap.add_argument("--keras-worker", nargs=4, metavar=("MFCC", "FOLDS", "EPOCHS", "LEVELS"), help=argparse.SUPPRESS)
+    ap.add_argument("--inference", action="store_true", help="inference speed instead of training")
+    ap.add_argument("--samples", type=int, default=2048, help="--inference: samples per predict call")
+    ap.add_argument("--inference-worker", nargs=2, metavar=("ENGINE", "SAMPLES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     from timnet import load_config
+
+    if args.inference:
+        return inference_benchmark(args.samples)
+    if args.inference_worker:
+        with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
+            return inference_worker(args.inference_worker[0], int(args.inference_worker[1]), Path(tmp))
 
     with tempfile.TemporaryDirectory(prefix="bench_vs_keras_") as tmp:
         work = Path(tmp)
@@ -259,38 +360,13 @@ def main() -> None:
             f"| {row['competitor']} | {row['per_fold_epoch']:.3f} | {row['speedup_vs_keras']:.2f}x | "
             f"{row['peak_memory_mb']:.0f} |"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with open(RESULTS, "a", newline="") as f:
-        writer = csv.DictWriter(
-            f,
-            [
-                "date",
-                "machine",
-                "versions",
-                "folds",
-                "epochs",
-                "competitor",
-                "seconds",
-                "per_fold_epoch",
-                "speedup_vs_keras",
-                "peak_memory_mb",
-            ],
-        )
-        if new:
-            writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {
-                    "date": stamp,
-                    "machine": where,
-                    "versions": libs,
-                    "folds": args.folds,
-                    "epochs": args.epochs,
-                    **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
-                }
-            )
-    print(f"\nappended to {RESULTS.relative_to(REPO)}")
+    append_csv(
+        RESULTS,
+        [
+            {"date": stamp, "machine": where, "versions": libs, "folds": args.folds, "epochs": args.epochs, **row}
+            for row in rows
+        ],
+    )
 
 
 if __name__ == "__main__":

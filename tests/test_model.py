@@ -12,7 +12,7 @@ from torch import nn
 
 from timnet import load_config
 from timnet.config import known_datasets
-from timnet.model import CausalConv1d, TIMNet, TIMNetConfig, count_parameters
+from timnet.model import CausalConv1d, TIMNet, TIMNetConfig, causal_conv_taps, count_parameters, fold_batchnorm
 
 
 @pytest.mark.parametrize("name", known_datasets())
@@ -78,6 +78,8 @@ def test_gemm_causal_conv_equals_left_padded_conv1d(kernel_size, dilation):
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    exported = causal_conv_taps(x, conv.weight, conv.bias, dilation)  # what ONNX export traces
+    torch.testing.assert_close(exported, reference, rtol=1e-12, atol=1e-12)
 
 
 def test_backward_direction_sees_reversed_time():
@@ -104,3 +106,21 @@ def test_keras_like_initialisation_and_batchnorm():
     assert conv.weight.abs().max() <= limit and conv.weight.abs().max() > 0.9 * limit
     assert not conv.bias.any() and not model.classifier.bias.any()
     assert model.forward_blocks[1].conv1.dilation == (2,) and model.forward_blocks[7].conv2.dilation == (128,)
+
+
+def test_folded_batchnorm_equals_the_model_in_eval_mode():
+    """Export folds each BatchNorm into its conv; with non-trivial statistics the outputs stay equal."""
+    torch.manual_seed(0)
+    model = TIMNet(model_config(levels=3)).eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        nn.init.normal_(bn.weight)
+        nn.init.normal_(bn.bias)
+    folded = fold_batchnorm(model)
+    x = torch.randn(4, 50, 39)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.embed(x), model.embed(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules()), "the model itself is left alone"

@@ -25,6 +25,15 @@ def atomic_path(path: Path):
             os.unlink(tmp)
 
 
+def unique_path(path: Path) -> Path:
+    """`path`, or `name_2.ext`, `name_3.ext`, ... so earlier results are never overwritten."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -63,6 +63,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", type=Path, default=Path("Results"))
 
 
+def _workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="units trained at once in worker processes (default: one per CPU "
+        "core, one per GPU; 1 = one after another in this process)",
+    )
+
+
 def _refuse_existing(path: Path | None) -> None:
     """Checked before any work starts: results are never overwritten."""
     if path is not None and path.exists():
@@ -192,8 +201,47 @@ def cmd_train(args) -> None:
         only_folds=args.only_folds,
         workers=args.workers,
         threads=args.threads,
+        backend=args.backend,
+        address=args.address,
     )
     _print_run(result)
+
+
+def cmd_sweep(args) -> None:
+    from .sweep import Roots, run_sweep, sweep_status
+
+    roots = Roots(args.models, args.logs, args.results)
+    if args.status:
+        print(sweep_status(args.status, roots).to_string(index=False))
+        return
+    if (args.grid is None) == (args.resume is None):
+        raise TimnetError("give a grid file (timnet sweep GRID.toml) or --resume SWEEP (or --status SWEEP)")
+    record, table, workbook = run_sweep(
+        args.grid,
+        args.resume,
+        roots,
+        args.backend,
+        args.address,
+        args.device,
+        args.workers,
+        args.threads,
+        progress=not args.quiet,
+    )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"sweep {record['sweep']}: {len(table)} runs; wrote {workbook} and {len(table)} rows of the summary workbook")
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: worker processes on this machine; ray: one Ray task per unit on a cluster",
+    )
+    p.add_argument(
+        "--address",
+        help="with --backend ray: auto (the cluster `ray start` made here), ray://HEAD:10001, or none = start one",
+    )
 
 
 def cmd_run(args) -> None:
@@ -266,12 +314,24 @@ def cmd_tsne(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .predict import predict_files
+    from .predict import collect_audio, open_models
 
     _refuse_existing(args.csv)
     dataset = args.dataset or (str(args.config) if args.config else None)
-    models = {"run": args.run, "weights": args.weights, "dataset": dataset, "fold": args.fold, "seed": args.seed}
-    table = predict_files(args.files, models_root=args.models, device=args.device, **models)
+    model = open_models(
+        args.run, args.weights, dataset, args.model, args.engine, args.fold, args.seed, args.models, args.device
+    )
+    files = collect_audio(args.files)
+    fold = args.fold if args.model is not None else None  # a run's or the weights' fold was chosen when loading
+    if args.timeline:
+        from .timeline import write_timeline
+
+        for f in files:
+            table, csv, png = write_timeline(model, f, args.out_dir, args.hop, args.silence_db)
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            print(f"wrote {csv} and {png}")
+        return
+    table = model.predict(files, fold, args.workers, args.skip_bad, progress=not args.quiet and len(files) > 1)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.csv:
         from .atomic import atomic_path
@@ -279,6 +339,23 @@ def cmd_predict(args) -> None:
         with atomic_path(args.csv) as tmp:
             table.to_csv(tmp, index=False)
         print(f"wrote {args.csv}")
+
+
+def cmd_export(args) -> None:
+    from .export import export_run, export_weights, push_to_hub
+
+    if (args.run is None) == (args.weights is None):
+        raise TimnetError("export either a run (--run RUN) or the authors' weights (--weights ZIP --dataset D)")
+    if args.weights is not None and args.dataset is None:
+        raise TimnetError("--weights needs --dataset: the weights do not say which corpus they are for")
+    if args.run is not None:
+        out = export_run(args.run, args.out, args.models, args.fold, args.seed, onnx=not args.no_onnx)
+    else:
+        out = export_weights(args.weights, args.dataset, args.out, args.fold, onnx=not args.no_onnx)
+    print(f"wrote {out}/: config.json, model.safetensors{'' if args.no_onnx else ', onnx/'}, README.md")
+    print(f"next: timnet predict --model {out} <audio files, folders or a CSV list>")
+    if args.push_to_hub:
+        print(f"uploaded to {push_to_hub(out, args.push_to_hub)}")
 
 
 def cmd_example_data(args) -> None:
@@ -332,14 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--only-folds", type=lambda v: [int(i) for i in v.split(",")], help="train only these folds, e.g. 1,2"
     )
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its saved config is used)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        help="folds trained at once in worker processes (default: one per CPU "
-        "core, one per GPU; 1 = one after another in this process)",
-    )
+    _workers_arg(p)
+    _backend_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="a grid of runs (datasets x protocols x policies x seeds x settings), all at once")
+    p.add_argument("grid", nargs="?", type=Path, help="the grid file (TOML), e.g. examples/sweep_emodb.toml")
+    p.add_argument("--resume", metavar="SWEEP", help="continue a sweep (Results/sweeps/SWEEP.json)")
+    p.add_argument("--status", metavar="SWEEP", help="only show how far each run of a sweep is")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    p.add_argument("--threads", type=int, help="CPU threads per unit (default: the cores divided among the workers)")
+    _workers_arg(p)
+    _backend_args(p)
+    p.add_argument("--models", type=Path, default=Path("Models"))
+    p.add_argument("--logs", type=Path, default=Path("logs"))
+    p.add_argument("--results", type=Path, default=Path("Results"))
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "run",
@@ -377,20 +464,48 @@ def build_parser() -> argparse.ArgumentParser:
     _audio_args(p)
     p.set_defaults(func=cmd_tsne)
 
-    p = sub.add_parser("predict", help="predict the emotion of audio files")
-    p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--run", help="a training run id: its fold models and its preprocessing are used")
+    p = sub.add_parser("predict", help="predict the emotion of audio files (or emotion over time: --timeline)")
+    p.add_argument("files", nargs="+", type=Path, help="audio files, folders of them, or CSV lists (column path)")
+    p.add_argument("--model", help="an exported model folder (timnet export) or a Hugging Face Hub id")
+    p.add_argument("--run", help="or a training run id: its fold models and its preprocessing are used")
     p.add_argument("--weights", type=Path, help="or the authors' weights zip (needs --dataset)")
     p.add_argument("--dataset", help="with --weights: which corpus they were trained on")
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="with --model: onnxruntime (auto: when the folder has ONNX graphs; the faster on CPU) or PyTorch",
+    )
     p.add_argument("--fold", type=int, help="use one fold model instead of averaging all")
     p.add_argument(
         "--seed", type=int, help="with --run: only this training seed's models (default: all seeds averaged)"
     )
     p.add_argument("--csv", type=Path, help="also write the table to this CSV")
+    p.add_argument("--timeline", action="store_true", help="emotion per window over each (long) file: CSV + PNG")
+    p.add_argument("--hop", type=float, default=0.5, help="with --timeline: seconds between window starts")
+    p.add_argument(
+        "--silence-db", type=float, default=-50.0, help="with --timeline: windows quieter (RMS dBFS) are not classified"
+    )
+    p.add_argument("--out-dir", type=Path, default=Path("Results/timelines"), help="where --timeline writes")
     p.add_argument("--models", type=Path, default=Path("Models"))
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--workers", type=int, help="processes for feature extraction (default: all cores)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable/silent files (listed as warnings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a self-contained model folder: safetensors, ONNX, config, model card")
+    p.add_argument("--run", help="a training run id (folder under --models)")
+    p.add_argument("--weights", type=Path, help="or the authors' weights zip (needs --dataset)")
+    p.add_argument("--dataset", help="with --weights: which corpus they were trained on")
+    p.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist)")
+    p.add_argument("--fold", type=int, help="export one fold's model instead of all")
+    p.add_argument("--seed", type=int, help="with --run: only this training seed's models")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX graphs (the torch engine still works)")
+    p.add_argument("--push-to-hub", metavar="OWNER/NAME", help="then upload the folder to the Hugging Face Hub")
+    p.add_argument("--models", type=Path, default=Path("Models"))
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -9,6 +9,7 @@ Activations stay channels-last [B, T, C] throughout, as in Keras.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -91,14 +92,31 @@ class _CausalConvGEMM(torch.autograd.Function):
         return grad_x, grad_w.permute(1, 2, 0), g.sum((0, 1)), None
 
 
+def causal_conv_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
+    """The same causal conv out of place: one product per tap on the input delayed by `F.pad` ([B, T, C]).
+
+    This is what ONNX export traces. `_CausalConvGEMM`'s in-place accumulation into a slice exports to a
+    graph that runs and is wrong, so export must never see it.
+    """
+    k = weight.shape[-1]
+    y = F.linear(x, weight[:, :, k - 1], bias)  # current frame: [B, T, C_out]
+    for j in range(k - 1):
+        shift = (k - 1 - j) * dilation
+        y = y + F.linear(F.pad(x, (0, 0, shift, 0))[:, :-shift], weight[:, :, j])  # x[t - shift], zeros before 0
+    return y
+
+
 class CausalConv1d(nn.Conv1d):
     """Keras Conv1D(padding='causal'): sees only the past (left padding (k - 1) * dilation).
 
     Parameters are a Conv1d's ([C_out, C_in, k]), so weights load and save as such, but it runs on
-    channels-last input [B, T, C_in] -> [B, T, C_out] as GEMMs (see `_CausalConvGEMM`).
+    channels-last input [B, T, C_in] -> [B, T, C_out] as GEMMs (see `_CausalConvGEMM`), or out of place
+    while being exported to ONNX (`causal_conv_taps`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return causal_conv_taps(x, self.weight, self.bias, self.dilation[0])
         return _CausalConvGEMM.apply(x, self.weight, self.bias, self.dilation[0])
 
 
@@ -133,8 +151,11 @@ class TemporalAwareBlock(nn.Module):
         return x * torch.sigmoid(h)
 
     @staticmethod
-    def _norm(bn: nn.BatchNorm1d, h: torch.Tensor) -> torch.Tensor:
-        """BatchNorm over batch and time of channels-last [B, T, C] (BatchNorm1d takes [N, C])."""
+    def _norm(bn: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """BatchNorm over batch and time of channels-last [B, T, C] (BatchNorm1d takes [N, C]); nothing where
+        `fold_batchnorm` moved it into the conv."""
+        if isinstance(bn, nn.Identity):
+            return h
         return bn(h.reshape(-1, h.shape[-1])).view_as(h)
 
 
@@ -183,6 +204,22 @@ class TIMNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, F] MFCCs -> [B, K] logits (softmax gives the Keras model's output)."""
         return self.classifier(self.embed(x))
+
+
+@torch.no_grad()
+def fold_batchnorm(model: TIMNet) -> TIMNet:
+    """An inference copy with every BatchNorm folded into the conv before it (eval-mode BN is affine):
+    W' = W * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta. Fewer operations in an ONNX graph
+    (~1.1x faster in onnxruntime here); equal to the model to float rounding (checked at export)."""
+    folded = copy.deepcopy(model).eval()
+    for block in [*folded.forward_blocks, *folded.backward_blocks]:
+        for conv, name in ((block.conv1, "bn1"), (block.conv2, "bn2")):
+            bn = getattr(block, name)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [C_out]
+            conv.weight.mul_(scale[:, None, None])
+            conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+            setattr(block, name, nn.Identity())
+    return folded
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -1,28 +1,25 @@
-"""Emotion prediction for new audio, with the preprocessing read from the run (never re-typed).
+"""Emotion prediction for new audio, with the preprocessing read from the model (never re-typed).
 
-The fold models of a run (or the authors' published fold weights) each give class probabilities;
-by default they are averaged, or one fold is used (`fold=k`), which then equals that fold's
-evaluation output for its test files.
+The models: an exported folder (`model=`, torch or onnxruntime), a training run (`run=`) or the authors'
+published fold weights (`weights=` + `dataset=`). The fold models' class probabilities are averaged, or
+one fold is used (`fold=k`), which then equals that fold's evaluation output for its test files.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import soundfile as sf
+from natsort import natsorted
 
 from .config import load_config
 from .errors import TimnetError
-from .features import extract_file
 from .keras_weights import load_fold_models
-from .metrics import infer
 from .model import TIMNetConfig
+from .portable import PortableModel, from_fold_models, load_model
 from .runs import FoldModels, load_run
 
-LONG_FACTOR = 2.0  # warn when a file is this many times longer than the training length
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 def load_published(weights: Path, dataset: str, fold: int | None = None) -> FoldModels:
@@ -38,9 +35,55 @@ def load_published(weights: Path, dataset: str, fold: int | None = None) -> Fold
     return FoldModels(config, models, str(weights))
 
 
-def predict_features(fold_models: FoldModels, x: np.ndarray, device: str = "auto") -> np.ndarray:
-    """Mean class probabilities over the fold models, [N, K]."""
-    return np.mean([infer(m, x, device=device)[0] for m in fold_models.models.values()], axis=0)
+def collect_audio(inputs: list[str | Path]) -> list[Path]:
+    """Audio files from files, folders (every audio file below, in natural order) and CSV lists (column `path`
+    or `file`, else the first; relative paths are relative to the CSV's folder)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = natsorted((p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES), key=str)
+            if not found:
+                raise TimnetError(f"{item}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+            files += found
+        elif item.suffix.lower() == ".csv":
+            table = pd.read_csv(item)
+            column = next((c for c in ("path", "file") if c in table.columns), table.columns[0])
+            files += [p if p.is_absolute() else item.parent / p for p in map(Path, table[column].astype(str))]
+        else:
+            files.append(item)
+    if not files:
+        raise TimnetError("no audio files given")
+    return files
+
+
+def open_models(
+    run: str | Path | None = None,
+    weights: Path | None = None,
+    dataset: str | None = None,
+    model: str | Path | None = None,
+    engine: str = "auto",
+    fold: int | None = None,
+    seed: int | None = None,
+    models_root: Path = Path("Models"),
+    device: str = "auto",
+) -> PortableModel:
+    """The one source of models a prediction names (exactly one of run, weights, model)."""
+    if sum(v is not None for v in (run, weights, model)) != 1:
+        raise TimnetError(
+            "give one source of models: --model DIR (exported), --run RUN, or --weights ZIP with --dataset"
+        )
+    if model is not None:
+        return load_model(model, engine, device)
+    if engine == "onnx":
+        raise TimnetError("--engine onnx needs an exported model folder: timnet export, then --model DIR")
+    if weights is not None and dataset is None:
+        raise TimnetError(
+            "--weights needs --dataset: the weights do not say which corpus (class names, signal length) they are for"
+        )
+    fold_models = (
+        load_run(run, models_root, fold, seed) if run is not None else load_published(Path(weights), dataset, fold)
+    )
+    return from_fold_models(fold_models, device)
 
 
 def predict_files(
@@ -52,44 +95,18 @@ def predict_files(
     models_root: Path = Path("Models"),
     device: str = "auto",
     seed: int | None = None,
+    model: str | Path | None = None,
+    engine: str = "auto",
+    workers: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = False,
 ) -> pd.DataFrame:
-    """Predict the emotion of audio files: a table of file, predicted emotion, probability per class.
+    """Predict the emotion of audio files (or folders, or CSV lists of files): a table of file, predicted emotion,
+    its probability and the probability of every class.
 
-    A run's fold models are averaged (all its seeds', or `seed`'s), or one fold's (`fold=k`):
-    `timnet.predict(["a.wav"], run="EMODB_random_last_...")` or
-    `timnet.predict(["a.wav"], weights="EMODB_46.zip", dataset="EMODB")`.
+    `timnet.predict(["a.wav"], model="exported/EMODB")`, `timnet.predict(["a.wav"], run="EMODB_random_last_...")`
+    or `timnet.predict(["a.wav"], weights="EMODB_46.zip", dataset="EMODB")`. A run's fold models are averaged
+    (all its seeds', or `seed`'s), or one fold's (`fold=k`).
     """
-    if (run is None) == (weights is None):
-        raise TimnetError("give either a run (--run) or the authors' weights (--weights with --dataset)")
-    if weights is not None and dataset is None:
-        raise TimnetError(
-            "--weights needs --dataset: the weights do not say which corpus (class names, signal length) they are for"
-        )
-    fold_models = (
-        load_run(run, models_root, fold, seed) if run is not None else load_published(Path(weights), dataset, fold)
-    )
-    settings = fold_models.config.features
-    if not files:
-        raise TimnetError("no audio files given")
-    x = np.stack([extract_file(Path(f), settings) for f in files])
-    for f in files:
-        seconds = sf.info(str(f)).duration
-        limit = settings.signal_length / settings.sample_rate
-        if seconds > LONG_FACTOR * limit:
-            warnings.warn(
-                f"{f}: {seconds:.1f} s long, the model was trained on {limit:.2f} s; only the middle "
-                f"{limit:.2f} s is used (centre crop, as in training)",
-                stacklevel=2,
-            )
-    probs = predict_features(fold_models, x, device)
-    classes = fold_models.config.dataset.classes
-    table = pd.DataFrame(
-        {
-            "file": [str(f) for f in files],
-            "predicted": [classes[i] for i in probs.argmax(1)],
-            "probability": probs.max(1),
-        }
-    )
-    for c, name in enumerate(classes):
-        table[name] = probs[:, c]
-    return table
+    models = open_models(run, weights, dataset, model, engine, fold, seed, models_root, device)
+    return models.predict(collect_audio(files), fold if model is not None else None, workers, skip_bad, progress)

@@ -92,7 +92,7 @@ def append_summary(results_dir: Path, row: dict) -> Path:
 
 
 # --- figures ----------------------------------------------------------------------------------
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -103,7 +103,7 @@ def _pyplot():
 
 def plot_confusion(table: pd.DataFrame, path: Path, title: str) -> Path:
     """Row-normalised confusion heatmap (colour = share of each true class), counts written in the cells."""
-    plt = _pyplot()
+    plt = pyplot()
     counts = table.to_numpy()
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(table)
@@ -127,12 +127,12 @@ def plot_confusion(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves_grid(histories: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
     """Every unit's training loss and accuracies in one figure, one panel per unit."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(5, len(histories))
     rows = -(-len(histories) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
@@ -155,11 +155,11 @@ def plot_curves_grid(histories: dict[str, pd.DataFrame], path: Path, title: str)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path

@@ -76,6 +76,11 @@ class FoldJob:
         return RunPaths(Path(self.models_dir).name, Path(self.models_dir), Path(self.logs_dir), Path())
 
     @property
+    def key(self) -> str:
+        """`<run>/<unit>`: unique over the runs of a sweep."""
+        return f"{Path(self.models_dir).name}/{self.unit}"
+
+    @property
     def final_path(self) -> Path:
         return self.paths.unit_file(self.unit)
 
@@ -289,7 +294,7 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None, report: Report 
     "them."""
     cfg = Config.from_dict(job.config)
     report = report or (lambda event: None)
-    event = {"unit": job.unit, "epochs": cfg.train.epochs, "pid": os.getpid()}
+    event = {"key": job.key, "epochs": cfg.train.epochs, "pid": os.getpid()}
     if job.final_path.exists():  # finished units are never redone
         report({**event, "event": "done", "epoch": cfg.train.epochs})
         return load_result(job.final_path)
@@ -383,7 +388,7 @@ def run_units(
                 try:
                     results.append(train_fold(job, features, view.update))
                 except TimnetError as err:
-                    raise TimnetError(f"{job.unit}: {err}") from None
+                    raise TimnetError(f"{view.label(job.key)}: {err}") from None
             return results
         return _run_in_pool(jobs, workers, threads, view)
     finally:
@@ -394,16 +399,22 @@ class _ProgressView:
     """One bar over all fold-epochs of a run, with each running unit's latest epoch, loss and accuracy."""
 
     def __init__(self, jobs: list[FoldJob], desc: str, enabled: bool):
-        self.epochs = {j.unit: j.config["train"]["epochs"] for j in jobs}
+        self.epochs = {j.key: j.config["train"]["epochs"] for j in jobs}
+        self.one_run = len({Path(j.models_dir) for j in jobs}) <= 1
         self.done = dict.fromkeys(self.epochs, 0)
         self.latest: dict[str, str] = {}
         self.pids: dict[str, int] = {}
+        self.started: set[str] = set()
         self.bar = tqdm(
             total=sum(self.epochs.values()), desc=desc, unit="fold-epoch", disable=not enabled, smoothing=0.05
         )
 
+    def label(self, key: str) -> str:
+        """How a unit is named to the user: `fold_2`, or `<run>/fold_2` when several runs train at once."""
+        return key.split("/", 1)[1] if self.one_run else key
+
     def update(self, event: dict) -> None:
-        unit = event["unit"]
+        unit = event["key"]
         self.pids[unit] = event["pid"]
         finished = event["event"] == "done"
         epoch = self.epochs[unit] if finished else event["epoch"]
@@ -414,8 +425,12 @@ class _ProgressView:
         elif "row" in event:
             row = event["row"]
             self.latest[unit] = f"{epoch} {row['loss']:.3f}/{row['train_acc']:.0f}%"
+        if event["event"] == "start" and event["epoch"] > 0 and unit in self.started:
+            warnings.warn(f"{self.label(unit)}: started again, from its saved epoch {event['epoch']}", stacklevel=2)
+        self.started.add(unit)
         self.bar.set_postfix_str(
-            " | ".join(f"{u.replace('fold_', 'f')} {s}" for u, s in sorted(self.latest.items())), refresh=False
+            " | ".join(f"{self.label(u).replace('fold_', 'f')} {s}" for u, s in sorted(self.latest.items())),
+            refresh=False,
         )
 
     def running(self) -> list[str]:
@@ -472,16 +487,18 @@ def _run_in_pool(jobs: list[FoldJob], workers: int, threads: int | None, view: _
             except Empty:
                 pass
             for future, job in futures.items():
-                if job.unit in results or not future.done():
+                if job.key in results or not future.done():
                     continue
                 try:
-                    results[job.unit] = future.result()
+                    results[job.key] = future.result()
                 except BrokenProcessPool:
                     raise TimnetError(_died(view, processes)) from None
                 except TimnetError as err:
-                    raise TimnetError(f"{job.unit}: {err}") from None
+                    raise TimnetError(f"{view.label(job.key)}: {err}") from None
                 except Exception as err:
-                    raise TimnetError(f"{job.unit} failed in its worker: {type(err).__name__}: {err}") from err
+                    raise TimnetError(
+                        f"{view.label(job.key)} failed in its worker: {type(err).__name__}: {err}"
+                    ) from err
         _drain(messages, view)
     except BaseException:  # a failure, or Ctrl-C: stop the other units now (each keeps its last epoch's state)
         pool.shutdown(wait=False, cancel_futures=True)
@@ -490,7 +507,7 @@ def _run_in_pool(jobs: list[FoldJob], workers: int, threads: int | None, view: _
                 process.terminate()
         raise
     pool.shutdown(wait=True)
-    return [results[j.unit] for j in jobs]
+    return [results[j.key] for j in jobs]
 
 
 def _drain(messages, view: _ProgressView) -> None:
@@ -513,10 +530,10 @@ def _died(view: _ProgressView, processes: dict) -> str:
                 else f"exit code {code}"
             )
             return (
-                f"{unit}: its worker process {view.pids[unit]} died ({how}); "
+                f"{view.label(unit)}: its worker process {view.pids[unit]} died ({how}); "
                 "finished units are kept — resume the run with --resume"
             )
-    running = ", ".join(view.running()) or "a unit"
+    running = ", ".join(map(view.label, view.running())) or "a unit"
     return f"a worker process died while training {running}; finished units are kept — resume the run with --resume"
 
 
@@ -564,21 +581,27 @@ def should_compile(setting: str, epochs: int, device: str) -> bool:
     return setting == "on"
 
 
-def run_training(
-    cfg: Config,
-    mfcc: Path,
+@dataclass
+class PreparedRun:
+    """A run on disk (record written) with the units still to train; `finish_run` turns results into outputs."""
+
+    cfg: Config
+    paths: RunPaths
+    features: FeatureSet
+    jobs: list[FoldJob]
+
+
+def prepare_run(
+    cfg: Config | None,
+    mfcc: Path | None,
     models_root: Path = Path("Models"),
     logs_root: Path = Path("logs"),
     results_root: Path = Path("Results"),
     resume: str | None = None,
     device: str = "auto",
-    progress: bool = True,
     only_folds: list[int] | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-) -> "RunResult":
-    """Train every fold (x seed) of a run — in parallel worker processes by default — then write the run
-    workbook and the summary row. `workers=1` trains in this process, one unit after another."""
+) -> PreparedRun:
+    """Create a run (or open one to resume): its record, and one job per (seed, fold) unit selected."""
     if resume:
         record = open_run(Path(models_root), resume)
         cfg, mfcc, run_id = Config.from_dict(record["config"]), Path(record["mfcc"]), resume
@@ -593,30 +616,80 @@ def run_training(
             f"{mfcc}: features are {features.x.shape[1:]} per utterance, the config expects "
             f"({cfg.features.frames}, {cfg.features.n_mfcc}) — wrong --dataset or features made with other settings"
         )
-    device = pick_device(device)
     jobs = plan_jobs(cfg, features, mfcc, paths, device)
     if not resume:
-        create_run(
-            paths,
-            cfg,
-            mfcc,
-            device,
-            [
-                {
-                    "unit": j.unit,
-                    "fold": j.fold,
-                    "seed": j.seed,
-                    "test_stems": features.manifest.stem.iloc[j.test].tolist(),
-                }
-                for j in jobs
-            ],
-        )
+        tests = [{"unit": j.unit, "fold": j.fold, "seed": j.seed} for j in jobs]
+        for unit, job in zip(tests, jobs):
+            unit["test_stems"] = features.manifest.stem.iloc[job.test].tolist()
+        create_run(paths, cfg, mfcc, device, tests)
     selected = [j for j in jobs if only_folds is None or j.fold in only_folds]
-    workers, threads = plan_workers(len([j for j in selected if not j.final_path.exists()]), device, workers, threads)
-    if workers > 1:  # the workers read the features themselves; here only labels and manifest are needed
-        features = dataclasses.replace(features, x=np.empty((0, *features.x.shape[1:]), np.float32))
-    results = run_units(selected, workers, threads, features if workers == 1 else None, progress, desc=run_id)
-    return finish_run(cfg, features, paths, results)
+    return PreparedRun(cfg, paths, features, selected)
+
+
+def execute(
+    runs: list[PreparedRun],
+    device: str,
+    backend: str = "local",
+    workers: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    desc: str = "",
+    address: str | None = None,
+) -> list[list[FoldResult]]:
+    """Train the units of one or more runs at once with a backend: `local` (this process, or a process pool)
+    or `ray` (a Ray cluster). Returns each run's results."""
+    jobs = [j for run in runs for j in run.jobs]
+    if backend not in ("local", "ray"):
+        raise TimnetError(f"--backend {backend!r}: choose local or ray")
+    if backend == "local":
+        workers, threads = plan_workers(len([j for j in jobs if not j.final_path.exists()]), device, workers, threads)
+    serial = backend == "local" and workers == 1 and len(runs) == 1
+    features = runs[0].features if serial else None
+    for run in runs:  # workers read the features themselves; the outputs need only labels and manifest
+        run.features = dataclasses.replace(run.features, x=np.empty((0, *run.features.x.shape[1:]), np.float32))
+    if backend == "ray":
+        from .cluster import run_units_on_ray
+
+        results = run_units_on_ray(jobs, threads, address, progress, desc)
+    else:
+        results = run_units(jobs, workers, threads, features, progress, desc)
+    del features
+    by_key = {j.key: r for j, r in zip(jobs, results)}
+    return [[by_key[j.key] for j in run.jobs] for run in runs]
+
+
+def run_training(
+    cfg: Config | None,
+    mfcc: Path | None,
+    models_root: Path = Path("Models"),
+    logs_root: Path = Path("logs"),
+    results_root: Path = Path("Results"),
+    resume: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    only_folds: list[int] | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    backend: str = "local",
+    address: str | None = None,
+) -> "RunResult":
+    """Train every fold (x seed) of a run — in parallel worker processes by default, or on Ray — then write
+    the run workbook and the summary row. `workers=1` trains in this process, one unit after another."""
+    device = resolve_device(device, backend, address)
+    run = prepare_run(cfg, mfcc, models_root, logs_root, results_root, resume, device, only_folds)
+    [results] = execute([run], device, backend, workers, threads, progress, run.paths.run_id, address)
+    return finish_run(run.cfg, run.features, run.paths, results)
+
+
+def resolve_device(device: str, backend: str = "local", address: str | None = None) -> str:
+    """The device units train on: checked here for `local`; for `ray`, `auto` means CUDA when the cluster has GPUs."""
+    if backend != "ray":
+        return pick_device(device)
+    if device != "auto":
+        return device
+    from .cluster import cluster_has_gpus
+
+    return "cuda" if cluster_has_gpus(address) else "cpu"
 
 
 @dataclass

@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, unique_path, write_json
 from .config import Config
 from .errors import TimnetError
 from .evaluate import published_folds
@@ -190,15 +190,6 @@ def project(embeddings: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> 
         raise TimnetError(f"t-SNE needs at least 3 utterances, got {len(embeddings)}")
     perplexity = min(perplexity, (len(embeddings) - 1) / 3)
     return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(embeddings)
-
-
-def unique_path(path: Path) -> Path:
-    """`path`, or `name_2.ext`, `name_3.ext`, ... so earlier results are never overwritten."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-    return candidate
 
 
 def plot(

@@ -1,0 +1,152 @@
+"""The Ray backend: every unit (one fold of one seed of one run) is a Ray task on a cluster.
+
+The units are the same `train_fold(job)` the local executor runs, so the run folder, its files and its
+numbers are those of a local run. What a cluster adds:
+- storage: units read the MFCC file and write the run folder by absolute path, so both must be on storage
+  every node sees (NFS, a shared disk); a node that cannot gets one error naming it and the path;
+- faults: a unit whose worker dies (kill -9, out of memory, a node lost) is retried by Ray and restores its
+  per-epoch state, so it goes on from its last finished epoch, not from epoch 0;
+- Ctrl-C cancels the tasks; every unit keeps its last epoch's state, so `--resume` continues.
+Ray is imported only here, only for `--backend ray`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from .errors import TimnetError
+
+RETRIES = 3  # how often Ray restarts a unit whose worker process died
+INSTALL = "python3 -m pip install 'ray[default]'"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise TimnetError(f"--backend ray needs Ray, which is not installed: {INSTALL}") from None
+    return ray
+
+
+def connect(address: str | None = None):
+    """Join the cluster at `address` (`auto`: the one started with `ray start` on this machine;
+    `ray://host:10001`: a remote head), or start a local one; a driver already connected stays connected."""
+    ray = _ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False)
+        except ConnectionError as err:
+            raise TimnetError(f"cannot reach the Ray cluster at {address}: {err}") from None
+    return ray
+
+
+def cluster_has_gpus(address: str | None = None) -> bool:
+    return connect(address).cluster_resources().get("GPU", 0) > 0
+
+
+def check_storage(job) -> None:
+    """In the task, before any work: can this node read the features and write the run folder?"""
+    node = socket.gethostname()
+    if not os.access(job.mfcc, os.R_OK):
+        raise TimnetError(
+            f"node {node} cannot read {job.mfcc} — the MFCC file and the run folder must be on storage every "
+            "node sees (a shared or network file system, the same path on every node)"
+        )
+    try:
+        Path(job.models_dir).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=job.models_dir).close()
+    except OSError as err:
+        raise TimnetError(
+            f"node {node} cannot write the run folder {job.models_dir} ({err.strerror}) — it must be on storage "
+            "every node sees and can write"
+        ) from None
+
+
+@functools.lru_cache(maxsize=2)
+def _node_features(mfcc: str, classes: tuple[str, ...]):
+    """The features, read once per Ray worker process (workers are reused across tasks)."""
+    from .features import load_features
+
+    return load_features(Path(mfcc), list(classes))
+
+
+def train_unit(job, threads: int, events):
+    """The Ray task: one unit, its progress events sent to the driver's queue."""
+    import torch
+
+    from .config import Config
+    from .train import train_fold
+
+    check_storage(job)
+    torch.set_num_threads(threads)
+    features = _node_features(job.mfcc, tuple(Config.from_dict(job.config).dataset.classes))
+    return train_fold(job, features, lambda event: events.put_nowait({**event, "node": socket.gethostname()}))
+
+
+def absolute(job):
+    """The job with absolute paths: a path relative to the driver's folder means nothing on another node."""
+    import dataclasses
+
+    return dataclasses.replace(
+        job,
+        mfcc=str(Path(job.mfcc).resolve()),
+        models_dir=str(Path(job.models_dir).resolve()),
+        logs_dir=str(Path(job.logs_dir).resolve()),
+    )
+
+
+def run_units_on_ray(jobs: list, threads: int | None, address: str | None, progress: bool, desc: str) -> list:
+    """Submit every unit at once as a Ray task (CPUs = threads per unit, one GPU on CUDA) and wait for all;
+    one progress bar over their epochs, fed through a Ray queue."""
+    from .train import _ProgressView
+
+    ray = connect(address)
+    from ray.util.queue import Empty, Queue
+
+    threads = threads or 1
+    events = Queue(actor_options={"num_cpus": 0})  # the progress queue must not hold a CPU a unit needs
+    task = ray.remote(train_unit)
+    view = _ProgressView(jobs, desc, progress)
+    refs = {}
+    for job in map(absolute, jobs):
+        gpus = 1 if job.device.startswith("cuda") else 0
+        options = {"num_cpus": threads, "num_gpus": gpus, "max_retries": RETRIES, "retry_exceptions": False}
+        refs[task.options(name=f"timnet {job.key}", **options).remote(job, threads, events)] = job
+    results = {}
+    try:
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
+            for ref in done:
+                job = refs[ref]
+                try:
+                    results[job.key] = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    cause = err.cause if isinstance(err.cause, Exception) else err
+                    raise TimnetError(f"{view.label(job.key)}: {cause}") from None
+                except ray.exceptions.RayError as err:  # its worker died more often than Ray retries
+                    raise TimnetError(
+                        f"{view.label(job.key)}: its Ray worker died {RETRIES + 1} times ({type(err).__name__}); "
+                        "finished units are kept — resume the run with --resume"
+                    ) from None
+            _drain(events, view, Empty)
+        _drain(events, view, Empty)
+    except BaseException:  # a failure, or Ctrl-C: cancel the rest; each unit keeps its last epoch's state
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        view.close()
+    return [results[j.key] for j in jobs]
+
+
+def _drain(events, view, empty) -> None:
+    while True:
+        try:
+            view.update(events.get_nowait())
+        except empty:
+            return

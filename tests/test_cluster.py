@@ -1,0 +1,196 @@
+"""The Ray backend and sweeps, on a local Ray cluster of 2 CPUs started by these tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import SHORT
+
+from timnet import load_config
+from timnet.errors import TimnetError
+from timnet.train import run_training
+
+ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def short_run(**train) -> object:
+    return load_config("EMODB", {**SHORT, **{f"train.{k}": v for k, v in train.items()}})
+
+
+def train(cfg, mfcc, root: Path, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_training(
+            cfg, mfcc, root / "Models", root / "logs", root / "Results", progress=False, threads=1, **kw
+        )
+
+
+def unit_files(root: Path, run_id: str) -> dict[str, dict]:
+    return {p.stem: torch.load(p, weights_only=True) for p in sorted((root / "Models" / run_id).glob("fold_*.pt"))}
+
+
+def assert_same_units(a: dict[str, dict], b: dict[str, dict]) -> None:
+    assert a.keys() == b.keys() and a
+    for unit in a:
+        assert a[unit]["metrics"] == b[unit]["metrics"], unit
+        assert torch.equal(a[unit]["test_probs"], b[unit]["test_probs"]), unit
+        for name, tensor in a[unit]["state_dict"].items():
+            assert torch.equal(tensor, b[unit]["state_dict"][name]), (unit, name)
+
+
+def test_ray_backend_equals_local_bit_for_bit(cluster, mfcc, tmp_path):
+    cfg = short_run(folds=2, epochs=2)
+    local = train(cfg, mfcc, tmp_path / "local", workers=2)
+    on_ray = train(cfg, mfcc, tmp_path / "ray", backend="ray")
+    assert_same_units(unit_files(tmp_path / "local", local.run_id), unit_files(tmp_path / "ray", on_ray.run_id))
+    pd.testing.assert_frame_equal(local.predictions, on_ray.predictions)
+    assert on_ray.workbook.is_file() and (tmp_path / "ray" / "Results" / "Accuracy Analysis Summary.xlsx").is_file()
+
+
+def test_a_node_that_cannot_read_the_features_fails_with_one_line(cluster, mfcc, tmp_path):
+    copy = tmp_path / "MFCC" / "EMODB.npy"
+    copy.parent.mkdir()
+    for src in mfcc.parent.glob("EMODB.*"):
+        (copy.parent / src.name).write_bytes(src.read_bytes())
+    from timnet.train import execute, prepare_run
+
+    run = prepare_run(short_run(folds=2, epochs=1), copy, tmp_path / "M", tmp_path / "L", tmp_path / "R", device="cpu")
+    copy.unlink()  # as if the file were on a disk this node does not mount
+    with pytest.raises(TimnetError, match=r"fold_\d: node \S+ cannot read .*EMODB.npy — .*storage every node sees"):
+        execute([run], "cpu", backend="ray", progress=False)
+
+
+def ray_worker_of(unit_key: str) -> int | None:
+    """The pid of the Ray worker process running a unit (Ray titles it `ray::<task name>`)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if title.startswith("ray::") and unit_key in title:
+            return int(pid)
+    return None
+
+
+def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_path):
+    """kill -9 of the worker in the middle of a unit: Ray retries it, it goes on from its last saved epoch,
+    and the numbers equal an uninterrupted run."""
+    cfg = short_run(folds=2, epochs=40)
+    reference = train(cfg, mfcc, tmp_path / "local", workers=2)
+    root = tmp_path / "ray"
+    outcome: dict = {}
+
+    def ray_run():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outcome["result"] = run_training(
+                cfg, mfcc, root / "Models", root / "logs", root / "Results", progress=False, threads=1, backend="ray"
+            )
+        outcome["warnings"] = [str(w.message) for w in caught]
+
+    thread = threading.Thread(target=ray_run)
+    thread.start()
+    killed, deadline = None, time.monotonic() + 180
+    while killed is None and time.monotonic() < deadline and thread.is_alive():
+        states = list((root / "Models").glob("*/in_progress/fold_1.pt"))
+        if states:
+            try:
+                epoch = torch.load(states[0], weights_only=False)["progress"]["epoch"]
+            except Exception:  # noqa: BLE001 — being replaced right now
+                epoch = 0
+            pid = ray_worker_of(f"{states[0].parent.parent.name}/fold_1")
+            if 5 <= epoch < 30 and pid:
+                os.kill(pid, signal.SIGKILL)
+                killed = epoch
+        time.sleep(0.05)
+    thread.join(timeout=300)
+    assert killed, "the unit was not caught in the middle of its training"
+    run_id = outcome["result"].run_id
+    restarts = [w for w in outcome["warnings"] if "fold_1: started again, from its saved epoch" in w]
+    assert restarts and int(restarts[0].rsplit(" ", 1)[1]) >= killed, outcome["warnings"]
+    assert_same_units(unit_files(tmp_path / "local", reference.run_id), unit_files(root, run_id))
+
+
+def test_sweep_of_a_2x2_grid(cluster, mfcc, tmp_path, capsys):
+    from timnet.cli import main
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        f"""name = "tiny"
+[runs]
+dataset = "EMODB"
+mfcc = "{mfcc}"
+set = {{ "train.folds" = 2, "train.epochs" = 2, "features.signal_length" = 16000 }}
+[grid]
+protocol = ["random", "speaker"]
+checkpoint = ["last", "best-val"]
+"""
+    )
+    dirs = ["--models", str(tmp_path / "M"), "--logs", str(tmp_path / "L"), "--results", str(tmp_path / "R")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["sweep", str(grid), "--backend", "ray", "--threads", "1", "--quiet", *dirs]) == 0
+    record_file = next((tmp_path / "R" / "sweeps").glob("tiny_*.json"))
+    record = json.loads(record_file.read_text())
+    assert len(record["runs"]) == 4 and len({r["run_id"] for r in record["runs"]}) == 4
+    table = pd.read_excel(record_file.with_suffix(".xlsx"), sheet_name="runs")
+    assert list(zip(table.protocol, table.checkpoint)) == [
+        ("random", "last"),
+        ("random", "best-val"),
+        ("speaker", "last"),
+        ("speaker", "best-val"),
+    ]
+    assert table[["war_mean", "war_std", "uar_mean", "f1_mean"]].notna().all().all()
+    summary = pd.read_excel(tmp_path / "R" / "Accuracy Analysis Summary.xlsx")
+    assert sorted(summary.run) == sorted(table.run)
+    for run in table.run:
+        assert len(list((tmp_path / "M" / run).glob("fold_*.pt"))) == 2
+    capsys.readouterr()
+    assert main(["sweep", "--status", record_file.stem, *dirs]) == 0
+    assert capsys.readouterr().out.count("2/2") == 4
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "M").glob("*/fold_*.pt")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["sweep", "--resume", record_file.stem, "--quiet", "--workers", "1", *dirs]) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before, "a finished unit must never be trained again"
+    again = pd.read_excel(record_file.with_suffix(".xlsx"), sheet_name="runs")
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_grid_errors_are_one_line(tmp_path):
+    from timnet.sweep import expand, load_grid
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[runs]\ndataset = "EMODB"\n[grid]\nlearning_rate = [1, 2]\n')
+    with pytest.raises(TimnetError, match="grid key 'learning_rate' is not a setting"):
+        load_grid(bad)
+    bad.write_text('[grid]\nprotocol = ["random"]\n')
+    with pytest.raises(TimnetError, match="say which dataset"):
+        load_grid(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('[runs]\ndataset = "EMODB"\n[grid]\nseed = [1, 2]\n"train.lr" = [0.1, 0.2]\n')
+    specs = expand(load_grid(good))
+    assert [s["overrides"] for s in specs] == [
+        {"train.lr": 0.1, "train.seeds": [1]},
+        {"train.lr": 0.2, "train.seeds": [1]},
+        {"train.lr": 0.1, "train.seeds": [2]},
+        {"train.lr": 0.2, "train.seeds": [2]},
+    ]
+    assert np.all([s["dataset"] == "EMODB" for s in specs])
