@@ -116,7 +116,7 @@ def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_
             except Exception:  # noqa: BLE001 — being replaced right now
                 epoch = 0
             pid = ray_worker_of(f"{states[0].parent.parent.name}/fold_1")
-            if 5 <= epoch < 30 and pid:
+            if 3 <= epoch < 35 and pid:
                 os.kill(pid, signal.SIGKILL)
                 killed = epoch
         time.sleep(0.05)

@@ -261,3 +261,30 @@ def test_settings_live_in_the_toml_and_runs_of_earlier_versions_still_load():
     del data["model"]["levels"]  # no default in code: the TOML must say it
     with pytest.raises(TimnetError, match=r"incomplete \[model\] section"):
         Config.from_dict(data)
+
+
+def test_recomputed_activations_train_to_the_same_bits(tmp_path, mfcc):
+    """`train.recompute = on` keeps only block inputs for backward; dropout replays its RNG state, so the
+    weights and numbers equal those of ordinary training exactly."""
+    import warnings
+
+    import torch
+
+    from timnet import load_config
+    from timnet.train import run_training, should_recompute
+
+    results = {}
+    for setting in ("off", "on"):
+        cfg = load_config("EMODB", {"features.signal_length": 16000, "train.folds": 2, "train.epochs": 2,
+                                    "train.recompute": setting})  # fmt: skip
+        root = tmp_path / setting
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = run_training(cfg, mfcc, root / "M", root / "L", root / "R", progress=False, workers=1, threads=1)
+        results[setting] = torch.load(root / "M" / run.run_id / "fold_1.pt", weights_only=True)
+    assert results["on"]["metrics"] == results["off"]["metrics"]
+    for name, tensor in results["off"]["state_dict"].items():
+        assert torch.equal(tensor, results["on"]["state_dict"][name]), name
+    assert should_recompute("auto", load_config("IEMOCAP"), 64) and not should_recompute(
+        "auto", load_config("EMODB"), 64
+    )

@@ -86,6 +86,7 @@ class TrainSettings:
     patience: int
     compile: str
     test_every: int
+    recompute: str
     seeds: list[int] = field(default_factory=list)  # extra training seeds; none = the KFold seed
 
     PROTOCOLS = ("random", "speaker")
@@ -105,6 +106,8 @@ class TrainSettings:
             raise TimnetError("epochs and batch_size must be positive")
         if self.compile not in self.COMPILE:
             raise TimnetError(f"unknown compile setting {self.compile!r}; choose one of {', '.join(self.COMPILE)}")
+        if self.recompute not in self.COMPILE:
+            raise TimnetError(f"unknown recompute setting {self.recompute!r}; choose one of {', '.join(self.COMPILE)}")
         if self.test_every < 0:
             raise TimnetError(f"test_every must be 0 (only at the end) or a number of epochs (got {self.test_every})")
         if not 0.0 < self.val_fraction < 0.5:
@@ -142,7 +145,7 @@ class Published:
 RETIRED = {"train": ("device",)}
 # Settings added after runs were saved: what such a run did before they existed. (The TOML files hold every
 # setting; the dataclasses above have no defaults, so a missing one is an error, except these.)
-INTRODUCED = {"train": {"compile": "off", "test_every": 1}}
+INTRODUCED = {"train": {"compile": "off", "test_every": 1, "recompute": "off"}}
 
 
 @dataclass

@@ -82,7 +82,7 @@ def export_run(
 
 def export_weights(weights: Path, dataset: str, out: Path, fold: int | None = None, onnx: bool = True) -> Path:
     """Export the authors' published fold weights (their zip, folder or .hdf5) to a model folder."""
-    config = load_config(dataset)
+    config = load_config(dataset, {"train.checkpoint": "best-test"})  # their checkpoints: best epoch on the test fold
     found = load_fold_models(Path(weights), TIMNetConfig.from_config(config))
     models = {f"fold_{k}": m for k, m in found.items() if fold is None or k == fold}
     if not models:

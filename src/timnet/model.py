@@ -9,12 +9,14 @@ Activations stay channels-last [B, T, C] throughout, as in Keras.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -159,6 +161,27 @@ class TemporalAwareBlock(nn.Module):
         return bn(h.reshape(-1, h.shape[-1])).view_as(h)
 
 
+@contextlib.contextmanager
+def _statistics_frozen(block: nn.Module):
+    """While a block is recomputed for backward, BatchNorm's running statistics are updated a second time:
+    put back what the forward pass left (through `.data`, which autograd's saved tensors do not track)."""
+    norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm1d)]
+    kept = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in norms]
+    try:
+        yield
+    finally:
+        for bn, (mean, var, count) in zip(norms, kept):
+            bn.running_mean.data.copy_(mean)
+            bn.running_var.data.copy_(var)
+            bn.num_batches_tracked.data.copy_(count)
+
+
+def _recomputed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """block(x), keeping only x for backward (activation checkpointing)."""
+    contexts = lambda: (contextlib.nullcontext(), _statistics_frozen(block))  # noqa: E731
+    return checkpoint(block, x, use_reentrant=False, context_fn=contexts)
+
+
 class TIMNet(nn.Module):
     def __init__(self, config: TIMNetConfig):
         super().__init__()
@@ -175,6 +198,7 @@ class TIMNet(nn.Module):
         )
         self.level_weights = nn.Parameter(torch.empty(c.levels))
         self.classifier = nn.Linear(c.filters, c.n_classes)
+        self.recompute = False  # training memory: keep only block inputs, recompute the rest in backward
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -193,7 +217,10 @@ class TIMNet(nn.Module):
         bwd = self.backward_in(x.flip(1))  # [B, T, C], time reversed
         pooled = []
         for f_block, b_block in zip(self.forward_blocks, self.backward_blocks):
-            fwd, bwd = f_block(fwd), b_block(bwd)
+            if self.recompute and self.training:  # same numbers (dropout replays its RNG state), ~1/3 more compute
+                fwd, bwd = _recomputed(f_block, fwd), _recomputed(b_block, bwd)
+            else:
+                fwd, bwd = f_block(fwd), b_block(bwd)
             pooled.append((fwd + bwd).mean(dim=1))  # [B, C]
         return torch.stack(pooled, dim=-1)  # [B, C, L]
 

@@ -21,7 +21,10 @@ import dataclasses
 import functools
 import multiprocessing
 import os
+import pickle
+import shutil
 import signal
+import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -52,6 +55,10 @@ from .splits import make_folds, validation_split
 # and an epoch gets 1.05x (AVX-512 EPYC) to 1.23x (AVX2) faster, ~0.1-0.35 s: it repays itself only after
 # several hundred epochs. On CUDA the many small elementwise kernels are what compiling fuses.
 COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
+# `train.recompute = "auto"` keeps only each block's input for backward (recomputing the rest) when a batch's
+# activations would exceed this: IEMOCAP (606 frames, 10 levels: ~1.1 GB) yes; EMO-DB (188 frames, 8 levels:
+# ~0.27 GB) and SAVEE (254: ~0.37 GB) no. Costs ~1/3 more compute per step, so only where memory is the limit.
+RECOMPUTE_ABOVE_BYTES = 600e6
 
 
 @dataclass
@@ -133,6 +140,7 @@ class _FoldTraining:
         )
         torch.manual_seed(job.seed * 1000 + job.fold)
         self.model = TIMNet(TIMNetConfig.from_config(cfg)).to(self.device)
+        self.model.recompute = should_recompute(self.t.recompute, cfg, self.t.batch_size)
         self.forward = _compiled(self.model) if job.compile else self.model
         self.compile_pending = job.compile
         t = self.t
@@ -372,6 +380,7 @@ def run_units(
     features: FeatureSet | None = None,
     progress: bool = True,
     desc: str = "",
+    shared: dict[str, str] | None = None,
 ) -> list[FoldResult]:
     """Run units, in parallel worker processes when workers > 1; one progress bar over all their epochs.
 
@@ -390,7 +399,7 @@ def run_units(
                 except TimnetError as err:
                     raise TimnetError(f"{view.label(job.key)}: {err}") from None
             return results
-        return _run_in_pool(jobs, workers, threads, view)
+        return _run_in_pool(jobs, workers, threads, view, shared or {})
     finally:
         view.close()
 
@@ -445,17 +454,40 @@ class _ProgressView:
 _WORKER: dict = {}
 
 
-def _worker_init(messages, parent: int, threads: int | None) -> None:
+def _worker_init(messages, parent: int, threads: int | None, shared: dict[str, str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     if threads:
         torch.set_num_threads(threads)
-    _WORKER.update(messages=messages, parent=parent)
+    _WORKER.update(messages=messages, parent=parent, shared=shared)
 
 
 @functools.lru_cache(maxsize=2)
 def _worker_features(mfcc: str, classes: tuple[str, ...]) -> FeatureSet:
-    """The features, read once per worker process, not once per unit."""
-    return load_features(Path(mfcc), list(classes))
+    """The features, once per worker process, not once per unit: memory-mapped from the copy the parent
+    shared (one copy in memory for all workers), else read from the MFCC file."""
+    shared = _WORKER.get("shared", {}).get(mfcc)
+    if shared is None:
+        return load_features(Path(mfcc), list(classes))
+    with open(Path(shared) / "features.pkl", "rb") as f:
+        features = pickle.load(f)
+    # copy-on-write mapping: pages are shared between the workers (never written), and writable for torch
+    return dataclasses.replace(features, x=np.load(Path(shared) / "x.npy", mmap_mode="c"))
+
+
+def share_features(runs: list, folder: Path) -> dict[str, str]:
+    """Write each run's features where pool workers can memory-map them: {MFCC path: folder}. The MFCC file
+    itself is a pickled dict (the authors' format), which cannot be mapped."""
+    shared = {}
+    for run in runs:
+        for mfcc in {j.mfcc for j in run.jobs} - set(shared):
+            where = folder / str(len(shared))
+            where.mkdir(parents=True)
+            np.save(where / "x.npy", run.features.x)
+            light = dataclasses.replace(run.features, x=np.empty((0, *run.features.x.shape[1:]), np.float32))
+            with open(where / "features.pkl", "wb") as f:
+                pickle.dump(light, f)
+            shared[mfcc] = str(where)
+    return shared
 
 
 def _worker_report(event: dict) -> None:
@@ -469,11 +501,13 @@ def _worker_train(job: FoldJob) -> FoldResult:
     return train_fold(job, _worker_features(job.mfcc, classes), _worker_report)
 
 
-def _run_in_pool(jobs: list[FoldJob], workers: int, threads: int | None, view: _ProgressView) -> list[FoldResult]:
+def _run_in_pool(
+    jobs: list[FoldJob], workers: int, threads: int | None, view: _ProgressView, shared: dict[str, str]
+) -> list[FoldResult]:
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads is not safe
     messages = context.Queue()
     pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_init, initargs=(messages, os.getpid(), threads)
+        workers, mp_context=context, initializer=_worker_init, initargs=(messages, os.getpid(), threads, shared)
     )
     futures = {pool.submit(_worker_train, job): job for job in jobs}
     processes: dict = {}
@@ -574,6 +608,15 @@ def plan_jobs(cfg: Config, features: FeatureSet, mfcc: Path, paths: RunPaths, de
     return jobs
 
 
+def should_recompute(setting: str, cfg: Config, batch_size: int) -> bool:
+    """`on`, `off`, or `auto`: recompute block activations in backward where a batch's saved activations would
+    pass RECOMPUTE_ABOVE_BYTES (about 9 tensors of [B, T, C] floats per block, 2 x levels blocks)."""
+    if setting == "auto":
+        per_block = 9 * batch_size * cfg.features.frames * cfg.model.filters * 4
+        return per_block * 2 * cfg.model.levels > RECOMPUTE_ABOVE_BYTES
+    return setting == "on"
+
+
 def should_compile(setting: str, epochs: int, device: str) -> bool:
     """`on`, `off`, or `auto`: compile where it repays its cost (COMPILE_MIN_EPOCHS per unit; never on MPS)."""
     if setting == "auto":
@@ -645,15 +688,22 @@ def execute(
         workers, threads = plan_workers(len([j for j in jobs if not j.final_path.exists()]), device, workers, threads)
     serial = backend == "local" and workers == 1 and len(runs) == 1
     features = runs[0].features if serial else None
-    for run in runs:  # workers read the features themselves; the outputs need only labels and manifest
-        run.features = dataclasses.replace(run.features, x=np.empty((0, *run.features.x.shape[1:]), np.float32))
-    if backend == "ray":
-        from .cluster import run_units_on_ray
+    pool = backend == "local" and workers > 1
+    folder = Path(tempfile.mkdtemp(prefix="timnet_features_")) if pool else None
+    try:
+        shared = share_features(runs, folder) if pool else {}
+        for run in runs:  # workers read the features themselves; the outputs need only labels and manifest
+            run.features = dataclasses.replace(run.features, x=np.empty((0, *run.features.x.shape[1:]), np.float32))
+        if backend == "ray":
+            from .cluster import run_units_on_ray
 
-        results = run_units_on_ray(jobs, threads, address, progress, desc)
-    else:
-        results = run_units(jobs, workers, threads, features, progress, desc)
-    del features
+            results = run_units_on_ray(jobs, threads, address, progress, desc)
+        else:
+            results = run_units(jobs, workers, threads, features, progress, desc, shared)
+        del features
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     by_key = {j.key: r for j, r in zip(jobs, results)}
     return [[by_key[j.key] for j in run.jobs] for run in runs]
 
