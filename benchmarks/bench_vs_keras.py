@@ -1,7 +1,7 @@
 """Training speed against the official Keras code, side by side in ONE run, with ratios and peak memory.
 
     pip install -e .[reference]          # tensorflow-cpu + tf-keras, for the Keras competitor
-    python benchmarks/bench_vs_keras.py [--folds 4] [--epochs 50] [--mfcc MFCC/EMODB.npy]
+    python benchmarks/bench_vs_keras.py [--folds 4] [--epochs 50] [--mfcc MFCC/EMODB.npy] [--set KEY=VALUE]
 
 Competitors, one after another on the same EMO-DB-shaped data (the authors' 10 folds: 481 training / 54 test
 utterances of 188 x 39, batch 64), each over the same `--folds` x `--epochs`:
@@ -281,6 +281,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--dataset", default="EMODB", help="whose shapes (IEMOCAP: 5,531 x 606 x 39, 10 levels)")
     ap.add_argument("--mfcc", type=Path, help="features from `timnet preprocess` (default: random features)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for timnet's runs")
     ap.add_argument("--skip-keras", action="store_true", help="only the timnet competitors (no ratio to Keras)")
     ap.add_argument("--keras-worker", nargs=4, metavar=("MFCC", "FOLDS", "EPOCHS", "LEVELS"), help=argparse.SUPPRESS)
     ap.add_argument("--inference", action="store_true", help="inference speed instead of training")
@@ -318,7 +319,9 @@ def main() -> None:
             "--epochs",
             str(args.epochs),
             "--quiet",
+            *[arg for setting in args.set for arg in ("--set", setting)],
         ]
+        settings = f" [{', '.join(args.set)}]" if args.set else ""
         competitors = (
             {}
             if args.skip_keras
@@ -334,8 +337,8 @@ def main() -> None:
                 ]
             }
         )
-        competitors["timnet train (defaults)"] = timnet
-        competitors["timnet --workers 1 --compile off"] = [*timnet, "--workers", "1", "--compile", "off"]
+        competitors[f"timnet train (defaults){settings}"] = timnet
+        competitors[f"timnet --workers 1 --compile off{settings}"] = [*timnet, "--workers", "1", "--compile", "off"]
         rows = []
         for name, argv in competitors.items():
             out = work / name.split()[0] / str(len(rows))
@@ -356,10 +359,8 @@ def main() -> None:
     print("| competitor | s per fold-epoch | speed vs Keras | peak memory (MB) |\n|---|---|---|---|")
     for row in rows:
         row["speedup_vs_keras"] = base / row["per_fold_epoch"] if base else float("nan")
-        print(
-            f"| {row['competitor']} | {row['per_fold_epoch']:.3f} | {row['speedup_vs_keras']:.2f}x | "
-            f"{row['peak_memory_mb']:.0f} |"
-        )
+        ratio = f"{row['speedup_vs_keras']:.2f}x" if base else "— (no Keras)"
+        print(f"| {row['competitor']} | {row['per_fold_epoch']:.3f} | {ratio} | {row['peak_memory_mb']:.0f} |")
     append_csv(
         RESULTS,
         [

@@ -69,9 +69,12 @@ def test_a_node_that_cannot_read_the_features_fails_with_one_line(cluster, mfcc,
     copy.parent.mkdir()
     for src in mfcc.parent.glob("EMODB.*"):
         (copy.parent / src.name).write_bytes(src.read_bytes())
+    from timnet.runs import Roots
     from timnet.train import execute, prepare_run
 
-    run = prepare_run(short_run(folds=2, epochs=1), copy, tmp_path / "M", tmp_path / "L", tmp_path / "R", device="cpu")
+    run = prepare_run(
+        short_run(folds=2, epochs=1), copy, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu"
+    )
     copy.unlink()  # as if the file were on a disk this node does not mount
     with pytest.raises(TimnetError, match=r"fold_\d: node \S+ cannot read .*EMODB.npy — .*storage every node sees"):
         execute([run], "cpu", backend="ray", progress=False)

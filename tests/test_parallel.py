@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -67,10 +68,14 @@ def test_worker_rule():
     )
 
 
-def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, capsys):
+def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, capsys, monkeypatch):
     serial = train(tmp_path, mfcc, "serial", workers=1, folds=2, epochs=3, seeds=[46, 7])
     capsys.readouterr()
+    scratch = tmp_path / "scratch"  # where the parent shares the features with its workers
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     parallel = train(tmp_path, mfcc, "parallel", workers=2, progress=True, folds=2, epochs=3, seeds=[46, 7])
+    assert not list(scratch.iterdir()), "the shared copy of the features must be removed after the run"
     bar = capsys.readouterr().err
     assert "12/12" in bar and "fold-epoch" in bar  # 4 units x 3 epochs in one bar
     units = ["fold_1_seed46", "fold_2_seed46", "fold_1_seed7", "fold_2_seed7"]
@@ -81,6 +86,32 @@ def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, caps
         serial.folds.drop(columns="train_seconds"), parallel.folds.drop(columns="train_seconds")
     )
     pd.testing.assert_frame_equal(serial.predictions, parallel.predictions)
+
+
+def test_pool_workers_map_one_shared_copy_of_the_features(tmp_path, mfcc, monkeypatch):
+    """Workers memory-map the copy the parent wrote (pages shared between processes) instead of each reading
+    the pickled MFCC file into memory of its own; what they see equals the file."""
+    import numpy as np
+
+    from timnet import train as training
+    from timnet.features import load_features
+    from timnet.runs import Roots
+
+    cfg = load_config("EMODB", SHORT)
+    run = training.prepare_run(cfg, mfcc, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu")
+    shared = training.share_features([run], tmp_path / "shared")
+    assert list(shared) == [str(mfcc)]
+    monkeypatch.setitem(training._WORKER, "shared", shared)
+    training._worker_features.cache_clear()
+    try:
+        seen = training._worker_features(str(mfcc), tuple(cfg.dataset.classes))
+    finally:
+        training._worker_features.cache_clear()
+    own = load_features(mfcc, cfg.dataset.classes)
+    assert isinstance(seen.x, np.memmap) and seen.x.mode == "c"
+    np.testing.assert_array_equal(seen.x, own.x)
+    np.testing.assert_array_equal(seen.y, own.y)
+    pd.testing.assert_frame_equal(seen.manifest, own.manifest)
 
 
 def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc):

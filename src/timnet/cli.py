@@ -208,7 +208,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .sweep import Roots, run_sweep, sweep_status
+    from .runs import Roots
+    from .sweep import run_sweep, sweep_status
 
     roots = Roots(args.models, args.logs, args.results)
     if args.status:

@@ -53,6 +53,22 @@ UNIT_KEYS = frozenset(
 
 
 @dataclass
+class Roots:
+    """The three top folders runs go to (the CLI's --models/--logs/--results)."""
+
+    models: Path = Path("Models")
+    logs: Path = Path("logs")
+    results: Path = Path("Results")
+
+    @property
+    def sweeps(self) -> Path:
+        return self.results / "sweeps"
+
+    def run(self, run_id: str) -> "RunPaths":
+        return RunPaths.under(run_id, self.models, self.logs, self.results)
+
+
+@dataclass
 class RunPaths:
     run_id: str
     models: Path

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from .atomic import write_json
 from .config import load_config
 from .errors import TimnetError
 from .metrics import METRICS
+from .runs import Roots
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,19 +41,6 @@ else:  # pragma: no cover
 
 ALIASES = {"protocol": "train.protocol", "checkpoint": "train.checkpoint", "folds": "train.folds"}
 ALIASES |= {"epochs": "train.epochs", "seeds": "train.seeds"}
-
-
-@dataclass
-class Roots:
-    """Where the sweep's runs and results go (the CLI's --models/--logs/--results)."""
-
-    models: Path = Path("Models")
-    logs: Path = Path("logs")
-    results: Path = Path("Results")
-
-    @property
-    def sweeps(self) -> Path:
-        return self.results / "sweeps"
 
 
 def _setting(path: Path, key: str) -> str:
@@ -143,7 +130,7 @@ def start_sweep(grid_file: Path, roots: Roots, device: str) -> tuple[dict, list]
         mfcc = Path(grid["mfcc"] or Path("MFCC") / f"{cfg.dataset.name}.npy")
         if not mfcc.is_file():
             raise TimnetError(f"{mfcc}: no features — run `timnet preprocess --dataset {cfg.dataset.name}` first")
-        run = prepare_run(cfg, mfcc, roots.models, roots.logs, roots.results, device=device)
+        run = prepare_run(cfg, mfcc, roots, device=device)
         runs.append(run)
         record["runs"].append({"run_id": run.paths.run_id, **spec})
         write_json(_record_path(roots, sweep_id), record)
@@ -154,9 +141,7 @@ def resume_sweep(sweep_id: str, roots: Roots, device: str) -> tuple[dict, list]:
     from .train import prepare_run
 
     record = read_sweep(roots, sweep_id)
-    runs = [
-        prepare_run(None, None, roots.models, roots.logs, roots.results, r["run_id"], device) for r in record["runs"]
-    ]
+    runs = [prepare_run(None, None, roots, r["run_id"], device) for r in record["runs"]]
     return record, runs
 
 
@@ -196,9 +181,7 @@ def sweep_row(entry: dict, summary: dict) -> dict:
     """One run of the sweep: its id, what the grid chose, protocol and policy, WAR/UAR/F1 mean ± std."""
     row = {"run": entry["run_id"], "dataset": summary["dataset"]}
     shown = ("dataset", "train.protocol", "train.checkpoint")  # columns of their own
-    row |= {
-        k: str(v) for k, v in sorted(entry["values"].items()) if k not in shown
-    }  # sorted: as the record stores them
+    row |= {k: str(v) for k, v in sorted(entry["values"].items()) if k not in shown}  # as the record stores them
     row |= {"protocol": summary["protocol"], "checkpoint": summary["checkpoint"], "utterances": summary["utterances"]}
     for metric in METRICS:
         row[f"{metric}_mean"], row[f"{metric}_std"] = summary[f"{metric}_mean"], summary[f"{metric}_std"]

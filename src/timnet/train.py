@@ -47,7 +47,18 @@ from .errors import TimnetError
 from .features import FeatureSet, load_features
 from .metrics import METRICS, confusion, fold_statistics, infer, pick_device, prediction_table, scores, table_confusion
 from .model import TIMNet, TIMNetConfig
-from .runs import FoldResult, RunPaths, create_run, load_result, new_run_id, open_run, save_pt, save_unit, unit_name
+from .runs import (
+    FoldResult,
+    Roots,
+    RunPaths,
+    create_run,
+    load_result,
+    new_run_id,
+    open_run,
+    save_pt,
+    save_unit,
+    unit_name,
+)
 from .splits import make_folds, validation_split
 
 # `train.compile = "auto"` compiles when each unit trains at least this many epochs on that device. Measured
@@ -637,22 +648,20 @@ class PreparedRun:
 def prepare_run(
     cfg: Config | None,
     mfcc: Path | None,
-    models_root: Path = Path("Models"),
-    logs_root: Path = Path("logs"),
-    results_root: Path = Path("Results"),
+    roots: Roots,
     resume: str | None = None,
     device: str = "auto",
     only_folds: list[int] | None = None,
 ) -> PreparedRun:
     """Create a run (or open one to resume): its record, and one job per (seed, fold) unit selected."""
     if resume:
-        record = open_run(Path(models_root), resume)
+        record = open_run(roots.models, resume)
         cfg, mfcc, run_id = Config.from_dict(record["config"]), Path(record["mfcc"]), resume
     else:
         cfg.train.validate()
         mfcc = Path(mfcc)
-        run_id = new_run_id(cfg, Path(models_root))
-    paths = RunPaths.under(run_id, models_root, logs_root, results_root)
+        run_id = new_run_id(cfg, roots.models)
+    paths = roots.run(run_id)
     features = load_features(mfcc, cfg.dataset.classes)
     if features.x.shape[1:] != (cfg.features.frames, cfg.features.n_mfcc):
         raise TimnetError(
@@ -726,7 +735,7 @@ def run_training(
     """Train every fold (x seed) of a run — in parallel worker processes by default, or on Ray — then write
     the run workbook and the summary row. `workers=1` trains in this process, one unit after another."""
     device = resolve_device(device, backend, address)
-    run = prepare_run(cfg, mfcc, models_root, logs_root, results_root, resume, device, only_folds)
+    run = prepare_run(cfg, mfcc, Roots(models_root, logs_root, results_root), resume, device, only_folds)
     [results] = execute([run], device, backend, workers, threads, progress, run.paths.run_id, address)
     return finish_run(run.cfg, run.features, run.paths, results)
 
