@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import soundfile as sf
@@ -56,6 +58,10 @@ def test_export_writes_a_self_contained_folder(learned):
     assert card["metrics"]["war_mean"] == pytest.approx(folds.war.mean())
     assert card["metrics"]["war_std"] == pytest.approx(folds.war.std(ddof=1))
     assert card["onnx"]["max_abs_diff"] <= ONNX_TOLERANCE
+    ops = Counter(node.op_type for node in onnx.load(out / "onnx" / "fold_1.onnx").graph.node)
+    levels = card["architecture"]["levels"]
+    assert ops["Conv"] == 2 + 2 * 2 * levels and "Pad" not in ops, ops  # causal padding folded into the convs
+    assert ops["Transpose"] <= 8 and "BatchNormalization" not in ops, ops
     readme = (out / "README.md").read_text()
     assert f"WAR {folds.war.mean():.2f} ± {folds.war.std(ddof=1):.2f} %" in readme
     assert "random k-fold splits" in readme and "domain shift" in readme
@@ -110,15 +116,11 @@ def test_export_never_writes_a_graph_that_disagrees_with_torch(learned, monkeypa
 
     root, _, result, _ = learned
 
-    def looks_ahead(x, weight, bias, dilation):
-        k = weight.shape[-1]
-        y = F.linear(x, weight[:, :, k - 1], bias)
-        for j in range(k - 1):
-            shift = (k - 1 - j) * dilation
-            y = y + F.linear(F.pad(x, (0, 0, 0, shift))[:, shift:], weight[:, :, j])
-        return y
+    def looks_ahead(x, weight, bias, dilation):  # pads on the right: frame t sees t .. t + (k-1)*d
+        padded = F.pad(x.transpose(1, 2), (0, (weight.shape[-1] - 1) * dilation))
+        return F.conv1d(padded, weight, bias, dilation=dilation).transpose(1, 2)
 
-    monkeypatch.setattr(timnet.model, "causal_conv_taps", looks_ahead)
+    monkeypatch.setattr(timnet.model, "causal_conv_export", looks_ahead)
     out = root / "wrong"
     with pytest.raises(TimnetError, match="disagrees with the torch model"):
         export_run(result.run_id, out, root / "Models")

@@ -12,7 +12,7 @@ from torch import nn
 
 from timnet import load_config
 from timnet.config import known_datasets
-from timnet.model import CausalConv1d, TIMNet, TIMNetConfig, causal_conv_taps, count_parameters, fold_batchnorm
+from timnet.model import CausalConv1d, TIMNet, TIMNetConfig, causal_conv_export, count_parameters, fold_batchnorm
 
 
 @pytest.mark.parametrize("name", known_datasets())
@@ -78,7 +78,7 @@ def test_gemm_causal_conv_equals_left_padded_conv1d(kernel_size, dilation):
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    exported = causal_conv_taps(x, conv.weight, conv.bias, dilation)  # what ONNX export traces
+    exported = causal_conv_export(x, conv.weight, conv.bias, dilation)  # what ONNX export traces
     torch.testing.assert_close(exported, reference, rtol=1e-12, atol=1e-12)
 
 

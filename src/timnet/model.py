@@ -94,18 +94,17 @@ class _CausalConvGEMM(torch.autograd.Function):
         return grad_x, grad_w.permute(1, 2, 0), g.sum((0, 1)), None
 
 
-def causal_conv_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
-    """The same causal conv out of place: one product per tap on the input delayed by `F.pad` ([B, T, C]).
+def causal_conv_export(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
+    """The same causal conv as ONNX export traces it: [B, T, C] -> channels-first `F.pad` + `F.conv1d` -> back.
 
-    This is what ONNX export traces. `_CausalConvGEMM`'s in-place accumulation into a slice exports to a
-    graph that runs and is wrong, so export must never see it.
+    `_CausalConvGEMM`'s in-place accumulation into a slice exports to a graph that runs and is wrong, so export
+    must never see it. In onnxruntime this form is the fast one: its transpose optimizer cancels the transposes
+    between neighbouring convs, and `export.optimize_graph` folds each left pad into its Conv (measured: 1.7x the
+    samples per second of a pad + one MatMul per tap formulation).
     """
     k = weight.shape[-1]
-    y = F.linear(x, weight[:, :, k - 1], bias)  # current frame: [B, T, C_out]
-    for j in range(k - 1):
-        shift = (k - 1 - j) * dilation
-        y = y + F.linear(F.pad(x, (0, 0, shift, 0))[:, :-shift], weight[:, :, j])  # x[t - shift], zeros before 0
-    return y
+    padded = F.pad(x.transpose(1, 2), ((k - 1) * dilation, 0))  # [B, C_in, (k-1)*d + T], zeros before t = 0
+    return F.conv1d(padded, weight, bias, dilation=dilation).transpose(1, 2)  # [B, T, C_out]
 
 
 class CausalConv1d(nn.Conv1d):
@@ -113,12 +112,12 @@ class CausalConv1d(nn.Conv1d):
 
     Parameters are a Conv1d's ([C_out, C_in, k]), so weights load and save as such, but it runs on
     channels-last input [B, T, C_in] -> [B, T, C_out] as GEMMs (see `_CausalConvGEMM`), or out of place
-    while being exported to ONNX (`causal_conv_taps`).
+    while being exported to ONNX (`causal_conv_export`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():
-            return causal_conv_taps(x, self.weight, self.bias, self.dilation[0])
+            return causal_conv_export(x, self.weight, self.bias, self.dilation[0])
         return _CausalConvGEMM.apply(x, self.weight, self.bias, self.dilation[0])
 
 
