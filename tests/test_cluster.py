@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import signal
@@ -128,6 +129,50 @@ def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_
     run_id = outcome["result"].run_id
     restarts = [w for w in outcome["warnings"] if "fold_1: started again, from its saved epoch" in w]
     assert restarts and int(restarts[0].rsplit(" ", 1)[1]) >= killed, outcome["warnings"]
+    assert_same_units(unit_files(tmp_path / "local", reference.run_id), unit_files(root, run_id))
+
+
+def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc, tmp_path):
+    """Ctrl-C in the driver mid-run: every task is cancelled (its worker goes, its state stops changing), and
+    `resume` finishes the run with the numbers of an uninterrupted one."""
+    cfg = short_run(folds=2, epochs=40)
+    reference = train(cfg, mfcc, tmp_path / "local", workers=2)
+    root = tmp_path / "ray"
+    seen: dict = {}
+
+    def interrupt_mid_unit():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            states = list((root / "Models").glob("*/in_progress/fold_1.pt"))
+            if states:
+                try:
+                    epoch = torch.load(states[0], weights_only=False)["progress"]["epoch"]
+                except Exception:  # noqa: BLE001 — being replaced right now
+                    epoch = 0
+                if 3 <= epoch < 35:
+                    seen["run_id"], seen["epoch"] = states[0].parent.parent.name, epoch
+                    _thread.interrupt_main()  # what Ctrl-C does to the driver
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=interrupt_mid_unit)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, mfcc, root, backend="ray")
+    watcher.join()
+    assert seen, "the unit was not caught in the middle of its training"
+    run_id = seen["run_id"]
+    deadline = time.monotonic() + 30
+    while any(ray_worker_of(f"{run_id}/fold_{k}") for k in (1, 2)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(ray_worker_of(f"{run_id}/fold_{k}") for k in (1, 2)), "a cancelled task still runs"
+    state = root / "Models" / run_id / "in_progress" / "fold_1.pt"
+    before = state.stat().st_mtime_ns
+    time.sleep(1.5)
+    assert state.stat().st_mtime_ns == before, "a cancelled unit still writes its state"
+    assert not (root / "Models" / run_id / "fold_1.pt").exists()
+    resumed = train(None, None, root, resume=run_id, backend="ray")
+    assert resumed.run_id == run_id
     assert_same_units(unit_files(tmp_path / "local", reference.run_id), unit_files(root, run_id))
 
 
