@@ -18,7 +18,7 @@ from conftest import EMODB_16K, SHORT, WEIGHTS, needs_shared
 import timnet
 from timnet import load_config
 from timnet.errors import TimnetError
-from timnet.export import ONNX_TOLERANCE, export_run, export_weights
+from timnet.export import ONNX_OPSET, ONNX_TOLERANCE, export_run, export_weights
 from timnet.features import load_features
 from timnet.timeline import SILENT, window_starts, write_timeline
 
@@ -58,7 +58,10 @@ def test_export_writes_a_self_contained_folder(learned):
     assert card["metrics"]["war_mean"] == pytest.approx(folds.war.mean())
     assert card["metrics"]["war_std"] == pytest.approx(folds.war.std(ddof=1))
     assert card["onnx"]["max_abs_diff"] <= ONNX_TOLERANCE
-    ops = Counter(node.op_type for node in onnx.load(out / "onnx" / "fold_1.onnx").graph.node)
+    graph = onnx.load(out / "onnx" / "fold_1.onnx")
+    onnx.checker.check_model(graph, full_check=True)
+    assert [(o.domain, o.version) for o in graph.opset_import] == [("", ONNX_OPSET)]  # standard operators only
+    ops = Counter(node.op_type for node in graph.graph.node)
     levels = card["architecture"]["levels"]
     assert ops["Conv"] == 2 + 2 * 2 * levels and "Pad" not in ops, ops  # causal padding folded into the convs
     assert ops["Transpose"] <= 8 and "BatchNormalization" not in ops, ops

@@ -192,7 +192,8 @@ def optimize_graph(traced: Path, out: Path) -> None:
     """The traced graph, simplified once at export: onnxruntime's portable (`basic`) optimisations — constant
     folding, and its transpose optimizer, which cancels the transposes between neighbouring convs — then every
     zero `Pad` of the time axis folded into the `Conv` it feeds (onnxruntime does not fold these itself; a `Pad`
-    per conv cost a quarter of the run time). Standard ONNX operators only; checked against torch afterwards."""
+    per conv cost a quarter of the run time). Standard ONNX operators and opset only; checked against torch
+    afterwards."""
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
@@ -233,6 +234,9 @@ def optimize_graph(traced: Path, out: Path) -> None:
     used = {name for node in graph.node for name in node.input}
     for tensor in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(tensor)
+    domains = {node.domain for node in graph.node} | {""}  # onnxruntime declares its own domains; none is used
+    for opset in [o for o in model.opset_import if o.domain not in domains]:
+        model.opset_import.remove(opset)
     onnx.save(model, str(out))
 
 
