@@ -93,6 +93,18 @@ def ray_worker_of(unit_key: str) -> int | None:
     return None
 
 
+def fold_1_in_progress(root: Path) -> tuple[str, int] | None:
+    """(run id, last saved epoch) of fold 1 while it trains under `root`, from its per-epoch state file."""
+    states = list((root / "Models").glob("*/in_progress/fold_1.pt"))
+    if not states:
+        return None
+    try:
+        epoch = torch.load(states[0], weights_only=False)["progress"]["epoch"]
+    except Exception:  # noqa: BLE001 — being replaced right now
+        epoch = 0
+    return states[0].parent.parent.name, epoch
+
+
 def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_path):
     """kill -9 of the worker in the middle of a unit: Ray retries it, it goes on from its last saved epoch,
     and the numbers equal an uninterrupted run."""
@@ -113,16 +125,10 @@ def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_
     thread.start()
     killed, deadline = None, time.monotonic() + 180
     while killed is None and time.monotonic() < deadline and thread.is_alive():
-        states = list((root / "Models").glob("*/in_progress/fold_1.pt"))
-        if states:
-            try:
-                epoch = torch.load(states[0], weights_only=False)["progress"]["epoch"]
-            except Exception:  # noqa: BLE001 — being replaced right now
-                epoch = 0
-            pid = ray_worker_of(f"{states[0].parent.parent.name}/fold_1")
-            if 3 <= epoch < 35 and pid:
-                os.kill(pid, signal.SIGKILL)
-                killed = epoch
+        found = fold_1_in_progress(root)
+        if found and 3 <= found[1] < 35 and (pid := ray_worker_of(f"{found[0]}/fold_1")):
+            os.kill(pid, signal.SIGKILL)
+            killed = found[1]
         time.sleep(0.05)
     thread.join(timeout=300)
     assert killed, "the unit was not caught in the middle of its training"
@@ -143,16 +149,11 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc,
     def interrupt_mid_unit():
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            states = list((root / "Models").glob("*/in_progress/fold_1.pt"))
-            if states:
-                try:
-                    epoch = torch.load(states[0], weights_only=False)["progress"]["epoch"]
-                except Exception:  # noqa: BLE001 — being replaced right now
-                    epoch = 0
-                if 3 <= epoch < 35:
-                    seen["run_id"], seen["epoch"] = states[0].parent.parent.name, epoch
-                    _thread.interrupt_main()  # what Ctrl-C does to the driver
-                    return
+            found = fold_1_in_progress(root)
+            if found and 3 <= found[1] < 35:
+                seen["run_id"], seen["epoch"] = found
+                _thread.interrupt_main()  # what Ctrl-C does to the driver
+                return
             time.sleep(0.05)
 
     watcher = threading.Thread(target=interrupt_mid_unit)
