@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import load_config
+from .config import TrainSettings, load_config
 from .errors import TimnetError
 
 
@@ -54,7 +54,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores divided among the workers)")
     p.add_argument(
         "--compile",
-        choices=["auto", "on", "off"],
+        choices=TrainSettings.SWITCHES,
         help="torch.compile the model (auto: for folds of "
         ">= 1000 epochs on CPU, >= 200 on CUDA, where it repays its 1-2 minutes)",
     )

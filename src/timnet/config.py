@@ -91,7 +91,7 @@ class TrainSettings:
 
     PROTOCOLS = ("random", "speaker")
     CHECKPOINTS = ("last", "best-val", "best-test")
-    COMPILE = ("auto", "on", "off")
+    SWITCHES = ("auto", "on", "off")  # compile, recompute
 
     def validate(self) -> None:
         if self.protocol not in self.PROTOCOLS:
@@ -104,10 +104,11 @@ class TrainSettings:
             raise TimnetError(f"folds must be at least 2 (got {self.folds})")
         if self.epochs < 1 or self.batch_size < 1:
             raise TimnetError("epochs and batch_size must be positive")
-        if self.compile not in self.COMPILE:
-            raise TimnetError(f"unknown compile setting {self.compile!r}; choose one of {', '.join(self.COMPILE)}")
-        if self.recompute not in self.COMPILE:
-            raise TimnetError(f"unknown recompute setting {self.recompute!r}; choose one of {', '.join(self.COMPILE)}")
+        for name in ("compile", "recompute"):
+            if getattr(self, name) not in self.SWITCHES:
+                raise TimnetError(
+                    f"unknown {name} setting {getattr(self, name)!r}; choose one of {', '.join(self.SWITCHES)}"
+                )
         if self.test_every < 0:
             raise TimnetError(f"test_every must be 0 (only at the end) or a number of epochs (got {self.test_every})")
         if not 0.0 < self.val_fraction < 0.5:

@@ -248,7 +248,7 @@ def check_onnx(reference: InferenceGraph, session, frames: int, n_mfcc: int) -> 
     for n, t in ((1, frames), (7, frames), (64, frames), (3, frames // 2 + 1)):  # nor the number of frames
         x = (rng.standard_normal((n, t, n_mfcc)) * 20).astype(np.float32)
         with torch.no_grad():
-            want = [t.numpy() for t in reference(torch.from_numpy(x))]
+            want = [out.numpy() for out in reference(torch.from_numpy(x))]
         try:
             got = session.run(list(ONNX_OUTPUTS), {"mfcc": x})
         except Exception as err:  # e.g. a shape frozen at export time: onnxruntime's error types vary

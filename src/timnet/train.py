@@ -485,6 +485,11 @@ def _worker_features(mfcc: str, classes: tuple[str, ...]) -> FeatureSet:
     return dataclasses.replace(features, x=np.load(Path(shared) / "x.npy", mmap_mode="c"))
 
 
+def _without_samples(features: FeatureSet) -> FeatureSet:
+    """The features' labels and manifest without the MFCC array (x keeps its frame and coefficient shape)."""
+    return dataclasses.replace(features, x=np.empty((0, *features.x.shape[1:]), np.float32))
+
+
 def share_features(runs: list, folder: Path) -> dict[str, str]:
     """Write each run's features where pool workers can memory-map them: {MFCC path: folder}. The MFCC file
     itself is a pickled dict (the authors' format), which cannot be mapped."""
@@ -494,9 +499,8 @@ def share_features(runs: list, folder: Path) -> dict[str, str]:
             where = folder / str(len(shared))
             where.mkdir(parents=True)
             np.save(where / "x.npy", run.features.x)
-            light = dataclasses.replace(run.features, x=np.empty((0, *run.features.x.shape[1:]), np.float32))
             with open(where / "features.pkl", "wb") as f:
-                pickle.dump(light, f)
+                pickle.dump(_without_samples(run.features), f)
             shared[mfcc] = str(where)
     return shared
 
@@ -702,7 +706,7 @@ def execute(
     try:
         shared = share_features(runs, folder) if pool else {}
         for run in runs:  # workers read the features themselves; the outputs need only labels and manifest
-            run.features = dataclasses.replace(run.features, x=np.empty((0, *run.features.x.shape[1:]), np.float32))
+            run.features = _without_samples(run.features)
         if backend == "ray":
             from .cluster import run_units_on_ray
 
