@@ -1,21 +1,42 @@
-"""Training speed against the official Keras code, side by side in ONE run, with ratios and peak memory.
+"""Training speed of the authors' own TIM-Net code against `timnet train`, interleaved, at two epoch counts.
 
-    pip install -e .[reference]          # tensorflow-cpu + tf-keras, for the Keras competitor
-    python benchmarks/bench_vs_keras.py [--folds 4] [--epochs 50] [--mfcc MFCC/EMODB.npy] [--set KEY=VALUE]
+    pip install -e .[reference]          # tensorflow-cpu + tf-keras, for competitor A
+    python benchmarks/bench_vs_keras.py [--epochs 30,90] [--repeats 3] [--folds 2] [--mfcc MFCC/EMODB.npy]
+                                        [--authors-code ../shared/reference/official-timnet] [--set KEY=VALUE]
 
-Competitors, one after another on the same EMO-DB-shaped data (the authors' 10 folds: 481 training / 54 test
-utterances of 188 x 39, batch 64), each over the same `--folds` x `--epochs`:
-  keras                      the model of tools/keras_reference.py trained as the original trains: per fold a new
-                             model and one `fit` over all epochs, validation on the test fold and a weights
-                             checkpoint (ModelCheckpoint, save_best_only on val_accuracy) every epoch
-  timnet train (defaults)    the CLI as a user runs it: default workers, threads and compile, with its per-epoch
-                             state saving, history, curves, workbook
-  timnet --workers 1 --compile off    the serial path
-Each is timed as a whole command (start-up, model building, compiling included) and divided by folds x epochs.
-Peak memory is the largest sum of proportional resident memory (PSS) over the command's process tree (Linux;
-elsewhere the largest resident size of a single child). The table is printed and appended to
-benchmarks/results/bench_vs_keras.csv.
-Without --mfcc the features are random numbers in EMO-DB's shape (speed does not depend on the values).
+Competitors, each a whole process, on the same data and the authors' 10-fold split (KFold(10, shuffle, seed 46);
+EMO-DB: 481 training / 54 test utterances of 188 x 39, batch 64), each over its first `--folds` folds:
+  A  the authors' own code (../shared/reference/official-timnet, read-only, imported at run time, never copied):
+     their `main.py` run as a user runs it (`--mode train --epoch E`), i.e. their `Model.py` training: per fold a
+     new `TIMNET_Model.create_model()`, one `fit` over all epochs with validation on the test fold and their
+     `ModelCheckpoint(save_weights_only=True, save_best_only=False)` every epoch, then their per-fold
+     load_weights / evaluate / predict / reports and their workbook. Run-time shims in the worker, none in their
+     files: tf-keras (TF_USE_LEGACY_KERAS=1; under Keras 3 their TIMNET.py fails: "A KerasTensor cannot be used
+     as input to a TensorFlow function"), their KFold cut to the first `--folds` folds, pandas >= 2 (no `encoding=`
+     in to_excel, no ExcelWriter.save), class labels passed to their confusion matrix / report (a small test fold
+     may lack a class), MFCC/<DATASET>.npy, Models/ and Results/ in a scratch folder.
+     Only when that folder is absent: the model of tools/keras_reference.py in the same loop, labelled
+     "our Keras rewrite, not the authors' code" on every output line.
+  B  `python -m timnet.cli train` with its defaults, as a user runs it (workers, threads, compile; `--set` passes
+     settings through).
+Order: rounds of A(E1) B(E1) A(E2) B(E2), `--repeats` rounds. Measured per command: wall seconds, CPU seconds of
+the process tree (getrusage(RUSAGE_CHILDREN) deltas: user + system of the command and its reaped descendants),
+peak memory (largest sum of PSS over the process tree, Linux; elsewhere the largest resident child).
+Derived per round and competitor, with F = --folds:
+  steady   s per fold-epoch = (wall(E2) - wall(E1)) / (F x (E2 - E1))
+  fixed    s per command    = wall(E1) - steady x F x E1
+  paper    10 folds x 500 epochs = A: start-up + (fixed - start-up) x 10 / F + steady x 5000  (A builds, compiles
+           and evaluates a new graph per fold; its start-up, TF import to the first fold, is measured in the worker
+           and counted once); B: fixed + steady x 5000 (its imports, worker pool, feature mapping and workbook are
+           per command; its per-fold costs overlap in the workers). A row "B's fixed cost per fold" shows the
+           ratio if B's fixed cost scaled with folds as A's does (an upper bound for B).
+Printed: medians (min-max over the rounds) as a Markdown table for the README; the raw per-command rows are
+appended to benchmarks/results/bench_vs_authors.csv (bench_vs_keras.csv keeps the old columns and rows).
+Without --mfcc the features are random numbers in the dataset's shape (speed does not depend on the values).
+Caveats: B trains up to one fold per core at once, so use F >= cores for a faithful 10-fold projection; the
+projection assumes a 500-epoch run takes the code paths of E1 and E2 (`--compile auto` compiles CPU units of
+>= 1000 epochs only, but CUDA units of >= 200). Duration: ~(2 x wall(A) + 2 x wall(B)) per round; on 2 cores with
+the defaults roughly 15 minutes a round.
 
     python benchmarks/bench_vs_keras.py --inference [--samples 2048]
 
@@ -33,6 +54,7 @@ import csv
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,9 +68,14 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULTS = HERE / "results" / "bench_vs_keras.csv"
+AUTHORS_CODE = REPO.parent / "shared" / "reference" / "official-timnet"
+RESULTS = HERE / "results" / "bench_vs_authors.csv"
 INFERENCE_RESULTS = HERE / "results" / "bench_inference.csv"
 BATCH = 64
+PAPER_FOLDS, PAPER_EPOCHS = 10, 500
+REWRITE_LABEL = "our Keras rewrite, not the authors' code"
+AUTHORS_NAMES = {"RAVDESS": "RAVDE"}  # the authors' main.py names for our datasets, where they differ
+STARTED = "first_fold_started"  # file in a competitor-A worker's folder: time.time() when fold 1 begins
 
 
 def synthetic_features(dataset: str, out: Path) -> Path:
@@ -73,43 +100,208 @@ def synthetic_features(dataset: str, out: Path) -> Path:
     return npy
 
 
-def keras_main(mfcc: Path, folds: int, epochs: int, levels: int, work: Path) -> None:
-    """The Keras competitor (run in its own process): the authors' training loop."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+def legacy_keras() -> None:
+    """Keras 2 semantics (tf-keras) for `tensorflow.keras`, set before TensorFlow is imported."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def first_folds(folds: int, work: Path):
+    """sklearn's KFold yielding only the first `folds` splits; notes the time the first fold begins."""
+    from sklearn.model_selection import KFold
+
+    class FirstFolds(KFold):
+        def split(self, X, y=None, groups=None):  # noqa: N803 (sklearn's names)
+            for k, split in enumerate(super().split(X, y, groups)):
+                if k == folds:
+                    return
+                if k == 0:
+                    (work / STARTED).write_text(repr(time.time()))
+                yield split
+
+    return FirstFolds
+
+
+def shim_authors(code: Path, folds: int, classes: int, work: Path) -> None:
+    """Run-time shims for the authors' Model.py under today's libraries; their files stay untouched."""
+    import functools
+
+    sys.path.insert(0, str(code))
+    import Model  # the authors' module (their folder is first on sys.path)
+
+    Model.KFold = first_folds(folds, work)
+    to_excel = pd.DataFrame.to_excel
+
+    @functools.wraps(to_excel)
+    def to_excel_without_encoding(self, *args, encoding=None, **kwargs):  # pandas 2 dropped `encoding`
+        return to_excel(self, *args, **kwargs)
+
+    pd.DataFrame.to_excel = to_excel_without_encoding
+    if not hasattr(pd.ExcelWriter, "save"):  # pandas 2 dropped save(); their close() right after writes the file
+        pd.ExcelWriter.save = lambda self: None
+    for name in ("confusion_matrix", "classification_report"):  # every class named: a small test fold may lack one
+        fn = getattr(Model, name)
+        setattr(Model, name, functools.partial(fn, labels=list(range(classes))))
+
+
+def authors_worker(code: Path, mfcc: Path, dataset: str, folds: int, epochs: int, work: Path) -> None:
+    """Competitor A in its own process: the authors' main.py, run as `python main.py --mode train --epoch E`
+    from a folder holding MFCC/<DATASET>.npy, with its Models/ and Results/ in that folder."""
+    import runpy
+
+    legacy_keras()
+    name = AUTHORS_NAMES.get(dataset, dataset)
+    (work / "MFCC").mkdir(parents=True, exist_ok=True)
+    (work / "MFCC" / f"{name}.npy").symlink_to(mfcc.resolve())
+    shim_authors(code, folds, int(np.load(mfcc, allow_pickle=True).item()["y"].shape[1]), work)
+    os.chdir(work)
+    sys.argv = [str(code / "main.py"), "--mode", "train", "--data", name, "--epoch", str(epochs)]
+    sys.argv += ["--model_path", f"{work}/Models/", "--result_path", f"{work}/Results/"]
+    runpy.run_path(str(code / "main.py"), run_name="__main__")
+
+
+def rewrite_worker(mfcc: Path, folds: int, epochs: int, levels: int, work: Path) -> None:
+    """Fallback competitor A (when the authors' folder is absent): tools/keras_reference.py's model in the
+    authors' per-fold loop (their Model.train: new model, smoothed labels, one fit with a checkpoint every epoch,
+    reload, evaluate, predict)."""
+    legacy_keras()
     sys.path.insert(0, str(REPO / "tools"))
     import tf_keras as keras
     from keras_reference import build
-    from sklearn.model_selection import KFold
 
     data = np.load(mfcc, allow_pickle=True).item()
     x, y = data["x"], data["y"]
-    for k, (train, test) in enumerate(KFold(10, shuffle=True, random_state=46).split(x), start=1):
-        if k > folds:
-            break
+    for k, (train, test) in enumerate(first_folds(folds, work)(10, shuffle=True, random_state=46).split(x), 1):
         model, _ = build(y.shape[1], x.shape[1], levels=levels)
         model.compile(
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+            loss="categorical_crossentropy",
             metrics=["accuracy"],
             optimizer=keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.93, beta_2=0.98, epsilon=1e-8),
         )
-        checkpoint = keras.callbacks.ModelCheckpoint(
-            str(work / f"10-fold_weights_best_{k}.hdf5"),
-            monitor="val_accuracy",
-            save_weights_only=True,
-            save_best_only=True,
-            mode="max",
-        )
-        model.fit(
-            x[train],
-            y[train],
-            validation_data=(x[test], y[test]),
-            batch_size=64,
-            epochs=epochs,
-            verbose=0,
-            callbacks=[checkpoint],
-        )
-        keras.backend.clear_session()
+        weights = str(work / f"10-fold_weights_best_{k}.hdf5")
+        checkpoint = keras.callbacks.ModelCheckpoint(weights, verbose=1, save_weights_only=True)
+        smoothed = y[train] * 0.9 + 0.1 / y.shape[1]
+        fit = {"batch_size": BATCH, "epochs": epochs, "verbose": 1, "callbacks": [checkpoint]}
+        model.fit(x[train], smoothed, validation_data=(x[test], y[test]), **fit)
+        model.load_weights(weights)
+        model.evaluate(x[test], y[test])
+        model.predict(x[test])
+    keras.backend.clear_session()
+
+
+def competitors(args, mfcc: Path) -> dict[str, tuple[str, callable]]:
+    """{"A": (name, argv for (epochs, out)), "B": ...}: A the authors' code (or the labelled fallback), B timnet."""
+    from timnet import load_config
+
+    authors = args.authors_code.is_dir()
+    a_name = (
+        "A: the authors' code (official TIM-Net, Keras)"
+        if authors
+        else f"A: tools/keras_reference.py ({REWRITE_LABEL})"
+    )
+    a_code = str(args.authors_code) if authors else "-"
+    a_extra = [] if authors else [str(load_config(args.dataset).model.levels)]
+
+    def a_argv(e: int, out: Path) -> list[str]:
+        a = [sys.executable, __file__, "--a-worker", a_code, str(mfcc), args.dataset, str(args.folds), str(e)]
+        return [*a, str(out), *a_extra]
+
+    settings = f" [{', '.join(args.set)}]" if args.set else ""
+    timnet = [sys.executable, "-m", "timnet.cli", "train", "--dataset", args.dataset, "--mfcc", str(mfcc)]
+    timnet += ["--folds", "10", "--only-folds", ",".join(str(k) for k in range(1, args.folds + 1)), "--quiet"]
+    timnet += [arg for setting in args.set for arg in ("--set", setting)]
+
+    def b_argv(e: int, out: Path) -> list[str]:
+        folders = [arg for flag in ("models", "logs", "results") for arg in (f"--{flag}", str(out / flag))]
+        return [*timnet, "--epochs", str(e), *folders]
+
+    return {"A": (a_name, a_argv), "B": (f"B: timnet train (defaults){settings}", b_argv)}
+
+
+def timed(argv: list[str]) -> dict[str, float]:
+    """Wall seconds, CPU seconds (user + system, the command and its reaped descendants) and peak memory in MB of
+    the process tree (PSS on Linux) of one command; `spawned` is its start as time.time()."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spawned, started = time.time(), time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+    if sys.platform.startswith("linux"):
+
+        def sample():
+            while proc.poll() is None:
+                peak[0] = max(peak[0], tree_memory(proc.pid))
+                time.sleep(2.0)  # PSS is costly to read; peaks last minutes
+
+        threading.Thread(target=sample, daemon=True).start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        sys.exit(f"failed: {' '.join(argv)}\n{err[-3000:]}")
+    if not peak[0]:
+        peak[0] = after.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "peak_memory_mb": peak[0] / 2**20, "spawned": spawned}
+
+
+def run_rounds(args, mfcc: Path, work: Path, say) -> list[dict]:
+    """`--repeats` rounds of A(E1) B(E1) A(E2) B(E2); one row per command."""
+    rows, commands = [], competitors(args, mfcc)
+    for r in range(1, args.repeats + 1):
+        for epochs in args.epochs:
+            for key, (name, argv) in commands.items():
+                out = work / f"{key}_{r}_{epochs}"
+                out.mkdir()
+                m = timed(argv(epochs, out))
+                mark, spawned = out / STARTED, m.pop("spawned")
+                startup = float(mark.read_text()) - spawned if mark.is_file() else None  # A's workers write it
+                rows.append(
+                    {
+                        "round": r,
+                        "key": key,
+                        "competitor": name,
+                        "epochs": epochs,
+                        "folds": args.folds,
+                        **m,
+                        "startup_s": startup,
+                    }
+                )
+                say(
+                    f"  round {r}/{args.repeats}, {args.folds} folds x {epochs} epochs, {name}: {m['wall_s']:.1f} s "
+                    f"wall, {m['cpu_s']:.1f} s CPU, {m['peak_memory_mb']:.0f} MB"
+                )
+    return rows
+
+
+def derive(rows: list[dict], e1: int, e2: int, folds: int) -> dict[str, float]:
+    """One round's numbers per competitor (keys like "A.steady") and A/B ratios (keys like "ratio.steady")."""
+    got = {(row["key"], row["epochs"]): row for row in rows}
+    d = {}
+    for key in "AB":
+        w1, w2 = got[key, e1]["wall_s"], got[key, e2]["wall_s"]
+        steady = (w2 - w1) / (folds * (e2 - e1))
+        fixed = w1 - steady * folds * e1
+        marks = [got[key, e]["startup_s"] for e in (e1, e2) if got[key, e].get("startup_s") is not None]
+        startup = statistics.mean(marks) if key == "A" and marks else 0.0
+        per_fold = key == "A"  # A's fixed cost, less its start-up, is per fold; B's per command (see the docstring)
+        scale = PAPER_FOLDS / folds if per_fold else 1.0
+        steady_paper = steady * PAPER_FOLDS * PAPER_EPOCHS
+        d |= {
+            f"{key}.wall1": w1,
+            f"{key}.wall2": w2,
+            f"{key}.steady": steady,
+            f"{key}.fixed": fixed,
+            f"{key}.cpu1": got[key, e1]["cpu_s"],
+            f"{key}.cpu2": got[key, e2]["cpu_s"],
+            f"{key}.startup": startup,
+            f"{key}.paper_h": (startup + (fixed - startup) * scale + steady_paper) / 3600,
+            f"{key}.paper_pf_h": (fixed * PAPER_FOLDS / folds + steady_paper) / 3600,
+            f"{key}.peak": max(got[key, e]["peak_memory_mb"] for e in (e1, e2)),
+        }
+    for metric in {k.split(".", 1)[1] for k in d}:
+        d[f"ratio.{metric}"] = d[f"A.{metric}"] / d[f"B.{metric}"] if d[f"B.{metric}"] else float("nan")
+    d["ratio.paper_pf_h"] = d["A.paper_h"] / d["B.paper_pf_h"]  # B's fixed cost per fold too: B's upper bound
+    return d
 
 
 def throughput(predict, x: np.ndarray, seconds: float = 10.0) -> float:
@@ -182,7 +374,7 @@ def inference_benchmark(samples: int) -> None:
     append_csv(INFERENCE_RESULTS, [{"date": stamp, "machine": where, "versions": libs, **r} for r in rows])
 
 
-def append_csv(path: Path, rows: list[dict]) -> None:
+def append_csv(path: Path, rows: list[dict], say=print) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     fields = list(rows[0]) if new else next(csv.reader(open(path)))  # an existing file keeps its column order
@@ -191,7 +383,7 @@ def append_csv(path: Path, rows: list[dict]) -> None:
         if new:
             writer.writeheader()
         writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    print(f"\nappended to {path.relative_to(REPO)}")
+    say(f"\nappended to {path.relative_to(REPO)}")
 
 
 def tree_memory(root: int) -> int:
@@ -221,26 +413,69 @@ def tree_memory(root: int) -> int:
     return total
 
 
-def timed(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak memory in MB of the process tree: PSS on Linux) of one command."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-    if sys.platform.startswith("linux"):
+def spread(values: list[float], digits: int, unit: str = "") -> str:
+    """Median (min–max) of the rounds' values; just the value for one round."""
+    values = [v for v in values if v == v]  # drop NaN
+    if not values:
+        return "—"
+    med = f"{statistics.median(values):.{digits}f}{unit}"
+    return med if len(values) == 1 else f"{med} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
-        def sample():
-            while proc.poll() is None:
-                peak[0] = max(peak[0], tree_memory(proc.pid))
-                time.sleep(2.0)  # PSS is costly to read; peaks last minutes
 
-        threading.Thread(target=sample, daemon=True).start()
-    _, err = proc.communicate()
-    seconds = time.perf_counter() - started
-    if proc.returncode:
-        sys.exit(f"failed: {' '.join(argv)}\n{err[-3000:]}")
-    if not peak[0]:
-        peak[0] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return seconds, peak[0] / 2**20
+def table(rounds: list[dict], names: dict[str, str], e1: int, e2: int, folds: int) -> list[str]:
+    """Markdown table: one row per metric, columns A, B and A/B, cells median (min–max) over the rounds."""
+    paper = f"{PAPER_FOLDS} folds × {PAPER_EPOCHS} epochs"
+    metrics = [
+        (f"wall, {folds} folds × {e1} epochs (s)", "wall1", 1),
+        (f"wall, {folds} folds × {e2} epochs (s)", "wall2", 1),
+        (f"CPU, {folds} folds × {e1} epochs (s)", "cpu1", 1),
+        (f"CPU, {folds} folds × {e2} epochs (s)", "cpu2", 1),
+        ("steady s per fold-epoch", "steady", 3),
+        (f"fixed s per command ({folds} folds)", "fixed", 1),
+        ("of which start-up before fold 1 (s)", "startup", 1),
+        (f"**projected {paper} (h)**", "paper_h", 2),
+        ("peak memory, process tree PSS (MB)", "peak", 0),
+    ]
+    a, b = names["A"], names["B"]
+    lines = [f"| metric | {a} | {b} | A / B |", "|---|---|---|---|"]
+    for label, key, digits in metrics:
+        cells = [spread([r[f"{who}.{key}"] for r in rounds], digits) for who in "AB"]
+        if key == "startup":
+            cells[1] = "(in fixed)"
+        ratio = spread([r[f"ratio.{key}"] for r in rounds], 2, "×") if key != "startup" else "—"
+        ratio = f"**{ratio}**" if key == "paper_h" else ratio
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
+    pf = [r["B.paper_pf_h"] for r in rounds]
+    lines.append(
+        f"| projected {paper} if B's fixed cost were per fold too (h) | — | {spread(pf, 2)} | "
+        f"{spread([r['ratio.paper_pf_h'] for r in rounds], 2, '×')} |"
+    )
+    return lines
+
+
+def summary(args, rows: list[dict], names: dict[str, str], say) -> None:
+    """The header line, the table and the assumptions, through `say`."""
+    e1, e2 = args.epochs
+    rounds = [derive([x for x in rows if x["round"] == r], e1, e2, args.folds) for r in range(1, args.repeats + 1)]
+    stamp, where, libs = rows[0]["date"], machine(), versions()
+    data = "real" if args.mfcc else "random"
+    say(
+        f"\n{stamp} | {where} | {libs} | {data} {args.dataset}-shaped data, {args.repeats} rounds of A B A B, "
+        f"{args.folds} folds × {e1} and {e2} epochs per command; medians (min–max over the rounds)\n"
+    )
+    for line in table(rounds, names, e1, e2, args.folds):
+        say(line)
+    say(
+        f"\nsteady = (wall({e2}) − wall({e1})) / ({args.folds} × {e2 - e1}); fixed = wall({e1}) − steady × "
+        f"{args.folds} × {e1}; projected: A = start-up + (fixed − start-up) × {PAPER_FOLDS}/{args.folds} + steady "
+        f"× {PAPER_FOLDS * PAPER_EPOCHS} (A's graph is built, compiled and evaluated per fold), B = fixed + steady × "
+        f"{PAPER_FOLDS * PAPER_EPOCHS} (B's fixed cost per command)."
+    )
+    if args.folds < (os.cpu_count() or 1):
+        say(
+            f"note: {args.folds} folds on {os.cpu_count()} cores: B trains one fold per core at once, so its steady "
+            "rate here need not be that of a 10-fold run; use --folds >= cores for the projection"
+        )
 
 
 def machine() -> str:
@@ -275,99 +510,127 @@ def _has(dist: str) -> bool:
         return False
 
 
+def cpu_model() -> str:
+    if Path("/proc/cpuinfo").is_file():
+        info = Path("/proc/cpuinfo").read_text()
+        name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+        return name + (", AVX-512" if " avx512f" in info else ", AVX2" if " avx2" in info else "")
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for column, dists in {
+        "torch": ["torch"],
+        "tensorflow": ["tensorflow-cpu", "tensorflow"],
+        "tf_keras": ["tf-keras"],
+    }.items():
+        for dist in dists:
+            try:
+                found[column] = version(dist)
+                break
+            except PackageNotFoundError:
+                found[column] = "missing"
+    return found
+
+
+def labelled_printer(fallback: bool):
+    """print(), that in fallback mode marks every line: competitor A is then not the authors' code."""
+
+    def mark(line: str) -> str:
+        if not fallback or not line or REWRITE_LABEL in line or set(line) <= set("|-"):
+            return line  # a table's delimiter row stays bare: anything more would break the Markdown table
+        if line.startswith("| "):  # into the first cell, so that the row stays a table row
+            first, rest = line[2:].split(" | ", 1)
+            return f"| {first} [A = {REWRITE_LABEL}] | {rest}"
+        return f"{line}  [A = {REWRITE_LABEL}]"
+
+    def say(text: str = "") -> None:
+        for line in text.split("\n"):
+            print(mark(line))
+        sys.stdout.flush()
+
+    return say
+
+
+def a_worker(values: list[str]) -> None:
+    """Dispatch of the hidden --a-worker: CODE (or - for the fallback) MFCC DATASET FOLDS EPOCHS OUT [LEVELS]."""
+    code, mfcc, dataset, folds, epochs, out, *levels = values
+    if code == "-":
+        return rewrite_worker(Path(mfcc), int(folds), int(epochs), int(levels[0]), Path(out))
+    authors_worker(Path(code), Path(mfcc), dataset, int(folds), int(epochs), Path(out))
+
+
+def training_benchmark(args) -> None:
+    """The interleaved rounds, the table, the CSV rows."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("tensorflow", "tf_keras")):
+        sys.exit("competitor A needs TensorFlow and tf-keras: pip install -e .[reference]")
+    fallback = not args.authors_code.is_dir()
+    say = labelled_printer(fallback)
+    if fallback:
+        say(f"{args.authors_code} not found: competitor A falls back to tools/keras_reference.py")
+    with tempfile.TemporaryDirectory(prefix="bench_vs_authors_") as tmp:
+        work = Path(tmp)
+        mfcc = args.mfcc or synthetic_features(args.dataset, work)
+        names = {key: name for key, (name, _) in competitors(args, mfcc).items()}
+        rows = run_rounds(args, mfcc, work, say)
+    stamp = datetime.now().isoformat(timespec="seconds")
+    libs, where, cpu = (
+        library_versions(),
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+        cpu_model(),
+    )
+    data = "real" if args.mfcc else "random"
+    summary(args, [{**row, "date": stamp} for row in rows], names, say)
+    keep = ("round", "competitor", "epochs", "folds", "wall_s", "cpu_s", "startup_s", "peak_memory_mb")
+    records = [
+        {
+            "date": stamp,
+            "machine": where,
+            "cpu_model": cpu,
+            **libs,
+            "dataset": args.dataset,
+            "data": data,
+            **{k: row[k] for k in keep},
+        }
+        for row in rows
+    ]
+    append_csv(RESULTS, records, say)
+
+
+def epoch_pair(text: str) -> list[int]:
+    pair = sorted({int(v) for v in text.split(",")})
+    if len(pair) != 2 or pair[0] < 1:
+        raise argparse.ArgumentTypeError("two different epoch counts >= 1, e.g. 30,90")
+    return pair
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", type=int, default=4, help="folds per competitor (of the authors' 10)")
-    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--epochs", type=epoch_pair, default=[30, 90], help="two epoch counts E1,E2 (default 30,90)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of A B A B (default 3)")
+    ap.add_argument("--folds", type=int, default=2, help="folds per command, of the authors' 10 (default 2)")
     ap.add_argument("--dataset", default="EMODB", help="whose shapes (IEMOCAP: 5,531 x 606 x 39, 10 levels)")
     ap.add_argument("--mfcc", type=Path, help="features from `timnet preprocess` (default: random features)")
+    ap.add_argument("--authors-code", type=Path, default=AUTHORS_CODE, help="the authors' Code/ folder")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for timnet's runs")
-    ap.add_argument("--skip-keras", action="store_true", help="only the timnet competitors (no ratio to Keras)")
-    ap.add_argument("--keras-worker", nargs=4, metavar=("MFCC", "FOLDS", "EPOCHS", "LEVELS"), help=argparse.SUPPRESS)
+    ap.add_argument("--a-worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--inference", action="store_true", help="inference speed instead of training")
     ap.add_argument("--samples", type=int, default=2048, help="--inference: samples per predict call")
     ap.add_argument("--inference-worker", nargs=2, metavar=("ENGINE", "SAMPLES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from timnet import load_config
-
+    if args.a_worker:  # before anything imports timnet (and torch) into competitor A's process
+        return a_worker(args.a_worker)
     if args.inference:
         return inference_benchmark(args.samples)
     if args.inference_worker:
         with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
             return inference_worker(args.inference_worker[0], int(args.inference_worker[1]), Path(tmp))
-
-    with tempfile.TemporaryDirectory(prefix="bench_vs_keras_") as tmp:
-        work = Path(tmp)
-        if args.keras_worker:
-            mfcc, folds, epochs, levels = args.keras_worker
-            return keras_main(Path(mfcc), int(folds), int(epochs), int(levels), work)
-        mfcc = args.mfcc or synthetic_features(args.dataset, work)
-        n = args.folds * args.epochs
-        timnet = [
-            sys.executable,
-            "-m",
-            "timnet.cli",
-            "train",
-            "--dataset",
-            args.dataset,
-            "--mfcc",
-            str(mfcc),
-            "--folds",
-            "10",
-            "--only-folds",
-            ",".join(str(k) for k in range(1, args.folds + 1)),
-            "--epochs",
-            str(args.epochs),
-            "--quiet",
-            *[arg for setting in args.set for arg in ("--set", setting)],
-        ]
-        settings = f" [{', '.join(args.set)}]" if args.set else ""
-        competitors = (
-            {}
-            if args.skip_keras
-            else {
-                "keras (official loop)": [
-                    sys.executable,
-                    __file__,
-                    "--keras-worker",
-                    str(mfcc),
-                    str(args.folds),
-                    str(args.epochs),
-                    str(load_config(args.dataset).model.levels),
-                ]
-            }
-        )
-        competitors[f"timnet train (defaults){settings}"] = timnet
-        competitors[f"timnet --workers 1 --compile off{settings}"] = [*timnet, "--workers", "1", "--compile", "off"]
-        rows = []
-        for name, argv in competitors.items():
-            out = work / name.split()[0] / str(len(rows))
-            extra = (
-                []
-                if name.startswith("keras")
-                else ["--models", str(out / "M"), "--logs", str(out / "L"), "--results", str(out / "R")]
-            )
-            seconds, rss = timed(argv + extra)
-            rows.append({"competitor": name, "seconds": seconds, "per_fold_epoch": seconds / n, "peak_memory_mb": rss})
-            print(f"  {name}: {seconds:.0f} s", flush=True)
-    base = rows[0]["per_fold_epoch"] if not args.skip_keras else None
-    stamp, where, libs = datetime.now().isoformat(timespec="seconds"), machine(), versions()
-    print(
-        f"\n{stamp} | {where} | {libs} | {args.folds} folds x {args.epochs} epochs, "
-        f"{'real' if args.mfcc else 'random'} {args.dataset}-shaped data\n"
-    )
-    print("| competitor | s per fold-epoch | speed vs Keras | peak memory (MB) |\n|---|---|---|---|")
-    for row in rows:
-        row["speedup_vs_keras"] = base / row["per_fold_epoch"] if base else float("nan")
-        ratio = f"{row['speedup_vs_keras']:.2f}x" if base else "— (no Keras)"
-        print(f"| {row['competitor']} | {row['per_fold_epoch']:.3f} | {ratio} | {row['peak_memory_mb']:.0f} |")
-    append_csv(
-        RESULTS,
-        [
-            {"date": stamp, "machine": where, "versions": libs, "folds": args.folds, "epochs": args.epochs, **row}
-            for row in rows
-        ],
-    )
+    training_benchmark(args)
 
 
 if __name__ == "__main__":

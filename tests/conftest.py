@@ -61,19 +61,77 @@ def mfcc(tmp_path_factory) -> Path:
     return root / "MFCC" / "EMODB.npy"
 
 
+def train(
+    root: Path,
+    mfcc: Path | None,
+    *,
+    cfg=None,
+    resume: str | None = None,
+    workers: int = 1,
+    backend: str = "local",
+    progress: bool = False,
+    settings: dict | None = None,
+    **train_settings,
+):
+    """One run under root/{Models,logs,Results} on CPU, one thread per unit, in this process unless `workers` says
+    otherwise: the short-signal EMO-DB config with `train_settings` (train.*) and `settings` (any), or `cfg`, or
+    `resume=RUN`. Warnings (e.g. a small corpus' folds) are silenced."""
+    from timnet import load_config
+    from timnet.train import run_training
+
+    if cfg is None and resume is None:
+        overrides = {**SHORT, **(settings or {}), **{f"train.{k}": v for k, v in train_settings.items()}}
+        cfg = load_config("EMODB", overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_training(
+            cfg,
+            None if resume else mfcc,
+            root / "Models",
+            root / "logs",
+            root / "Results",
+            resume=resume,
+            device="cpu",
+            progress=progress,
+            workers=workers,
+            threads=1,
+            backend=backend,
+        )
+
+
+def assert_same_units(dir_a: Path, dir_b: Path, units: list[str] | None = None) -> None:
+    """The finished units of two run folders are equal bit for bit: metrics, test files and probabilities, every
+    weight, and the loss of every epoch (`units`: these, else all of dir_a's, which must be those of dir_b)."""
+    if units is None:
+        units = sorted(p.stem for p in dir_a.glob("fold_*.pt"))
+        assert units and units == sorted(p.stem for p in dir_b.glob("fold_*.pt"))
+    for unit in units:
+        a = torch.load(dir_a / f"{unit}.pt", weights_only=True)
+        b = torch.load(dir_b / f"{unit}.pt", weights_only=True)
+        assert a["metrics"] == b["metrics"] and a["test_stems"] == b["test_stems"], unit
+        assert torch.equal(a["test_probs"], b["test_probs"]), unit
+        for key, tensor in a["state_dict"].items():
+            assert torch.equal(tensor, b["state_dict"][key]), (unit, key)
+        assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]], unit
+
+
 @pytest.fixture(scope="session")
 def trained_run(mfcc, tmp_path_factory):
     """One tiny finished run (2 folds x 3 epochs) on `mfcc`, shared by the tests that read a run:
     (root with Models/ logs/ Results/, the corpus folder, the RunResult)."""
-    from timnet import load_config
-    from timnet.train import run_training
-
     root = tmp_path_factory.mktemp("run")
-    cfg = load_config("EMODB", {**SHORT, "train.folds": 2, "train.epochs": 3})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = run_training(cfg, mfcc, root / "Models", root / "logs", root / "Results", progress=False)
-    return root, mfcc.parent.parent / "EMODB", result
+    return root, mfcc.parent.parent / "EMODB", train(root, mfcc, folds=2, epochs=3)
+
+
+# The uninterrupted run that interrupted ones (a killed worker, a killed Ray worker, Ctrl-C) must equal.
+REFERENCE = {"folds": 2, "epochs": 40}
+
+
+@pytest.fixture(scope="session")
+def reference_run(mfcc, tmp_path_factory) -> Path:
+    """The Models/<run> folder of one uninterrupted REFERENCE run, trained once per test session."""
+    root = tmp_path_factory.mktemp("reference")
+    return root / "Models" / train(root, mfcc, **REFERENCE).run_id
 
 
 def train_cli(*args: str) -> list[str]:

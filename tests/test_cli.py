@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import WEIGHTS, needs_shared
 
+import timnet
 from timnet import load_config
-from timnet.cli import main
+from timnet.cli import build_parser, main
 
 
 def preprocess_cli(root, out, *extra) -> int:
@@ -64,7 +67,9 @@ def test_set_overrides_and_unknown_setting(emodb_root, tmp_path, capsys):
         ("train.seeds=46,x", "train.seeds[1]: 'x' is not an integer"),
         ("train.lr=fast", "train.lr: 'fast' is not a number"),
         ("features.center=maybe", "features.center: 'maybe' is not true or false"),
-        ("train.compile=sometimes", "unknown compile setting 'sometimes'"),
+        ("train.compile=sometimes", "train.compile: must be one of auto, on, off (got 'sometimes')"),
+        ("train.batch_size=0", "train.batch_size: must be ≥ 1 (got 0)"),
+        ("model.n_classes=3", "model.n_classes: must be left out: it is derived from dataset.classes (got '3')"),
     ):
         assert main(["train", "--dataset", "EMODB", "--set", setting]) == 2
         err = capsys.readouterr().err
@@ -123,8 +128,15 @@ def test_run_does_the_three_notebooks_work_on_generated_data_in_an_empty_folder(
     (run_dir,) = (tmp_path / "Models").iterdir()
     assert sorted(p.name for p in run_dir.glob("fold_*.pt")) == ["fold_1.pt", "fold_2.pt"]
     folds = pd.read_excel(tmp_path / "Results" / f"{run_dir.name}.xlsx", sheet_name="folds")
-    assert folds.n_test[:2].sum() == 84 and folds.war[:2].between(0, 100).all()
+    preds = pd.read_excel(tmp_path / "Results" / f"{run_dir.name}.xlsx", sheet_name="predictions")
+    assert folds.n_test[:2].sum() == 84 == len(preds)
+    recomputed = preds.assign(hit=preds.label == preds.predicted).groupby("fold").hit.mean() * 100
+    np.testing.assert_allclose(folds.war[:2].astype(float), recomputed.loc[[1, 2]], atol=0.01)
     (png,) = (tmp_path / "Results" / run_dir.name).glob("tsne_*.png")
+    from matplotlib.image import imread
+
+    rgb = imread(png)[..., :3]
+    assert (rgb.max(-1) - rgb.min(-1) > 0.3).sum() > 500, "no coloured points: the t-SNE figure is blank"
     for shown in (
         f"Models/{run_dir.name}/",
         f"Results/{run_dir.name}.xlsx",
@@ -139,3 +151,67 @@ def test_run_does_the_three_notebooks_work_on_generated_data_in_an_empty_folder(
         text=True,
     )
     assert again.returncode == 0 and "up to date" in again.stdout and len(list((tmp_path / "Models").iterdir())) == 2
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"timnet {timnet.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "-3"], "train.epochs: must be ≥ 1 (got -3)"),
+        (["--folds", "1"], "train.folds: must be ≥ 2 (got 1)"),
+        (["--set", "train.batch_size=0"], "train.batch_size: must be ≥ 1 (got 0)"),
+        (["--set", "train.lr=0"], "train.lr: must be > 0 (got 0.0)"),
+        (["--set", "model.dropout=1"], "model.dropout: must be < 1 (got 1.0)"),
+        (["--set", "features.n_mfcc=0"], "features.n_mfcc: must be ≥ 1 (got 0)"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_setting_and_exit_2(argv, message, capsys):
+    assert main(["train", "--dataset", "EMODB", *argv]) == 2
+    assert capsys.readouterr().err == f"timnet: error: {message}\n"
+
+
+def _options():
+    """(command, action) for every option of every subcommand."""
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return [(name, action) for name, sub in commands.choices.items() for action in sub._actions]
+
+
+def test_every_option_says_what_it_does():
+    missing = [f"{name} {action.option_strings or action.dest}" for name, action in _options() if not action.help]
+    assert not missing, missing
+
+
+def test_choices_and_defaults_come_from_the_library():
+    from timnet.config import TrainSettings
+    from timnet.fold import COMPILE_MIN_EPOCHS
+    from timnet.loading import ENGINES
+    from timnet.timeline import HOP_SECONDS, SILENCE_DB
+    from timnet.train import BACKENDS
+    from timnet.tsne import ALIGNMENTS
+
+    expected = {
+        "--protocol": (TrainSettings.PROTOCOLS, None),
+        "--checkpoint": (TrainSettings.CHECKPOINTS, None),
+        "--compile": (TrainSettings.SWITCHES, None),
+        "--align": (ALIGNMENTS, ALIGNMENTS[0]),
+        "--engine": (ENGINES, ENGINES[0]),
+        "--backend": (tuple(BACKENDS), "local"),
+        "--hop": (None, HOP_SECONDS),
+        "--silence-db": (None, SILENCE_DB),
+    }
+    seen = {}
+    for _, action in _options():
+        for flag in set(action.option_strings) & set(expected):
+            seen[flag] = (tuple(action.choices) if action.choices else None, action.default)
+    assert seen == expected
+    helps = {a.option_strings[0]: a.help for name, a in _options() if name == "train" and a.option_strings}
+    emodb, example = load_config("EMODB").train, load_config("EXAMPLE").train
+    assert f"EMODB: {emodb.folds}, EXAMPLE: {example.folds}" in helps["--folds"]
+    assert f"EMODB: {emodb.epochs}, EXAMPLE: {example.epochs}" in helps["--epochs"]
+    assert f"EMODB: {emodb.batch_size}, EXAMPLE: {example.batch_size}" in helps["--batch-size"]
+    assert all(f">= {n} epochs" in helps["--compile"] for n in COMPILE_MIN_EPOCHS.values())

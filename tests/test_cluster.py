@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SHORT
+from conftest import REFERENCE, SHORT, assert_same_units, train
 
 from timnet import load_config
 from timnet.errors import TimnetError
@@ -35,32 +35,10 @@ def short_run(**train) -> object:
     return load_config("EMODB", {**SHORT, **{f"train.{k}": v for k, v in train.items()}})
 
 
-def train(cfg, mfcc, root: Path, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return run_training(
-            cfg, mfcc, root / "Models", root / "logs", root / "Results", progress=False, threads=1, **kw
-        )
-
-
-def unit_files(root: Path, run_id: str) -> dict[str, dict]:
-    return {p.stem: torch.load(p, weights_only=True) for p in sorted((root / "Models" / run_id).glob("fold_*.pt"))}
-
-
-def assert_same_units(a: dict[str, dict], b: dict[str, dict]) -> None:
-    assert a.keys() == b.keys() and a
-    for unit in a:
-        assert a[unit]["metrics"] == b[unit]["metrics"], unit
-        assert torch.equal(a[unit]["test_probs"], b[unit]["test_probs"]), unit
-        for name, tensor in a[unit]["state_dict"].items():
-            assert torch.equal(tensor, b[unit]["state_dict"][name]), (unit, name)
-
-
 def test_ray_backend_equals_local_bit_for_bit(cluster, mfcc, tmp_path):
-    cfg = short_run(folds=2, epochs=2)
-    local = train(cfg, mfcc, tmp_path / "local", workers=2)
-    on_ray = train(cfg, mfcc, tmp_path / "ray", backend="ray")
-    assert_same_units(unit_files(tmp_path / "local", local.run_id), unit_files(tmp_path / "ray", on_ray.run_id))
+    local = train(tmp_path / "local", mfcc, folds=2, epochs=2)
+    on_ray = train(tmp_path / "ray", mfcc, folds=2, epochs=2, backend="ray")
+    assert_same_units(tmp_path / "local" / "Models" / local.run_id, tmp_path / "ray" / "Models" / on_ray.run_id)
     pd.testing.assert_frame_equal(local.predictions, on_ray.predictions)
     assert on_ray.workbook.is_file() and (tmp_path / "ray" / "Results" / "Accuracy Analysis Summary.xlsx").is_file()
 
@@ -105,11 +83,10 @@ def fold_1_in_progress(root: Path) -> tuple[str, int] | None:
     return states[0].parent.parent.name, epoch
 
 
-def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_path):
+def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_path, reference_run):
     """kill -9 of the worker in the middle of a unit: Ray retries it, it goes on from its last saved epoch,
     and the numbers equal an uninterrupted run."""
-    cfg = short_run(folds=2, epochs=40)
-    reference = train(cfg, mfcc, tmp_path / "local", workers=2)
+    cfg = short_run(**REFERENCE)
     root = tmp_path / "ray"
     outcome: dict = {}
 
@@ -135,14 +112,12 @@ def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_
     run_id = outcome["result"].run_id
     restarts = [w for w in outcome["warnings"] if "fold_1: started again, from its saved epoch" in w]
     assert restarts and int(restarts[0].rsplit(" ", 1)[1]) >= killed, outcome["warnings"]
-    assert_same_units(unit_files(tmp_path / "local", reference.run_id), unit_files(root, run_id))
+    assert_same_units(reference_run, root / "Models" / run_id)
 
 
-def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc, tmp_path):
+def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc, tmp_path, reference_run):
     """Ctrl-C in the driver mid-run: every task is cancelled (its worker goes, its state stops changing), and
     `resume` finishes the run with the numbers of an uninterrupted one."""
-    cfg = short_run(folds=2, epochs=40)
-    reference = train(cfg, mfcc, tmp_path / "local", workers=2)
     root = tmp_path / "ray"
     seen: dict = {}
 
@@ -159,7 +134,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc,
     watcher = threading.Thread(target=interrupt_mid_unit)
     watcher.start()
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, mfcc, root, backend="ray")
+        train(root, mfcc, backend="ray", **REFERENCE)
     watcher.join()
     assert seen, "the unit was not caught in the middle of its training"
     run_id = seen["run_id"]
@@ -172,9 +147,9 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc,
     time.sleep(1.5)
     assert state.stat().st_mtime_ns == before, "a cancelled unit still writes its state"
     assert not (root / "Models" / run_id / "fold_1.pt").exists()
-    resumed = train(None, None, root, resume=run_id, backend="ray")
+    resumed = train(root, None, resume=run_id, backend="ray")
     assert resumed.run_id == run_id
-    assert_same_units(unit_files(tmp_path / "local", reference.run_id), unit_files(root, run_id))
+    assert_same_units(reference_run, root / "Models" / run_id)
 
 
 def test_sweep_of_a_2x2_grid(cluster, mfcc, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Corpus recipes on synthetic trees that use each corpus's real layout and file-name patterns."""
+"""Corpus readers on synthetic trees that use each corpus's real layout and file-name patterns."""
 
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ from conftest import EMODB_16K, SHORT, WEIGHTS, needs_shared
 import timnet
 from timnet import load_config
 from timnet.errors import TimnetError
-from timnet.export import ONNX_OPSET, ONNX_TOLERANCE, export_run, export_weights
+from timnet.export import export_run, export_weights
 from timnet.features import load_features
+from timnet.onnx_export import ONNX_OPSET, ONNX_TOLERANCE
 from timnet.timeline import SILENT, window_starts, write_timeline
 
 
@@ -40,9 +41,9 @@ def learned(mfcc, tmp_path_factory):
 
 def run_mfcc(root, result):
     """The MFCC file the run trained on."""
-    from timnet.runs import read_record
+    from timnet.runs import read_run_record
 
-    return read_record(root / "Models" / result.run_id)["mfcc"]
+    return read_run_record(root / "Models" / result.run_id)["mfcc"]
 
 
 def test_export_writes_a_self_contained_folder(learned):
@@ -90,6 +91,10 @@ def test_exported_model_gives_the_runs_own_predictions(learned, engine):
     assert list(ours.predicted) == list(theirs.predicted)
     emb = model.embed(data.x[:4])
     assert emb.shape == (4, 39) and np.isfinite(emb).all()
+    two = timnet.load_model(out, engine=engine, fold=2, seed=result.folds.seed.iloc[0])  # chosen when loading
+    assert two.units == ["fold_2"] and two.fold_of == {"fold_2": 2}
+    np.testing.assert_allclose(two.predict_proba(data.x[:4]), model.predict_proba(data.x[:4], fold=2), atol=1e-6)
+    np.testing.assert_allclose(two.embed(data.x[:4]), model.embed(data.x[:4], fold=2), atol=1e-6)
     with pytest.raises(TimnetError, match=r"expected MFCCs shaped \[N, T, 39\]"):
         model.predict_proba(data.x[:4, :, :20])
 
@@ -107,6 +112,11 @@ def test_engines_agree_and_hub_ids_load_through_huggingface_hub(learned, monkeyp
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: asked.append(repo_id) or str(out))
     hub = timnet.load_model("someone/timnet-emodb", engine="torch")
     assert asked == ["someone/timnet-emodb"] and hub.units == exact.units
+    assert list(exact.fold_models) == exact.units and exact.kfold_seed is None
+    with pytest.raises(TimnetError, match="loaded with engine onnx; load with engine='torch'"):
+        assert fast.fold_models is None
+    with pytest.raises(TimnetError, match=r"no model of fold 5 \(it has folds 1, 2"):
+        timnet.load_model(out, fold=5)
     with pytest.raises(TimnetError, match="no such model folder"):
         timnet.load_model(root / "nowhere")
     with pytest.raises(TimnetError, match="not a model folder"):
@@ -207,7 +217,7 @@ def test_timeline_command(learned, tmp_path, capsys):
     )
     assert "03a01Wa_timeline.csv" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "03a01Wa_timeline.csv")
-    assert len(table) == 1 and table.emotion[0] in load_config("EMODB").dataset.classes  # shorter than a window
+    assert len(table) == 1 and table.emotion[0] == "angry"  # shorter than a window; W: Wut, anger
     assert main(["predict", "--model", str(out), "--timeline", "--hop", "0", str(wav)]) == 2
 
 

@@ -81,8 +81,9 @@ def test_sources_file_folder_and_zip(tmp_path):
     cfg = model_config()
     for source in (folder, tmp_path / "EMODB_46.zip"):
         models = load_fold_models(source, cfg)
-        assert sorted(models) == [1, 2]
-    assert list(load_fold_models(DATA / "keras_random_emodb.hdf5", cfg)) == [1]
+        assert list(models) == ["fold_1", "fold_2"]
+        assert list(load_fold_models(source, cfg, folds={2})) == ["fold_2"]
+    assert list(load_fold_models(DATA / "keras_random_emodb.hdf5", cfg)) == ["fold_1"]
     assert seed_from_name(tmp_path / "EMODB_46.zip") == 46
     with pytest.raises(TimnetError, match="weights not found"):
         fold_weights(tmp_path / "missing.zip")
@@ -94,4 +95,4 @@ def test_sources_file_folder_and_zip(tmp_path):
 )
 def test_all_published_weight_sets_load(name, classes, levels):
     models = load_fold_models(WEIGHTS / f"{name}.zip", model_config(n_classes=classes, levels=levels))
-    assert sorted(models) == list(range(1, 11))
+    assert list(models) == [f"fold_{k}" for k in range(1, 11)]

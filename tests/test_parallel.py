@@ -8,46 +8,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import pandas as pd
 import pytest
 import torch
-from conftest import SHORT, run_dirs, train_cli
+from conftest import REFERENCE, SHORT, assert_same_units, run_dirs, train, train_cli
 
 from timnet import load_config
+from timnet.devices import available_cores
 from timnet.errors import TimnetError
-from timnet.train import available_cores, plan_workers, run_training, should_compile
-
-
-def train(tmp_path, mfcc, name, workers, progress=False, settings=None, **overrides):
-    """A run under tmp_path/name with one thread per unit; `overrides` are train.* settings, `settings` any."""
-    cfg = load_config("EMODB", {**SHORT, **(settings or {}), **{f"train.{k}": v for k, v in overrides.items()}})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        root = tmp_path / name
-        return run_training(
-            cfg,
-            mfcc,
-            root / "Models",
-            root / "logs",
-            root / "Results",
-            device="cpu",
-            progress=progress,
-            workers=workers,
-            threads=1,
-        )
-
-
-def assert_same_units(dir_a, dir_b, units):
-    for unit in units:
-        a = torch.load(dir_a / f"{unit}.pt", weights_only=True)
-        b = torch.load(dir_b / f"{unit}.pt", weights_only=True)
-        assert a["metrics"] == b["metrics"] and a["test_stems"] == b["test_stems"]
-        torch.testing.assert_close(a["test_probs"], b["test_probs"], rtol=0, atol=0)
-        for key in a["state_dict"]:
-            torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
-        assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+from timnet.fold import should_compile
+from timnet.pool import plan_workers
 
 
 def test_worker_rule():
@@ -58,7 +29,7 @@ def test_worker_rule():
     assert plan_workers(10, "cpu", threads=cores) == (1, cores)
     assert plan_workers(10, "cpu", workers=3, threads=1) == (3, 1)
     assert plan_workers(10, "mps")[0] == 1
-    with pytest.raises(TimnetError, match="--workers must be at least 1"):
+    with pytest.raises(TimnetError, match=r"workers: must be ≥ 1 \(got 0\)"):
         plan_workers(10, "cpu", workers=0)
     assert should_compile("on", 1, "cpu") and not should_compile("off", 5000, "cpu")
     assert (
@@ -69,12 +40,12 @@ def test_worker_rule():
 
 
 def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, capsys, monkeypatch):
-    serial = train(tmp_path, mfcc, "serial", workers=1, folds=2, epochs=3, seeds=[46, 7])
+    serial = train(tmp_path / "serial", mfcc, workers=1, folds=2, epochs=3, seeds=[46, 7])
     capsys.readouterr()
     scratch = tmp_path / "scratch"  # where the parent shares the features with its workers
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    parallel = train(tmp_path, mfcc, "parallel", workers=2, progress=True, folds=2, epochs=3, seeds=[46, 7])
+    parallel = train(tmp_path / "parallel", mfcc, workers=2, progress=True, folds=2, epochs=3, seeds=[46, 7])
     assert not list(scratch.iterdir()), "the shared copy of the features must be removed after the run"
     bar = capsys.readouterr().err
     assert "12/12" in bar and "fold-epoch" in bar  # 4 units x 3 epochs in one bar
@@ -88,25 +59,21 @@ def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, caps
     pd.testing.assert_frame_equal(serial.predictions, parallel.predictions)
 
 
-def test_pool_workers_map_one_shared_copy_of_the_features(tmp_path, mfcc, monkeypatch):
+def test_pool_workers_map_one_shared_copy_of_the_features(tmp_path, mfcc):
     """Workers memory-map the copy the parent wrote (pages shared between processes) instead of each reading
     the pickled MFCC file into memory of its own; what they see equals the file."""
     import numpy as np
 
-    from timnet import train as training
+    from timnet.feature_cache import share_features, unit_features
     from timnet.features import load_features
     from timnet.runs import Roots
+    from timnet.train import prepare_run
 
     cfg = load_config("EMODB", SHORT)
-    run = training.prepare_run(cfg, mfcc, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu")
-    shared = training.share_features([run], tmp_path / "shared")
+    run = prepare_run(cfg, mfcc, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu")
+    shared = share_features([run], tmp_path / "shared")
     assert list(shared) == [str(mfcc)]
-    monkeypatch.setitem(training._WORKER, "shared", shared)
-    training._worker_features.cache_clear()
-    try:
-        seen = training._worker_features(str(mfcc), tuple(cfg.dataset.classes))
-    finally:
-        training._worker_features.cache_clear()
+    seen = unit_features(str(mfcc), tuple(cfg.dataset.classes), shared[str(mfcc)])
     own = load_features(mfcc, cfg.dataset.classes)
     assert isinstance(seen.x, np.memmap) and seen.x.mode == "c"
     np.testing.assert_array_equal(seen.x, own.x)
@@ -115,7 +82,7 @@ def test_pool_workers_map_one_shared_copy_of_the_features(tmp_path, mfcc, monkey
 
 
 def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc):
-    first = train(tmp_path, mfcc, "run", workers=1, folds=3, epochs=2)  # all three folds finished
+    first = train(tmp_path / "run", mfcc, folds=3, epochs=2)  # all three folds finished
     models = tmp_path / "run" / "Models" / first.run_id
     (models / "fold_2.pt").unlink()
     (models / "fold_3.pt").unlink()
@@ -123,19 +90,8 @@ def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc
     (models / "in_progress" / "fold_2.pt").write_bytes(b"not a checkpoint")
     kept = (models / "fold_1.pt").stat().st_mtime_ns
 
-    def resume():
-        return run_training(
-            None,
-            None,
-            tmp_path / "run" / "Models",
-            tmp_path / "run" / "logs",
-            tmp_path / "run" / "Results",
-            resume=first.run_id,
-            device="cpu",
-            progress=False,
-            workers=2,
-            threads=1,
-        )
+    def resume():  # two workers: a unit's failure inside a pool worker is named too
+        return train(tmp_path / "run", None, resume=first.run_id, workers=2)
 
     with pytest.raises(TimnetError) as failure:
         resume()
@@ -165,13 +121,11 @@ def _workers_of(parent: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds worker processes through /proc")
-def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_path, mfcc):
-    common = ["--mfcc", str(mfcc), "--folds", "2", "--epochs", "30"]
+def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_path, mfcc, reference_run):
+    common = ["--mfcc", str(mfcc), "--folds", str(REFERENCE["folds"]), "--epochs", str(REFERENCE["epochs"])]
 
     def dirs(name):
         return run_dirs(tmp_path, name)
-
-    subprocess.run(train_cli(*common, "--workers", "1", *dirs("whole")), check=True, capture_output=True)
 
     proc = subprocess.Popen(
         train_cli(*common, "--workers", "2", *dirs("killed")),
@@ -197,14 +151,13 @@ def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_pat
     assert not list(models.glob("fold_*.pt")) and len(list(models.glob("in_progress/fold_*.pt"))) == 2
 
     subprocess.run(train_cli("--resume", run_id, *dirs("killed")), check=True, capture_output=True)
-    whole = next((tmp_path / "whole" / "M").iterdir())
-    assert_same_units(whole, models, ["fold_1", "fold_2"])
+    assert_same_units(reference_run, models)
 
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_falls_back_when_compiling_fails(tmp_path, mfcc):
     runs = {
-        mode: train(tmp_path, mfcc, mode, 1, settings={"model.levels": 2}, folds=2, epochs=2, compile=mode)
+        mode: train(tmp_path / mode, mfcc, settings={"model.levels": 2}, folds=2, epochs=2, compile=mode)
         for mode in ("off", "on")
     }
     probs = {mode: run.predictions.filter(like="p_").to_numpy() for mode, run in runs.items()}

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import EMODB_16K, WEIGHTS, needs_shared, tone, write_wav
+from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared, tone, write_wav
 
 import timnet
 from timnet import load_config
 from timnet.errors import BadAudioError, TimnetError
 from timnet.evaluate import evaluate_weights
-from timnet.features import features_from_audio, load_or_extract
+from timnet.features import features_from_audio, load_features, load_or_extract
+from timnet.runs import read_run_record
 from timnet.tsne import embeddings_of, procrustes_map, run_embeddings, write_tsne
 
 
@@ -56,6 +57,70 @@ def test_predict_errors_and_long_file_warning(trained_run, tmp_path):
         timnet.predict([long], run="nope", models_root=root / "Models")
     with pytest.raises(TimnetError, match="--weights needs --dataset"):
         timnet.predict([long], weights=tmp_path / "x.zip")
+
+
+def test_load_model_of_a_run_by_id_or_folder_with_fold_and_seed(trained_run):
+    root, _, result = trained_run
+    models = root / "Models"
+    run = timnet.load_model(result.run_id, models_root=models)
+    assert run.engine == "torch" and run.units == ["fold_1", "fold_2"] and run.kfold_seed is None
+    assert run.fold_of == {"fold_1": 1, "fold_2": 2} and run.seed_of == {"fold_1": 46, "fold_2": 46}
+    one = timnet.load_model(models / result.run_id, fold=2, seed=46)  # the run's folder, one unit of it
+    assert one.units == ["fold_2"] and one.source == str(models / result.run_id)
+    x = load_features(read_run_record(models / result.run_id)["mfcc"]).x
+    saved = torch.load(models / result.run_id / "fold_2.pt", weights_only=True)
+    np.testing.assert_allclose(one.predict_proba(x[saved["test_index"]]), saved["test_probs"].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(run.predict_proba(x, fold=2), one.predict_proba(x))
+    probs, embs = run.fold_outputs(x[:5])
+    assert probs.shape == (5, 2, 7) and embs.shape == (5, 2, 39)
+    np.testing.assert_array_equal(run.predict_proba(x[:5]), probs.mean(1))
+    np.testing.assert_array_equal(run.unit_outputs("fold_2", x[:5])[1], embs[:, 1])
+    np.testing.assert_array_equal(one.embed(x[:5]), embs[:, 1])
+    assert list(run.fold_models) == ["fold_1", "fold_2"]
+    with pytest.raises(TimnetError, match=r"no model of fold 3 \(it has folds 1, 2; seeds 46\)"):
+        timnet.load_model(result.run_id, models_root=models, fold=3)
+    with pytest.raises(TimnetError, match="no model of fold 1 and seed 7"):
+        timnet.load_model(result.run_id, models_root=models, fold=1, seed=7)
+    with pytest.raises(TimnetError, match="--engine onnx needs an exported model folder"):
+        timnet.load_model(result.run_id, models_root=models, engine="onnx")
+    with pytest.raises(TimnetError, match="no fold model 'fold_3'"):
+        run.unit_outputs("fold_3", x[:2])
+
+
+def test_load_model_of_keras_weights_needs_a_dataset(tmp_path):
+    """One .hdf5 or a folder of them (the authors' zip: test_reproduction); without dataset= a clear error."""
+    hdf5 = REPO / "tests/data/keras_random_emodb.hdf5"
+    with pytest.raises(TimnetError, match="--weights needs --dataset: keras_random_emodb.hdf5 does not say which"):
+        timnet.load_model(hdf5)
+    one = timnet.load_model(hdf5, dataset="EMODB")
+    assert one.engine == "torch" and one.units == ["fold_1"] and one.classes == load_config("EMODB").dataset.classes
+    assert one.config.train.checkpoint == "best-test" and one.kfold_seed is None  # no _<seed> in the name
+    folder = tmp_path / "EMODB_7"
+    folder.mkdir()
+    for k in (2, 4):
+        (folder / f"10-fold_weights_best_{k}.hdf5").write_bytes(hdf5.read_bytes())
+    both = timnet.load_model(folder, dataset=load_config("EMODB"))
+    assert both.units == ["fold_2", "fold_4"] and both.fold_of == {"fold_2": 2, "fold_4": 4} and both.kfold_seed == 7
+    x = np.random.default_rng(0).normal(0, 20, size=(3, 20, 39)).astype(np.float32)
+    np.testing.assert_array_equal(both.unit_outputs("fold_4", x)[0], one.predict_proba(x))  # the same weights
+    assert timnet.load_model(folder, dataset="EMODB", fold=4, seed=7).units == ["fold_4"]
+    with pytest.raises(TimnetError, match=r"no model of fold 3 \(it has folds 2, 4; seeds 7\)"):
+        timnet.load_model(folder, dataset="EMODB", fold=3)
+    with pytest.raises(TimnetError, match="weights not found"):
+        timnet.load_model(tmp_path / "missing.zip", dataset="EMODB")
+
+
+@needs_shared
+def test_load_model_of_the_authors_zip():
+    with pytest.raises(TimnetError, match="--weights needs --dataset: EMODB_46.zip"):
+        timnet.load_model(WEIGHTS / "EMODB_46.zip")
+    model = timnet.load_model(WEIGHTS / "EMODB_46.zip", dataset="EMODB")
+    assert model.units == [f"fold_{k}" for k in range(1, 11)] and model.kfold_seed == 46
+    assert set(model.seed_of.values()) == {46}
+    three = timnet.load_model(WEIGHTS / "EMODB_46.zip", dataset="EMODB", fold=3)
+    x = np.random.default_rng(0).normal(0, 20, size=(4, 188, 39)).astype(np.float32)
+    np.testing.assert_array_equal(three.predict_proba(x), model.predict_proba(x, fold=3))
+    assert not np.allclose(model.predict_proba(x, fold=3), model.predict_proba(x, fold=4), atol=1e-3)
 
 
 def test_tsne_of_a_run(trained_run):
@@ -118,8 +183,12 @@ def test_predict_command_writes_csv_once(trained_run, tmp_path, capsys):
     csv = tmp_path / "pred.csv"
     assert main(["predict", "--run", result.run_id, "--models", str(root / "Models"), *files, "--csv", str(csv)]) == 0
     table = pd.read_csv(csv)
-    assert table.file.tolist() == files and table.predicted.isin(load_config("EMODB").dataset.classes).all()
-    np.testing.assert_allclose(table[load_config("EMODB").dataset.classes].sum(axis=1), 1, atol=1e-3)
+    classes = load_config("EMODB").dataset.classes
+    api = timnet.load_model(result.run_id, models_root=root / "Models").predict(files)
+    assert table.file.tolist() == files and table.predicted.tolist() == api.predicted.tolist()
+    assert table.predicted.tolist() == [classes[i] for i in table[classes].to_numpy().argmax(1)]
+    np.testing.assert_allclose(table[classes].to_numpy(), api[classes].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(table[classes].sum(axis=1), 1, atol=1e-3)
     assert main(["predict", "--run", result.run_id, "--models", str(root / "Models"), *files, "--csv", str(csv)]) == 2
     assert "already exists" in capsys.readouterr().err
 

@@ -12,13 +12,19 @@ Ray is imported only here, only for `--backend ray`.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import os
 import socket
 import tempfile
 from pathlib import Path
 
+import torch
+
 from .errors import TimnetError
+from .feature_cache import unit_features
+from .fold import FoldJob, train_fold
+from .progress import ProgressView, drain
+from .runs import FoldResult
 
 RETRIES = 3  # how often Ray restarts a unit whose worker process died
 INSTALL = "python3 -m pip install 'ray[default]'"
@@ -48,12 +54,12 @@ def cluster_has_gpus(address: str | None = None) -> bool:
     return connect(address).cluster_resources().get("GPU", 0) > 0
 
 
-def check_storage(job) -> None:
+def check_storage(job: FoldJob) -> None:
     """In the task, before any work: can this node read the features and write the run folder?"""
     node = socket.gethostname()
-    if not os.access(job.mfcc, os.R_OK):
+    if not os.access(job.mfcc_file, os.R_OK):
         raise TimnetError(
-            f"node {node} cannot read {job.mfcc} — the MFCC file and the run folder must be on storage every "
+            f"node {node} cannot read {job.mfcc_file} — the MFCC file and the run folder must be on storage every "
             "node sees (a shared or network file system, the same path on every node)"
         )
     try:
@@ -66,51 +72,36 @@ def check_storage(job) -> None:
         ) from None
 
 
-@functools.lru_cache(maxsize=2)
-def _node_features(mfcc: str, classes: tuple[str, ...]):
-    """The features, read once per Ray worker process (workers are reused across tasks)."""
-    from .features import load_features
-
-    return load_features(Path(mfcc), list(classes))
-
-
-def train_unit(job, threads: int, events):
+def train_unit(job: FoldJob, threads: int, events) -> FoldResult:
     """The Ray task: one unit, its progress events sent to the driver's queue."""
-    import torch
-
-    from .config import Config
-    from .train import train_fold
-
     check_storage(job)
     torch.set_num_threads(threads)
-    features = _node_features(job.mfcc, tuple(Config.from_dict(job.config).dataset.classes))
+    features = unit_features(job.mfcc_file, job.classes)  # Ray reuses worker processes: read once per process
     return train_fold(job, features, lambda event: events.put_nowait({**event, "node": socket.gethostname()}))
 
 
-def absolute(job):
+def absolute(job: FoldJob) -> FoldJob:
     """The job with absolute paths: a path relative to the driver's folder means nothing on another node."""
-    import dataclasses
-
     return dataclasses.replace(
         job,
-        mfcc=str(Path(job.mfcc).resolve()),
+        mfcc_file=str(Path(job.mfcc_file).resolve()),
         models_dir=str(Path(job.models_dir).resolve()),
         logs_dir=str(Path(job.logs_dir).resolve()),
     )
 
 
-def run_units_on_ray(jobs: list, threads: int | None, address: str | None, progress: bool, desc: str) -> list:
+def run_units_on_ray(
+    jobs: list[FoldJob], threads: int | None, address: str | None, progress: bool, desc: str
+) -> list[FoldResult]:
     """Submit every unit at once as a Ray task (CPUs = threads per unit, one GPU on CUDA) and wait for all;
     one progress bar over their epochs, fed through a Ray queue."""
-    from .train import _ProgressView
-
     ray = connect(address)
     from ray.util.queue import Empty, Queue
 
     threads = threads or 1
     events = Queue(actor_options={"num_cpus": 0})  # the progress queue must not hold a CPU a unit needs
     task = ray.remote(train_unit)
-    view = _ProgressView(jobs, desc, progress)
+    view = ProgressView(jobs, desc, progress)
     refs = {}
     for job in map(absolute, jobs):
         gpus = 1 if job.device.startswith("cuda") else 0
@@ -133,8 +124,8 @@ def run_units_on_ray(jobs: list, threads: int | None, address: str | None, progr
                         f"{view.label(job.key)}: its Ray worker died {RETRIES + 1} times ({type(err).__name__}); "
                         "finished units are kept — resume the run with --resume"
                     ) from None
-            _drain(events, view, Empty)
-        _drain(events, view, Empty)
+            drain(events, view, Empty)
+        drain(events, view, Empty)
     except BaseException:  # a failure, or Ctrl-C: cancel the rest; each unit keeps its last epoch's state
         for ref in refs:
             ray.cancel(ref, force=True)
@@ -142,11 +133,3 @@ def run_units_on_ray(jobs: list, threads: int | None, address: str | None, progr
     finally:
         view.close()
     return [results[j.key] for j in jobs]
-
-
-def _drain(events, view, empty) -> None:
-    while True:
-        try:
-            view.update(events.get_nowait())
-        except empty:
-            return

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TimnetError
+from .validation import check_choice, check_range, invalid
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,15 +25,32 @@ else:  # pragma: no cover
 
 @dataclass
 class DatasetConfig:
+    """[dataset]: the corpus, the reader of its distributed layout, and the class order (= label index)."""
+
     name: str
     classes: list[str]
-    recipe: str = "folders"
+    reader: str = "folders"
     expected_count: int | None = None
+
+    READERS = ("emodb", "ravdess", "savee", "emovo", "iemocap", "casia", "folders")  # timnet.corpora.CORPORA
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise invalid("dataset.name", "a non-empty name", self.name)
+        names = self.classes
+        if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) and c for c in names):
+            raise invalid("dataset.classes", "a list of class names", names)
+        if len(set(names)) < 2 or len(set(names)) != len(names):
+            raise invalid("dataset.classes", "at least 2 class names, none repeated", names)
+        check_choice("dataset.reader", self.reader, self.READERS)
+        if self.expected_count is not None:
+            check_range("dataset.expected_count", self.expected_count, 0, integer=True)
 
 
 @dataclass
 class FeatureSettings:
-    """Arguments of the authors' recipe, all explicit so library default changes cannot move them."""
+    """Arguments of the authors' recipe, all explicit so library default changes cannot move them.
+    Names (res_type, window, pad_mode) stay free: librosa knows its own and says so."""
 
     signal_length: int
     sample_rate: int
@@ -45,6 +63,12 @@ class FeatureSettings:
     pad_mode: str
     n_mels: int
 
+    def __post_init__(self) -> None:
+        for key in ("sample_rate", "signal_length", "n_mfcc", "n_fft", "hop_length", "n_mels"):
+            check_range(f"features.{key}", getattr(self, key), 1, integer=True)
+        if not isinstance(self.center, bool):
+            raise invalid("features.center", "true or false", self.center)
+
     @property
     def frames(self) -> int:
         """MFCC frames per utterance (centred STFT: 1 + L // hop)."""
@@ -56,13 +80,32 @@ class FeatureSettings:
 
 
 @dataclass
-class ModelSettings:
-    """[model]: the architecture (TIMNetConfig adds the class count and MFCC size)."""
+class TIMNetConfig:
+    """The architecture, one description for the [model] section and the network (`timnet.model.TIMNet`).
 
+    In a Config, n_classes and n_mfcc are derived from dataset.classes and features.n_mfcc (never typed
+    twice); a saved or exported model stores all six, so `TIMNetConfig(**saved)` rebuilds it alone.
+    """
+
+    n_classes: int
+    n_mfcc: int
     filters: int
     kernel_size: int
     levels: int
     dropout: float
+
+    def __post_init__(self) -> None:
+        for key in ("n_classes", "n_mfcc", "filters", "kernel_size", "levels"):
+            check_range(f"model.{key}", getattr(self, key), 1, integer=True)
+        check_range("model.dropout", self.dropout, 0, 1, high_open=True)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: "Config") -> "TIMNetConfig":
+        """The architecture of a Config (a copy: a model keeps its own)."""
+        return dataclasses.replace(config.model)
 
 
 @dataclass
@@ -93,26 +136,29 @@ class TrainSettings:
     CHECKPOINTS = ("last", "best-val", "best-test")
     SWITCHES = ("auto", "on", "off")  # compile, recompute
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        if self.protocol not in self.PROTOCOLS:
-            raise TimnetError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(self.PROTOCOLS)}")
-        if self.checkpoint not in self.CHECKPOINTS:
-            raise TimnetError(
-                f"unknown checkpoint policy {self.checkpoint!r}; choose one of {', '.join(self.CHECKPOINTS)}"
-            )
-        if self.folds < 2:
-            raise TimnetError(f"folds must be at least 2 (got {self.folds})")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TimnetError("epochs and batch_size must be positive")
-        for name in ("compile", "recompute"):
-            if getattr(self, name) not in self.SWITCHES:
-                raise TimnetError(
-                    f"unknown {name} setting {getattr(self, name)!r}; choose one of {', '.join(self.SWITCHES)}"
-                )
-        if self.test_every < 0:
-            raise TimnetError(f"test_every must be 0 (only at the end) or a number of epochs (got {self.test_every})")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise TimnetError(f"val_fraction must be in (0, 0.5) (got {self.val_fraction})")
+        """Every setting against what it allows (a run checks again before it starts: settings may be set later)."""
+        check_choice("train.protocol", self.protocol, self.PROTOCOLS)
+        check_choice("train.checkpoint", self.checkpoint, self.CHECKPOINTS)
+        check_choice("train.compile", self.compile, self.SWITCHES)
+        check_choice("train.recompute", self.recompute, self.SWITCHES)
+        check_range("train.folds", self.folds, 2, integer=True)
+        for key in ("epochs", "batch_size"):
+            check_range(f"train.{key}", getattr(self, key), 1, integer=True)
+        for key in ("seed", "patience", "test_every"):
+            check_range(f"train.{key}", getattr(self, key), 0, integer=True)
+        for key in ("lr", "eps"):
+            check_range(f"train.{key}", getattr(self, key), 0, low_open=True)
+        for key in ("beta1", "beta2", "label_smoothing"):
+            check_range(f"train.{key}", getattr(self, key), 0, 1, high_open=True)
+        check_range("train.val_fraction", self.val_fraction, 0, 0.5, low_open=True, high_open=True)
+        if not isinstance(self.seeds, (list, tuple)):
+            raise invalid("train.seeds", "a list of seeds", self.seeds)
+        for i, seed in enumerate(self.seeds):
+            check_range(f"train.seeds[{i}]", seed, 0, integer=True)
 
     @property
     def optimistic(self) -> bool:
@@ -135,10 +181,16 @@ class TrainSettings:
 
 @dataclass
 class Published:
+    """[published]: the paper's and the authors' 2023 numbers (UAR / WAR in %), shown beside a run's."""
+
     paper_uar: float = math.nan
     paper_war: float = math.nan
     update_2023_uar: float = math.nan
     update_2023_war: float = math.nan
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_range(f"published.{f.name}", getattr(self, f.name), 0, 100)  # NaN (none published) passes
 
 
 # Settings that runs saved by earlier versions hold and that mean nothing now (the device is chosen when a
@@ -147,15 +199,32 @@ RETIRED = {"train": ("device",)}
 # Settings added after runs were saved: what such a run did before they existed. (The TOML files hold every
 # setting; the dataclasses above have no defaults, so a missing one is an error, except these.)
 INTRODUCED = {"train": {"compile": "off", "test_every": 1, "recompute": "off"}}
+# Settings renamed since runs were saved: old name -> new name, mapped on read.
+RENAMED = {"dataset": {"recipe": "reader"}}
+# Settings that follow from others (-> where from): saved with the model, never typed or overridden.
+DERIVED = {"model": {"n_classes": "dataset.classes", "n_mfcc": "features.n_mfcc"}}
+# The sections of a config file, in the order they are read (the model's derived settings need the first two).
+SECTIONS = {
+    "dataset": DatasetConfig,
+    "features": FeatureSettings,
+    "model": TIMNetConfig,
+    "train": TrainSettings,
+    "published": Published,
+}
 
 
 @dataclass
 class Config:
     dataset: DatasetConfig
     features: FeatureSettings
-    model: ModelSettings
+    model: TIMNetConfig
     train: TrainSettings
     published: Published = field(default_factory=Published)
+
+    def __post_init__(self) -> None:
+        for key, value in (("n_classes", self.n_classes), ("n_mfcc", self.features.n_mfcc)):
+            if getattr(self.model, key) != value:
+                raise _derived_error(f"model.{key}", getattr(self.model, key))
 
     @property
     def n_classes(self) -> int:
@@ -166,31 +235,18 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
-        sections = {f.name: f.type for f in fields(cls)}
-        kwargs = {}
-        for name, section_cls in (
-            ("dataset", DatasetConfig),
-            ("features", FeatureSettings),
-            ("model", ModelSettings),
-            ("train", TrainSettings),
-            ("published", Published),
-        ):
-            raw = {k: v for k, v in data.get(name, {}).items() if k not in RETIRED.get(name, ())}
-            raw = {**INTRODUCED.get(name, {}), **raw}
-            known = {f.name for f in fields(section_cls)}
-            unknown = set(raw) - known
-            if unknown:
-                raise TimnetError(
-                    f"unknown setting(s) in [{name}]: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
-                )
+        """A Config from a TOML file's or a saved run's dict; what earlier versions saved reads too (RETIRED,
+        INTRODUCED, RENAMED), and the model's n_classes and n_mfcc are derived when absent."""
+        sections: dict[str, Any] = {}
+        for name, section_cls in SECTIONS.items():
+            raw = _section(name, data.get(name, {}), section_cls)
+            if name == "model":
+                raw = {"n_classes": len(sections["dataset"].classes), "n_mfcc": sections["features"].n_mfcc, **raw}
             try:
-                kwargs[name] = section_cls(**raw)
+                sections[name] = section_cls(**raw)
             except TypeError as err:
                 raise TimnetError(f"incomplete [{name}] section: {err}") from None
-        assert set(kwargs) == set(sections)
-        cfg = cls(**kwargs)
-        cfg.train.validate()
-        return cfg
+        return cls(**sections)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """Return a copy with `{"train.epochs": 2, ...}` applied, types coerced to the field's type."""
@@ -199,10 +255,36 @@ class Config:
             if value is None:
                 continue
             section, _, name = key.partition(".")
+            name = RENAMED.get(section, {}).get(name, name)
+            if name in DERIVED.get(section, {}):
+                raise _derived_error(key, value)
             if section not in data or name not in data[section]:
                 raise TimnetError(f"unknown setting {key!r}; settings look like train.epochs or features.n_mfcc")
             data[section][name] = _coerce(key, value, data[section][name])
+        for name in DERIVED["model"]:
+            del data["model"][name]  # derived again from the (maybe changed) settings they follow
         return Config.from_dict(data)
+
+
+def _section(name: str, given: dict[str, Any], section_cls: type) -> dict[str, Any]:
+    """One section's settings as `section_cls` names them today; an unknown one is an error."""
+    raw = {k: v for k, v in given.items() if k not in RETIRED.get(name, ())}
+    for old, new in RENAMED.get(name, {}).items():
+        if old in raw:
+            raw.setdefault(new, raw.pop(old))
+    raw = {**INTRODUCED.get(name, {}), **raw}
+    known = {f.name for f in fields(section_cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise TimnetError(
+            f"unknown setting(s) in [{name}]: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+        )
+    return raw
+
+
+def _derived_error(key: str, value: Any) -> TimnetError:
+    section, _, name = key.partition(".")
+    return invalid(key, f"left out: it is derived from {DERIVED[section][name]}", value)
 
 
 def _coerce(key: str, value: Any, current: Any) -> Any:

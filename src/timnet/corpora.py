@@ -1,4 +1,4 @@
-"""Corpus recipes: read a corpus in the layout it is distributed in and return a manifest.
+"""Corpus readers: read a corpus in the layout it is distributed in and return a manifest.
 
 A manifest is a DataFrame, one row per utterance, in the authors' sample order (class by class in
 the config's class order; inside a class, natsort of `<stem>_raw.csv`, the names they sorted):
@@ -26,6 +26,7 @@ import pandas as pd
 
 from .config import DatasetConfig
 from .errors import TimnetError
+from .validation import check_choice
 
 COLUMNS = ["file", "path", "stem", "label", "class_index", "speaker", "gender", "session"]
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
@@ -42,7 +43,7 @@ class Row:
 
 @dataclass
 class Scan:
-    """What a recipe found: the usable rows and the files it had to leave out, with the reason."""
+    """What a reader found: the usable rows and the files it had to leave out, with the reason."""
 
     rows: list[Row]
     skipped: list[tuple[str, str]]
@@ -228,7 +229,7 @@ def scan_folders(root: Path, classes: list[str]) -> Scan:
 def build_manifest(
     root: Path, dataset: DatasetConfig, skip_bad: bool = False
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Scan `root` with the dataset's recipe; return (manifest, skipped [(file, reason)]).
+    """Scan `root` with the dataset's reader; return (manifest, skipped [(file, reason)]).
 
     Files whose names carry no valid label are an error (naming the first) unless `skip_bad`.
     A count different from the complete corpus is reported as a warning with the numbers.
@@ -311,7 +312,7 @@ class Corpus:
     stem: Callable[[str, str], str] | None = None
 
 
-# Keyed by the config's `dataset.recipe`.
+# Keyed by the config's `dataset.reader` (DatasetConfig.READERS names these keys, so a config is checked on load).
 CORPORA: dict[str, Corpus] = {
     "emodb": Corpus("EMODB", scan_emodb, _emodb_files),
     "ravdess": Corpus("RAVDESS", scan_ravdess, _ravdess_files),
@@ -324,9 +325,7 @@ CORPORA: dict[str, Corpus] = {
 
 
 def corpus_of(dataset: DatasetConfig) -> Corpus:
-    if dataset.recipe not in CORPORA:
-        raise TimnetError(f"unknown recipe {dataset.recipe!r} for {dataset.name}; known: {', '.join(CORPORA)}")
-    return CORPORA[dataset.recipe]
+    return CORPORA[check_choice("dataset.reader", dataset.reader, CORPORA)]
 
 
 def canonical_stems(dataset: DatasetConfig) -> pd.DataFrame | None:

@@ -12,9 +12,9 @@ from .config import Config
 from .corpora import canonical_stems
 from .errors import TimnetError
 from .features import FeatureSet
-from .keras_weights import load_fold_models, seed_from_name
-from .metrics import infer, prediction_table, scores, table_scores
-from .model import TIMNetConfig
+from .loading import load_model
+from .metrics import prediction_table, scores, table_scores
+from .portable import PortableModel
 from .splits import canonical_positions, kfold
 
 
@@ -59,29 +59,29 @@ def authors_test_folds(
     return tests, missing
 
 
-def published_folds(
-    weights: Path, config: Config, features: FeatureSet, seed: int | None = None
-) -> tuple[dict, list[np.ndarray], list[int]]:
-    """The authors' fold models {k: model}, and per fold the indices of its test files in `features` and how many
-    of them are missing. The KFold seed: `seed`, else the weights' name (EMODB_46 -> 46), else the config's."""
-    seed = seed if seed is not None else seed_from_name(weights)
-    models = load_fold_models(weights, TIMNetConfig.from_config(config))
-    tests, missing = authors_test_folds(config, features, max(models), config.train.seed if seed is None else seed)
-    return models, tests, missing
+def model_test_folds(
+    model: PortableModel, features: FeatureSet, seed: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Per fold model: the indices in `features` of its authors' test files, and how many of them are missing.
+    The KFold seed: `seed`, else the weights' name (EMODB_46 -> 46), else the config's."""
+    seed = seed if seed is not None else model.kfold_seed
+    seed = model.config.train.seed if seed is None else seed
+    tests, missing = authors_test_folds(model.config, features, max(model.fold_of.values()), seed)
+    folds = model.fold_of
+    return {u: tests[folds[u] - 1] for u in model.units}, {u: missing[folds[u] - 1] for u in model.units}
 
 
-def evaluate_weights(
-    weights: Path, config: Config, features: FeatureSet, seed: int | None = None, device: str = "auto"
-) -> Evaluation:
-    """Evaluate the authors' fold-k weights on their fold-k test files that are present."""
-    models, tests, missing = published_folds(weights, config, features, seed)
+def evaluate_model(model: PortableModel, features: FeatureSet, seed: int | None = None) -> Evaluation:
+    """Evaluate each fold-k model (the authors' weights, usually) on the authors' fold-k test files that are present."""
+    config = model.config
+    tests, missing = model_test_folds(model, features, seed)
     rows, preds, embeddings = [], [], np.zeros((len(features), config.model.filters), np.float32)
-    for k, model in models.items():
-        idx = tests[k - 1]
-        prob, emb = infer(model, features.x[idx], device=device)
+    for unit in model.units:
+        k, idx = model.fold_of[unit], tests[unit]
+        prob, emb = model.unit_outputs(unit, features.x[idx])
         embeddings[idx] = emb
         rows.append(
-            {"fold": k, "n_test": len(idx), "missing": missing[k - 1], **scores(features.y[idx], prob.argmax(1))}
+            {"fold": k, "n_test": len(idx), "missing": missing[unit], **scores(features.y[idx], prob.argmax(1))}
         )
         preds.append(prediction_table(features.manifest, idx, prob, config.dataset.classes, fold=k))
     predictions = pd.concat(preds, ignore_index=True)
@@ -89,6 +89,13 @@ def evaluate_weights(
         pd.DataFrame(rows),
         predictions,
         table_scores(predictions, config.dataset.classes),
-        int(sum(missing)),
+        int(sum(missing.values())),
         embeddings,
     )
+
+
+def evaluate_weights(
+    weights: Path, config: Config, features: FeatureSet, seed: int | None = None, device: str = "auto"
+) -> Evaluation:
+    """Evaluate the authors' fold-k weights (read with the dataset's `config`) on their fold-k test files."""
+    return evaluate_model(load_model(weights, dataset=config, engine="torch", device=device), features, seed)

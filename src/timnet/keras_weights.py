@@ -161,12 +161,14 @@ def fold_weights(source: Path) -> dict[int, bytes | Path]:
     return dict(sorted(files.items()))
 
 
-def load_fold_models(source: Path, config: TIMNetConfig) -> dict[int, TIMNet]:
-    """One model per fold, each with the authors' weights of that fold."""
+def load_fold_models(source: Path, config: TIMNetConfig, folds: set[int] | None = None) -> dict[str, TIMNet]:
+    """{"fold_k": model with the authors' weights of fold k}, for every fold of `source` (or those in `folds`)."""
     models = {}
     for fold, blob in fold_weights(source).items():
+        if folds is not None and fold not in folds:
+            continue
         handle = io.BytesIO(blob) if isinstance(blob, bytes) else blob
-        models[fold] = load_into(TIMNet(config), handle, what=f"{source} (fold {fold})")
+        models[f"fold_{fold}"] = load_into(TIMNet(config), handle, what=f"{source} (fold {fold})")
     return models
 
 

@@ -1,4 +1,4 @@
-"""Metrics, batched inference and per-utterance prediction tables: what train, evaluate, predict and tsne share.
+"""Metrics and per-utterance prediction tables: what train, evaluate, predict and tsne share.
 
 Over folds (and seeds) every output — CLI, notebook, run workbook, summary workbook, sweeps — reports
 mean ± SAMPLE standard deviation (ddof=1), computed by `mean_std` alone.
@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import confusion_matrix, f1_score, recall_score
-
-from .errors import TimnetError
-from .model import TIMNet
 
 METRICS = ("war", "uar", "f1")
 
@@ -66,39 +62,6 @@ def table_scores(predictions: pd.DataFrame, classes: list[str]) -> dict[str, flo
 def table_confusion(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Confusion matrix of a prediction table (or of one fold's rows of it)."""
     return confusion(*_table_indices(predictions, classes), classes)
-
-
-def pick_device(name: str = "auto") -> str:
-    """`auto`: CUDA, then Apple MPS, then CPU; a named device is checked to exist."""
-    if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise TimnetError("--device cuda asked for, but PyTorch sees no CUDA GPU (install a CUDA build of torch)")
-        if name == "mps" and not torch.backends.mps.is_available():
-            raise TimnetError("--device mps asked for, but Apple Metal (MPS) is not available in this PyTorch")
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-@torch.no_grad()
-def infer(model: TIMNet, x: np.ndarray, batch_size: int = 256, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, K], embeddings [N, C]) in eval mode."""
-    device = pick_device(device)
-    model = model.to(device).eval()
-    probs, embs = [], []
-    for start in range(0, len(x), batch_size):
-        batch = torch.as_tensor(x[start : start + batch_size], device=device)
-        emb = model.embed(batch)
-        probs.append(torch.softmax(model.classifier(emb), dim=-1).cpu().numpy())
-        embs.append(emb.cpu().numpy())
-    k, c = model.config.n_classes, model.config.filters
-    return (
-        np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
-        np.concatenate(embs) if embs else np.zeros((0, c), np.float32),
-    )
 
 
 def mean_std(values) -> tuple[float, float]:

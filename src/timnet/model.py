@@ -11,40 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-
-@dataclass
-class TIMNetConfig:
-    """The architecture. Its values come from the dataset's TOML (`from_config`) or a saved model; no defaults here."""
-
-    n_classes: int
-    n_mfcc: int
-    filters: int
-    kernel_size: int
-    levels: int
-    dropout: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_config(cls, config) -> "TIMNetConfig":
-        """The architecture of a `timnet.config.Config` (classes, MFCCs, [model] section)."""
-        m = config.model
-        return cls(
-            n_classes=config.n_classes,
-            n_mfcc=config.features.n_mfcc,
-            filters=m.filters,
-            kernel_size=m.kernel_size,
-            levels=m.levels,
-            dropout=m.dropout,
-        )
+from .config import TIMNetConfig
 
 
 class _CausalConvGEMM(torch.autograd.Function):
@@ -182,6 +155,15 @@ def _recomputed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class TIMNet(nn.Module):
+    """TIM-Net: MFCCs [B, T, F] -> emotion logits [B, K], laid out like the authors' Keras model so their weights load.
+
+    The utterance is read in both directions (as recorded, and time-reversed): a 1x1 causal conv each, then
+    `levels` temporal-aware blocks of dilation 1, 2, 4, ...; after every level the two directions are added and
+    averaged over time. A learnt weight per level sums the levels into the [B, C] embedding (`embed`: the
+    penultimate layer that t-SNE shows), and one dense layer gives the logits (`classify`: probabilities too).
+    `config` stays on the module because saved models store it to rebuild the network.
+    """
+
     def __init__(self, config: TIMNetConfig):
         super().__init__()
         self.config = config
@@ -230,6 +212,11 @@ class TIMNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, F] MFCCs -> [B, K] logits (softmax gives the Keras model's output)."""
         return self.classifier(self.embed(x))
+
+    def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T, F] MFCCs -> (probabilities [B, K], embedding [B, C]): what every inference path returns."""
+        emb = self.embed(x)
+        return torch.softmax(self.classifier(emb), dim=-1), emb
 
 
 @torch.no_grad()

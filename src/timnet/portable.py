@@ -1,16 +1,17 @@
-"""Load a model folder (or a run, or the authors' weights) and predict with PyTorch or onnxruntime.
+"""A trained model ready to predict: its fold models with the config they were trained with, run by PyTorch or
+by onnxruntime with the same answers. Make one with `timnet.load_model` (any source: `loading`).
 
-model = timnet.load_model("exported/EMODB")            # a folder from `timnet export`, or a hub id
-model.predict(["a.wav", "b.wav"])                      # the table `timnet predict` prints
-model.predict_proba(mfcc)                              # [N, T, F] float32 -> [N, K], mean over the fold models
-model.embed(mfcc)                                      # [N, C] penultimate layer (one fold model's)
+model.predict(["a.wav", "b.wav"])        # the table `timnet predict` prints
+model.predict_proba(mfcc)                # [N, T, F] float32 -> [N, K], mean over the fold models
+model.embed(mfcc)                        # [N, C] penultimate layer (one fold model's)
+model.unit_outputs("fold_3", mfcc)       # one fold model's (probabilities, embeddings), e.g. on its test files
 """
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,42 @@ import pandas as pd
 
 from .config import Config
 from .errors import BadAudioError, TimnetError
-from .export import FORMAT, ONNX_OUTPUTS
 from .features import extract_many
-from .metrics import infer
-from .model import TIMNet, TIMNetConfig
+from .inference import infer
+from .model import TIMNet
+from .model_folder import ONNX_INPUT, ONNX_OUTPUTS
 
-ENGINES = ("auto", "torch", "onnx")
 LONG_FACTOR = 2.0  # warn when a file is this many times longer than the training length
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+UNIT_NAME = re.compile(r"^fold_(\d+)(?:_seed(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One fold model: its name (`fold_<k>`, or `fold_<k>_seed<s>` in a run of several seeds), its fold k and the
+    seed it was trained with (for the authors' weights: their KFold seed; None when unknown)."""
+
+    name: str
+    fold: int
+    seed: int | None = None
+
+    @classmethod
+    def from_name(cls, name: str, seed: int | None = None) -> "Unit":
+        m = UNIT_NAME.match(name)
+        if m is None:
+            raise TimnetError(f"{name!r}: not a fold model name (fold_<k>, or fold_<k>_seed<s>)")
+        return cls(name, int(m.group(1)), int(m.group(2)) if m.group(2) else seed)
+
+
+def select_units(units: list[Unit], fold: int | None = None, seed: int | None = None, source: str = "") -> list[Unit]:
+    """The one place fold models are chosen: those of fold `fold` and of training seed `seed` (None: any)."""
+    chosen = [u for u in units if (fold is None or u.fold == fold) and (seed is None or u.seed == seed)]
+    if chosen:
+        return chosen
+    asked = " and ".join(f"{what} {v}" for what, v in (("fold", fold), ("seed", seed)) if v is not None)
+    folds = ", ".join(map(str, sorted({u.fold for u in units})))
+    seeds = ", ".join(map(str, sorted({u.seed for u in units if u.seed is not None})))
+    has = f"folds {folds}" + (f"; seeds {seeds}" if seeds else "")
+    raise TimnetError(f"{source}: no model of {asked or 'any fold'} (it has {has or 'none'}) — choose one of those")
 
 
 class TorchRunner:
@@ -36,8 +65,8 @@ class TorchRunner:
     def __init__(self, models: dict[str, TIMNet], device: str = "auto", batch_size: int = 256):
         self.models, self.device, self.batch_size = models, device, batch_size
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outputs = [infer(m, x, self.batch_size, self.device) for m in self.models.values()]
+    def __call__(self, x: np.ndarray, units: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        outputs = [infer(self.models[u], x, self.batch_size, self.device) for u in units]
         return np.stack([p for p, _ in outputs], 1), np.stack([e for _, e in outputs], 1)
 
 
@@ -46,19 +75,21 @@ class OnnxRunner:
 
     name = "onnx"
 
-    def __init__(self, paths: list[Path], batch_size: int = 256):
+    def __init__(self, paths: dict[str, Path], batch_size: int = 256):
         import onnxruntime as ort
 
         wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
         providers = [p for p in wanted if p in ort.get_available_providers()]
-        self.sessions = [ort.InferenceSession(str(p), providers=providers) for p in paths]
+        self.sessions = {u: ort.InferenceSession(str(p), providers=providers) for u, p in paths.items()}
         self.batch_size = batch_size
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, x: np.ndarray, units: list[str]) -> tuple[np.ndarray, np.ndarray]:
         probs, embs = [], []
-        for session in self.sessions:
+        for unit in units:
             parts = [
-                session.run(list(ONNX_OUTPUTS), {"mfcc": np.ascontiguousarray(x[i : i + self.batch_size])})
+                self.sessions[unit].run(
+                    list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(x[i : i + self.batch_size])}
+                )
                 for i in range(0, len(x), self.batch_size)
             ]
             probs.append(np.concatenate([p for p, _ in parts]))
@@ -67,24 +98,39 @@ class OnnxRunner:
 
 
 class PortableModel:
-    """Fold models with the config they were trained with; the same answers from either engine."""
+    """Fold models with the config they were trained with; the same answers from either engine.
 
-    def __init__(self, config: Config, units: list[str], runner, source: str, card: dict | None = None):
-        self.config, self.units, self.runner, self.source, self.card = config, units, runner, source, card
+    `units`: the fold models' names; `fold_of` / `seed_of`: unit -> its fold / training seed; `kfold_seed`: the
+    KFold seed of the authors' folds (their weights' name, EMODB_46 -> 46), None for other models."""
+
+    def __init__(
+        self,
+        config: Config,
+        units: list[Unit],
+        runner,
+        source: str,
+        card: dict | None = None,
+        kfold_seed: int | None = None,
+    ):
+        self.config, self.runner, self.source, self.card, self.kfold_seed = config, runner, source, card, kfold_seed
         self.classes = list(config.dataset.classes)
-        self.fold_of = [int(re.match(r"fold_(\d+)", u).group(1)) for u in units]
+        self.unit_list = list(units)
+        self.units = [u.name for u in units]
+        self.fold_of = {u.name: u.fold for u in units}
+        self.seed_of = {u.name: u.seed for u in units}
 
     @property
     def engine(self) -> str:
         return self.runner.name
 
-    def _columns(self, fold: int | None) -> list[int]:
-        if fold is None:
-            return list(range(len(self.units)))
-        chosen = [i for i, k in enumerate(self.fold_of) if k == fold]
-        if not chosen:
-            raise TimnetError(f"{self.source}: no model of fold {fold} (folds: {sorted(set(self.fold_of))})")
-        return chosen
+    @property
+    def fold_models(self) -> dict[str, TIMNet]:
+        """{unit: torch model} (the torch engine's), e.g. to export them or to look inside."""
+        if not hasattr(self.runner, "models"):
+            raise TimnetError(
+                f"{self.source}: loaded with engine {self.engine}; load with engine='torch' for its torch models"
+            )
+        return self.runner.models
 
     def _check(self, mfcc) -> np.ndarray:
         x = np.asarray(mfcc, dtype=np.float32)
@@ -93,22 +139,34 @@ class PortableModel:
             raise TimnetError(f"expected MFCCs shaped [N, T, {f}], got {list(x.shape)}")
         return x
 
-    def fold_outputs(self, mfcc) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities [N, M, K], embeddings [N, M, C]) of each of the M fold models."""
-        return self.runner(self._check(mfcc))
+    def fold_outputs(self, mfcc, units: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities [N, M, K], embeddings [N, M, C]) of each of the M fold models (or of `units`)."""
+        units = self.units if units is None else units
+        unknown = [u for u in units if u not in self.fold_of]
+        if unknown:
+            raise TimnetError(f"{self.source}: no fold model {unknown[0]!r} (it has {', '.join(self.units)})")
+        return self.runner(self._check(mfcc), units)
+
+    def unit_outputs(self, unit: str, mfcc) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities [N, K], embeddings [N, C]) of one fold model, e.g. on the files it was tested on."""
+        probs, embs = self.fold_outputs(mfcc, [unit])
+        return probs[:, 0], embs[:, 0]
+
+    def chosen(self, fold: int | None = None) -> list[str]:
+        """The fold models of fold `fold` (all for None)."""
+        return [u.name for u in select_units(self.unit_list, fold, source=self.source)]
 
     def predict_proba(self, mfcc, fold: int | None = None) -> np.ndarray:
         """[N, T, F] MFCCs -> [N, K] class probabilities: the mean over the fold models (or fold `fold`'s)."""
-        probs, _ = self.fold_outputs(mfcc)
-        return probs[:, self._columns(fold)].mean(1)
+        probs, _ = self.fold_outputs(mfcc, self.chosen(fold))
+        return probs.mean(1)
 
     def embed(self, mfcc, fold: int | None = None) -> np.ndarray:
         """[N, T, F] MFCCs -> [N, C]: the penultimate layer of the first fold model (or of fold `fold`'s).
 
         Fold models' embedding spaces differ by a rotation, so they are not averaged (`timnet tsne` aligns them).
         """
-        _, emb = self.fold_outputs(mfcc)
-        return emb[:, self._columns(fold)[0]]
+        return self.unit_outputs(self.chosen(fold)[0], mfcc)[1]
 
     def features(
         self, files: list[Path], workers: int | None = None, skip_bad: bool = False, progress: bool = False
@@ -160,77 +218,3 @@ def _warn_long(files: list[Path], settings) -> None:
                 f"{limit:.2f} s is used (centre crop, as in training; --timeline labels every window)",
                 stacklevel=3,
             )
-
-
-def from_fold_models(fold_models, device: str = "auto") -> PortableModel:
-    """A run's or the authors' fold models (`runs.FoldModels`) as a PortableModel with the torch engine."""
-    return PortableModel(
-        fold_models.config, list(fold_models.models), TorchRunner(fold_models.models, device), fold_models.source
-    )
-
-
-def resolve_folder(source: str | Path) -> Path:
-    """A local model folder, or a Hugging Face Hub id (`owner/name`) downloaded to the hub cache."""
-    path = Path(source)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise TimnetError(f"{path}: not a model folder (no config.json) — make one with `timnet export`")
-        return path
-    if HUB_ID.match(str(source)) and not path.exists():
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(repo_id=str(source), repo_type="model"))
-        except Exception as err:  # offline, unknown repo, no access: the hub's errors differ by version
-            raise TimnetError(
-                f"{source}: not a local folder, and the Hugging Face Hub gave {type(err).__name__}: {err}"
-            ) from None
-    raise TimnetError(f"{source}: no such model folder (make one with `timnet export`, or give a hub id owner/name)")
-
-
-def load_model(source: str | Path, engine: str = "auto", device: str = "auto") -> PortableModel:
-    """A model folder from `timnet export` (or a hub id) ready to predict.
-
-    engine: `onnx` (onnxruntime; the faster on CPU), `torch`, or `auto` = onnx when the folder has a graph
-    and onnxruntime is installed, else torch. `device` is for the torch engine.
-    """
-    if engine not in ENGINES:
-        raise TimnetError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    folder = resolve_folder(source)
-    card = json.loads((folder / "config.json").read_text())
-    if card.get("format") != FORMAT:
-        raise TimnetError(f"{folder}: format {card.get('format')!r}, this timnet reads {FORMAT!r}")
-    config = Config.from_dict(card["config"])
-    units = card["units"]
-    graphs = [folder / f for f in card.get("onnx", {}).get("files", {}).values()]
-    has_graphs = bool(graphs) and all(g.is_file() for g in graphs)
-    if engine == "auto":
-        engine = "onnx" if has_graphs and _has_onnxruntime() else "torch"
-    if engine == "onnx":
-        if not has_graphs:
-            raise TimnetError(f"{folder}: no ONNX graphs (exported with --no-onnx?) — use --engine torch")
-        if not _has_onnxruntime():
-            raise TimnetError("--engine onnx needs onnxruntime: python3 -m pip install onnxruntime")
-        runner = OnnxRunner(graphs)
-    else:
-        runner = TorchRunner(_torch_models(folder, card, units), device)
-    return PortableModel(config, units, runner, str(folder), card)
-
-
-def _has_onnxruntime() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-def _torch_models(folder: Path, card: dict, units: list[str]) -> dict[str, TIMNet]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(folder / "model.safetensors")
-    models = {}
-    for unit in units:
-        model = TIMNet(TIMNetConfig(**card["architecture"]))
-        prefix = f"{unit}."
-        model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-        models[unit] = model.eval()
-    return models

@@ -1,8 +1,9 @@
 """Emotion prediction for new audio, with the preprocessing read from the model (never re-typed).
 
-The models: an exported folder (`model=`, torch or onnxruntime), a training run (`run=`) or the authors'
-published fold weights (`weights=` + `dataset=`). The fold models' class probabilities are averaged, or
-one fold is used (`fold=k`), which then equals that fold's evaluation output for its test files.
+The models (read by `timnet.load_model`): an exported folder or hub id (`model=`, torch or onnxruntime), a
+training run (`run=`) or the authors' published fold weights (`weights=` + `dataset=`). The fold models' class
+probabilities are averaged, or one fold is used (`fold=k`), which then equals that fold's evaluation output
+for its test files.
 """
 
 from __future__ import annotations
@@ -12,27 +13,11 @@ from pathlib import Path
 import pandas as pd
 from natsort import natsorted
 
-from .config import load_config
 from .errors import TimnetError
-from .keras_weights import load_fold_models
-from .model import TIMNetConfig
-from .portable import PortableModel, from_fold_models, load_model
-from .runs import FoldModels, load_run
+from .loading import load_model
+from .runs import run_dir
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-
-
-def load_published(weights: Path, dataset: str, fold: int | None = None) -> FoldModels:
-    """The authors' published fold weights for a dataset (features: the dataset's built-in config)."""
-    config = load_config(dataset)
-    models = {
-        f"fold_{k}": m
-        for k, m in load_fold_models(weights, TIMNetConfig.from_config(config)).items()
-        if fold is None or k == fold
-    }
-    if not models:
-        raise TimnetError(f"{weights}: no weights for fold {fold}")
-    return FoldModels(config, models, str(weights))
 
 
 def collect_audio(inputs: list[str | Path]) -> list[Path]:
@@ -56,34 +41,20 @@ def collect_audio(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def open_models(
+def model_source(
     run: str | Path | None = None,
     weights: Path | None = None,
-    dataset: str | None = None,
     model: str | Path | None = None,
-    engine: str = "auto",
-    fold: int | None = None,
-    seed: int | None = None,
     models_root: Path = Path("Models"),
-    device: str = "auto",
-) -> PortableModel:
-    """The one source of models a prediction names (exactly one of run, weights, model)."""
-    if sum(v is not None for v in (run, weights, model)) != 1:
+) -> str | Path:
+    """The one source of models a prediction names (exactly one of run, weights, model), for `load_model`;
+    a run is checked to be one here, so its error says so."""
+    given = [v for v in (run, weights, model) if v is not None]
+    if len(given) != 1:
         raise TimnetError(
-            "give one source of models: --model DIR (exported), --run RUN, or --weights ZIP with --dataset"
+            "give one source of models: --model DIR (exported) or a hub id, --run RUN, or --weights ZIP with --dataset"
         )
-    if model is not None:
-        return load_model(model, engine, device)
-    if engine == "onnx":
-        raise TimnetError("--engine onnx needs an exported model folder: timnet export, then --model DIR")
-    if weights is not None and dataset is None:
-        raise TimnetError(
-            "--weights needs --dataset: the weights do not say which corpus (class names, signal length) they are for"
-        )
-    fold_models = (
-        load_run(run, models_root, fold, seed) if run is not None else load_published(Path(weights), dataset, fold)
-    )
-    return from_fold_models(fold_models, device)
+    return run_dir(run, models_root) if run is not None else given[0]
 
 
 def predict_files(
@@ -106,7 +77,10 @@ def predict_files(
 
     `timnet.predict(["a.wav"], model="exported/EMODB")`, `timnet.predict(["a.wav"], run="EMODB_random_last_...")`
     or `timnet.predict(["a.wav"], weights="EMODB_46.zip", dataset="EMODB")`. A run's fold models are averaged
-    (all its seeds', or `seed`'s), or one fold's (`fold=k`).
+    (all its seeds', or `seed`'s), or one fold's (`fold=k`); `timnet.load_model` reads them.
     """
-    models = open_models(run, weights, dataset, model, engine, fold, seed, models_root, device)
-    return models.predict(collect_audio(files), fold if model is not None else None, workers, skip_bad, progress)
+    source = model_source(run, weights, model, models_root)
+    models = load_model(
+        source, dataset=dataset, fold=fold, seed=seed, engine=engine, device=device, models_root=models_root
+    )
+    return models.predict(collect_audio(files), None, workers, skip_bad, progress)

@@ -1,4 +1,5 @@
-"""Spreadsheets: one workbook per run, and the cross-run `Accuracy Analysis Summary.xlsx`.
+"""What a run reports: its tables (per fold, per utterance, confusion), its workbook, the cross-run
+`Accuracy Analysis Summary.xlsx`, and its figures (per-unit curves, curves grid, confusion heatmap).
 
 Workbooks are written to a temporary file and renamed, so a crash never leaves half a workbook,
 and a run's workbook is never overwritten (each run has its own id).
@@ -14,7 +15,7 @@ import pandas as pd
 from .atomic import atomic_path, exclusive
 from .config import Config
 from .errors import TimnetError
-from .metrics import METRICS, fold_statistics, mean_std
+from .metrics import METRICS, fold_statistics, mean_std, prediction_table, table_confusion
 
 SUMMARY_NAME = "Accuracy Analysis Summary.xlsx"
 
@@ -91,6 +92,68 @@ def append_summary(results_dir: Path, row: dict) -> Path:
         return write_workbook(path, {"runs": table}, overwrite=True)
 
 
+def fold_table(results) -> pd.DataFrame:
+    """One row per unit (`runs.FoldResult`): seed, fold, test size, chosen epoch, training time, WAR/UAR/F1."""
+    rows = [
+        {
+            "seed": r.seed,
+            "fold": r.fold,
+            "n_test": len(r.test_index),
+            "epoch": r.epoch,
+            "train_seconds": round(r.seconds, 1),
+            **r.metrics,
+        }
+        for r in results
+    ]
+    return pd.DataFrame(rows)
+
+
+def run_predictions(manifest: pd.DataFrame, results, classes: list[str]) -> pd.DataFrame:
+    """Every unit's test utterances with their predicted class and probabilities, keyed by seed and fold."""
+    columns = ("file", "stem", "label", "speaker")
+    tables = [
+        prediction_table(
+            manifest, np.asarray(r.test_index, dtype=np.int64), r.probs, classes, columns, seed=r.seed, fold=r.fold
+        )
+        for r in results
+    ]
+    return pd.concat(tables, ignore_index=True)
+
+
+def run_sheets(run_id: str, cfg: Config, folds: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The run workbook's sheets: folds (+ mean and std rows), predictions, confusion (pooled, per fold), config."""
+    classes = cfg.dataset.classes
+    per_fold = pd.concat(
+        [
+            table_confusion(group, classes).stack().rename("count").reset_index().assign(seed=seed, fold=fold)
+            for (seed, fold), group in predictions.groupby(["seed", "fold"], sort=True)
+        ],
+        ignore_index=True,
+    )
+    stat = fold_statistics(folds)
+    stats = pd.DataFrame(
+        [{"seed": "", "fold": name, **{m: stat[f"{m}_{name}"] for m in METRICS}} for name in ("mean", "std")]
+    )
+    meta = pd.DataFrame(
+        {
+            "setting": ["run", "checkpoint policy", "utterances predicted", "std"],
+            "value": [
+                run_id,
+                cfg.train.checkpoint_label,
+                len(predictions),
+                "sample standard deviation over the folds (x seeds), ddof=1",
+            ],
+        }
+    )
+    return {
+        "folds": pd.concat([folds, stats], ignore_index=True),
+        "predictions": predictions,
+        "confusion": table_confusion(predictions, classes),
+        "confusion_per_fold": per_fold[["seed", "fold", "true", "predicted", "count"]],
+        "config": pd.concat([meta, config_sheet(cfg)], ignore_index=True),
+    }
+
+
 # --- figures ----------------------------------------------------------------------------------
 def pyplot():
     import matplotlib
@@ -126,6 +189,26 @@ def plot_confusion(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_history(history: pd.DataFrame, path: Path, title: str, chosen_epoch: int) -> Path:
+    """One unit's training loss, and its train / validation / (logged) test accuracy per epoch."""
+    plt = pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot(history.epoch, history.loss, label="train loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    for col, label in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test (logged only)")):
+        known = history[history[col].notna()]
+        if len(known):
+            ax_acc.plot(known.epoch, known[col], label=label, marker="." if len(known) < len(history) else None)
+    ax_acc.axvline(chosen_epoch, color="grey", linestyle=":", label=f"chosen epoch {chosen_epoch}")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy %")
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
 

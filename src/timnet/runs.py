@@ -123,7 +123,8 @@ def run_dir(run: str | Path, models_root: Path = Path("Models")) -> Path:
     return path
 
 
-def read_record(path: Path) -> dict:
+def read_run_record(path: Path) -> dict:
+    """A run's record (schema above) from its folder."""
     return json.loads((Path(path) / RECORD).read_text())
 
 
@@ -150,7 +151,7 @@ def open_run(models_root: Path, run_id: str) -> dict:
     path = Path(models_root) / run_id
     if not (path / RECORD).is_file():
         raise TimnetError(f"{path}: no run to resume ({RECORD} missing) — see the run ids in {models_root}")
-    record = read_record(path)
+    record = read_run_record(path)
     mfcc = Path(record["mfcc"])
     if not mfcc.is_file() or sha256(mfcc) != record["mfcc_sha256"]:
         raise TimnetError(
@@ -199,30 +200,9 @@ def load_result(path: Path) -> FoldResult:
     )
 
 
-@dataclass
-class FoldModels:
-    """Fold models with the config (classes, features) they were trained with."""
-
-    config: Config
-    models: dict[str, TIMNet]
-    source: str
-
-
-def load_run(
-    run: str | Path, models_root: Path = Path("Models"), fold: int | None = None, seed: int | None = None
-) -> FoldModels:
-    """The finished fold models of a training run (optionally one fold and/or one seed), by run id or folder."""
-    path = run_dir(run, models_root)
-    config = Config.from_dict(read_record(path)["config"])
-    models = {}
-    for unit in sorted(path.glob("fold_*.pt")):
-        saved = torch.load(unit, map_location="cpu", weights_only=True)
-        if (fold is not None and saved["fold"] != fold) or (seed is not None and saved["seed"] != seed):
-            continue
-        model = TIMNet(TIMNetConfig(**saved["model_config"]))
-        model.load_state_dict(saved["state_dict"])
-        models[unit.stem] = model.eval()
-    if not models:
-        which = f" for fold {fold}" if fold is not None else ""
-        raise TimnetError(f"{path}: no finished fold models{which} — train (or resume) the run first")
-    return FoldModels(config, models, str(path))
+def load_unit_model(path: Path) -> TIMNet:
+    """The model of a finished unit's file, in eval mode (`timnet.load_model` chooses which units)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = TIMNet(TIMNetConfig(**saved["model_config"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()

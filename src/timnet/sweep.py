@@ -22,17 +22,21 @@ The sweep's record, `Results/sweeps/<sweep>.json`, names its runs (one run id ea
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .atomic import write_json
 from .config import load_config
 from .errors import TimnetError
 from .metrics import METRICS
-from .runs import Roots
+from .report import write_workbook
+from .runs import Roots, read_run_record
+from .train import execute, finish_run, prepare_run, resolve_device
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,8 +108,6 @@ def _record_path(roots: Roots, sweep_id: str) -> Path:
 
 
 def read_sweep(roots: Roots, sweep_id: str) -> dict:
-    import json
-
     path = _record_path(roots, sweep_id)
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in roots.sweeps.glob("*.json"))) or "none yet"
@@ -115,8 +117,6 @@ def read_sweep(roots: Roots, sweep_id: str) -> dict:
 
 def start_sweep(grid_file: Path, roots: Roots, device: str) -> tuple[dict, list]:
     """Create every run of the grid (record first, so an interrupted start resumes) -> (record, prepared runs)."""
-    from .train import prepare_run
-
     grid = load_grid(grid_file)
     specs = expand(grid)
     configs = [load_config(s["dataset"], s["overrides"]) for s in specs]  # every error before any run exists
@@ -138,8 +138,6 @@ def start_sweep(grid_file: Path, roots: Roots, device: str) -> tuple[dict, list]
 
 
 def resume_sweep(sweep_id: str, roots: Roots, device: str) -> tuple[dict, list]:
-    from .train import prepare_run
-
     record = read_sweep(roots, sweep_id)
     runs = [prepare_run(None, None, roots, r["run_id"], device) for r in record["runs"]]
     return record, runs
@@ -158,8 +156,6 @@ def run_sweep(
 ) -> tuple[dict, pd.DataFrame, Path]:
     """Start (or resume) a sweep, train all its units at once, then write each run's outputs and the sweep's
     workbook -> (record, one row per run, workbook path)."""
-    from .train import execute, finish_run, resolve_device
-
     roots = roots or Roots()
     device = resolve_device(device, backend, address)
     record, runs = resume_sweep(resume, roots, device) if resume else start_sweep(grid_file, roots, device)
@@ -169,8 +165,6 @@ def run_sweep(
         summary = finish_run(run.cfg, run.features, run.paths, units).summary
         rows.append(sweep_row(entry, summary))
     table = pd.DataFrame(rows)
-    from .report import write_workbook
-
     workbook = write_workbook(
         roots.sweeps / f"{record['sweep']}.xlsx", {"runs": table, "grid": _grid_sheet(record)}, overwrite=True
     )
@@ -199,14 +193,10 @@ def _grid_sheet(record: dict) -> pd.DataFrame:
 
 def sweep_status(sweep_id: str, roots: Roots) -> pd.DataFrame:
     """How far each run of a sweep is: units finished, epochs trained (from the per-epoch state files)."""
-    import torch
-
-    from .runs import read_record
-
     rows = []
     for entry in read_sweep(roots, sweep_id)["runs"]:
         run = roots.models / entry["run_id"]
-        record = read_record(run)
+        record = read_run_record(run)
         epochs = record["config"]["train"]["epochs"]
         units = [u["unit"] for u in record["folds"]]
         finished = [u for u in units if (run / f"{u}.pt").exists()]

@@ -15,10 +15,11 @@ import pandas as pd
 
 from .atomic import atomic_path, unique_path
 from .errors import TimnetError
-from .features import fix_length, load_signal, mfcc
+from .features import compute_mfcc, fix_length, load_signal
 from .portable import PortableModel
 
-SILENCE_DB = -50.0
+HOP_SECONDS = 0.5  # between window starts
+SILENCE_DB = -50.0  # RMS dBFS below which a window is silent, not classified
 SILENT = "silent"
 
 
@@ -33,7 +34,7 @@ def window_starts(n_samples: int, length: int, hop: int) -> list[int]:
 
 
 def timeline(
-    model: PortableModel, path: Path, hop: float = 0.5, silence_db: float = SILENCE_DB
+    model: PortableModel, path: Path, hop: float = HOP_SECONDS, silence_db: float = SILENCE_DB
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """(one row per window, the signal at the model's rate) for one audio file."""
     if hop <= 0:
@@ -47,7 +48,7 @@ def timeline(
     silent = 20 * np.log10(np.maximum(rms, 1e-12)) < silence_db
     probs = np.full((len(starts), len(model.classes)), np.nan, np.float32)
     if not silent.all():
-        x = np.stack([mfcc(w, settings) for w, quiet in zip(windows, silent) if not quiet])
+        x = np.stack([compute_mfcc(w, settings) for w, quiet in zip(windows, silent) if not quiet])
         probs[~silent] = model.predict_proba(x)
     table = pd.DataFrame(
         {
@@ -93,7 +94,7 @@ def plot_timeline(table: pd.DataFrame, signal: np.ndarray, sr: int, classes: lis
 
 
 def write_timeline(
-    model: PortableModel, path: Path, out_dir: Path, hop: float = 0.5, silence_db: float = SILENCE_DB
+    model: PortableModel, path: Path, out_dir: Path, hop: float = HOP_SECONDS, silence_db: float = SILENCE_DB
 ) -> tuple[pd.DataFrame, Path, Path]:
     """Timeline of one file as `<out_dir>/<stem>_timeline.csv` and `.png`, never over earlier ones."""
     table, signal = timeline(model, path, hop, silence_db)

@@ -22,10 +22,11 @@ from sklearn.metrics import silhouette_score
 from .atomic import atomic_path, unique_path, write_json
 from .config import Config
 from .errors import TimnetError
-from .evaluate import published_folds
+from .evaluate import model_test_folds
 from .features import FeatureSet, load_features, load_or_extract
-from .metrics import infer
-from .runs import load_run, read_record, run_dir
+from .loading import load_model
+from .portable import PortableModel
+from .runs import read_run_record, run_dir
 
 ALIGNMENTS = ("procrustes", "none")
 
@@ -41,24 +42,24 @@ def procrustes_map(source: np.ndarray, reference: np.ndarray, points: np.ndarray
 
 
 def held_out_embeddings(
-    models: dict, tests: dict, x: np.ndarray, align: str = "procrustes"
+    model: PortableModel, tests: dict[str, np.ndarray], x: np.ndarray, align: str = "procrustes"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """([N, C] aligned, [N, C] raw): each utterance embedded by the fold model it was a TEST file of (NaN where
-    none held it out). Raw, every model has its own space, so each emotion splits into per-fold islands. With
+    """([N, C] aligned, [N, C] raw): each utterance embedded by the fold model (unit) it was a TEST file of (NaN
+    where none held it out). Raw, every model has its own space, so each emotion splits into per-fold islands. With
     `align="procrustes"` every model's space is mapped into the first one's, fitted on the utterances that BOTH
     models trained on (on all utterances where fewer than 2 x C are, as with 2 folds), before its held-out
     utterances are mapped: only unseen data, in one space. `align="none"` returns the raw embeddings twice."""
     if align not in ALIGNMENTS:
         raise TimnetError(f"unknown alignment {align!r}; choose one of {', '.join(ALIGNMENTS)}")
-    raw = np.full((len(x), next(iter(models.values())).config.filters), np.nan, dtype=np.float32)
+    raw = np.full((len(x), model.config.model.filters), np.nan, dtype=np.float32)
     out = raw.copy()
     reference = None
-    for unit, model in models.items():
+    for unit in model.units:
         held = tests[unit]
         if align == "none":
-            raw[held] = infer(model, x[held])[1]
+            raw[held] = model.unit_outputs(unit, x[held])[1]
             continue
-        everything = infer(model, x)[1]
+        everything = model.unit_outputs(unit, x)[1]
         raw[held] = everything[held]
         if reference is None:
             reference, ref_unit = everything, unit
@@ -98,16 +99,16 @@ class TsneInput:
         return self.notes["silhouette_embedding"]
 
 
-def _held_out(config: Config, features: FeatureSet, models: dict, tests: dict, align: str):
-    """(kept features, aligned embeddings, notes) for the utterances some model held out."""
-    aligned, raw = held_out_embeddings(models, tests, features.x, align)
+def _held_out(features: FeatureSet, model: PortableModel, tests: dict, align: str):
+    """(kept features, aligned embeddings, notes) for the utterances some fold model held out."""
+    aligned, raw = held_out_embeddings(model, tests, features.x, align)
     done = ~np.isnan(aligned).any(axis=1)
     if not done.any():
         raise TimnetError("no finished fold model held out any of these utterances — nothing to embed")
     kept = FeatureSet(
         features.x[done], features.y[done], features.manifest[done].reset_index(drop=True), features.classes
     )
-    notes = {"align": align, "models": len(models), "silhouette_embedding": silhouette(aligned[done], kept.y)}
+    notes = {"align": align, "models": len(model.units), "silhouette_embedding": silhouette(aligned[done], kept.y)}
     if align != "none":
         notes["silhouette_unaligned"] = silhouette(raw[done], kept.y)
     return kept, aligned[done], notes
@@ -122,24 +123,24 @@ def run_embeddings(
 ) -> tuple[Config, FeatureSet, np.ndarray, dict]:
     """(config, features, [N, C] embeddings, notes) of a training run's models of one seed (default: the run's
     first): each utterance from the fold model it was a test file of, or (`fold=k`) every utterance from fold k's."""
-    record = read_record(run_dir(run, models_root))
+    path = run_dir(run, models_root)
+    record = read_run_record(path)
     seeds = list(dict.fromkeys(unit["seed"] for unit in record["folds"]))
     seed = seeds[0] if seed is None else seed
     if seed not in seeds:
         raise TimnetError(f"run {Path(run).name} has no seed {seed}; its seeds: {', '.join(map(str, seeds))}")
-    fold_models = load_run(run, models_root, fold, seed)
-    config = fold_models.config
-    features = load_features(Path(record["mfcc"]), config.dataset.classes)
+    model = load_model(path, fold=fold, seed=seed, engine="torch", models_root=models_root)
+    features = load_features(Path(record["mfcc"]), model.config.dataset.classes)
     if fold is not None:
-        embeddings = infer(next(iter(fold_models.models.values())), features.x)[1]
-        return (config, features, embeddings, _one_model_notes(fold, embeddings, features.y))
+        embeddings = model.embed(features.x)
+        return (model.config, features, embeddings, _one_model_notes(fold, embeddings, features.y))
     where = {s: i for i, s in enumerate(features.manifest.stem)}
     tests = {
         u["unit"]: np.array([where[s] for s in u["test_stems"]], dtype=np.int64)
         for u in record["folds"]
-        if u["unit"] in fold_models.models
+        if u["unit"] in model.fold_of
     }
-    return (config, *_held_out(config, features, fold_models.models, tests, align))
+    return (model.config, *_held_out(features, model, tests, align))
 
 
 def embeddings_of(
@@ -167,13 +168,11 @@ def embeddings_of(
             raise TimnetError("--weights needs --dataset: the weights do not say which corpus they are for")
         if features is None:
             features = load_or_extract(config, Path("MFCC") / f"{config.dataset.name}.npy")[0]
-        models, tests, _ = published_folds(Path(weights), config, features)
+        model = load_model(Path(weights), dataset=config, fold=fold, engine="torch")
         if fold is None:
-            features, embeddings, notes = _held_out(config, features, models, {k: tests[k - 1] for k in models}, align)
+            features, embeddings, notes = _held_out(features, model, model_test_folds(model, features)[0], align)
         else:
-            if fold not in models:
-                raise TimnetError(f"{weights}: no weights for fold {fold}")
-            embeddings = infer(models[fold], features.x)[1]
+            embeddings = model.embed(features.x)
             notes = _one_model_notes(fold, embeddings, features.y)
         out_dir = Path(results_root) / f"{Path(weights).stem}_{config.dataset.name}"
         title = f"{config.dataset.name}, authors' weights {Path(weights).name}"

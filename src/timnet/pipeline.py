@@ -1,0 +1,100 @@
+"""The three notebooks' work in one call: corpus audio -> MFCC file -> a trained run -> its t-SNE, then where
+every output is. `timnet run` and the notebooks call `run_pipeline`; without a corpus, on generated example data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import Config
+from .example import write_example_corpus
+from .features import PreprocessResult, preprocess
+from .runs import Roots
+from .train import RunResult, run_training
+from .tsne import embeddings_of, write_tsne
+
+
+@dataclass
+class PipelineResult:
+    """What one pipeline run produced, by stage."""
+
+    features: PreprocessResult
+    run: RunResult
+    tsne_png: Path
+    tsne_csv: Path
+    utterances_embedded: int
+
+    def outputs(self, roots: Roots) -> str:
+        """Every output, one line a kind, as `timnet run` lists them."""
+        run_id, csv = self.run.run_id, self.tsne_csv
+        return (
+            f"outputs of run {run_id}:\n"
+            f"  features  {self.features.npy} (+ .csv manifest, .json settings)\n"
+            f"  models    {roots.models / run_id}/ (fold_<k>.pt, config.json)\n"
+            f"  curves    {roots.logs / run_id}/ (per-epoch CSV and PNG per fold), {self.run.curves_png}\n"
+            f"  results   {self.run.workbook}, {roots.results / 'Accuracy Analysis Summary.xlsx'}\n"
+            f"  confusion {self.run.confusion_png}\n"
+            f"  t-SNE     {self.tsne_png}, {csv}, {csv.with_suffix('.json')}\n"
+            f"next: timnet predict --run {run_id} <audio files>"
+        )
+
+
+def preprocess_lines(prep: PreprocessResult) -> list[str]:
+    """What preprocessing found, as `timnet preprocess` and `timnet run` print it."""
+    state = "up to date (nothing changed)" if prep.up_to_date else "written"
+    return [f"{prep.npy}: {prep.count} utterances, {state}", *(f"  skipped {f}: {why}" for f, why in prep.skipped)]
+
+
+def ensure_example(cfg: Config, data: Path) -> bool:
+    """Write the synthetic example corpus to `data` when the EXAMPLE dataset is asked for and none is there."""
+    if cfg.dataset.name != "EXAMPLE" or (data.is_dir() and any(data.iterdir())):
+        return False
+    write_example_corpus(data)
+    return True
+
+
+def run_pipeline(
+    cfg: Config,
+    data: Path | None = None,
+    mfcc_dir: Path = Path("MFCC"),
+    roots: Roots | None = None,
+    *,
+    device: str = "auto",
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> PipelineResult:
+    """preprocess -> train -> t-SNE of the held-out embeddings; `say` gets one line per stage."""
+    roots = roots or Roots()
+    data = Path(data) if data is not None else Path("Datasets") / cfg.dataset.name
+    if ensure_example(cfg, data):
+        say(f"no corpus given: wrote the synthetic example corpus to {data} (for a real one: --dataset EMODB)")
+    say("1/3 features")
+    prep = preprocess(cfg, data, mfcc_dir, workers, skip_bad, overwrite, progress, trust_pickle)
+    for line in preprocess_lines(prep):
+        say(line)
+    say("2/3 training")
+    run = run_training(
+        cfg,
+        prep.npy,
+        roots.models,
+        roots.logs,
+        roots.results,
+        device=device,
+        progress=progress,
+        workers=workers,
+        threads=threads,
+        backend=backend,
+        address=address,
+    )
+    t = embeddings_of(run=run.run_id, models_root=roots.models, results_root=roots.results)
+    png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, notes=t.notes)
+    say(f"3/3 t-SNE of {len(t.features)} held-out utterances: {png}")
+    return PipelineResult(prep, run, png, csv, len(t.features))
