@@ -153,6 +153,26 @@ def run_dirs(tmp_path: Path, name: str) -> list[str]:
     ]
 
 
+def tiny_grid(path: Path, name: str, mfcc: Path, runs: str = "", grid: str = "") -> Path:
+    """A sweep grid file of 2-fold x 2-epoch short-signal EMO-DB runs on `mfcc`, with extra `[runs]` and `[grid]`
+    lines (TOML)."""
+    path.write_text(
+        f'name = "{name}"\n[runs]\ndataset = "EMODB"\nmfcc = "{mfcc}"\n'
+        'set = { "train.folds" = 2, "train.epochs" = 2, "features.signal_length" = 16000 }\n'
+        f"{runs}\n[grid]\n{grid}\n"
+    )
+    return path
+
+
+def pixels_of(png: Path, colour, tolerance: float = 0.05) -> int:
+    """How many pixels of a PNG have `colour` (a matplotlib colour or an RGB(A) tuple), within `tolerance` per
+    channel: a figure's plotted series show up as pixels of their colour, a blank or empty figure has none."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    return int((abs(imread(png)[..., :3] - to_rgb(colour)).max(-1) < tolerance).sum())
+
+
 def model_config(**changes):
     """EMO-DB's architecture from its TOML (the one place defaults live), with `changes`."""
     import dataclasses

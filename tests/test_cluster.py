@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REFERENCE, SHORT, assert_same_units, train
+from conftest import REFERENCE, SHORT, assert_same_units, tiny_grid, train
 
 from timnet import load_config
 from timnet.errors import TimnetError
@@ -83,32 +83,49 @@ def fold_1_in_progress(root: Path) -> tuple[str, int] | None:
     return states[0].parent.parent.name, epoch
 
 
-def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_path, reference_run):
-    """kill -9 of the worker in the middle of a unit: Ray retries it, it goes on from its last saved epoch,
-    and the numbers equal an uninterrupted run."""
-    cfg = short_run(**REFERENCE)
-    root = tmp_path / "ray"
+def ray_run_while(root: Path, mfcc: Path, act, window: tuple[int, int] = (3, 30)) -> tuple[dict, object]:
+    """Train the REFERENCE run on Ray (in a thread) under `root`; while fold 1's saved epoch is within `window`,
+    call `act(run_id, epoch)` until it returns something. -> ({"result" or "error", "warnings"}, what act returned)."""
     outcome: dict = {}
 
     def ray_run():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            outcome["result"] = run_training(
-                cfg, mfcc, root / "Models", root / "logs", root / "Results", progress=False, threads=1, backend="ray"
-            )
+            try:
+                outcome["result"] = run_training(
+                    short_run(**REFERENCE), mfcc, root / "Models", root / "logs", root / "Results", progress=False,
+                    threads=1, backend="ray",
+                )  # fmt: skip
+            except BaseException as err:  # noqa: BLE001 — reported by the caller's assertions
+                outcome["error"] = err
         outcome["warnings"] = [str(w.message) for w in caught]
 
     thread = threading.Thread(target=ray_run)
     thread.start()
-    killed, deadline = None, time.monotonic() + 180
-    while killed is None and time.monotonic() < deadline and thread.is_alive():
+    acted, deadline = None, time.monotonic() + 180
+    while acted is None and time.monotonic() < deadline and thread.is_alive():
         found = fold_1_in_progress(root)
-        if found and 3 <= found[1] < 35 and (pid := ray_worker_of(f"{found[0]}/fold_1")):
-            os.kill(pid, signal.SIGKILL)
-            killed = found[1]
+        if found and window[0] <= found[1] < window[1]:
+            acted = act(*found)
         time.sleep(0.05)
     thread.join(timeout=300)
+    return outcome, acted
+
+
+def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_path, reference_run):
+    """kill -9 of the worker in the middle of a unit: Ray retries it, it goes on from its last saved epoch,
+    and the numbers equal an uninterrupted run."""
+    root = tmp_path / "ray"
+
+    def kill_fold_1(run_id: str, epoch: int) -> int | None:
+        if pid := ray_worker_of(f"{run_id}/fold_1"):
+            os.kill(pid, signal.SIGKILL)
+            return epoch
+        return None
+
+    outcome, killed = ray_run_while(root, mfcc, kill_fold_1, (3, 35))
     assert killed, "the unit was not caught in the middle of its training"
+    assert "error" not in outcome, outcome.get("error")
     run_id = outcome["result"].run_id
     restarts = [w for w in outcome["warnings"] if "fold_1: started again, from its saved epoch" in w]
     assert restarts and int(restarts[0].rsplit(" ", 1)[1]) >= killed, outcome["warnings"]
@@ -156,17 +173,7 @@ def test_sweep_of_a_2x2_grid(cluster, mfcc, tmp_path, capsys):
     from timnet.cli import main
 
     grid = tmp_path / "grid.toml"
-    grid.write_text(
-        f"""name = "tiny"
-[runs]
-dataset = "EMODB"
-mfcc = "{mfcc}"
-set = {{ "train.folds" = 2, "train.epochs" = 2, "features.signal_length" = 16000 }}
-[grid]
-protocol = ["random", "speaker"]
-checkpoint = ["last", "best-val"]
-"""
-    )
+    tiny_grid(grid, "tiny", mfcc, grid='protocol = ["random", "speaker"]\ncheckpoint = ["last", "best-val"]')
     dirs = ["--models", str(tmp_path / "M"), "--logs", str(tmp_path / "L"), "--results", str(tmp_path / "R")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

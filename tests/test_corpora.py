@@ -111,7 +111,7 @@ def test_folder_per_class_for_casia_or_new_corpora(tmp_path):
     touch(tmp_path, "sad/liuchanhg/201.wav", "angry/wangzhe/2.wav", "angry/wangzhe/10.wav")
     df, _ = manifest("CASIA", tmp_path)
     assert list(df.label) == ["angry", "angry", "sad"]
-    assert list(df.stem) == ["2", "10", "201"]
+    assert list(df.stem) == ["wangzhe_angry_2", "wangzhe_angry_10", "liuchanhg_sad_201"]  # names repeat per speaker
     assert list(df.speaker) == ["wangzhe", "wangzhe", "liuchanhg"]
 
 

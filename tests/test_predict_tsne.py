@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared, tone, write_wav
+from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared, pixels_of, tone, write_wav
 
 import timnet
 from timnet import load_config
@@ -139,7 +139,10 @@ def test_tsne_of_a_run(trained_run):
     table = pd.read_csv(csv, dtype={"speaker": str})
     assert len(table) == 84 and table.file.is_unique and np.isfinite(table[["x", "y"]].to_numpy()).all()
     assert set(table.label) == set(cfg.dataset.classes)
-    assert png.stat().st_size > 10_000
+    from matplotlib import colormaps
+
+    for c, name in enumerate(cfg.dataset.classes):  # every emotion's points in its colour (alpha 0.8 on white)
+        assert pixels_of(png, 0.8 * np.array(colormaps["tab10"](c)[:3]) + 0.2, 0.06) > 30, f"t-SNE: no {name} points"
     sidecar = json.loads(csv.with_suffix(".json").read_text())
     assert (
         sidecar["silhouette_embedding"] == pytest.approx(notes["silhouette_embedding"]) and sidecar["utterances"] == 84

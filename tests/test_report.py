@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from timnet.errors import TimnetError
+from timnet.locks import exclusive
 from timnet.report import SUMMARY_NAME, append_summary, write_workbook
 
 
@@ -21,7 +22,10 @@ def test_concurrent_summary_updates_keep_every_row(tmp_path):
         pool.map(_append, [(tmp_path, i) for i in range(8)])
     table = pd.read_excel(tmp_path / SUMMARY_NAME)
     assert sorted(table.run) == [f"run{i}" for i in range(8)]
-    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob(".*tmp*"))
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".lock"] == [f".{SUMMARY_NAME}.lock"]  # hidden
+    assert not list(tmp_path.glob(".*tmp*"))
+    with exclusive(tmp_path / SUMMARY_NAME, timeout=0.1):  # and free again
+        pass
 
 
 def test_same_run_refreshes_its_row(tmp_path):

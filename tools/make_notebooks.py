@@ -59,6 +59,18 @@ def generated() -> dict[str, str]:
     }
 
 
+SETUP = """
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Image, display
+
+import timnet
+from timnet.notebook import show_errors_as_one_line
+
+show_errors_as_one_line()  # an error you can fix: one line naming the setting above, not a traceback
+"""
+
 PREPROCESS = notebook(
     "1 · Preprocess: audio → MFCC",
     """
@@ -66,33 +78,33 @@ Reads a corpus in the layout it is distributed in (`Datasets/<DATASET>/…`; see
 `MFCC/<DATASET>.npy` in the authors' format (`{"x": [N, T, 39], "y": one-hot}`), `MFCC/<DATASET>.csv` (one row
 per utterance with file name, label, speaker; skipped files with the reason) and `MFCC/<DATASET>.json` (settings).
 The recipe is the authors': 22.05 kHz (soxr_hq), centred pad/crop to the signal length, 39 MFCCs.
-Running it again with nothing changed does nothing.
+Running it again with nothing changed does nothing. `EXAMPLE` (the default) is a synthetic corpus written to
+`Datasets/EXAMPLE` when it is not there, so Run All works on a fresh clone.
 CASIA: set `data_dir` to the authors' `CASIA.npy` and `trust_pickle = True`.
 """,
     """
-dataset = "EMODB"        # CASIA, EMODB, EMOVO, IEMOCAP, RAVDESS, SAVEE, or a path to your own .toml
-data_dir = None          # default: Datasets/<dataset>
-mfcc_dir = "MFCC"
-workers = None           # processes; None = all cores
-skip_bad = False         # True: skip unreadable/silent/misnamed files and list them in the manifest
-overwrite = False        # True: replace features made from other data or settings
-trust_pickle = False     # only for a pickled .npy you trust (the authors' CASIA features)
-overrides = {}           # any config value, e.g. {"features.res_type": "soxr_vhq"}
+dataset: str = "EXAMPLE"  # EXAMPLE, CASIA, EMODB, EMOVO, IEMOCAP, RAVDESS, SAVEE, or a path to your own .toml
+data_dir: str = None     # the corpus folder (None: Datasets/<dataset>)
+mfcc_dir: str = "MFCC"   # where the features go
+workers: int = None      # processes for feature extraction (None: all cores)
+skip_bad: bool = False   # True: skip unreadable, silent or misnamed files and list them in the manifest
+overwrite: bool = False  # True: replace features made from other data or settings
+trust_pickle: bool = False  # True only for a pickled .npy you trust (the authors' CASIA features)
+overrides: dict = {}     # any config value, e.g. {"features.res_type": "soxr_vhq"}
 """,
     [
-        """
-from pathlib import Path
-
-import pandas as pd
-
-import timnet
+        SETUP
+        + """
 from timnet.features import preprocess
+from timnet.pipeline import ensure_example, preprocess_lines
 
 cfg = timnet.load_config(dataset, overrides)
-result = preprocess(cfg, Path(data_dir or f"Datasets/{cfg.dataset.name}"), Path(mfcc_dir), workers=workers,
-                    skip_bad=skip_bad, overwrite=overwrite, trust_pickle=trust_pickle)
-state = "(up to date, nothing recomputed)" if result.up_to_date else "written"
-print(f"{result.npy}: {result.count} utterances", state)
+data = Path(data_dir or f"Datasets/{cfg.dataset.name}")
+if ensure_example(cfg, data):
+    print(f"wrote the synthetic example corpus to {data} (for a real corpus: dataset = 'EMODB', and data_dir)")
+result = preprocess(cfg, data, Path(mfcc_dir), workers=workers, skip_bad=skip_bad, overwrite=overwrite,
+                    trust_pickle=trust_pickle)
+print("\\n".join(preprocess_lines(result)))
 pd.DataFrame(result.skipped, columns=["skipped file", "reason"])
 """,
         """
@@ -109,49 +121,49 @@ Trains one TIM-Net per fold from `MFCC/<DATASET>.npy` and evaluates it on the he
 Writes `Models/<run>/fold_<k>.pt`, `logs/<run>/` (per-epoch CSV and curves), `Results/<run>.xlsx` (per-fold metrics,
 per-utterance predictions with file names, confusion matrix, config) and a row in
 `Results/Accuracy Analysis Summary.xlsx`.
+Every training value left at `None` is the dataset's own (`configs/<dataset>.toml`, the table above: EXAMPLE trains
+4 folds × 40 epochs in about a minute, EMODB 10 × 500 as the authors did), so changing `dataset` is all it takes.
 `protocol`: `random` = the authors' KFold (their order and seed), `speaker` = speaker-independent folds.
 `checkpoint`: `last` (authors' 2023 numbers), `best-val` (validation carved from the training part),
 `best-test` (the paper's protocol: optimistic, labelled so). Interrupted? Set `resume` to the run id and run again.
 """,
     """
-dataset = "EMODB"
-mfcc_dir = "MFCC"
-folds = 10
-epochs = 500
-protocol = "random"      # random | speaker
-checkpoint = "last"      # last | best-val | best-test
-seeds = None             # e.g. [46, 1, 2]: repeat training on the same folds, mean ± std; None = the dataset's seed
-patience = 0             # early stopping on validation accuracy; 0 = off
-device = "auto"          # auto | cpu | cuda | mps
-resume = None            # a run id to continue after an interruption
-models_dir, logs_dir, results_dir = "Models", "logs", "Results"
-overrides = {}           # any config value, e.g. {"train.batch_size": 32}
+dataset: str = "EXAMPLE"  # as in preprocess.ipynb
+mfcc_dir: str = "MFCC"   # where preprocess.ipynb wrote the features
+folds: int = None        # None: the dataset's setting (so for every value down to patience)
+epochs: int = None       # epochs per fold
+batch_size: int = None   # the authors: 64
+protocol: str = None     # random (the authors' KFold) or speaker (speaker-independent)
+checkpoint: str = None   # last, best-val or best-test (the paper's, optimistic)
+seeds: list = None       # e.g. [46, 1, 2]: repeat training on the same folds for mean ± std over seeds
+patience: int = None     # early stopping on validation accuracy (0: off)
+device: str = "auto"     # auto (CUDA, then MPS, then CPU), cpu, cuda or mps
+workers: int = None      # units trained at once in worker processes (None: one per CPU core)
+resume: str = None       # a run id to continue after an interruption (leave the values above at None)
+models_dir: str = "Models"  # the three output folders
+logs_dir: str = "logs"
+results_dir: str = "Results"
+overrides: dict = {}     # any config value, e.g. {"train.lr": 0.0005}
 """,
     [
-        """
-from pathlib import Path
+        SETUP
+        + """
+from timnet.config import shortcut_overrides
+from timnet.report import summary_lines
+from timnet.train import check_resume, run_training
 
-import pandas as pd
-from IPython.display import Image, display
-
-import timnet
-from timnet.train import run_training
-
-settings = {"train.folds": folds, "train.epochs": epochs, "train.protocol": protocol, "train.checkpoint": checkpoint,
-            "train.patience": patience, "train.seeds": seeds or []}
+settings = shortcut_overrides({"folds": folds, "epochs": epochs, "batch_size": batch_size, "protocol": protocol,
+                               "checkpoint": checkpoint, "seeds": seeds, "patience": patience})
+check_resume(resume, [*settings, *overrides])
 cfg = None if resume else timnet.load_config(dataset, {**overrides, **settings})
 mfcc = None if resume else Path(mfcc_dir) / f"{cfg.dataset.name}.npy"
-result = run_training(cfg, mfcc, Path(models_dir), Path(logs_dir), Path(results_dir), resume=resume, device=device)
+result = run_training(cfg, mfcc, Path(models_dir), Path(logs_dir), Path(results_dir), resume=resume, device=device,
+                      workers=workers)
 result.folds
 """,
         """
-s = result.summary
-print(f"run {result.run_id} ({s['checkpoint']}): WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  "
-      f"UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f}")
-print(f"paper (best epoch on test fold): WAR {s['paper_war']}  ·  "
-      f"authors' 2023 update (last epoch): WAR {s['authors_2023_war']}")
-print("mean ± sample standard deviation (ddof=1) over the folds")
-display(Image(filename=str(Path(logs_dir) / result.run_id / "curves.png")))  # every fold's curves in one figure
+print("\\n".join(summary_lines(result.run_id, result.summary)))
+display(Image(filename=str(result.curves_png)))  # every fold's curves in one figure
 """,
         """
 display(Image(filename=str(result.confusion_png)))  # all test folds pooled; counts and row shares
@@ -167,22 +179,19 @@ projects with t-SNE and writes a PNG and a CSV of coordinates with file names un
 Leave `run_id = None` to use the latest run of `dataset`; or set `weights` to the authors' zip to draw their model.
 """,
     """
-dataset = "EMODB"
-run_id = None            # None = the latest run of dataset
-weights = None           # or the authors' weights zip, e.g. "../shared/data/timnet-weights/EMODB_46.zip"
-data = None              # with weights: corpus folder or MFCC .npy (default MFCC/<dataset>.npy)
-perplexity = 30.0
-tsne_seed = 0           # t-SNE's random state
-speaker_markers = False
-models_dir, results_dir = "Models", "Results"
+dataset: str = "EXAMPLE"  # as in train.ipynb
+run_id: str = None       # None: the latest run of dataset
+weights: str = None      # or the authors' weights zip, e.g. "../shared/data/timnet-weights/EMODB_46.zip"
+data: str = None         # with weights: corpus folder or MFCC .npy (None: MFCC/<dataset>.npy)
+perplexity: float = 30.0  # t-SNE's neighbourhood size
+tsne_seed: int = 0       # t-SNE's random state
+speaker_markers: bool = False  # True: one marker shape per speaker
+models_dir: str = "Models"
+results_dir: str = "Results"
 """,
     [
-        """
-from pathlib import Path
-
-from IPython.display import Image, display
-
-import timnet
+        SETUP
+        + """
 from timnet.features import load_or_extract
 from timnet.runs import latest_run
 from timnet.tsne import embeddings_of, write_tsne

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 from .cli_options import build_parser
-from .config import load_config
+from .config import TRAIN_SHORTCUTS, load_config, shortcut_overrides
 from .errors import TimnetError
 
 
@@ -72,6 +72,10 @@ def cmd_evaluate(args) -> None:
     from .loading import load_model
     from .report import write_evaluation
 
+    if (args.weights is None) == (args.model is None):
+        raise TimnetError("give --weights ZIP (the authors' folds) or --model MODEL (cross-corpus), not both")
+    if args.model is not None:
+        return _cross_corpus(args)
     cfg = _config(args)
     _refuse_existing(args.out)
     model = load_model(args.weights, dataset=cfg, engine="torch", device=args.device)
@@ -88,38 +92,54 @@ def cmd_evaluate(args) -> None:
         print(f"wrote {args.out}")
 
 
-# `timnet train` / `timnet run` option -> the config setting it overrides
-TRAIN_OPTIONS = {
-    "folds": "train.folds",
-    "epochs": "train.epochs",
-    "protocol": "train.protocol",
-    "checkpoint": "train.checkpoint",
-    "seeds": "train.seeds",
-    "patience": "train.patience",
-    "batch_size": "train.batch_size",
-    "compile": "train.compile",
-}
+def _cross_corpus(args) -> None:
+    """`timnet evaluate --model M --dataset B`: M on corpus B, over the classes both share."""
+    from .cross_corpus import evaluate_cross_corpus, parse_maps, write_cross_corpus
+
+    target = _config(args)
+    _refuse_existing(args.out)
+    result = evaluate_cross_corpus(
+        args.model,
+        target,
+        args.data or Path("Datasets") / target.dataset.name,
+        parse_maps(args.map),
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+        models_root=args.models,
+        device=args.device,
+    )
+    for file, reason in result.skipped:
+        print(f"  skipped {file}: {reason}")
+    print("\n".join(result.lines()))
+    workbook = write_cross_corpus(result, args.results, args.out)
+    print(f"wrote {workbook} and its row of {args.results / 'Accuracy Analysis Summary.xlsx'}")
+
+
+def cmd_corpus_check(args) -> None:
+    from .corpus_check import check_corpus
+
+    cfg = _config(args)
+    print("\n".join(check_corpus(cfg, args.data or Path("Datasets") / cfg.dataset.name).lines()))
 
 
 def _training_overrides(args) -> dict:
-    return {key: getattr(args, name) for name, key in TRAIN_OPTIONS.items()}
+    """The training options given (`--folds 2` -> train.folds = 2); those left out keep the dataset's settings."""
+    return shortcut_overrides({name: getattr(args, name) for name in TRAIN_SHORTCUTS})
 
 
 def _print_run(result) -> None:
+    from .report import summary_lines
+
     print(result.folds.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    s = result.summary
-    print(
-        f"run {result.run_id}, checkpoint {s['checkpoint']}: WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  "
-        f"UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f} "
-        "(mean ± sample std over folds)"
-    )
+    print("\n".join(summary_lines(result.run_id, result.summary)))
     print(f"wrote {result.workbook}")
 
 
 def cmd_train(args) -> None:
     from .train import check_resume, run_training
 
-    changed = [n for n in ("dataset", "config", "mfcc", *TRAIN_OPTIONS) if getattr(args, n) is not None]
+    changed = [n for n in ("dataset", "config", "mfcc", *TRAIN_SHORTCUTS) if getattr(args, n) is not None]
     changed += ["set"] if args.set else []
     check_resume(args.resume, [f"--{n.replace('_', '-')}" for n in changed])
     cfg = None if args.resume else _config(args, **_training_overrides(args))
@@ -238,15 +258,20 @@ def cmd_predict(args) -> None:
     )
     files = collect_audio(args.files)
     if args.timeline:
+        import pandas as pd
+
         from .timeline import write_timeline
 
+        tables = []
         for f in files:
             table, csv, png = write_timeline(model, f, args.out_dir, args.hop, args.silence_db)
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
             print(f"wrote {csv} and {png}")
-        return
-    table = model.predict(files, None, args.workers, args.skip_bad, progress=not args.quiet and len(files) > 1)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            tables.append(table)
+        table = pd.concat(tables, ignore_index=True)  # --csv: every file's windows in one table
+    else:
+        table = model.predict(files, None, args.workers, args.skip_bad, progress=not args.quiet and len(files) > 1)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.csv:
         from .atomic import atomic_path
 
@@ -286,6 +311,7 @@ def cmd_example_data(args) -> None:
 COMMANDS = {
     "example-data": cmd_example_data,
     "preprocess": cmd_preprocess,
+    "corpus-check": cmd_corpus_check,
     "evaluate": cmd_evaluate,
     "train": cmd_train,
     "sweep": cmd_sweep,

@@ -13,7 +13,7 @@ from .fold import COMPILE_MIN_EPOCHS
 from .loading import ENGINES
 from .timeline import HOP_SECONDS, SILENCE_DB
 from .train import BACKENDS
-from .tsne import ALIGNMENTS
+from .tsne import ALIGNMENTS, PERPLEXITY, TSNE_SEED
 
 DEVICES = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"
 
@@ -139,16 +139,45 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace features computed from other data or settings")
     _audio_args(p)
 
-    p = sub.add_parser("evaluate", help="evaluate the authors' published weights on their own test folds")
-    _config_args(p)
-    p.add_argument(
-        "--weights", type=Path, required=True, help="the authors' zip (EMODB_46.zip), its folder, or one .hdf5"
+    p = sub.add_parser(
+        "evaluate",
+        help="the authors' weights on their own test folds (--weights), or a model on a corpus it never saw (--model)",
     )
-    p.add_argument("--data", type=Path, help="corpus folder or MFCC .npy (default MFCC/<DATASET>.npy)")
+    _config_args(p)
+    p.add_argument("--weights", type=Path, help="the authors' zip (EMODB_46.zip), its folder, or one .hdf5")
+    p.add_argument(
+        "--model",
+        help="cross-corpus: a model folder (timnet export), hub id or run id, scored on --dataset (another corpus)",
+    )
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="TARGET=MODEL",
+        help="with --model: score the target's class as the model's, e.g. --map calm=neutral; --map calm= leaves it "
+        "out (repeatable; default: classes matched by name)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="corpus folder or MFCC .npy (default MFCC/<DATASET>.npy; with --model: Datasets/<DATASET>)",
+    )
     p.add_argument("--seed", type=int, help="KFold seed (default: from the weights' name, e.g. _46)")
-    p.add_argument("--out", type=Path, help="also write the per-fold table and predictions to this .xlsx")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="also write the per-fold table and predictions to this .xlsx (--model: default "
+        "Results/cross_corpus/<model>_on_<DATASET>_<time>.xlsx)",
+    )
     _device_arg(p)
+    _roots_args(p, "models", "results")
     _audio_args(p)
+
+    p = sub.add_parser(
+        "corpus-check", help="what a corpus reader finds in a folder (per class and speaker) and the TOML to use"
+    )
+    _config_args(p)
+    p.add_argument("--data", type=Path, help="the corpus folder (default Datasets/<DATASET>)")
 
 
 def _add_training_commands(sub) -> None:
@@ -196,9 +225,11 @@ def _add_tsne_command(sub) -> None:
     p.add_argument("--run", help="a training run id (folder under --models)")
     p.add_argument("--weights", type=Path, help="or the authors' weights zip (with --dataset and --data)")
     p.add_argument("--data", type=Path, help="with --weights: corpus folder or MFCC .npy")
-    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE's neighbourhood size (default: %(default)s)")
+    p.add_argument(
+        "--perplexity", type=float, default=PERPLEXITY, help="t-SNE's neighbourhood size (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, help="with --run: which training seed's models (default: the run's first)")
-    p.add_argument("--tsne-seed", type=int, default=0, help="t-SNE's random state (default: %(default)s)")
+    p.add_argument("--tsne-seed", type=int, default=TSNE_SEED, help="t-SNE's random state (default: %(default)s)")
     p.add_argument(
         "--align",
         choices=ALIGNMENTS,

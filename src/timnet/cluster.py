@@ -4,8 +4,11 @@ The units are the same `train_fold(job)` the local executor runs, so the run fol
 numbers are those of a local run. What a cluster adds:
 - storage: units read the MFCC file and write the run folder by absolute path, so both must be on storage
   every node sees (NFS, a shared disk); a node that cannot gets one error naming it and the path;
-- faults: a unit whose worker dies (kill -9, out of memory, a node lost) is retried by Ray and restores its
-  per-epoch state, so it goes on from its last finished epoch, not from epoch 0;
+- faults: a unit whose worker dies (kill -9, out of memory, a node lost) is retried by Ray, on any node, and
+  restores its per-epoch state, so it goes on from its last finished epoch, not from epoch 0; one whose retries
+  are spent fails the run with one line;
+- progress: a queue actor pinned to the driver's node (a lost worker node cannot take it along); a failure to
+  send or read an event only costs a bar update, never a unit or the run;
 - Ctrl-C cancels the tasks; every unit keeps its last epoch's state, so `--resume` continues.
 Ray is imported only here, only for `--backend ray`.
 """
@@ -77,7 +80,35 @@ def train_unit(job: FoldJob, threads: int, events) -> FoldResult:
     check_storage(job)
     torch.set_num_threads(threads)
     features = unit_features(job.mfcc_file, job.classes)  # Ray reuses worker processes: read once per process
-    return train_fold(job, features, lambda event: events.put_nowait({**event, "node": socket.gethostname()}))
+    node = socket.gethostname()
+
+    def report(event: dict) -> None:
+        try:
+            events.put_nowait({**event, "node": node})
+        except Exception:  # noqa: BLE001 — the queue unreachable: a missing bar update, the unit goes on
+            pass
+
+    return train_fold(job, features, report)
+
+
+def progress_queue(ray):
+    """The progress queue, an actor holding no CPU, on the driver's node: it lives and dies with the driver."""
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+
+
+def show_progress(ray, events, view: ProgressView) -> bool:
+    """Drain the queue into the view; False once it cannot be read (then the bar just stops moving)."""
+    from ray.util.queue import Empty
+
+    try:
+        drain(events, view, Empty)
+        return True
+    except ray.exceptions.RayError:
+        return False
 
 
 def absolute(job: FoldJob) -> FoldJob:
@@ -96,10 +127,8 @@ def run_units_on_ray(
     """Submit every unit at once as a Ray task (CPUs = threads per unit, one GPU on CUDA) and wait for all;
     one progress bar over their epochs, fed through a Ray queue."""
     ray = connect(address)
-    from ray.util.queue import Empty, Queue
-
     threads = threads or 1
-    events = Queue(actor_options={"num_cpus": 0})  # the progress queue must not hold a CPU a unit needs
+    events = progress_queue(ray)
     task = ray.remote(train_unit)
     view = ProgressView(jobs, desc, progress)
     refs = {}
@@ -107,7 +136,7 @@ def run_units_on_ray(
         gpus = 1 if job.device.startswith("cuda") else 0
         options = {"num_cpus": threads, "num_gpus": gpus, "max_retries": RETRIES, "retry_exceptions": False}
         refs[task.options(name=f"timnet {job.key}", **options).remote(job, threads, events)] = job
-    results = {}
+    results, live = {}, True
     try:
         pending = list(refs)
         while pending:
@@ -119,13 +148,14 @@ def run_units_on_ray(
                 except ray.exceptions.RayTaskError as err:
                     cause = err.cause if isinstance(err.cause, Exception) else err
                     raise TimnetError(f"{view.label(job.key)}: {cause}") from None
-                except ray.exceptions.RayError as err:  # its worker died more often than Ray retries
+                except ray.exceptions.RayError as err:  # its worker (or node) was lost more often than Ray retries
                     raise TimnetError(
-                        f"{view.label(job.key)}: its Ray worker died {RETRIES + 1} times ({type(err).__name__}); "
-                        "finished units are kept — resume the run with --resume"
+                        f"{view.label(job.key)}: its Ray worker or node was lost {RETRIES + 1} times "
+                        f"({type(err).__name__}); finished units are kept — resume the run with --resume"
                     ) from None
-            drain(events, view, Empty)
-        drain(events, view, Empty)
+            live = live and show_progress(ray, events, view)
+        if live:
+            show_progress(ray, events, view)
     except BaseException:  # a failure, or Ctrl-C: cancel the rest; each unit keeps its last epoch's state
         for ref in refs:
             ray.cancel(ref, force=True)

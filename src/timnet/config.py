@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .corpus_layout import check_layout
 from .errors import TimnetError
 from .validation import check_choice, check_range, invalid
 
@@ -31,8 +32,14 @@ class DatasetConfig:
     classes: list[str]
     reader: str = "folders"
     expected_count: int | None = None
+    # reader "pattern" (your own corpus; README "Your own corpus"): where label and speaker come from
+    pattern: str = ""  # regex searched in the path relative to the corpus root, groups (?P<label>) (?P<speaker>)
+    label_level: int | None = None  # or: the folder at this depth is the label (0 = top, -1 = the file's folder)
+    speaker_level: int | None = None  # the folder at this depth is the speaker
+    label_map: dict[str, str] = field(default_factory=dict)  # code in names -> class name, e.g. ps = "surprise"
+    drop: list[str] = field(default_factory=list)  # labels (codes or classes) left out of the task
 
-    READERS = ("emodb", "ravdess", "savee", "emovo", "iemocap", "casia", "folders")  # timnet.corpora.CORPORA
+    READERS = ("emodb", "ravdess", "savee", "emovo", "iemocap", "casia", "folders", "pattern")  # corpora.CORPORA
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -45,6 +52,7 @@ class DatasetConfig:
         check_choice("dataset.reader", self.reader, self.READERS)
         if self.expected_count is not None:
             check_range("dataset.expected_count", self.expected_count, 0, integer=True)
+        check_layout(self)
 
 
 @dataclass
@@ -197,7 +205,8 @@ class Published:
 # command runs: --device); reading such a run ignores them.
 RETIRED = {"train": ("device",)}
 # Settings added after runs were saved: what such a run did before they existed. (The TOML files hold every
-# setting; the dataclasses above have no defaults, so a missing one is an error, except these.)
+# setting; the dataclasses above have no defaults, so a missing one is an error, except these and [dataset]'s
+# optional keys, whose defaults are in DatasetConfig: the reader's own rules, which earlier runs used.)
 INTRODUCED = {"train": {"compile": "off", "test_every": 1, "recompute": "off"}}
 # Settings renamed since runs were saved: old name -> new name, mapped on read.
 RENAMED = {"dataset": {"recipe": "reader"}}
@@ -308,6 +317,18 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
             except ValueError:
                 raise TimnetError(f"{key}: {value!r} is not {name}") from None
     return value
+
+
+# Short names of training settings: the CLI's options, the notebooks' parameters and sweep grid keys.
+TRAIN_SHORTCUTS = {
+    name: f"train.{name}"
+    for name in ("folds", "epochs", "batch_size", "protocol", "checkpoint", "seeds", "patience", "compile")
+}
+
+
+def shortcut_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """`{"folds": 2, "epochs": None}` -> `{"train.folds": 2}`: None means "the dataset's own setting"."""
+    return {TRAIN_SHORTCUTS[name]: value for name, value in values.items() if value is not None}
 
 
 def known_datasets() -> list[str]:

@@ -9,7 +9,9 @@ the config's class order; inside a class, natsort of `<stem>_raw.csv`, the names
     label        class name;   class_index: position in the class order
     speaker      speaker id ("" when unknown); gender "m"/"f"/""; session ("" when none)
 
-Labels come from file names (or IEMOCAP's EmoEvaluation files), never from hand-sorted folders.
+Labels come from file names (or IEMOCAP's EmoEvaluation files), never from hand-sorted folders; the readers
+whose labels come from folders or your own pattern (CASIA as released, `reader = "pattern"`) are in
+timnet.corpus_layout.
 """
 
 from __future__ import annotations
@@ -25,28 +27,15 @@ import natsort
 import pandas as pd
 
 from .config import DatasetConfig
+from .corpus_layout import AUDIO_SUFFIXES, Row, Scan, audio_files, scan_casia, scan_pattern
 from .errors import TimnetError
 from .validation import check_choice
 
 COLUMNS = ["file", "path", "stem", "label", "class_index", "speaker", "gender", "session"]
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
-
-
-@dataclass(frozen=True)
-class Row:
-    path: Path
-    label: str
-    speaker: str = ""
-    gender: str = ""
-    session: str = ""
-
-
-@dataclass
-class Scan:
-    """What a reader found: the usable rows and the files it had to leave out, with the reason."""
-
-    rows: list[Row]
-    skipped: list[tuple[str, str]]
+CASIA_ORDER = (
+    "CASIA from audio: the authors' sample order is unknown (their MFCC file is the reference), so the folds are "
+    "not the authors' and the numbers do not compare to the paper's"
+)
 
 
 def authors_order(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -63,7 +52,7 @@ def to_manifest(rows: list[Row], root: Path, classes: list[str]) -> pd.DataFrame
         {
             "file": [r.path.relative_to(root).as_posix() for r in rows],
             "path": [str(r.path.resolve()) for r in rows],
-            "stem": [r.path.stem for r in rows],
+            "stem": [r.stem or r.path.stem for r in rows],
             "label": [r.label for r in rows],
             "class_index": [rank[r.label] for r in rows],
             "speaker": [r.speaker for r in rows],
@@ -75,17 +64,11 @@ def to_manifest(rows: list[Row], root: Path, classes: list[str]) -> pd.DataFrame
     return authors_order(df, classes)
 
 
-def _audio_files(root: Path) -> list[Path]:
-    return sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("._")
-    )
-
-
 def _by_pattern(root: Path, corpus: str, example: str, parse: Callable[[Path], Row | None | str]) -> Scan:
     """Apply a file-name parser to every audio file; a parser returns a Row, None (not a name of
     this corpus) or a string (a valid file that is not part of the task, e.g. RAVDESS song)."""
     rows, skipped = [], []
-    for path in _audio_files(root):
+    for path in audio_files(root):
         row = parse(path)
         if isinstance(row, Row):
             rows.append(row)
@@ -109,7 +92,7 @@ def _parse_emodb(path: Path) -> Row | None:
     return Row(path, EMODB_EMOTIONS[m["emotion"]], m["speaker"], EMODB_GENDER.get(m["speaker"], ""))
 
 
-def scan_emodb(root: Path, classes: list[str]) -> Scan:
+def scan_emodb(root: Path, dataset: DatasetConfig) -> Scan:
     return _by_pattern(root, "EMODB", "03a01Wa.wav", _parse_emodb)
 
 
@@ -133,7 +116,7 @@ def _parse_ravdess(path: Path) -> Row | str | None:
     return Row(path, RAVDESS_EMOTIONS[m["emo"]], f"{actor:02d}", "m" if actor % 2 else "f")
 
 
-def scan_ravdess(root: Path, classes: list[str]) -> Scan:
+def scan_ravdess(root: Path, dataset: DatasetConfig) -> Scan:
     return _by_pattern(root, "RAVDESS", "Actor_01/03-01-05-01-01-01-01.wav", _parse_ravdess)
 
 
@@ -154,7 +137,7 @@ def _parse_savee(path: Path) -> Row | None:
     return Row(path, SAVEE_EMOTIONS[m["emo"]], speaker, "m")
 
 
-def scan_savee(root: Path, classes: list[str]) -> Scan:
+def scan_savee(root: Path, dataset: DatasetConfig) -> Scan:
     return _by_pattern(root, "SAVEE", "AudioData/DC/a01.wav or DC_a01.wav", _parse_savee)
 
 
@@ -176,7 +159,7 @@ def _parse_emovo(path: Path) -> Row | None:
     return Row(path, EMOVO_EMOTIONS[m["emo"]], m["spk"], m["spk"][0]) if m else None
 
 
-def scan_emovo(root: Path, classes: list[str]) -> Scan:
+def scan_emovo(root: Path, dataset: DatasetConfig) -> Scan:
     return _by_pattern(root, "EMOVO", "f1/dis-f1-b1.wav", _parse_emovo)
 
 
@@ -185,7 +168,7 @@ IEMOCAP_LABELS = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutra
 _IEMOCAP_LINE = re.compile(r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(?P<utt>Ses\d\d[FM]_\S+)\s+(?P<lab>\w+)\s+\[")
 
 
-def scan_iemocap(root: Path, classes: list[str]) -> Scan:
+def scan_iemocap(root: Path, dataset: DatasetConfig) -> Scan:
     sessions = sorted(root.glob("Session[1-5]"))
     if not sessions:
         raise TimnetError(f"{root}: no Session1..Session5 folders — point --data at the IEMOCAP_full_release folder")
@@ -212,15 +195,16 @@ def scan_iemocap(root: Path, classes: list[str]) -> Scan:
 
 
 # --- folder per class: <root>/<class>/<any>.wav (CASIA raw audio, any new corpus) -----------
-def scan_folders(root: Path, classes: list[str]) -> Scan:
+def scan_folders(root: Path, dataset: DatasetConfig) -> Scan:
+    classes = dataset.classes
     missing = [c for c in classes if not (root / c).is_dir()]
     if len(missing) == len(classes):
         raise TimnetError(f"{root}: expected one folder per class ({', '.join(classes)}) — none found")
     rows, skipped = [], []
     for c in classes:
-        for path in _audio_files(root / c) if (root / c).is_dir() else []:
+        for path in audio_files(root / c) if (root / c).is_dir() else []:
             rows.append(Row(path, c, speaker=path.parent.name if path.parent != root / c else ""))
-    for path in _audio_files(root):
+    for path in audio_files(root):
         if path.relative_to(root).parts[0] not in classes:
             skipped.append((path.relative_to(root).as_posix(), f"not inside a class folder ({', '.join(classes)})"))
     return Scan(rows, skipped)
@@ -240,7 +224,13 @@ def build_manifest(
             f"{root}: corpus folder not found — put {dataset.name} there (see README, 'Corpora') or pass --data"
         )
     corpus = corpus_of(dataset)
-    scan = corpus.scan(root, dataset.classes)
+    scan = corpus.scan(root, dataset)
+    if corpus.strict:  # a label that is neither a class nor dropped is a naming problem, not a quiet omission
+        scan.skipped += [
+            (r.path.relative_to(root).as_posix(), _not_a_class(r.label, dataset))
+            for r in scan.rows
+            if r.label not in dataset.classes and r.label not in dataset.drop
+        ]
     if scan.skipped and not skip_bad:
         file, reason = scan.skipped[0]
         more = f" (and {len(scan.skipped) - 1} more)" if len(scan.skipped) > 1 else ""
@@ -259,6 +249,8 @@ def build_manifest(
     duplicated = manifest.stem[manifest.stem.duplicated()].tolist()
     if duplicated:
         raise TimnetError(f"{root}: the same utterance appears twice ({duplicated[0]}) — keep one copy")
+    if corpus.caveat:
+        warnings.warn(corpus.caveat, stacklevel=2)
     if dataset.expected_count and len(manifest) != dataset.expected_count:
         warnings.warn(
             f"{dataset.name}: found {len(manifest)} utterances in {root}, the complete corpus has "
@@ -267,6 +259,20 @@ def build_manifest(
             stacklevel=2,
         )
     return manifest, scan.skipped
+
+
+def _not_a_class(label: str, dataset: DatasetConfig) -> str:
+    return (
+        f"label {label!r} is not a class ({', '.join(dataset.classes)}) — add it to classes, map it in "
+        "dataset.label_map, or list it in dataset.drop"
+    )
+
+
+def corpus_caveat(dataset: DatasetConfig, manifest: pd.DataFrame) -> str:
+    """What a run on these features must say about its folds ("" when nothing): CASIA read from audio."""
+    corpus = CORPORA.get(dataset.reader)
+    from_audio = any(Path(f).suffix.lower() in AUDIO_SUFFIXES for f in manifest.file)
+    return corpus.caveat if corpus is not None and corpus.caveat and from_audio else ""
 
 
 # --- complete file lists, in the authors' terms: what rebuilds their folds from a subset -------
@@ -304,12 +310,15 @@ def _savee_files() -> tuple[list[str], list[str]]:
 class Corpus:
     """Everything the project knows about one corpus: how to read its distributed layout (`scan`), its
     complete file list in the authors' terms (`files`: stems and labels; None when unknown), and the rule
-    that turns a found file into that list's stem (`stem`, from the file's stem and speaker)."""
+    that turns a found file into that list's stem (`stem`, from the file's stem and speaker); `strict`: labels that
+    are not classes are flagged (else quietly left out); `caveat`: what every run on it must say (a warning)."""
 
     name: str
-    scan: Callable[[Path, list[str]], Scan]
+    scan: Callable[[Path, DatasetConfig], Scan]
     files: Callable[[], tuple[list[str], list[str]]] | None = None
     stem: Callable[[str, str], str] | None = None
+    strict: bool = False
+    caveat: str = ""
 
 
 # Keyed by the config's `dataset.reader` (DatasetConfig.READERS names these keys, so a config is checked on load).
@@ -319,8 +328,9 @@ CORPORA: dict[str, Corpus] = {
     "savee": Corpus("SAVEE", scan_savee, _savee_files, savee_stem),
     "emovo": Corpus("EMOVO", scan_emovo, _emovo_files),
     "iemocap": Corpus("IEMOCAP", scan_iemocap),
-    "casia": Corpus("CASIA", scan_folders),
+    "casia": Corpus("CASIA", scan_casia, caveat=CASIA_ORDER),
     "folders": Corpus("", scan_folders),
+    "pattern": Corpus("", scan_pattern, strict=True),
 }
 
 

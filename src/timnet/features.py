@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from . import __version__
 from .config import Config, FeatureSettings
@@ -35,6 +34,7 @@ from .feature_files import (
     sidecars,
     write_feature_files,
 )
+from .progress import Bar
 
 SILENCE_PEAK = 1e-4  # below -80 dBFS everywhere: nothing to recognise
 MIN_SECONDS = 0.1
@@ -142,7 +142,7 @@ def extract_many(
     x = np.zeros((len(paths), settings.frames, settings.n_mfcc), dtype=np.float32)
     failed: dict[int, str] = {}
     jobs = [(i, str(p), settings) for i, p in enumerate(paths)]
-    bar = tqdm(total=len(jobs), desc="MFCC", unit="file", disable=not progress)
+    bar = Bar(total=len(jobs), desc="MFCC", unit="file", disable=not progress)
 
     def collect(results):
         for i, feat, problem in results:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .errors import TimnetError
+from .folder_check import check_graph, load_checked_weights, read_checked_card
 from .hub import download, is_hub_id
 from .keras_weights import fold_weights, load_fold_models, seed_from_name
 from .model import TIMNetConfig
-from .model_folder import CARD, graph_paths, has_card, load_weights, read_card
+from .model_folder import CARD, graph_paths, has_card
 from .portable import OnnxRunner, PortableModel, TorchRunner, Unit, select_units
 from .runs import load_unit_model, read_run_record
+from .validation import check_choice
 
 ENGINES = ("auto", "torch", "onnx")
 WEIGHT_SUFFIXES = (".zip", ".hdf5", ".h5")
@@ -44,8 +46,7 @@ def load_model(
     engine: `onnx` (onnxruntime; the faster on CPU; exported folders only), `torch`, or `auto` = onnx when the
     folder has graphs and onnxruntime is installed, else torch. `device` is for the torch engine.
     """
-    if engine not in ENGINES:
-        raise TimnetError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    check_choice("engine", engine, ENGINES)
     kind, path = source_kind(source, models_root)
     if kind == "folder":
         return folder_model(path, fold, seed, engine, device)
@@ -82,8 +83,8 @@ def source_kind(source: str | Path, models_root: Path = Path("Models")) -> tuple
 
 
 def folder_model(folder: Path, fold: int | None, seed: int | None, engine: str, device: str) -> PortableModel:
-    """An exported folder's fold models, in onnxruntime or torch."""
-    card = read_card(folder)
+    """An exported folder's fold models, in onnxruntime or torch; the folder is checked first (`folder_check`)."""
+    card, config = read_checked_card(folder)
     seeds = {f["unit"]: f.get("seed") for f in card.get("folds", [])}
     units = select_units([Unit.from_name(u, seeds.get(u)) for u in card["units"]], fold, seed, str(folder))
     names = [u.name for u in units]
@@ -96,12 +97,13 @@ def folder_model(folder: Path, fold: int | None, seed: int | None, engine: str, 
             raise TimnetError(f"{folder}: no ONNX graphs (exported with --no-onnx?) — use --engine torch")
         if not has_ort:
             raise TimnetError("--engine onnx needs onnxruntime: python3 -m pip install onnxruntime")
+        for graph in graphs.values():
+            check_graph(folder, graph, config.model)
         runner = OnnxRunner(graphs)
     else:
-        runner = TorchRunner(load_weights(folder, card, names), device)
+        runner = TorchRunner(load_checked_weights(folder, names, config.model), device)
     authors = card.get("provenance", {}).get("kind") == "authors-weights"
     kfold = {u.seed for u in units} if authors else set()
-    config = Config.from_dict(card["config"])
     return PortableModel(config, units, runner, str(folder), card, kfold.pop() if len(kfold) == 1 else None)
 
 

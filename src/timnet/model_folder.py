@@ -29,7 +29,12 @@ ONNX_OUTPUTS = ("probabilities", "embedding")
 def has_card(folder: Path) -> bool:
     """Whether `folder` holds an exported model's config.json (a run's record has no `format`)."""
     path = Path(folder) / CARD
-    return path.is_file() and "format" in json.loads(path.read_text())
+    if not path.is_file():
+        return False
+    try:
+        return "format" in json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, TypeError):  # not a run's record: the folder check names what is wrong
+        return True
 
 
 def read_card(folder: Path) -> dict:
@@ -59,10 +64,14 @@ def load_weights(folder: Path, card: dict, units: list[str]) -> dict[str, TIMNet
     """The torch fold models `units` of an exported folder, in eval mode."""
     from safetensors.torch import load_file
 
-    tensors = load_file(Path(folder) / WEIGHTS)
+    return build_models(load_file(Path(folder) / WEIGHTS), TIMNetConfig(**card["architecture"]), units)
+
+
+def build_models(tensors: dict, architecture: TIMNetConfig, units: list[str]) -> dict[str, TIMNet]:
+    """The fold models `units` from the tensors of a weights file (keys `<unit>.<parameter>`), in eval mode."""
     models = {}
     for unit in units:
-        model = TIMNet(TIMNetConfig(**card["architecture"]))
+        model = TIMNet(architecture)
         prefix = f"{unit}."
         model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         models[unit] = model.eval()

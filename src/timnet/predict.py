@@ -31,7 +31,7 @@ def collect_audio(inputs: list[str | Path]) -> list[Path]:
                 raise TimnetError(f"{item}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
             files += found
         elif item.suffix.lower() == ".csv":
-            table = pd.read_csv(item)
+            table = read_file_list(item)
             column = next((c for c in ("path", "file") if c in table.columns), table.columns[0])
             files += [p if p.is_absolute() else item.parent / p for p in map(Path, table[column].astype(str))]
         else:
@@ -39,6 +39,21 @@ def collect_audio(inputs: list[str | Path]) -> list[Path]:
     if not files:
         raise TimnetError("no audio files given")
     return files
+
+
+def read_file_list(path: Path) -> pd.DataFrame:
+    """A CSV list of audio files, or one line saying why it is not one."""
+    fix = "one audio file per row, in a column `path` (or `file`, or the first)"
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise TimnetError(f"{path}: no such CSV list of files") from None
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise TimnetError(f"{path}: not a readable CSV list of files ({reason}) — {fix}") from None
+    if table.empty or not len(table.columns):
+        raise TimnetError(f"{path}: lists no files — {fix}")
+    return table
 
 
 def model_source(

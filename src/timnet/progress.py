@@ -1,14 +1,23 @@
-"""The one progress view of a run: one bar over all fold-epochs, fed by the units' events wherever they run
-(this process, pool workers through a queue, Ray tasks through a Ray queue)."""
+"""Progress: `Bar` (tqdm's, plus a line every 10 % in a notebook kernel, where a widget leaves a headless log
+empty), and the one progress view of a run: one bar over all fold-epochs, fed by the units' events wherever they
+run (this process, pool workers through a queue, Ray tasks through a Ray queue)."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+MILESTONE_PERCENT = 10
+
 # helpers
+
+
+def in_notebook() -> bool:
+    """Running inside a Jupyter kernel (the browser, or papermill headless)."""
+    return "ipykernel" in sys.modules
 
 
 def drain(messages, view: "ProgressView", empty: type[Exception]) -> None:
@@ -23,6 +32,26 @@ def drain(messages, view: "ProgressView", empty: type[Exception]) -> None:
 # classes
 
 
+class Bar(tqdm):
+    """tqdm.auto's bar (a widget in Jupyter, text in a terminal) that, in a notebook kernel or when `milestones`,
+    also prints `<desc>: 30 % (120/400 <unit>, 12 s)` at every MILESTONE_PERCENT: papermill's log of a widget
+    shows only its first state."""
+
+    def __init__(self, *args, milestones: bool | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        wanted = in_notebook() if milestones is None else milestones
+        self.milestone = MILESTONE_PERCENT if wanted and not self.disable and self.total else 0
+
+    def update(self, n: float = 1):
+        shown = super().update(n)
+        if self.milestone and 100 * self.n >= self.milestone * self.total:
+            percent = int(100 * self.n / self.total)
+            elapsed = self.format_dict["elapsed"]
+            print(f"{self.desc or 'progress'}: {percent} % ({self.n}/{self.total} {self.unit}, {elapsed:.0f} s)")
+            self.milestone = (percent // MILESTONE_PERCENT + 1) * MILESTONE_PERCENT
+        return shown
+
+
 class ProgressView:
     """One bar over all fold-epochs of a run, with each running unit's latest epoch, loss and accuracy."""
 
@@ -33,7 +62,7 @@ class ProgressView:
         self.latest: dict[str, str] = {}
         self.pids: dict[str, int] = {}
         self.started: set[str] = set()
-        self.bar = tqdm(
+        self.bar = Bar(
             total=sum(self.epochs.values()), desc=desc, unit="fold-epoch", disable=not enabled, smoothing=0.05
         )
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, exclusive
+from .atomic import atomic_path
 from .config import Config
 from .errors import TimnetError
+from .locks import exclusive
 from .metrics import METRICS, fold_statistics, mean_std, prediction_table, table_confusion
 
 SUMMARY_NAME = "Accuracy Analysis Summary.xlsx"
@@ -81,6 +82,25 @@ def summary_row(run_id: str, cfg: Config, folds: pd.DataFrame, seeds: list[int])
     return row
 
 
+def summary_lines(run_id: str, summary: dict) -> list[str]:
+    """A run's result as the CLI and train.ipynb print it; published numbers only where the dataset has them."""
+    s = summary
+    lines = [
+        f"run {run_id}, checkpoint {s['checkpoint']}: WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  "
+        f"UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f} "
+        "(mean ± sample std over folds)"
+    ]
+    published = [
+        f"{what}: WAR {s[key]:.2f}"
+        for key, what in (
+            ("paper_war", "paper (best epoch on the test fold)"),
+            ("authors_2023_war", "authors' 2023 update (last epoch)"),
+        )
+        if s.get(key) is not None and not np.isnan(s[key])
+    ]
+    return lines + ([" · ".join(published)] if published else [])
+
+
 def append_summary(results_dir: Path, row: dict) -> Path:
     """Add (or refresh, for the same run id) one row of `Results/Accuracy Analysis Summary.xlsx`."""
     path = Path(results_dir) / SUMMARY_NAME
@@ -120,8 +140,11 @@ def run_predictions(manifest: pd.DataFrame, results, classes: list[str]) -> pd.D
     return pd.concat(tables, ignore_index=True)
 
 
-def run_sheets(run_id: str, cfg: Config, folds: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The run workbook's sheets: folds (+ mean and std rows), predictions, confusion (pooled, per fold), config."""
+def run_sheets(
+    run_id: str, cfg: Config, folds: pd.DataFrame, predictions: pd.DataFrame, caveat: str = ""
+) -> dict[str, pd.DataFrame]:
+    """The run workbook's sheets: folds (+ mean and std rows), predictions, confusion (pooled, per fold), config
+    (with the corpus' `caveat` first, e.g. that CASIA's folds are not the authors')."""
     classes = cfg.dataset.classes
     per_fold = pd.concat(
         [
@@ -145,6 +168,8 @@ def run_sheets(run_id: str, cfg: Config, folds: pd.DataFrame, predictions: pd.Da
             ],
         }
     )
+    if caveat:
+        meta = pd.concat([pd.DataFrame({"setting": ["caveat"], "value": [caveat]}), meta], ignore_index=True)
     return {
         "folds": pd.concat([folds, stats], ignore_index=True),
         "predictions": predictions,
@@ -218,7 +243,8 @@ def plot_curves_grid(histories: dict[str, pd.DataFrame], path: Path, title: str)
     plt = pyplot()
     cols = min(5, len(histories))
     rows = -(-len(histories) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
+    width = max(3.2 * cols, 0.1 * len(title))  # inches: a figure of few folds still fits its title
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 2.6 * rows), squeeze=False, sharey=True)
     for ax, (unit, history) in zip(axes.flat, histories.items()):
         for col, label in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test (logged only)")):
             known = history[history[col].notna()] if col in history else history.iloc[:0]

@@ -3,6 +3,7 @@
     Models/<run>/config.json            the run record (schema below), also copied to logs/<run>/
     Models/<run>/<unit>.pt              a finished unit: weights, config, metrics, test predictions, history
     Models/<run>/in_progress/<unit>.pt  a unit's per-epoch state (written by `train`), removed when it is finished
+    Models/<run>/writer.lock, .json     held by the one process training the run (`locks.sole_writer`)
     logs/<run>/<unit>.csv, <unit>.png   per-epoch history and curves
     Results/<run>.xlsx                  the run workbook (`report`)
 
@@ -14,6 +15,7 @@ effective config), `mfcc` (absolute path) and `mfcc_sha256` (resume refuses a ch
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .atomic import atomic_path, write_json
+from .atomic import write_bytes, write_json
 from .config import Config
 from .errors import TimnetError
 from .features import sha256
@@ -162,9 +164,11 @@ def open_run(models_root: Path, run_id: str) -> dict:
 
 
 def save_pt(path: Path, obj: dict) -> None:
-    """torch.save, atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save, atomically and durably; serialised in memory first, so a full disk is an OSError (one line
+    from `atomic`), not the C++ writer's RuntimeError."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def save_unit(path: Path, unit: dict) -> None:

@@ -13,6 +13,7 @@ import pandas as pd
 from sklearn.model_selection import KFold, StratifiedShuffleSplit
 
 from .errors import TimnetError
+from .validation import invalid
 
 Fold = tuple[np.ndarray, np.ndarray]
 
@@ -108,4 +109,4 @@ def make_folds(
     if protocol == "speaker":
         use_sessions = "session" in manifest and (manifest.session.astype(str) != "").all()
         return speaker_folds(manifest.session if use_sessions else manifest.speaker, n_splits, seed)
-    raise TimnetError(f"unknown protocol {protocol!r}; choose random or speaker")
+    raise invalid("train.protocol", "one of random, speaker", protocol)

@@ -14,9 +14,13 @@ A grid file (TOML):
     checkpoint = ["last", "best-val"]             # "train.checkpoint"
     seed = [46, 1, 2]                             # one run per training seed ("train.seeds" = [s])
     "train.lr" = [0.001, 0.0005]                  # any config value
+    evaluate_on = ["RAVDESS", "EMOVO"]            # cross-corpus cells (here or in [runs]; not a grid dimension);
+                                                  # audio from Datasets/<NAME> or [runs] evaluate_data = {NAME = "dir"}
 
 The sweep's record, `Results/sweeps/<sweep>.json`, names its runs (one run id each); its workbook,
-`Results/sweeps/<sweep>.xlsx`, has one row per run; every run also gets its row in the summary workbook.
+`Results/sweeps/<sweep>.xlsx`, has one row per run; every run also gets its row in the summary workbook. With
+`evaluate_on`, every run is also scored on each other corpus listed (timnet.cross_corpus): sheets `cross_corpus`
+(one row per cell) and `cross_corpus_uar` (source x target), and a workbook and summary row per cell.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ import pandas as pd
 import torch
 
 from .atomic import write_json
-from .config import load_config
+from .config import TRAIN_SHORTCUTS, load_config
+from .cross_corpus import grid_targets, sweep_cells
 from .errors import TimnetError
+from .locks import sole_writer_of_all
 from .metrics import METRICS
 from .report import write_workbook
 from .runs import Roots, read_run_record
@@ -43,8 +49,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ALIASES = {"protocol": "train.protocol", "checkpoint": "train.checkpoint", "folds": "train.folds"}
-ALIASES |= {"epochs": "train.epochs", "seeds": "train.seeds"}
+ALIASES = TRAIN_SHORTCUTS  # grid keys such as protocol = [...] stand for train.protocol
 
 
 def _setting(path: Path, key: str) -> str:
@@ -59,21 +64,38 @@ def _setting(path: Path, key: str) -> str:
     return name
 
 
+def _check_types(path: Path, data: dict) -> None:
+    """The grid file's parts are of the kinds load_grid reads (a table where a table belongs, text where text)."""
+    for section in ("runs", "grid"):
+        if not isinstance(data.get(section, {}), dict):
+            raise TimnetError(f"{path}: {section} must be a [{section}] table, got {data[section]!r}")
+    runs = data.get("runs", {})
+    for key in ("dataset", "mfcc"):
+        if not isinstance(runs.get(key, ""), str):
+            raise TimnetError(f"{path}: [runs] {key} must be a string, got {runs[key]!r}")
+    if not isinstance(runs.get("set", {}), dict) or not isinstance(data.get("name", ""), str):
+        raise TimnetError(f'{path}: name must be a string and [runs] set a table, e.g. set = {{ "train.epochs" = 2 }}')
+
+
 def load_grid(path: Path) -> dict:
     """The parsed grid file, its keys checked: {name, dataset, mfcc, set, grid: {setting: [values]}}."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TimnetError(f"{path}: no such grid file") from None
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise TimnetError(f"{path}: not valid TOML ({err})") from None
     unknown = set(data) - {"name", "runs", "grid"}
     if unknown:
         raise TimnetError(f"{path}: unknown section(s) {sorted(unknown)}; a grid file has name, [runs] and [grid]")
+    _check_types(path, data)
     runs = data.get("runs", {})
     grid = {}
+    cells = grid_targets(path, data)  # evaluate_on: cross-corpus cells, not a dimension of the grid
     for key, values in data.get("grid", {}).items():
+        if key == "evaluate_on":
+            continue
         if not isinstance(values, list) or not values:
             raise TimnetError(f"{path}: [grid] {key} must be a non-empty list of values, got {values!r}")
         grid[_setting(path, key)] = values
@@ -86,6 +108,7 @@ def load_grid(path: Path) -> dict:
         "mfcc": runs.get("mfcc"),
         "set": fixed,
         "grid": grid,
+        **cells,
     }
 
 
@@ -159,15 +182,18 @@ def run_sweep(
     roots = roots or Roots()
     device = resolve_device(device, backend, address)
     record, runs = resume_sweep(resume, roots, device) if resume else start_sweep(grid_file, roots, device)
-    results = execute(runs, device, backend, workers, threads, progress, record["sweep"], address)
-    rows = []
-    for entry, run, units in zip(record["runs"], runs, results):
-        summary = finish_run(run.cfg, run.features, run.paths, units).summary
-        rows.append(sweep_row(entry, summary))
+    writers = [(run.paths.models, f"run {run.paths.run_id} of sweep {record['sweep']}") for run in runs]
+    with sole_writer_of_all(writers):  # a sweep resumed while it still runs is refused
+        results = execute(runs, device, backend, workers, threads, progress, record["sweep"], address)
+        rows = []
+        for entry, run, units in zip(record["runs"], runs, results):
+            summary = finish_run(run.cfg, run.features, run.paths, units).summary
+            rows.append(sweep_row(entry, summary))
     table = pd.DataFrame(rows)
-    workbook = write_workbook(
-        roots.sweeps / f"{record['sweep']}.xlsx", {"runs": table, "grid": _grid_sheet(record)}, overwrite=True
-    )
+    sheets = {"runs": table, "grid": _grid_sheet(record)}
+    if record["grid"].get("evaluate_on"):  # cross-corpus cells: each run on each other corpus
+        sheets |= sweep_cells(record, roots, workers, progress)
+    workbook = write_workbook(roots.sweeps / f"{record['sweep']}.xlsx", sheets, overwrite=True)
     return record, table, workbook
 
 

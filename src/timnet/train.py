@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +21,13 @@ import torch
 
 from .cluster import cluster_has_gpus, run_units_on_ray
 from .config import Config
-from .corpora import canonical_stems
+from .corpora import canonical_stems, corpus_caveat
 from .devices import pick_device
 from .errors import TimnetError
 from .feature_cache import share_features, without_samples
 from .features import FeatureSet, load_features
 from .fold import FoldJob, should_compile
+from .locks import sole_writer
 from .metrics import table_confusion
 from .pool import plan_workers, run_units
 from .report import (
@@ -114,6 +116,8 @@ def prepare_run(
             f"({cfg.features.frames}, {cfg.features.n_mfcc}) — wrong --dataset or features made with other settings"
         )
     jobs = plan_jobs(cfg, features, mfcc, paths, device)
+    if corpus_caveat(cfg.dataset, features.manifest):
+        warnings.warn(corpus_caveat(cfg.dataset, features.manifest), stacklevel=2)
     if not resume:
         tests = [{"unit": j.unit, "fold": j.fold, "seed": j.seed} for j in jobs]
         for unit, job in zip(tests, jobs):
@@ -194,8 +198,9 @@ def run_training(
     check_resume(resume, [name for name, value in (("cfg", cfg), ("mfcc", mfcc)) if value is not None])
     device = resolve_device(device, backend, address)
     run = prepare_run(cfg, mfcc, Roots(models_root, logs_root, results_root), resume, device, only_folds)
-    [results] = execute([run], device, backend, workers, threads, progress, run.paths.run_id, address)
-    return finish_run(run.cfg, run.features, run.paths, results)
+    with sole_writer(run.paths.models, f"run {run.paths.run_id}"):  # two processes never train one run
+        [results] = execute([run], device, backend, workers, threads, progress, run.paths.run_id, address)
+        return finish_run(run.cfg, run.features, run.paths, results)
 
 
 def resolve_device(device: str, backend: str = "local", address: str | None = None) -> str:
@@ -223,7 +228,9 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
     classes = cfg.dataset.classes
     folds = fold_table(results)
     predictions = run_predictions(features.manifest, results, classes)
-    workbook = write_workbook(paths.workbook, run_sheets(paths.run_id, cfg, folds, predictions), overwrite=True)
+    caveat = corpus_caveat(cfg.dataset, features.manifest)
+    sheets = run_sheets(paths.run_id, cfg, folds, predictions, caveat)
+    workbook = write_workbook(paths.workbook, sheets, overwrite=True)
     summary = summary_row(paths.run_id, cfg, folds, cfg.train.run_seeds)
     summary["complete"] = len({(r.seed, r.fold) for r in results}) == cfg.train.folds * len(cfg.train.run_seeds)
     append_summary(paths.results, summary)

@@ -29,6 +29,8 @@ from .portable import PortableModel
 from .runs import read_run_record, run_dir
 
 ALIGNMENTS = ("procrustes", "none")
+PERPLEXITY = 30.0  # scikit-learn's default; clipped to what the number of utterances allows
+TSNE_SEED = 0
 
 
 def procrustes_map(source: np.ndarray, reference: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -183,7 +185,7 @@ def embeddings_of(
     return TsneInput(config, features, embeddings, out_dir, title, notes)
 
 
-def project(embeddings: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+def project(embeddings: np.ndarray, perplexity: float = PERPLEXITY, seed: int = TSNE_SEED) -> np.ndarray:
     """[N, C] -> [N, 2] with scikit-learn's t-SNE (perplexity clipped to what N allows)."""
     if len(embeddings) < 3:
         raise TimnetError(f"t-SNE needs at least 3 utterances, got {len(embeddings)}")
@@ -240,8 +242,8 @@ def write_tsne(
     features: FeatureSet,
     embeddings: np.ndarray,
     title: str,
-    perplexity: float = 30.0,
-    seed: int = 0,
+    perplexity: float = PERPLEXITY,
+    seed: int = TSNE_SEED,
     speaker_markers: bool = False,
     notes: dict | None = None,
 ) -> tuple[Path, Path]:

@@ -1,0 +1,158 @@
+"""Folder layouts: what a corpus reader finds (`Row`, `Scan`), and the two readers whose labels and speakers come
+from where files lie rather than from a naming scheme: CASIA as released, and your own corpus (`reader = "pattern"`).
+
+Your own corpus says in its `[dataset]` section where the label and the speaker come from (README, "Your own
+corpus"): a regular expression searched in the file's path relative to the corpus root, with named groups
+`(?P<label>…)` and `(?P<speaker>…)`, or a folder level (`label_level = 0`: the top folder; -1: the file's folder);
+`label_map` turns codes in names into class names (`ps = "surprise"`), `drop` leaves labels out of the task.
+Its stems are the relative path without the extension, `/` -> `_`, so names repeating in several folders stay
+distinct utterances. This module does not read the config module (which checks the keys with `check_layout`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import TimnetError
+from .validation import check_range, invalid
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64"}
+PATTERN_GROUPS = ("label", "speaker")
+CASIA_GENDER = {"liuchanhg": "f", "zhaoquanyin": "f", "wangzhe": "m", "zhaozuoxiang": "m"}
+CASIA_EXAMPLE = "liuchanhg/angry/201.wav or angry/liuchanhg/201.wav"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One labelled file; `stem` names the utterance when the file's own name does not (names repeating)."""
+
+    path: Path
+    label: str
+    speaker: str = ""
+    gender: str = ""
+    session: str = ""
+    stem: str = ""
+
+
+@dataclass
+class Scan:
+    """What a reader found: the usable rows and the files it had to leave out, with the reason."""
+
+    rows: list[Row]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def audio_files(root: Path) -> list[Path]:
+    """Candidate audio under `root` (by extension; the content is decoded by what it is, whatever the name)."""
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("._")
+    )
+
+
+def _layout_keys(dataset) -> dict:
+    return {
+        "pattern": dataset.pattern,
+        "label_level": dataset.label_level,
+        "speaker_level": dataset.speaker_level,
+        "label_map": dataset.label_map,
+        "drop": dataset.drop,
+    }
+
+
+def check_layout(dataset) -> None:
+    """The pattern reader's keys of a DatasetConfig: each well-formed, one source of the label, that reader only."""
+    keys = _layout_keys(dataset)
+    if dataset.reader != "pattern":
+        given = [k for k, v in keys.items() if v not in ("", None, {}, [])]
+        if given:
+            raise invalid(f"dataset.{given[0]}", 'left out: it is read only with reader = "pattern"', keys[given[0]])
+        return
+    if not isinstance(dataset.pattern, str):
+        raise invalid("dataset.pattern", "a regular expression (a string)", dataset.pattern)
+    try:
+        groups = set(re.compile(dataset.pattern).groupindex)
+    except re.error as err:
+        raise invalid("dataset.pattern", f"a valid regular expression ({err})", dataset.pattern) from None
+    if groups - set(PATTERN_GROUPS):
+        raise invalid(
+            "dataset.pattern", "a regex with no named groups but (?P<label>…) and (?P<speaker>…)", keys["pattern"]
+        )
+    for key in ("label_level", "speaker_level"):
+        if keys[key] is not None:
+            check_range(f"dataset.{key}", keys[key], integer=True)
+    if (dataset.label_level is None) == ("label" not in groups):
+        raise invalid(
+            "dataset.label_level", "set, or else dataset.pattern has a (?P<label>…) group", keys["label_level"]
+        )
+    if not isinstance(dataset.label_map, dict) or not all(isinstance(v, str) for v in dataset.label_map.values()):
+        raise invalid("dataset.label_map", 'a table of code = "class name"', dataset.label_map)
+    if not isinstance(dataset.drop, (list, tuple)) or not all(isinstance(d, str) for d in dataset.drop):
+        raise invalid("dataset.drop", "a list of labels", dataset.drop)
+    for code, name in dataset.label_map.items():
+        if name not in dataset.classes and name not in dataset.drop:
+            raise invalid(f"dataset.label_map.{code}", f"one of the classes ({', '.join(dataset.classes)})", name)
+    if any(d in dataset.classes for d in dataset.drop):
+        raise invalid("dataset.drop", "labels that are not classes", dataset.drop)
+
+
+def _level(folders: tuple[str, ...], level: int) -> str | None:
+    return folders[level] if -len(folders) <= level < len(folders) else None
+
+
+def label_of(relative: Path, dataset) -> tuple[str, str] | str:
+    """(label after label_map, speaker) of a path relative to the corpus root, or why it has no label."""
+    rel, folders = relative.as_posix(), relative.parts[:-1]
+    match = re.search(dataset.pattern, rel) if dataset.pattern else None
+    if dataset.pattern and match is None:
+        return f"path does not match dataset.pattern {dataset.pattern!r}"
+    found = match.groupdict() if match else {}
+    label = found.get("label") if dataset.label_level is None else _level(folders, dataset.label_level)
+    if not label:
+        return f"no folder at dataset.label_level = {dataset.label_level} (the file lies in {len(folders)})"
+    speaker = found.get("speaker") or ""
+    if dataset.speaker_level is not None:
+        speaker = _level(folders, dataset.speaker_level)
+        if speaker is None:
+            return f"no folder at dataset.speaker_level = {dataset.speaker_level} (the file lies in {len(folders)})"
+    return (label if label in dataset.drop else dataset.label_map.get(label, label)), speaker
+
+
+def scan_pattern(root: Path, dataset) -> Scan:
+    """Your own corpus: label and speaker from the dataset's pattern / folder levels. Labels that are not classes
+    are kept here (corpus-check shows them); `corpora.build_manifest` leaves out the dropped and flags the rest."""
+    rows, skipped = [], []
+    for path in audio_files(root):
+        relative = path.relative_to(root)
+        found = label_of(relative, dataset)
+        if isinstance(found, str):
+            skipped.append((relative.as_posix(), found))
+            continue
+        stem = relative.with_suffix("").as_posix().replace("/", "_")
+        rows.append(Row(path, found[0], found[1], stem=stem))
+    return Scan(rows, skipped)
+
+
+def scan_casia(root: Path, dataset) -> Scan:
+    """CASIA as released, `<speaker>/<emotion>/201.wav`, or `<emotion>/<speaker>/201.wav`: the folder that is a class
+    is the label, the other the speaker. The same names (201..250) repeat for every speaker, so an utterance is
+    `<speaker>_<emotion>_<name>` (e.g. liuchanhg_angry_201), the same in both layouts."""
+    classes = set(dataset.classes)
+    rows, skipped = [], []
+    for path in audio_files(root):
+        relative = path.relative_to(root)
+        folders = relative.parts[:-1]
+        labels = [f for f in folders if f in classes]
+        if len(folders) not in (1, 2) or len(labels) != 1:
+            why = f"not in <speaker>/<emotion>/ folders, emotion one of {', '.join(dataset.classes)}"
+            why += f" (e.g. {CASIA_EXAMPLE})"
+            skipped.append((relative.as_posix(), why))
+            continue
+        label = labels[0]
+        speaker = next((f for f in folders if f != label), "")
+        stem = "_".join(p for p in (speaker, label, path.stem) if p)
+        rows.append(Row(path, label, speaker, CASIA_GENDER.get(speaker.lower(), ""), stem=stem))
+    if not rows and skipped:
+        raise TimnetError(f"{root}: no CASIA audio in <speaker>/<emotion>/<file>.wav folders (e.g. {CASIA_EXAMPLE})")
+    return Scan(rows, skipped)
