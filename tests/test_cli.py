@@ -137,13 +137,19 @@ def test_run_does_the_three_notebooks_work_on_generated_data_in_an_empty_folder(
 
     rgb = imread(png)[..., :3]
     assert (rgb.max(-1) - rgb.min(-1) > 0.3).sum() > 500, "no coloured points: the t-SNE figure is blank"
-    for shown in (
+    listed = [
         f"Models/{run_dir.name}/",
         f"Results/{run_dir.name}.xlsx",
+        f"Results/{run_dir.name}/confusion.png",  # the heatmap, the curves grid, the t-SNE and its JSON too
+        f"logs/{run_dir.name}/curves.png",
         str(png.relative_to(tmp_path)),
+        str(png.with_suffix(".json").relative_to(tmp_path)),
         f"timnet predict --run {run_dir.name}",
-    ):
+    ]
+    for shown in listed:
         assert shown in done.stdout, done.stdout
+    assert all((tmp_path / p).exists() for p in listed[:-1]), "every listed output exists"
+    assert not (tmp_path / "Models" / run_dir.name / "in_progress").exists()
     again = subprocess.run(
         [sys.executable, "-m", "timnet.cli", "run", "--folds", "2", "--epochs", "2", "--workers", "1", "--quiet"],
         cwd=tmp_path,

@@ -242,6 +242,7 @@ def preprocess(
     config: Config,
     data: Path,
     out_dir: Path,
+    *,
     workers: int | None = None,
     skip_bad: bool = False,
     overwrite: bool = False,

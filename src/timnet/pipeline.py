@@ -77,7 +77,10 @@ def run_pipeline(
     if ensure_example(cfg, data):
         say(f"no corpus given: wrote the synthetic example corpus to {data} (for a real one: --dataset EMODB)")
     say("1/3 features")
-    prep = preprocess(cfg, data, mfcc_dir, workers, skip_bad, overwrite, progress, trust_pickle)
+    prep = preprocess(
+        cfg, data, mfcc_dir, workers=workers, skip_bad=skip_bad, overwrite=overwrite, progress=progress,
+        trust_pickle=trust_pickle,
+    )  # fmt: skip
     for line in preprocess_lines(prep):
         say(line)
     say("2/3 training")
