@@ -91,7 +91,7 @@ def test_a_pattern_corpus_trains_per_speaker_and_is_scored_on_the_emodb_layout(t
     _, emodb, _ = trained_run
     config, data = mine
     cfg = load_config(config, {"train.protocol": "speaker", "train.folds": 3, "train.epochs": 1})
-    npy = quiet(preprocess, cfg, data, tmp_path / "MFCC", 1)
+    npy = quiet(preprocess, cfg, data, tmp_path / "MFCC", workers=1)
     run = train(tmp_path, npy.npy, cfg=cfg)
     assert [sorted(g.unique()) for _, g in run.predictions.groupby("fold").speaker] == [["AB"], ["CD"], ["EF"]]
     random = train(tmp_path, npy.npy, cfg=cfg.with_overrides({"train.protocol": "random", "train.folds": 2}))

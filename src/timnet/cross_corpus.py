@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import unique_path
 from .config import Config, load_config
 from .corpora import build_manifest
 from .errors import TimnetError
@@ -226,10 +227,7 @@ def evaluate_cross_corpus(
 def default_workbook(results: Path, result: CrossCorpus) -> Path:
     """Results/cross_corpus/<model>_on_<TARGET>_<time>.xlsx, never an existing one."""
     stem = f"{Path(result.source).name}_on_{result.target.dataset.name}_{datetime.now():%Y%m%d-%H%M%S}"
-    path = Path(results) / "cross_corpus" / f"{stem}.xlsx"
-    while path.exists():
-        path = path.with_name(f"{path.stem}_2.xlsx")
-    return path
+    return unique_path(Path(results) / "cross_corpus" / f"{stem}.xlsx")
 
 
 def summary_entry(result: CrossCorpus, cell: str) -> dict:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from .errors import TimnetError
-from .model_folder import read_card
+from .folder_check import read_checked_card
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -37,7 +37,7 @@ def push_to_hub(folder: Path, repo_id: str, token: str | None = None, private: b
 
     folder = Path(folder)
     try:
-        read_card(folder)
+        read_checked_card(folder)  # and nothing is uploaded that a loader would refuse
     except TimnetError:
         raise TimnetError(f"{folder}: not an exported timnet model folder — run `timnet export` first") from None
     api = HfApi(token=token)

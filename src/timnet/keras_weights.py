@@ -161,10 +161,13 @@ def fold_weights(source: Path) -> dict[int, bytes | Path]:
     return dict(sorted(files.items()))
 
 
-def load_fold_models(source: Path, config: TIMNetConfig, folds: set[int] | None = None) -> dict[str, TIMNet]:
-    """{"fold_k": model with the authors' weights of fold k}, for every fold of `source` (or those in `folds`)."""
+def load_fold_models(
+    source: Path, config: TIMNetConfig, folds: set[int] | None = None, found: dict[int, bytes | Path] | None = None
+) -> dict[str, TIMNet]:
+    """{"fold_k": model with the authors' weights of fold k}, for every fold of `source` (or those in `folds`);
+    `found`: `fold_weights(source)` when the caller has read it already (a zip is then decompressed once)."""
     models = {}
-    for fold, blob in fold_weights(source).items():
+    for fold, blob in (found if found is not None else fold_weights(source)).items():
         if folds is not None and fold not in folds:
             continue
         handle = io.BytesIO(blob) if isinstance(blob, bytes) else blob

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import TimnetError
 from .model import TIMNet, TIMNetConfig
 
 FORMAT = "timnet-model/1"
@@ -37,17 +36,6 @@ def has_card(folder: Path) -> bool:
         return True
 
 
-def read_card(folder: Path) -> dict:
-    """config.json of an exported folder, refused when it is not one or of a format this timnet cannot read."""
-    path = Path(folder) / CARD
-    if not path.is_file():
-        raise TimnetError(f"{folder}: not a model folder (no {CARD}) — make one with `timnet export`")
-    card = json.loads(path.read_text())
-    if card.get("format") != FORMAT:
-        raise TimnetError(f"{folder}: format {card.get('format')!r}, this timnet reads {FORMAT!r}")
-    return card
-
-
 def write_card(folder: Path, card: dict) -> None:
     (Path(folder) / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
 
@@ -58,13 +46,6 @@ def save_weights(folder: Path, models: dict[str, TIMNet]) -> None:
 
     tensors = {f"{unit}.{k}": v.contiguous() for unit, m in models.items() for k, v in m.state_dict().items()}
     save_file(tensors, Path(folder) / WEIGHTS, metadata={"format": FORMAT})
-
-
-def load_weights(folder: Path, card: dict, units: list[str]) -> dict[str, TIMNet]:
-    """The torch fold models `units` of an exported folder, in eval mode."""
-    from safetensors.torch import load_file
-
-    return build_models(load_file(Path(folder) / WEIGHTS), TIMNetConfig(**card["architecture"]), units)
 
 
 def build_models(tensors: dict, architecture: TIMNetConfig, units: list[str]) -> dict[str, TIMNet]:

@@ -218,6 +218,16 @@ def plot_confusion(table: pd.DataFrame, path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
+def plot_accuracies(ax, history: pd.DataFrame, markersize: float | None = None) -> None:
+    """Train, validation and (logged) test accuracy per epoch on `ax`; a series logged only every few epochs
+    (the test fold's) is drawn with dots."""
+    for col, label in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test (logged only)")):
+        known = history[history[col].notna()] if col in history else history.iloc[:0]
+        if len(known):
+            marker = "." if len(known) < len(history) else None
+            ax.plot(known.epoch, known[col], label=label, marker=marker, markersize=markersize)
+
+
 def plot_history(history: pd.DataFrame, path: Path, title: str, chosen_epoch: int) -> Path:
     """One unit's training loss, and its train / validation / (logged) test accuracy per epoch."""
     plt = pyplot()
@@ -225,10 +235,7 @@ def plot_history(history: pd.DataFrame, path: Path, title: str, chosen_epoch: in
     ax_loss.plot(history.epoch, history.loss, label="train loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
-    for col, label in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test (logged only)")):
-        known = history[history[col].notna()]
-        if len(known):
-            ax_acc.plot(known.epoch, known[col], label=label, marker="." if len(known) < len(history) else None)
+    plot_accuracies(ax_acc, history)
     ax_acc.axvline(chosen_epoch, color="grey", linestyle=":", label=f"chosen epoch {chosen_epoch}")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy %")
@@ -246,16 +253,7 @@ def plot_curves_grid(histories: dict[str, pd.DataFrame], path: Path, title: str)
     width = max(3.2 * cols, 0.1 * len(title))  # inches: a figure of few folds still fits its title
     fig, axes = plt.subplots(rows, cols, figsize=(width, 2.6 * rows), squeeze=False, sharey=True)
     for ax, (unit, history) in zip(axes.flat, histories.items()):
-        for col, label in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test (logged only)")):
-            known = history[history[col].notna()] if col in history else history.iloc[:0]
-            if len(known):
-                ax.plot(
-                    known.epoch,
-                    known[col],
-                    label=label,
-                    marker="." if len(known) < len(history) else None,
-                    markersize=3,
-                )
+        plot_accuracies(ax, history, markersize=3)
         ax.set_title(unit, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
     for ax in list(axes.flat)[len(histories) :]:

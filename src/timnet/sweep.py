@@ -58,7 +58,7 @@ def _setting(path: Path, key: str) -> str:
     name = ALIASES.get(key, key)
     if "." not in name:
         raise TimnetError(
-            f"{path}: grid key {key!r} is not a setting — use dataset, protocol, checkpoint, seed, folds, epochs "
+            f"{path}: grid key {key!r} is not a setting — use dataset, seed, {', '.join(ALIASES)} "
             'or SECTION.KEY (e.g. "train.lr")'
         )
     return name

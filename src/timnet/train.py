@@ -116,8 +116,9 @@ def prepare_run(
             f"({cfg.features.frames}, {cfg.features.n_mfcc}) — wrong --dataset or features made with other settings"
         )
     jobs = plan_jobs(cfg, features, mfcc, paths, device)
-    if corpus_caveat(cfg.dataset, features.manifest):
-        warnings.warn(corpus_caveat(cfg.dataset, features.manifest), stacklevel=2)
+    caveat = corpus_caveat(cfg.dataset, features.manifest)
+    if caveat:
+        warnings.warn(caveat, stacklevel=2)
     if not resume:
         tests = [{"unit": j.unit, "fold": j.fold, "seed": j.seed} for j in jobs]
         for unit, job in zip(tests, jobs):
