@@ -33,9 +33,12 @@ Derived per round and competitor, with F = --folds:
 Printed: medians (min-max over the rounds) as a Markdown table for the README; the raw per-command rows are
 appended to benchmarks/results/bench_vs_authors.csv (bench_vs_keras.csv keeps the old columns and rows).
 Without --mfcc the features are random numbers in the dataset's shape (speed does not depend on the values).
-Caveats: B trains up to one fold per core at once, so use F >= cores for a faithful 10-fold projection; the
-projection assumes a 500-epoch run takes the code paths of E1 and E2 (`--compile auto` compiles CPU units of
->= 1000 epochs only, but CUDA units of >= 200). Duration: ~(2 x wall(A) + 2 x wall(B)) per round; on 2 cores with
+Caveats: B trains up to one fold per core at once, so use F >= cores for a faithful 10-fold projection. The
+projection assumes a 500-epoch run takes the code paths of E1 and E2: `--compile auto` compiles where a worker
+trains >= 1000 epochs (its units reuse the compiled code), so at the paper protocol it compiles and E1, E2 would
+not; B therefore runs with `--compile` set to what auto chooses at the paper protocol (`--set train.compile=...`
+overrides), and its fixed cost holds the compile (once per worker; inductor's on-disk cache makes it ~30 s after
+the first round). Duration: ~(2 x wall(A) + 2 x wall(B)) per round; on 2 cores with
 the defaults roughly 15 minutes a round.
 
     python benchmarks/bench_vs_keras.py --inference [--samples 2048]
@@ -189,6 +192,16 @@ def rewrite_worker(mfcc: Path, folds: int, epochs: int, levels: int, work: Path)
     keras.backend.clear_session()
 
 
+def paper_compile() -> str:
+    """`on` or `off`: what `--compile auto` chooses for the paper protocol on this machine (its workers each
+    train ceil(10 / workers) units of 500 epochs, compiled once per worker)."""
+    from timnet.fold import should_compile
+    from timnet.pool import plan_workers
+
+    workers, _ = plan_workers(PAPER_FOLDS, "cpu")
+    return "on" if should_compile("auto", PAPER_EPOCHS, "cpu", -(-PAPER_FOLDS // workers)) else "off"
+
+
 def competitors(args, mfcc: Path) -> dict[str, tuple[str, callable]]:
     """{"A": (name, argv for (epochs, out)), "B": ...}: A the authors' code (or the labelled fallback), B timnet."""
     from timnet import load_config
@@ -210,6 +223,10 @@ def competitors(args, mfcc: Path) -> dict[str, tuple[str, callable]]:
     timnet = [sys.executable, "-m", "timnet.cli", "train", "--dataset", args.dataset, "--mfcc", str(mfcc)]
     timnet += ["--folds", "10", "--only-folds", ",".join(str(k) for k in range(1, args.folds + 1)), "--quiet"]
     timnet += [arg for setting in args.set for arg in ("--set", setting)]
+    if not any(setting.startswith("train.compile=") for setting in args.set):
+        paper = paper_compile()  # E1 and E2 take the code path the paper protocol takes
+        timnet += ["--compile", paper]
+        settings += f" [compile {paper}: what auto chooses at the paper protocol]"
 
     def b_argv(e: int, out: Path) -> list[str]:
         folders = [arg for flag in ("models", "logs", "results") for arg in (f"--{flag}", str(out / flag))]

@@ -130,7 +130,8 @@ def test_toml_comments_say_what_the_code_does():
     """The compile comment quotes the thresholds the code uses (it once said 200 for every device)."""
     from timnet.fold import COMPILE_MIN_EPOCHS
 
-    said = f"auto (units of >= {COMPILE_MIN_EPOCHS['cpu']} epochs on CPU, >= {COMPILE_MIN_EPOCHS['cuda']} on CUDA)"
+    cpu, cuda = COMPILE_MIN_EPOCHS["cpu"], COMPILE_MIN_EPOCHS["cuda"]
+    said = f"auto (a worker's units together, of >= {cpu} epochs on CPU, >= {cuda} on CUDA)"
     for toml in resources.files("timnet.configs").iterdir():
         if toml.name.endswith(".toml"):
             text = toml.read_text(encoding="utf-8")

@@ -96,7 +96,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile",
         choices=TrainSettings.SWITCHES,
-        help=f"torch.compile the model (auto: for folds of {minimum}, where it repays its 1-2 minutes)",
+        help=f"torch.compile the model (auto: where a worker's folds together train {minimum}, so that its "
+        "1-2 minutes, once per worker, repay themselves)",
     )
     _roots_args(p, "models", "logs", "results")
 

@@ -39,10 +39,12 @@ from .model import TIMNet, TIMNetConfig
 from .report import plot_history
 from .runs import FoldResult, RunPaths, load_result, save_pt, save_unit
 
-# `train.compile = "auto"` compiles when each unit trains at least this many epochs on that device. Measured
-# on 2-core CPUs: the first compile takes 110-140 s (~30 s once inductor's on-disk cache holds the graphs)
-# and an epoch gets 1.05x (AVX-512 EPYC) to 1.23x (AVX2) faster, ~0.1-0.35 s: it repays itself only after
-# several hundred epochs. On CUDA the many small elementwise kernels are what compiling fuses.
+# `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
+# units one after another: the next unit reuses the compiled code, measured: no second compile). Measured on
+# 2-core CPUs: the first compile takes 110-140 s (~30 s once inductor's on-disk cache holds the graphs; 274 s
+# on a loaded machine) and an epoch gets 1.05x (AVX-512 EPYC) to 1.23-1.3x (AVX2) faster, ~0.1-0.35 s: it repays
+# itself only after several hundred epochs. The paper protocol (10 folds x 500 epochs, 5 units per worker on 2
+# cores) compiles. On CUDA the many small elementwise kernels are what compiling fuses.
 COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
 # `train.recompute = "auto"` keeps only each block's input for backward (recomputing the rest) when a batch's
 # activations would exceed this: IEMOCAP (606 frames, 10 levels: ~1.1 GB) yes; EMO-DB (188 frames, 8 levels:
@@ -66,10 +68,11 @@ def should_recompute(setting: str, cfg: Config, batch_size: int) -> bool:
     return setting == "on"
 
 
-def should_compile(setting: str, epochs: int, device: str) -> bool:
-    """`on`, `off`, or `auto`: compile where it repays its cost (COMPILE_MIN_EPOCHS per unit; never on MPS)."""
+def should_compile(setting: str, epochs: int, device: str, units: int = 1) -> bool:
+    """`on`, `off`, or `auto`: compile where it repays its cost (COMPILE_MIN_EPOCHS per process; never on MPS).
+    A process compiles once: the units it trains one after another (`units`) reuse the compiled code."""
     if setting == "auto":
-        return epochs >= COMPILE_MIN_EPOCHS.get(device.split(":")[0], float("inf"))
+        return epochs * units >= COMPILE_MIN_EPOCHS.get(device.split(":")[0], float("inf"))
     return setting == "on"
 
 
