@@ -111,6 +111,8 @@ def test_saved_configs_and_architectures_of_earlier_versions_still_read():
     earlier["dataset"]["recipe"] = earlier["dataset"].pop("reader")  # `recipe` until the reader was named so
     del earlier["model"]["n_classes"], earlier["model"]["n_mfcc"]  # the four-field [model] of earlier versions
     assert Config.from_dict(earlier) == cfg
+    assert cfg.settings()["model"] == {"filters": 39, "kernel_size": 2, "levels": 8, "dropout": 0.1}  # as typed
+    assert Config.from_dict(cfg.settings()) == cfg
     assert TIMNetConfig(**saved["model"]) == cfg.model  # fold checkpoints' model_config, exports' architecture
     assert load_config("EMODB", {"dataset.recipe": "folders"}).dataset.reader == "folders"
     bad = cfg.to_dict()

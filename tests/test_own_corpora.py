@@ -54,10 +54,8 @@ def casia_tree(root, layout="speaker-first", speakers=CASIA_SPEAKERS, names=("20
 
 def mine_config(tmp_path, **dataset):
     """A pattern corpus' TOML: MINE's [dataset] (with `dataset` changes), the EXAMPLE settings, short signals."""
-    data = load_config("EXAMPLE", SHORT).to_dict()
+    data = load_config("EXAMPLE", SHORT).settings()
     data["dataset"] = {**MINE, **dataset}
-    for name in ("n_classes", "n_mfcc"):
-        del data["model"][name]
     path = tmp_path / "mine.toml"
     path.write_text(config_toml(Config.from_dict(data)))
     return path
@@ -119,6 +117,24 @@ def test_casia_from_audio_trains_leave_one_speaker_out_and_says_the_folds_are_no
     assert config.setting[0] == "caveat" and "not the authors'" in config.value[0]
     random = train(tmp_path, npy, cfg=cfg.with_overrides({"train.protocol": "random", "train.folds": 2}))
     assert len(random.predictions) == 24 and random.predictions.stem.is_unique
+
+
+def test_timnet_run_on_casia_audio_says_the_fold_caveat_once(tmp_path):
+    """Preprocessing alone warns that CASIA read from audio does not give the authors' folds; in `timnet run` the
+    training stage says it for the run, and the features stage stays quiet about it (it once said it twice)."""
+    from timnet.pipeline import run_pipeline
+    from timnet.runs import Roots
+
+    cfg = load_config("CASIA", {**SHORT, "train.epochs": 1, "train.folds": 2})
+    data = casia_tree(tmp_path / "CASIA", names=("201",))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run_pipeline(
+            cfg, data, tmp_path / "MFCC", Roots(*(tmp_path / d for d in "MLR")), device="cpu", workers=1,
+            progress=False, say=lambda line: None,
+        )  # fmt: skip
+    caveats = [w for w in seen if "not the authors'" in str(w.message)]
+    assert len(caveats) == 1, [str(w.message) for w in seen]
 
 
 def test_pattern_corpus_labels_speakers_codes_drops_and_names_repeating(tmp_path):

@@ -240,7 +240,17 @@ class Config:
         return len(self.dataset.classes)
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything, the derived model.n_classes / n_mfcc too: run records and exported folders carry the whole
+        architecture."""
         return dataclasses.asdict(self)
+
+    def settings(self) -> dict[str, Any]:
+        """What a user sets (a TOML's content): `to_dict` without the derived fields, which `from_dict` derives
+        again from the (maybe changed) settings they follow."""
+        data = self.to_dict()
+        for name in DERIVED["model"]:
+            del data["model"][name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
@@ -259,7 +269,7 @@ class Config:
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """Return a copy with `{"train.epochs": 2, ...}` applied, types coerced to the field's type."""
-        data = self.to_dict()
+        data = self.settings()
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -270,8 +280,6 @@ class Config:
             if section not in data or name not in data[section]:
                 raise TimnetError(f"unknown setting {key!r}; settings look like train.epochs or features.n_mfcc")
             data[section][name] = _coerce(key, value, data[section][name])
-        for name in DERIVED["model"]:
-            del data["model"][name]  # derived again from the (maybe changed) settings they follow
         return Config.from_dict(data)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import DERIVED, Config
+from .config import Config
 from .corpora import corpus_of
 from .errors import TimnetError
 
@@ -82,14 +82,12 @@ def suggest(config: Config, found: list, unknown: Counter) -> Config:
     """The config with the classes found (in the config's order, then the unknown labels) and their count."""
     present = {r.label for r in found}
     classes = [c for c in config.dataset.classes if c in present] + sorted(unknown)
-    data = config.to_dict()
+    data = config.settings()
     if len(classes) >= 2:
         data["dataset"]["classes"] = classes
         kept = set(classes) | set(config.dataset.drop)
         data["dataset"]["label_map"] = {k: v for k, v in config.dataset.label_map.items() if v in kept}
     data["dataset"]["expected_count"] = len(found) + sum(unknown.values())
-    for name in DERIVED["model"]:
-        del data["model"][name]
     return Config.from_dict(data)
 
 
@@ -112,11 +110,7 @@ def _key(k: str) -> str:
 def config_toml(config: Config) -> str:
     """A complete config file (every section; derived and unset settings left out) that `load_config` reads back."""
     parts = []
-    for section, values in config.to_dict().items():
-        rows = [
-            f"{_key(k)} = {_value(v)}"
-            for k, v in values.items()
-            if v is not None and k not in DERIVED.get(section, {}) and v not in ("", [], {})
-        ]
+    for section, values in config.settings().items():
+        rows = [f"{_key(k)} = {_value(v)}" for k, v in values.items() if v is not None and v not in ("", [], {})]
         parts.append("\n".join([f"[{section}]", *rows]))
     return "\n\n".join(parts) + "\n"

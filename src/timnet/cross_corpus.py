@@ -145,9 +145,13 @@ def _restricted(probs: np.ndarray, columns: list[int]) -> np.ndarray:
     return kept / np.maximum(kept.sum(-1, keepdims=True), 1e-12)
 
 
-def score_on(model: PortableModel, features: FeatureSet, mapping: dict[str, str]):
-    """(predictions table, overall scores, confusion, per-fold-model scores) over the shared classes."""
-    shared = [c for c in model.classes if c in mapping.values()]
+def shared_classes(model_classes: list[str], mapping: dict[str, str]) -> list[str]:
+    """The model's classes some target class maps to, in the model's order."""
+    return [c for c in model_classes if c in mapping.values()]
+
+
+def score_on(model: PortableModel, features: FeatureSet, mapping: dict[str, str], shared: list[str]):
+    """(predictions table, overall scores, confusion, per-fold-model scores) over the `shared` classes."""
     columns = [model.classes.index(c) for c in shared]
     labels = features.manifest.label.to_numpy()
     keep = np.flatnonzero([lab in mapping for lab in labels])
@@ -195,19 +199,20 @@ def evaluate_cross_corpus(
             "are in its run's workbook)"
         )
     chosen = class_mapping(model.classes, target.dataset.classes, mapping)
-    shared = [c for c in model.classes if c in chosen.values()]
+    shared = shared_classes(model.classes, chosen)
     if len(shared) < 2:
         raise TimnetError(
             f"{source} and {target.dataset.name} share {len(shared)} class(es) ({', '.join(shared) or 'none'}) — "
             "scores need at least two: map classes with --map TARGET=MODEL (e.g. --map calm=neutral)"
         )
-    found = cache.get(_feature_key(target, model)) if cache is not None else None
+    key = _feature_key(target, model)
+    found = cache.get(key) if cache is not None else None
     features, skipped = found or target_features(model, target, data, workers, skip_bad, progress)
     if cache is not None:
-        cache[_feature_key(target, model)] = (features, skipped)
+        cache[key] = (features, skipped)
     counts = features.manifest.label.value_counts()
     table = class_table(chosen, model.classes, target.dataset.classes, counts)
-    predictions, overall, conf, units = score_on(model, features, chosen)
+    predictions, overall, conf, units = score_on(model, features, chosen, shared)
     return CrossCorpus(
         model.source,
         source,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, f1_score, recall_score
 
 METRICS = ("war", "uar", "f1")
 
@@ -17,15 +16,19 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """WAR (accuracy), UAR (mean recall over the classes present) and macro-F1, in %."""
     if len(y_true) == 0:
         return {"war": float("nan"), "uar": float("nan"), "f1": float("nan")}
+    from sklearn import metrics  # imported when used: ~2 s of start-up that `timnet --help` and predict skip
+
     present = np.unique(y_true)
     return {
         "war": float(np.mean(y_true == y_pred) * 100),
-        "uar": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0) * 100),
-        "f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0) * 100),
+        "uar": float(metrics.recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0) * 100),
+        "f1": float(metrics.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0) * 100),
     }
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    from sklearn.metrics import confusion_matrix  # imported when used (see `scores`)
+
     m = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
     return pd.DataFrame(m, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
 

@@ -3,11 +3,14 @@ every output is. `timnet run` and the notebooks call `run_pipeline`; without a c
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .config import Config
+from .corpora import corpus_of
 from .example import write_example_corpus
 from .features import PreprocessResult, preprocess
 from .runs import Roots
@@ -77,10 +80,13 @@ def run_pipeline(
     if ensure_example(cfg, data):
         say(f"no corpus given: wrote the synthetic example corpus to {data} (for a real one: --dataset EMODB)")
     say("1/3 features")
-    prep = preprocess(
-        cfg, data, mfcc_dir, workers=workers, skip_bad=skip_bad, overwrite=overwrite, progress=progress,
-        trust_pickle=trust_pickle,
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        if caveat := corpus_of(cfg.dataset).caveat:  # the training stage says it, once, for the run
+            warnings.filterwarnings("ignore", message=re.escape(caveat))
+        prep = preprocess(
+            cfg, data, mfcc_dir, workers=workers, skip_bad=skip_bad, overwrite=overwrite, progress=progress,
+            trust_pickle=trust_pickle,
+        )  # fmt: skip
     for line in preprocess_lines(prep):
         say(line)
     say("2/3 training")

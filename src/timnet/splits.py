@@ -10,7 +10,6 @@ from __future__ import annotations
 import natsort
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import KFold, StratifiedShuffleSplit
 
 from .errors import TimnetError
 from .validation import invalid
@@ -22,6 +21,8 @@ def kfold(n: int, n_splits: int, seed: int) -> list[Fold]:
     """The authors' split of n ordered samples (fold k of the paper = element k-1)."""
     if n < n_splits:
         raise TimnetError(f"{n} utterances cannot be split into {n_splits} folds")
+    from sklearn.model_selection import KFold  # imported when used: ~2 s of start-up (see metrics.scores)
+
     return [(tr, te) for tr, te in KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros((n, 1)))]
 
 
@@ -93,6 +94,8 @@ def validation_split(
     n_val = max(1, int(round(fraction * len(train))))
     counts = np.bincount(y)[np.unique(y)]
     if n_val >= len(counts) and counts.min() >= 2:  # stratification needs a sample of every class on both sides
+        from sklearn.model_selection import StratifiedShuffleSplit  # imported when used (see metrics.scores)
+
         tr, va = next(StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed).split(np.zeros(len(y)), y))
     else:
         order = np.random.default_rng(seed).permutation(len(train))

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.manifold import TSNE
-from sklearn.metrics import silhouette_score
 
 from .atomic import atomic_path, unique_path, write_json
 from .config import Config
@@ -82,6 +80,8 @@ def _one_model_notes(fold: int, embeddings: np.ndarray, labels: np.ndarray) -> d
 
 def silhouette(embeddings: np.ndarray, labels: np.ndarray) -> float:
     """How well the emotions separate: silhouette score by class (-1..1), NaN for fewer than two classes."""
+    from sklearn.metrics import silhouette_score  # imported when used (see metrics.scores)
+
     return float(silhouette_score(embeddings, labels)) if 1 < len(np.unique(labels)) < len(labels) else float("nan")
 
 
@@ -190,6 +190,8 @@ def project(embeddings: np.ndarray, perplexity: float = PERPLEXITY, seed: int = 
     if len(embeddings) < 3:
         raise TimnetError(f"t-SNE needs at least 3 utterances, got {len(embeddings)}")
     perplexity = min(perplexity, (len(embeddings) - 1) / 3)
+    from sklearn.manifold import TSNE  # imported when used (see metrics.scores)
+
     return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(embeddings)
 
 
