@@ -138,6 +138,7 @@ class TrainSettings:
     compile: str
     test_every: int
     recompute: str
+    pack: str
     seeds: list[int] = field(default_factory=list)  # extra training seeds; none = the KFold seed
 
     PROTOCOLS = ("random", "speaker")
@@ -153,6 +154,10 @@ class TrainSettings:
         check_choice("train.checkpoint", self.checkpoint, self.CHECKPOINTS)
         check_choice("train.compile", self.compile, self.SWITCHES)
         check_choice("train.recompute", self.recompute, self.SWITCHES)
+        if isinstance(self.pack, int) and not isinstance(self.pack, bool):
+            self.pack = str(self.pack)  # a TOML may say pack = 4
+        if not (self.pack == "auto" or (isinstance(self.pack, str) and self.pack.isdigit() and int(self.pack) >= 1)):
+            raise invalid("train.pack", "auto or a whole number ≥ 1", self.pack)
         check_range("train.folds", self.folds, 2, integer=True)
         for key in ("epochs", "batch_size"):
             check_range(f"train.{key}", getattr(self, key), 1, integer=True)
@@ -207,7 +212,7 @@ RETIRED = {"train": ("device",)}
 # Settings added after runs were saved: what such a run did before they existed. (The TOML files hold every
 # setting; the dataclasses above have no defaults, so a missing one is an error, except these and [dataset]'s
 # optional keys, whose defaults are in DatasetConfig: the reader's own rules, which earlier runs used.)
-INTRODUCED = {"train": {"compile": "off", "test_every": 1, "recompute": "off"}}
+INTRODUCED = {"train": {"compile": "off", "test_every": 1, "recompute": "off", "pack": "1"}}
 # Settings renamed since runs were saved: old name -> new name, mapped on read.
 RENAMED = {"dataset": {"recipe": "reader"}}
 # Settings that follow from others (-> where from): saved with the model, never typed or overridden.

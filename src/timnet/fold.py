@@ -238,9 +238,13 @@ class FoldTrainer:
         return accuracy(self.model, self.x[idx], self.y[idx], device=str(self.device))
 
     def run_epoch(self, progress: Progress) -> dict:
-        t = self.t
         started = time.perf_counter()
         loss, train_acc = self.train_epoch()
+        return self.record_epoch(progress, loss, train_acc, started)
+
+    def record_epoch(self, progress: Progress, loss: float, train_acc: float, started: float) -> dict:
+        """After an epoch's training (here or in a pack: `packed.train_pack`): evaluate, log, pick, stop."""
+        t = self.t
         progress.epoch += 1
         test_due = (
             t.checkpoint == "best-test"

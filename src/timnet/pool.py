@@ -18,6 +18,7 @@ from .errors import TimnetError
 from .feature_cache import unit_features
 from .features import FeatureSet
 from .fold import FoldJob, train_fold
+from .packed import train_pack
 from .progress import ProgressView, drain
 from .runs import FoldResult
 from .validation import check_range
@@ -102,15 +103,19 @@ def _collect(future, job: FoldJob, view: ProgressView, processes: dict) -> FoldR
         raise TimnetError(f"{view.label(job.key)} failed in its worker: {type(err).__name__}: {err}") from err
 
 
-def _run_serially(jobs: list[FoldJob], threads: int | None, features: FeatureSet | None, view: ProgressView):
+def _run_serially(packs: list[list[FoldJob]], threads: int | None, features: FeatureSet | None, view: ProgressView):
+    """Units one after another in this process; a pack of several (`packed.train_pack`) trains them at once."""
     if threads:
         torch.set_num_threads(threads)
-    results = []
-    for job in jobs:
+    results = {}
+    for pack in packs:
         try:
-            results.append(train_fold(job, features, view.update))
+            if len(pack) > 1:
+                results.update(zip((j.key for j in pack), train_pack(pack, features, view.update)))
+            else:
+                results[pack[0].key] = train_fold(pack[0], features, view.update)
         except TimnetError as err:
-            raise TimnetError(f"{view.label(job.key)}: {err}") from None
+            raise TimnetError(f"{' + '.join(view.label(j.key) for j in pack)}: {err}") from None
     return results
 
 
@@ -158,13 +163,16 @@ def run_units(
     progress: bool = True,
     desc: str = "",
     shared: dict[str, str] | None = None,
+    packs: list[list[FoldJob]] | None = None,
 ) -> list[FoldResult]:
     """Run units, in parallel worker processes when workers > 1 (each reads the features from `shared`, see
-    `feature_cache.share_features`), else in this process on `features`; one progress bar over all their epochs."""
+    `feature_cache.share_features`), else in this process on `features`, one unit or one pack of units (`packs`,
+    whose units are `jobs`) after another; one progress bar over all their epochs."""
     view = ProgressView(jobs, desc, progress)
     try:
         if workers <= 1:
-            return _run_serially(jobs, threads, features, view)
+            results = _run_serially(packs or [[j] for j in jobs], threads, features, view)
+            return [results[j.key] for j in jobs]
         return _run_in_pool(jobs, workers, threads, view, shared or {})
     finally:
         view.close()

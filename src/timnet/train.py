@@ -29,6 +29,7 @@ from .features import FeatureSet, load_features
 from .fold import FoldJob, should_compile
 from .locks import sole_writer
 from .metrics import table_confusion
+from .packed import resolve_pack
 from .pool import plan_workers, run_units
 from .report import (
     append_summary,
@@ -128,6 +129,18 @@ def prepare_run(
     return PreparedRun(cfg, paths, features, selected)
 
 
+def plan_packs(runs: list[PreparedRun], device: str) -> list[list[FoldJob]]:
+    """Each run's units still to train in packs of `train.pack` (`packed.resolve_pack`: auto = all of a run's
+    units on CUDA/MPS, one on CPU), its finished ones alone (they are only loaded); runs never share a pack."""
+    packs = []
+    for run in runs:
+        todo = [j for j in run.jobs if not j.final_path.exists()]
+        packs += [[j] for j in run.jobs if j not in todo]
+        size = resolve_pack(run.cfg.train.pack, device, max(1, len(todo)))
+        packs += [todo[i : i + size] for i in range(0, len(todo), size)]
+    return packs
+
+
 def decide_compile(jobs: list[FoldJob], workers: int) -> None:
     """`compile = auto` counts the epochs of a process, not of a unit: the units a worker trains one after another
     reuse its compiled code, so 10 folds x 500 epochs on 2 workers compile where one 500-epoch fold would not."""
@@ -140,6 +153,14 @@ def decide_compile(jobs: list[FoldJob], workers: int) -> None:
 def _execute_local(runs, jobs, device, workers, threads, progress, desc, address) -> list[FoldResult]:
     """This process (one unit after another) or a spawn pool sharing one memory-mapped copy of the features."""
     pending = [j for j in jobs if not j.final_path.exists()]
+    packs = plan_packs(runs, device)
+    if any(len(pack) > 1 for pack in packs):
+        if workers not in (None, 1):
+            raise TimnetError(
+                f"train.pack: packs of units train in this process, on one device — pass --workers 1 (got "
+                f"--workers {workers}), or --set train.pack=1 for one unit per worker process"
+            )
+        workers = 1
     workers, threads = plan_workers(len(pending), device, workers, threads)
     decide_compile(pending, workers)
     features = runs[0].features if workers == 1 and len(runs) == 1 else None
@@ -148,7 +169,7 @@ def _execute_local(runs, jobs, device, workers, threads, progress, desc, address
         shared = share_features(runs, folder) if folder else {}
         for run in runs:  # workers read the features themselves; the outputs need only labels and manifest
             run.features = without_samples(run.features)
-        return run_units(jobs, workers, threads, features, progress, desc, shared)
+        return run_units(jobs, workers, threads, features, progress, desc, shared, packs)
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
