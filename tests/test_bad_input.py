@@ -73,6 +73,19 @@ def test_the_audio_reader_on_wav_headers_with_any_fields(channels, rate, bits, f
     one_line_or_result(lambda: load_signal(written("x.wav", data), load_config("EMODB").features))
 
 
+def test_a_header_claiming_a_few_hertz_is_refused_before_resampling(tmp_path):
+    """A 4-second body at "1 Hz" would be resampled to ~64 M samples per second of body (out of memory on a large
+    file); it is refused from the header."""
+    from timnet.errors import BadAudioError
+    from timnet.features import load_signal
+
+    data = wav_header(1, 1, 16, 1, 8000) + struct.pack("<I", 8000) + bytes(range(256)) * 31 + bytes(64)
+    path = tmp_path / "one_hertz.wav"
+    path.write_bytes(data)
+    with pytest.raises(BadAudioError, match=r"one_hertz\.wav: claims a sample rate of 1 Hz .*a broken header — "):
+        load_signal(path, load_config("EMODB").features)
+
+
 CSV_PIECES = ["path", "file", ",", "\n", '"', "a.wav", "/abs/b.wav", "x,y", "\x00", "é", ";", "\r\n", " ", "1"]
 
 

@@ -116,12 +116,10 @@ def test_evaluate_command_on_real_audio_then_on_its_npy(tmp_path, capsys):
 
 
 def test_run_does_the_three_notebooks_work_on_generated_data_in_an_empty_folder(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "timnet.cli", "run", "--folds", "2", "--epochs", "2", "--workers", "1", "--quiet"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    # one thread: a tiny model, and far faster when other work holds the second core
+    argv = [sys.executable, "-m", "timnet.cli", "run", "--folds", "2", "--epochs", "2", "--workers", "1"]
+    argv += ["--threads", "1", "--quiet"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "Datasets" / "EXAMPLE" / "wav").glob("*.wav"))) == 84
     assert np.load(tmp_path / "MFCC" / "EXAMPLE.npy", allow_pickle=True).item()["x"].shape[0] == 84
@@ -150,12 +148,7 @@ def test_run_does_the_three_notebooks_work_on_generated_data_in_an_empty_folder(
         assert shown in done.stdout, done.stdout
     assert all((tmp_path / p).exists() for p in listed[:-1]), "every listed output exists"
     assert not (tmp_path / "Models" / run_dir.name / "in_progress").exists()
-    again = subprocess.run(
-        [sys.executable, "-m", "timnet.cli", "run", "--folds", "2", "--epochs", "2", "--workers", "1", "--quiet"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    again = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0 and "up to date" in again.stdout and len(list((tmp_path / "Models").iterdir())) == 2
 
 

@@ -37,6 +37,9 @@ def test_worker_rule():
         and not should_compile("auto", 999, "cpu")
         and not should_compile("auto", 5000, "mps")
     )
+    # a worker compiles once for the units it trains one after another: the paper protocol (10 folds x 500
+    # epochs, 5 units per worker on 2 cores) compiles; 2 folds of 300 epochs on 2 workers do not
+    assert should_compile("auto", 500, "cpu", units=5) and not should_compile("auto", 300, "cpu", units=1)
 
 
 def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, capsys, monkeypatch):
@@ -170,12 +173,30 @@ def test_compiled_training_matches_eager_and_falls_back_when_compiling_fails(tmp
         [r["loss"] for r in fold_1("off")["history"]], rel=1e-4
     )
 
-    # no working C++ compiler and an empty inductor cache: a warning, then exactly the eager numbers
+    # no working C++ compiler and an empty inductor cache: a warning, then exactly the eager numbers (fold 1 only:
+    # each unit's failed attempt costs a full trace, and one shows the fallback)
     env = {**os.environ, "CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty_cache")}
-    settings = ["--set", "model.levels=2", "--folds", "2", "--epochs", "2", "--compile", "on", "--workers", "1"]
+    settings = ["--set", "model.levels=2", "--folds", "2", "--only-folds", "1", "--epochs", "2", "--compile", "on"]
     argv = train_cli("--mfcc", str(mfcc), *settings, *run_dirs(tmp_path, "broken"))
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "torch.compile failed" in done.stderr and "training without compiling" in done.stderr
     fallback = torch.load(next((tmp_path / "broken" / "M").iterdir()) / "fold_1.pt", weights_only=True)
     torch.testing.assert_close(fallback["test_probs"], fold_1("off")["test_probs"], rtol=0, atol=0)
+
+
+def test_auto_compiles_where_a_workers_units_together_repay_it(tmp_path, mfcc):
+    """10 folds x 500 epochs: 1 or 2 workers train 5+ units each and compile; 10 workers (one unit each) do not;
+    `off` never compiles."""
+    from timnet.runs import Roots
+    from timnet.train import decide_compile, prepare_run
+
+    cfg = load_config("EMODB", {**SHORT, "train.folds": 10, "train.epochs": 500})
+    run = prepare_run(cfg, mfcc, Roots(*(tmp_path / d for d in "MLR")), device="cpu")
+    for workers, expected in ((1, True), (2, True), (10, False)):
+        decide_compile(run.jobs, workers)
+        assert [j.compile for j in run.jobs] == [expected] * 10, workers
+    for job in run.jobs:
+        job.config["train"]["compile"] = "off"
+    decide_compile(run.jobs, 1)
+    assert not any(j.compile for j in run.jobs)

@@ -38,6 +38,7 @@ from .progress import Bar
 
 SILENCE_PEAK = 1e-4  # below -80 dBFS everywhere: nothing to recognise
 MIN_SECONDS = 0.1
+MIN_SAMPLE_RATE = 1000  # below this a file is not speech but a broken header
 
 
 def fix_length(y: np.ndarray, length: int) -> np.ndarray:
@@ -68,6 +69,10 @@ def load_signal(path: Path, settings: FeatureSettings, min_seconds: float = MIN_
         raise BadAudioError(path, "cannot be read as audio (corrupt, truncated or not an audio file)") from None
     if info.frames == 0:
         raise BadAudioError(path, "is empty (0 samples)")
+    if info.samplerate < MIN_SAMPLE_RATE:  # resampling a 1 Hz header to 16 kHz would take 16,000x the memory
+        raise BadAudioError(
+            path, f"claims a sample rate of {info.samplerate} Hz (speech needs ≥ {MIN_SAMPLE_RATE} Hz): a broken header"
+        )
     try:
         y, _ = librosa.load(str(path), sr=settings.sample_rate, mono=True, res_type=settings.res_type)
     except Exception as err:
