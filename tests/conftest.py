@@ -141,6 +141,22 @@ def train_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "timnet.cli", "train", *config, "--device", "cpu", "--threads", "1", "--quiet", *args]
 
 
+def pool_workers_of(parent: int) -> list[int]:
+    """Pool worker pids among a process's children (not multiprocessing's resource tracker); Linux (/proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
 def run_dirs(tmp_path: Path, name: str) -> list[str]:
     """`--models/--logs/--results` of one training under tmp_path/name."""
     return [

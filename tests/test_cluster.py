@@ -26,7 +26,8 @@ ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": always a cluster of its own, never one that another process started on this machine (`ray start`)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -83,19 +84,24 @@ def fold_1_in_progress(root: Path) -> tuple[str, int] | None:
     return states[0].parent.parent.name, epoch
 
 
-def ray_run_while(root: Path, mfcc: Path, act, window: tuple[int, int] = (3, 30)) -> tuple[dict, object]:
-    """Train the REFERENCE run on Ray (in a thread) under `root`; while fold 1's saved epoch is within `window`,
-    call `act(run_id, epoch)` until it returns something. -> ({"result" or "error", "warnings"}, what act returned)."""
+def ray_run_while(root: Path, mfcc: Path, act, window=(3, 30), job=None, watch=None) -> tuple[dict, object]:
+    """Train the REFERENCE run on Ray (in a thread) under `root`, or call `job()` (e.g. a sweep there); while the
+    saved epoch of fold 1 (or of the unit `watch(root)` finds: its (name, epoch)) is within `window`, call
+    `act(run_id or name, epoch)` until it returns something.
+    -> ({"result" or "error", "warnings"}, what act returned)."""
     outcome: dict = {}
+
+    def reference():
+        return run_training(
+            short_run(**REFERENCE), mfcc, root / "Models", root / "logs", root / "Results", progress=False,
+            threads=1, backend="ray",
+        )  # fmt: skip
 
     def ray_run():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                outcome["result"] = run_training(
-                    short_run(**REFERENCE), mfcc, root / "Models", root / "logs", root / "Results", progress=False,
-                    threads=1, backend="ray",
-                )  # fmt: skip
+                outcome["result"] = (job or reference)()
             except BaseException as err:  # noqa: BLE001 — reported by the caller's assertions
                 outcome["error"] = err
         outcome["warnings"] = [str(w.message) for w in caught]
@@ -104,7 +110,7 @@ def ray_run_while(root: Path, mfcc: Path, act, window: tuple[int, int] = (3, 30)
     thread.start()
     acted, deadline = None, time.monotonic() + 180
     while acted is None and time.monotonic() < deadline and thread.is_alive():
-        found = fold_1_in_progress(root)
+        found = (watch or fold_1_in_progress)(root)
         if found and window[0] <= found[1] < window[1]:
             acted = act(*found)
         time.sleep(0.05)

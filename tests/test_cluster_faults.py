@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCE, assert_same_units, run_dirs, train_cli
+import torch
+from conftest import REFERENCE, assert_same_units, run_dirs, tiny_grid, train, train_cli
 from test_cluster import ray_run_while, ray_worker_of
 
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
@@ -21,6 +22,8 @@ if not sys.platform.startswith("linux"):
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from timnet.runs import Roots  # noqa: E402
+from timnet.sweep import run_sweep  # noqa: E402
 from timnet.train import run_training  # noqa: E402
 
 # Node failure found within a few seconds, not Ray's default of half a minute.
@@ -28,13 +31,14 @@ FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 100
 
 
 def start_two_nodes(attempts: int = 3):
-    """(cluster, its worker node); a node whose agents miss Ray's fixed 15 s start-up wait on a busy machine
-    is started again."""
+    """A cluster of a head and a worker node; a node whose agents miss Ray's fixed 15 s start-up wait on a busy
+    machine is started again."""
     for attempt in range(attempts):
         cluster = Cluster()
         try:
             cluster.add_node(num_cpus=1, include_dashboard=False, _system_config=FAST_HEALTH)  # the head
-            return cluster, cluster.add_node(num_cpus=1)
+            cluster.add_node(num_cpus=1)
+            return cluster
         except Exception:
             cluster.shutdown()
             if attempt == attempts - 1:
@@ -44,30 +48,62 @@ def start_two_nodes(attempts: int = 3):
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    """A head (where the driver connects) and a worker node, one CPU each: of two units, one runs on each."""
+    """A head (where the driver connects) and a worker node, one CPU each: of two units, one runs on each. A test
+    that needs the worker node asks `live_worker(cluster)` for it: another test may have removed it."""
     patience = pytest.MonkeyPatch()  # a busy 2-core machine starts a node's agents slowly: give them time
     patience.setenv("RAY_agent_register_timeout_ms", "120000")
-    cluster, worker = start_two_nodes()
+    cluster = start_two_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
-    yield cluster, worker
+    yield cluster
     ray.shutdown()
     cluster.shutdown()
     patience.undo()
+
+
+def live_worker(cluster, attempts: int = 3):
+    """The cluster's worker node, a new one if a node-loss test removed it (so those tests run in any order);
+    a node that misses Ray's start-up wait is removed and started again."""
+    for attempt in range(attempts):
+        if cluster.worker_nodes:
+            return next(iter(cluster.worker_nodes))
+        try:
+            node = cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            return node
+        except Exception:
+            for node in list(cluster.worker_nodes):
+                cluster.remove_node(node, allow_graceful=False)
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2)
 
 
 def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def unit_on(node, run_id: str) -> str | None:
-    """Which of a run's two units runs in a worker process of `node` (its raylet is the worker's parent)."""
-    raylet = node.all_processes["raylet"][0].process.pid
-    for unit in ("fold_1", "fold_2"):
-        pid = ray_worker_of(f"{run_id}/{unit}")
-        if pid and parent_of(pid) == raylet:
-            return unit
-    return None
+def runs_on(node, key: str) -> bool:
+    """The unit `key` (`<run>/<unit>`) runs in a worker process of `node` (its raylet is the worker's parent)."""
+    pid = ray_worker_of(key)
+    return bool(pid) and parent_of(pid) == node.all_processes["raylet"][0].process.pid
+
+
+def training_on(node):
+    """A watch for ray_run_while: (`<run>/<unit>`, its saved epoch) of a unit training on `node`. It is that
+    unit's own epoch that counts: a new node's first worker starts late, and the other units may be far ahead."""
+
+    def watch(root: Path) -> tuple[str, int] | None:
+        for state in (root / "Models").glob("*/in_progress/fold_*.pt"):
+            key = f"{state.parent.parent.name}/{state.stem}"
+            if runs_on(node, key):
+                try:
+                    return key, torch.load(state)["progress"]["epoch"]
+                except Exception:  # noqa: BLE001 — being replaced right now
+                    return None
+        return None
+
+    return watch
 
 
 def test_the_progress_queue_lives_on_the_drivers_node(two_nodes):
@@ -84,21 +120,50 @@ def test_the_progress_queue_lives_on_the_drivers_node(two_nodes):
 def test_a_lost_node_costs_only_its_units_epochs_since_their_state(two_nodes, mfcc, tmp_path, reference_run):
     """The worker node is removed while one unit trains on it: the run completes (no traceback from the progress
     channel), that unit starts again on the head from its saved epoch, and the numbers equal a local run's."""
-    cluster, worker = two_nodes
+    cluster, worker = two_nodes, live_worker(two_nodes)
     root = tmp_path / "ray"
 
-    def remove_its_node(run_id: str, epoch: int) -> str | None:
-        if unit := unit_on(worker, run_id):
-            cluster.remove_node(worker)
-            return unit
-        return None
+    def remove_its_node(key: str, epoch: int) -> str:
+        cluster.remove_node(worker)
+        return key.split("/")[1]
 
-    outcome, lost = ray_run_while(root, mfcc, remove_its_node)
+    outcome, lost = ray_run_while(root, mfcc, remove_its_node, watch=training_on(worker))
     assert lost, "no unit was caught training on the worker node"
     assert "error" not in outcome, outcome.get("error")
     restarts = [w for w in outcome["warnings"] if f"{lost}: started again, from its saved epoch" in w]
     assert restarts and int(restarts[0].rsplit(" ", 1)[1]) >= 3, outcome["warnings"]
     assert_same_units(reference_run, root / "Models" / outcome["result"].run_id)
+
+
+def test_a_lost_node_costs_a_sweep_only_its_units_epochs_since_their_state(two_nodes, mfcc, tmp_path, reference_run):
+    """A sweep of two runs (REFERENCE's, then a 2-epoch one) on Ray: the worker node is removed while a unit of the
+    first run trains on it; the sweep completes, that unit starts again from its saved epoch, and each run's units
+    equal the same run trained locally."""
+    cluster, worker = two_nodes, live_worker(two_nodes)
+    root = tmp_path / "ray"
+    grid = tiny_grid(tmp_path / "grid.toml", "lost", mfcc, grid=f'"train.epochs" = [{REFERENCE["epochs"]}, 2]')
+
+    def sweep():
+        roots = Roots(root / "Models", root / "logs", root / "Results")
+        return run_sweep(grid, roots=roots, backend="ray", device="cpu", threads=1, progress=False)
+
+    def remove_its_node(key: str, epoch: int) -> str:
+        cluster.remove_node(worker)
+        return key  # `<run>/<unit>`: how a sweep of several runs names a unit
+
+    outcome, lost = ray_run_while(root, mfcc, remove_its_node, job=sweep, watch=training_on(worker))
+    assert lost, "no unit was caught training on the worker node"
+    assert "error" not in outcome, outcome.get("error")
+    record, table, workbook = outcome["result"]
+    restarts = [w for w in outcome["warnings"] if f"{lost}: started again, from its saved epoch" in w]
+    assert restarts and int(restarts[0].rsplit(" ", 1)[1]) >= 3, outcome["warnings"]
+    first, second = (root / "Models" / entry["run_id"] for entry in record["runs"])
+    assert lost.split("/")[0] == first.name
+    assert_same_units(reference_run, first)
+    local = train(tmp_path / "local", mfcc, folds=2, epochs=2)
+    assert_same_units(tmp_path / "local" / "Models" / local.run_id, second)
+    assert workbook.is_file() and table.complete.all()
+    assert (table.war_mean[1], table.uar_mean[1]) == (local.summary["war_mean"], local.summary["uar_mean"])
 
 
 def test_a_run_whose_cluster_died_resumes_on_a_new_one(two_nodes, mfcc, tmp_path, reference_run):

@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import REFERENCE, SHORT, assert_same_units, run_dirs, train, train_cli
+from conftest import REFERENCE, SHORT, assert_same_units, pool_workers_of, run_dirs, train, train_cli
 
 from timnet import load_config
 from timnet.devices import available_cores
@@ -106,22 +106,6 @@ def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc
     pd.testing.assert_frame_equal(first.folds.drop(columns="train_seconds"), again.folds.drop(columns="train_seconds"))
 
 
-def _workers_of(parent: int) -> list[int]:
-    """Pool worker pids among a process's children (not multiprocessing's resource tracker)."""
-    found = []
-    for stat in os.listdir("/proc"):
-        if not stat.isdigit():
-            continue
-        try:
-            ppid = int(open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()[1])
-            cmdline = open(f"/proc/{stat}/cmdline", "rb").read()
-        except OSError:
-            continue
-        if ppid == parent and b"spawn_main" in cmdline:
-            found.append(int(stat))
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds worker processes through /proc")
 def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_path, mfcc, reference_run):
@@ -142,7 +126,7 @@ def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_pat
         if len(histories) == 2 and min(len(pd.read_csv(h)) for h in histories) >= 3:
             break
         time.sleep(0.05)
-    victim = _workers_of(proc.pid)[0]
+    victim = pool_workers_of(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err

@@ -6,13 +6,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REFERENCE, assert_same_units, pixels_of, run_dirs, train
+from conftest import REFERENCE, assert_same_units, pixels_of, pool_workers_of, run_dirs, train
 from conftest import train_cli as cli
 from sklearn.model_selection import KFold
 
@@ -187,6 +189,14 @@ def test_validation_comes_from_training_part_only(mfcc):
 
 
 # --- interruption -------------------------------------------------------------------------
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited child its new parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfcc, reference_run):
     common = ["--mfcc", str(mfcc), "--folds", str(REFERENCE["folds"]), "--epochs", str(REFERENCE["epochs"])]
 
@@ -202,8 +212,14 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
             history = found[0]
             break
         time.sleep(0.05)
+    workers = pool_workers_of(proc.pid) if sys.platform.startswith("linux") else []
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    gone = time.time() + 5  # orphaned workers stop within a second, not at the end of their epoch
+    while time.time() < gone and any(map(running, workers)):
+        time.sleep(0.1)
+    assert workers or not sys.platform.startswith("linux"), "the run had no worker processes to watch"
+    assert not any(map(running, workers)), f"workers {workers} outlived their parent"
     assert history is not None, "the run never got going"
     run_id = history.parent.name
     models = tmp_path / "killed" / "M" / run_id

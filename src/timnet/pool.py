@@ -7,6 +7,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from queue import Empty
@@ -59,6 +61,15 @@ def _worker_init(messages, parent: int, threads: int | None, shared: dict[str, s
     if threads:
         torch.set_num_threads(threads)
     _WORKER.update(messages=messages, parent=parent, shared=shared)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """A worker whose parent died (kill -9, SIGTERM) stops within a second, not at the end of its epoch, which
+    can take minutes (IEMOCAP; the first, compiled epoch): its last saved epoch is what `--resume` continues."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _worker_report(event: dict) -> None:
