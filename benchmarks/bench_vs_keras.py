@@ -264,6 +264,11 @@ def timed(argv: list[str]) -> dict[str, float]:
 def run_rounds(args, mfcc: Path, work: Path, say) -> list[dict]:
     """`--repeats` rounds of A(E1) B(E1) A(E2) B(E2); one row per command."""
     rows, commands = [], competitors(args, mfcc)
+    warmup = commands["B"][1](1, work / "warmup")
+    if "--compile" in warmup and warmup[warmup.index("--compile") + 1] == "on":
+        say("  warm-up, untimed: one epoch of B fills inductor's compile cache, so E1 and E2 compile alike")
+        (work / "warmup").mkdir()
+        subprocess.run(warmup, check=True, capture_output=True)
     for r in range(1, args.repeats + 1):
         for epochs in args.epochs:
             for key, (name, argv) in commands.items():
