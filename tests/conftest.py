@@ -141,6 +141,11 @@ def train_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "timnet.cli", "train", *config, "--device", "cpu", "--threads", "1", "--quiet", *args]
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, ...); Linux."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def pool_workers_of(parent: int) -> list[int]:
     """Pool worker pids among a process's children (not multiprocessing's resource tracker); Linux (/proc)."""
     found = []
@@ -148,7 +153,7 @@ def pool_workers_of(parent: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            ppid = int(proc_stat(int(entry))[1])
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue

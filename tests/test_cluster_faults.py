@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REFERENCE, assert_same_units, run_dirs, tiny_grid, train, train_cli
+from conftest import REFERENCE, assert_same_units, proc_stat, run_dirs, tiny_grid, train, train_cli
 from test_cluster import ray_run_while, ray_worker_of
 
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
@@ -80,7 +80,7 @@ def live_worker(cluster, attempts: int = 3):
 
 
 def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(proc_stat(pid)[1])
 
 
 def runs_on(node, key: str) -> bool:

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REFERENCE, assert_same_units, pixels_of, pool_workers_of, run_dirs, train
+from conftest import REFERENCE, assert_same_units, pixels_of, pool_workers_of, proc_stat, run_dirs, train
 from conftest import train_cli as cli
 from sklearn.model_selection import KFold
 
@@ -192,7 +191,7 @@ def test_validation_comes_from_training_part_only(mfcc):
 def running(pid: int) -> bool:
     """The process exists and is not a zombie (an exited child its new parent has not reaped yet)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return proc_stat(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
 

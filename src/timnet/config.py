@@ -146,6 +146,8 @@ class TrainSettings:
     SWITCHES = ("auto", "on", "off")  # compile, recompute
 
     def __post_init__(self) -> None:
+        if isinstance(self.pack, int) and not isinstance(self.pack, bool):
+            self.pack = str(self.pack)  # a TOML may say pack = 4
         self.validate()
 
     def validate(self) -> None:
@@ -154,8 +156,6 @@ class TrainSettings:
         check_choice("train.checkpoint", self.checkpoint, self.CHECKPOINTS)
         check_choice("train.compile", self.compile, self.SWITCHES)
         check_choice("train.recompute", self.recompute, self.SWITCHES)
-        if isinstance(self.pack, int) and not isinstance(self.pack, bool):
-            self.pack = str(self.pack)  # a TOML may say pack = 4
         if not (self.pack == "auto" or (isinstance(self.pack, str) and self.pack.isdigit() and int(self.pack) >= 1)):
             raise invalid("train.pack", "auto or a whole number ≥ 1", self.pack)
         check_range("train.folds", self.folds, 2, integer=True)

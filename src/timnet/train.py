@@ -129,13 +129,13 @@ def prepare_run(
     return PreparedRun(cfg, paths, features, selected)
 
 
-def plan_packs(runs: list[PreparedRun], device: str) -> list[list[FoldJob]]:
-    """Each run's units still to train in packs of `train.pack` (`packed.resolve_pack`: auto = all of a run's
-    units on CUDA/MPS, one on CPU), its finished ones alone (they are only loaded); runs never share a pack."""
-    packs = []
+def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> list[list[FoldJob]]:
+    """Each run's `pending` units in packs of `train.pack` (`packed.resolve_pack`: auto = all of a run's units on
+    CUDA/MPS, one on CPU), its finished ones alone (they are only loaded); runs never share a pack."""
+    keys, packs = {j.key for j in pending}, []
     for run in runs:
-        todo = [j for j in run.jobs if not j.final_path.exists()]
-        packs += [[j] for j in run.jobs if j not in todo]
+        todo = [j for j in run.jobs if j.key in keys]
+        packs += [[j] for j in run.jobs if j.key not in keys]
         size = resolve_pack(run.cfg.train.pack, device, max(1, len(todo)))
         packs += [todo[i : i + size] for i in range(0, len(todo), size)]
     return packs
@@ -153,7 +153,7 @@ def decide_compile(jobs: list[FoldJob], workers: int) -> None:
 def _execute_local(runs, jobs, device, workers, threads, progress, desc, address) -> list[FoldResult]:
     """This process (one unit after another) or a spawn pool sharing one memory-mapped copy of the features."""
     pending = [j for j in jobs if not j.final_path.exists()]
-    packs = plan_packs(runs, device)
+    packs = plan_packs(runs, pending, device)
     if any(len(pack) > 1 for pack in packs):
         if workers not in (None, 1):
             raise TimnetError(
