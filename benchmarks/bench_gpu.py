@@ -6,10 +6,10 @@ For each shape (EMO-DB: 535 x 188 x 39, 8 levels; IEMOCAP: 5,531 x 606 x 39, 10 
 features: speed does not depend on the values) and each way of training, Adam steps with dropout are timed for
 `--seconds` after a warm-up, interleaved (one, packed, one, packed): unit-steps per second (a pack's step counts
 its U units), peak device memory, and the projected paper protocol (10 folds x 500 epochs x the shape's steps per
-epoch, per-epoch evaluation and state saving not included). "captured" (the packed step under
-torch.compile(mode="reduce-overhead"), CUDA graphs) runs on CUDA only. The authors report 60 ms per step on an
-RTX 3090: ratios to that are printed. Rows are appended to benchmarks/results/bench_gpu.csv. Under 8 minutes
-with the defaults.
+epoch, per-epoch evaluation and state saving not included). "captured" (`train.capture`: the packed step
+recorded as a CUDA graph by `capture.CapturedSteps`, as `timnet train` does) runs on CUDA only. The authors report
+60 ms per step on an RTX 3090: ratios to that are printed. Rows are appended to benchmarks/results/bench_gpu.csv.
+Under 8 minutes with the defaults.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from timnet import load_config
+from timnet.capture import CapturedSteps
 from timnet.model import TIMNet, TIMNetConfig
-from timnet.packed import PackedAdam, PackedTIMNet
+from timnet.packed import PackedAdam, PackedTIMNet, packed_step
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_gpu.csv"
 SHAPES = {"EMODB": 535, "IEMOCAP": 5531}  # utterances; frames and levels from the dataset's config
@@ -65,25 +66,24 @@ def one_unit(models, frames, device):
 
 
 def packed_units(models, frames, device, capture: bool = False):
-    """A step function of all `models` as one pack (as `packed.Pack._step`), and the units it advances."""
+    """A step function of all `models` as one pack, as `timnet train` steps it (`packed.packed_step`; with
+    `capture`, recorded as a CUDA graph by `capture.CapturedSteps`, as `train.capture` does), and its units."""
     pack = PackedTIMNet(models)
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.93, 0.98), eps=1e-8) for m in models]
     adam = PackedAdam(pack.params, opts)
     U, config = len(models), models[0].config
     x = torch.randn(U, 64, frames, config.n_mfcc, device=device)
-    y = torch.randint(0, config.n_classes, (U * 64,), device=device)
-    units = torch.arange(U, device=device)
+    y = torch.randint(0, config.n_classes, (U, 64), device=device)
+    units, group = torch.arange(U, device=device), tuple(range(U))
     streams = [torch.Generator(device=device).manual_seed(u) for u in range(U)]
-
-    def loss_of(x):
-        logits = pack.forward(x, units, streams)
-        return F.cross_entropy(logits.reshape(U * 64, -1), y, label_smoothing=0.1, reduction="none").view(U, 64)
-
-    forward = torch.compile(loss_of, mode="reduce-overhead") if capture else loss_of
+    one = packed_step(pack, adam, 0.1)
+    captured = CapturedSteps(one, pack.state + adam.state, f"bench x{U}") if capture else None
 
     def step():
-        forward(x).mean(1).sum().backward()
-        adam.step(units)
+        if captured is not None:
+            captured(group, units, x, y, streams)
+        else:
+            one(units, x, y, streams)
 
     return step, U
 

@@ -27,6 +27,27 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="device of the self-test (tests marked `device`): cpu, cuda, cuda:N or mps (default: cpu)",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The device under self-test (`pytest -m device --device mps|cuda`); skips when this machine lacks it."""
+    from timnet.devices import pick_device
+    from timnet.errors import TimnetError
+
+    name = request.config.getoption("--device")
+    try:
+        return pick_device(name)
+    except TimnetError as err:
+        pytest.skip(f"--device {name} is not available here: {err}")
+
+
 @pytest.fixture
 def make_wav(tmp_path):
     return lambda name, **kw: write_wav(tmp_path / name, **kw)
@@ -71,11 +92,12 @@ def train(
     backend: str = "local",
     progress: bool = False,
     settings: dict | None = None,
+    device: str = "cpu",
     **train_settings,
 ):
-    """One run under root/{Models,logs,Results} on CPU, one thread per unit, in this process unless `workers` says
-    otherwise: the short-signal EMO-DB config with `train_settings` (train.*) and `settings` (any), or `cfg`, or
-    `resume=RUN`. Warnings (e.g. a small corpus' folds) are silenced."""
+    """One run under root/{Models,logs,Results} on `device` (CPU), one thread per unit, in this process unless
+    `workers` says otherwise: the short-signal EMO-DB config with `train_settings` (train.*) and `settings` (any),
+    or `cfg`, or `resume=RUN`. Warnings (e.g. a small corpus' folds) are silenced."""
     from timnet import load_config
     from timnet.train import run_training
 
@@ -91,7 +113,7 @@ def train(
             root / "logs",
             root / "Results",
             resume=resume,
-            device="cpu",
+            device=device,
             progress=progress,
             workers=workers,
             threads=1,

@@ -126,6 +126,9 @@ def test_an_interrupted_pack_resumes_exactly(tmp_path, mfcc, monkeypatch):
     assert_same_units(tmp_path / "whole" / "Models" / whole.run_id, tmp_path / "cut" / "Models" / run_id)
 
 
-def test_packs_train_in_this_process(tmp_path, mfcc):
-    with pytest.raises(TimnetError, match=r"^train\.pack: packs of units train in this process.*--workers 1"):
-        train(tmp_path, mfcc, workers=2, pack="2", folds=2, epochs=1)
+def test_packs_train_in_worker_processes_as_in_this_process(tmp_path, mfcc):
+    """Packs of a run go to worker processes as units do (with several GPUs: one pack per GPU at once): 4 units in
+    2 packs on 2 workers train what the same packs train one after another here, bit for bit."""
+    here = train(tmp_path / "here", mfcc, workers=1, pack="2", folds=4, epochs=2)
+    pooled = train(tmp_path / "pool", mfcc, workers=2, pack="2", folds=4, epochs=2)
+    assert_same_units(tmp_path / "here" / "Models" / here.run_id, tmp_path / "pool" / "Models" / pooled.run_id)

@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +73,39 @@ def test_a_full_disk_then_two_resumes_at_once_then_a_killed_holder(tmp_path, mfc
     train(root, None, resume=run.name)
     assert_same_units(reference_run, run)
     assert not (run / "writer.json").exists()
+
+
+def test_the_state_written_in_the_background_is_the_saved_epochs(tmp_path):
+    """`StateWriter` snapshots at save: tensors the next epoch changes in place while the thread still writes do not
+    reach the file; a failed write raises in the training thread at the next save, the file keeps the last state."""
+    from timnet.runs import save_pt
+    from timnet.state_writer import StateWriter
+
+    path, writer, gate = tmp_path / "state.pt", StateWriter(), threading.Event()
+    live = {"model": {"w": torch.zeros(1000)}, "optimizer": {"state": [torch.ones(3)]}, "epoch": 1}
+
+    def after_the_next_epoch(state):
+        assert gate.wait(10)
+        save_pt(path, state)
+
+    writer.submit(live, after_the_next_epoch)
+    live["model"]["w"] += 5  # the next epoch trains while the state is written
+    live["optimizer"]["state"][0].mul_(7)
+    live["epoch"] = 2
+    gate.set()
+    writer.wait()
+    saved = torch.load(path, weights_only=True)
+    assert torch.equal(saved["model"]["w"], torch.zeros(1000)) and saved["epoch"] == 1
+    assert torch.equal(saved["optimizer"]["state"][0], torch.ones(3))
+
+    def full_disk(state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer.submit(live, full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        writer.submit(live, lambda state: save_pt(path, state))
+    writer.close()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
 
 
 def test_a_full_disk_while_writing_a_workbook_keeps_the_previous_one(tmp_path, monkeypatch):

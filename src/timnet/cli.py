@@ -307,6 +307,20 @@ def cmd_example_data(args) -> None:
     )
 
 
+def cmd_devices(args) -> None:
+    from .device_timing import cached_or_measured, table
+    from .validation import check_range
+
+    cfg = _config(args)
+    samples = args.samples if args.samples is not None else (cfg.dataset.expected_count or None)
+    if samples is None:
+        raise TimnetError(f"--samples: {cfg.dataset.name} has no expected utterance count; say how many there are")
+    check_range("--samples", samples, cfg.train.folds, integer=True)
+    check_range("--seconds", args.seconds, 0, low_open=True)
+    measured, _ = cached_or_measured(cfg, args.seconds, refresh=True)
+    print("\n".join(table(cfg, measured, samples)))
+
+
 # subcommand -> what runs it (its options: timnet.cli_options)
 COMMANDS = {
     "example-data": cmd_example_data,
@@ -319,6 +333,7 @@ COMMANDS = {
     "tsne": cmd_tsne,
     "predict": cmd_predict,
     "export": cmd_export,
+    "devices": cmd_devices,
 }
 
 

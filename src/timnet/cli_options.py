@@ -9,13 +9,16 @@ from pathlib import Path
 
 from . import __version__
 from .config import TrainSettings, load_config
+from .device_timing import DEVICE_SECONDS
 from .fold import COMPILE_MIN_EPOCHS
 from .loading import ENGINES
 from .timeline import HOP_SECONDS, SILENCE_DB
 from .train import BACKENDS
 from .tsne import ALIGNMENTS, PERPLEXITY, TSNE_SEED
 
-DEVICES = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"
+DEVICES = (
+    "auto (training: the fastest `timnet devices` measured; else CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"
+)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -302,6 +305,18 @@ def _add_export_command(sub) -> None:
     _roots_args(p, "models")
 
 
+def _add_devices_command(sub) -> None:
+    p = sub.add_parser(
+        "devices",
+        help="time each way to train here (CPU workers, MPS, each CUDA GPU; packed or not) for a dataset's shape",
+    )
+    _config_args(p)
+    p.add_argument(
+        "--seconds", type=float, default=DEVICE_SECONDS, help="timed per way to train (default: %(default)s)"
+    )
+    p.add_argument("--samples", type=int, help="utterances in the corpus (default: the dataset's expected count)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (PyTorch).")
     parser.add_argument("--version", action="version", version=f"timnet {__version__}", help="print the version")
@@ -311,4 +326,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tsne_command(sub)
     _add_predict_command(sub)
     _add_export_command(sub)
+    _add_devices_command(sub)
     return parser

@@ -21,6 +21,9 @@ def pick_device(name: str = "auto") -> str:
             raise TimnetError(
                 f"--device {name}: PyTorch sees no CUDA GPU (install a CUDA build of torch, or use --device cpu)"
             )
+        index = name.partition(":")[2]
+        if name.startswith("cuda") and index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+            raise TimnetError(f"--device {name}: this machine has CUDA GPUs 0..{torch.cuda.device_count() - 1}")
         if name == "mps" and not torch.backends.mps.is_available():
             raise TimnetError("--device mps: Apple Metal (MPS) is not available in this PyTorch (use --device cpu)")
         return name
@@ -29,3 +32,20 @@ def pick_device(name: str = "auto") -> str:
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The state of the default generator of an accelerator (what dropout draws from there); None on CPU, whose
+    generator is torch's global one."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def set_device_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state)

@@ -2,7 +2,8 @@
 in its job, trains, and writes only its own files (layout: `runs`):
 
     Models/<run>/in_progress/<unit>.pt   everything needed to continue (model, optimiser, RNG, progress),
-                                         replaced atomically after every epoch, deleted when the unit ends
+                                         replaced atomically after every epoch (written by a background
+                                         thread: `state_writer`), deleted when the unit ends
     Models/<run>/<unit>.pt               the chosen weights + config + metrics + test predictions
     logs/<run>/<unit>.csv, .png          per-epoch loss/accuracy and the curves
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path
 from .config import Config
+from .devices import device_rng_state, set_device_rng_state
 from .errors import TimnetError
 from .features import FeatureSet, load_features
 from .inference import accuracy, infer
@@ -38,6 +40,7 @@ from .metrics import confusion, scores
 from .model import TIMNet, TIMNetConfig
 from .report import plot_history
 from .runs import FoldResult, RunPaths, load_result, save_pt, save_unit
+from .state_writer import StateWriter
 
 # `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
 # units one after another: the next unit reuses the compiled code, measured: no second compile). Measured on
@@ -161,6 +164,7 @@ class FoldTrainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
         self.shuffle = torch.Generator().manual_seed(job.seed * 1000 + job.fold)
         self.watch = {"best-val": "val_acc", "best-test": "test_acc"}.get(t.checkpoint)
+        self.writer = StateWriter()
 
     def restore(self) -> Progress:
         if not self.job.state_path.exists():
@@ -175,12 +179,13 @@ class FoldTrainer:
         self.model.load_state_dict(saved["model"])
         self.opt.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
-        if self.device.type == "cuda" and "cuda_rng" in saved:
-            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+        if f"{self.device.type}_rng" in saved:  # cuda_rng, mps_rng: where dropout draws on an accelerator
+            set_device_rng_state(self.device, saved[f"{self.device.type}_rng"])
         self.shuffle.set_state(saved["shuffle_rng"])
         return Progress(**saved["progress"])
 
     def save(self, progress: Progress) -> None:
+        """The state after an epoch, snapshotted now and written while the next epoch trains (`state_writer`)."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -188,11 +193,14 @@ class FoldTrainer:
             "shuffle_rng": self.shuffle.get_state(),
             "progress": asdict(progress),
         }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.device.type != "cpu":
+            state[f"{self.device.type}_rng"] = device_rng_state(self.device)
+        self.writer.submit(state, self._write_state)
+
+    def _write_state(self, state: dict) -> None:
         save_pt(self.job.state_path, state)
         with atomic_path(Path(self.job.logs_dir) / f"{self.job.unit}.csv") as tmp:
-            pd.DataFrame(progress.history).to_csv(tmp, index=False)
+            pd.DataFrame(state["progress"]["history"]).to_csv(tmp, index=False)
 
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the shuffled training part: (mean loss, accuracy %). One device sync per epoch."""
@@ -275,6 +283,7 @@ class FoldTrainer:
 
     def finish(self, progress: Progress, features: FeatureSet) -> FoldResult:
         job, cfg = self.job, self.cfg
+        self.writer.close()  # the last epoch's state is on disk before the unit's file replaces it
         chosen_epoch = progress.best_epoch if self.watch else len(progress.history)
         if self.watch:
             self.model.load_state_dict(progress.best)
@@ -320,10 +329,13 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None, report: Report 
     trainer = FoldTrainer(job, cfg, features)
     progress = trainer.restore()
     report({**event, "event": "start", "epoch": progress.epoch})
-    while progress.epoch < cfg.train.epochs and not progress.stopped:
-        row = trainer.run_epoch(progress)
-        trainer.save(progress)
-        report({**event, "event": "epoch", "epoch": progress.epoch, "row": row})
-    result = trainer.finish(progress, features)
+    try:
+        while progress.epoch < cfg.train.epochs and not progress.stopped:
+            row = trainer.run_epoch(progress)
+            trainer.save(progress)
+            report({**event, "event": "epoch", "epoch": progress.epoch, "row": row})
+        result = trainer.finish(progress, features)
+    finally:  # interrupted (Ctrl-C, an error): the last epoch's state still lands on disk
+        trainer.writer.close()
     report({**event, "event": "done", "epoch": cfg.train.epochs})
     return result

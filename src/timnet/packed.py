@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .capture import CapturedSteps, Step, resolve_capture
 from .config import Config
+from .devices import device_rng_state, set_device_rng_state
 from .features import FeatureSet, load_features
 from .fold import FoldJob, FoldTrainer, Report
 from .model import TIMNet
@@ -66,6 +68,11 @@ class PackedTIMNet:
         params, buffers = [dict(m.named_parameters()) for m in models], [dict(m.named_buffers()) for m in models]
         self.params = {n: _stacked([p[n] for p in params]).requires_grad_() for n in params[0]}
         self.buffers = {n: _stacked([b[n] for b in buffers]) for n in buffers[0]}
+
+    @property
+    def state(self) -> list[torch.Tensor]:
+        """Every tensor a training step changes in place (`capture`)."""
+        return [*self.params.values(), *self.buffers.values()]
 
     def unit_state(self, u: int) -> dict[str, torch.Tensor]:
         """Unit u's `TIMNet.state_dict()`."""
@@ -135,17 +142,28 @@ class PackedAdam:
         self.lr, (self.beta1, self.beta2), self.eps = group["lr"], group["betas"], group["eps"]
         self.params = params
         states = [[opt.state.get(q, {}) for q in opt.param_groups[0]["params"]] for opt in opts]
-        self.steps = torch.tensor([float(s[0]["step"]) if s[0] else 0.0 for s in states], dtype=torch.float64)
+        device = next(iter(params.values())).device
+        self.steps = torch.tensor(  # float64 as torch's Python floats; on the device where it has float64 (not MPS)
+            [float(s[0]["step"]) if s[0] else 0.0 for s in states],
+            dtype=torch.float64,
+            device=device if device.type == "cuda" else "cpu",
+        )
         self.exp_avg, self.exp_avg_sq = {}, {}
         for i, (name, p) in enumerate(params.items()):
             unit = [s[i] for s in states]
             self.exp_avg[name] = torch.stack([u["exp_avg"] if u else torch.zeros_like(p[0]) for u in unit])
             self.exp_avg_sq[name] = torch.stack([u["exp_avg_sq"] if u else torch.zeros_like(p[0]) for u in unit])
 
+    @property
+    def state(self) -> list[torch.Tensor]:
+        """Every tensor a step changes in place (`capture`)."""
+        return [self.steps, *self.exp_avg.values(), *self.exp_avg_sq.values()]
+
     @torch.no_grad()
     def step(self, units: torch.Tensor) -> None:
-        self.steps[units] += 1
-        steps = self.steps[units]
+        counted = units.to(self.steps.device)
+        self.steps[counted] += 1
+        steps = self.steps[counted]
         step_size = self.lr / (1 - self.beta1**steps)  # [G] float64, as torch computes it in Python floats
         bias_sqrt = torch.sqrt(1 - self.beta2**steps)
         for name, p in self.params.items():
@@ -153,8 +171,8 @@ class PackedAdam:
             grad, m, v = p.grad[units], self.exp_avg[name][units], self.exp_avg_sq[name][units]
             m.lerp_(grad, 1 - self.beta1)
             v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-            denom = (v.sqrt() / bias_sqrt.to(p.dtype).view(shape)).add_(self.eps)
-            p[units] += (-step_size.to(p.dtype).view(shape) * m) / denom
+            denom = (v.sqrt() / bias_sqrt.to(p.dtype).to(p.device).view(shape)).add_(self.eps)
+            p[units] += (-step_size.to(p.dtype).to(p.device).view(shape) * m) / denom
             self.exp_avg[name][units], self.exp_avg_sq[name][units] = m, v
             p.grad = None
 
@@ -167,8 +185,26 @@ class PackedAdam:
         return {"state": state, "param_groups": opt.state_dict()["param_groups"]}
 
 
+def packed_step(model: PackedTIMNet, adam: PackedAdam, label_smoothing: float) -> Step:
+    """One optimiser step of the units `units` (positions in the pack's model) on their own batches: per-unit mean
+    losses [G] and correct predictions [G], on the device, without a host sync (so it can be captured)."""
+
+    def step(units: torch.Tensor, x: torch.Tensor, y: torch.Tensor, generators: list) -> tuple:
+        logits = model.forward(x, units, generators)  # [G, B, K]
+        G, B, K = logits.shape
+        per_unit = F.cross_entropy(
+            logits.reshape(G * B, K), y.reshape(G * B), label_smoothing=label_smoothing, reduction="none"
+        ).view(G, B)
+        per_unit.mean(dim=1).sum().backward()  # units share no parameter: each gets its own mean's gradient
+        adam.step(units)
+        return per_unit.detach().mean(dim=1), (logits.detach().argmax(-1) == y).sum(dim=1)
+
+    return step
+
+
 class Pack:
-    """The live units of one pack: their trainers (data, evaluation, files), generators, and the stacked model."""
+    """The live units of one pack: their trainers (data, evaluation, files), generators, and the stacked model,
+    which lives as long as the same units train (a stopped unit leaves: the rest are stacked again)."""
 
     def __init__(self, jobs: list[FoldJob], cfg: Config, features: FeatureSet):
         self.cfg, self.t = cfg, cfg.train
@@ -177,52 +213,59 @@ class Pack:
             trainer = FoldTrainer(job, cfg, features)
             self.progress.append(trainer.restore())
             generator = torch.Generator(device=trainer.device)
-            generator.set_state(torch.get_rng_state() if trainer.device.type == "cpu" else torch.cuda.get_rng_state())
+            state = device_rng_state(trainer.device)
+            generator.set_state(torch.get_rng_state() if state is None else state)
             self.trainers.append(trainer)
             self.dropout.append(generator)
+        self.device = self.trainers[0].device
+        self.capture = resolve_capture(self.t.capture, str(self.device))
+        self.members: tuple = ()
 
     def active(self) -> list[int]:
         return [u for u, p in enumerate(self.progress) if p.epoch < self.t.epochs and not p.stopped]
 
-    def train_epoch(self, active: list[int]) -> list[tuple[float, float]]:
-        """One epoch of the active units, packed: [(mean loss, accuracy %)] per active unit."""
+    def _stack(self, active: list[int]) -> None:
+        """The stacked model and optimiser of the units `active`, from their trainers (which hold each epoch's end)."""
+        self.members = tuple(active)
         trainers = [self.trainers[u] for u in active]
-        model = PackedTIMNet([t.model for t in trainers])
-        adam = PackedAdam(model.params, [t.opt for t in trainers])
+        self.model = PackedTIMNet([t.model for t in trainers])
+        self.adam = PackedAdam(self.model.params, [t.opt for t in trainers])
+        step = packed_step(self.model, self.adam, self.t.label_smoothing)
+        label = " + ".join(t.job.unit for t in trainers)
+        state = self.model.state + self.adam.state
+        self.step = CapturedSteps(step, state, label) if self.capture else (lambda group, *args: step(*args))
+        self.index: dict[tuple, torch.Tensor] = {}
+
+    def train_epoch(self, active: list[int]) -> list[tuple[float, float]]:
+        """One epoch of the active units, packed: [(mean loss, accuracy %)] per active unit. One host sync."""
+        if tuple(active) != self.members:
+            self._stack(active)
+        trainers = [self.trainers[u] for u in active]
         orders = [t.tr[torch.randperm(len(t.tr), generator=t.shuffle).to(t.device)] for t in trainers]
-        loss_sum, correct = [0.0] * len(active), [0] * len(active)
+        loss_sum = torch.zeros(len(active), device=self.device)
+        correct = torch.zeros(len(active), dtype=torch.int64, device=self.device)
         bs = self.t.batch_size
         for start in range(0, max(map(len, orders)), bs):
             by_size: dict[int, list[int]] = {}  # units whose batch here has the same size step together
             for i, order in enumerate(orders):
                 if start < len(order):
                     by_size.setdefault(len(order[start : start + bs]), []).append(i)
-            for group in by_size.values():
+            for size, group in by_size.items():
+                if tuple(group) not in self.index:  # positions on the device, copied there once
+                    self.index[tuple(group)] = torch.tensor(group, device=self.device)
+                units = self.index[tuple(group)]
                 batches = [orders[i][start : start + bs] for i in group]
+                x = torch.stack([trainers[i].x[b] for i, b in zip(group, batches)])  # [G, B, T, F]
+                y = torch.stack([trainers[i].y[b] for i, b in zip(group, batches)])  # [G, B]
                 generators = [self.dropout[active[i]] for i in group]
-                losses, hits = self._step(model, adam, [trainers[i] for i in group], group, batches, generators)
-                for i, loss, hit, batch in zip(group, losses, hits, batches):
-                    loss_sum[i] += loss * len(batch)
-                    correct[i] += hit
+                losses, hits = self.step(tuple(group), units, x, y, generators)
+                loss_sum.index_add_(0, units, losses * size)
+                correct.index_add_(0, units, hits)
         for i, trainer in enumerate(trainers):
-            trainer.model.load_state_dict(model.unit_state(i))
-            trainer.opt.load_state_dict(adam.unit_state(i, trainer.opt))
-        return [(loss_sum[i] / len(o), 100.0 * correct[i] / len(o)) for i, o in enumerate(orders)]
-
-    def _step(self, model: PackedTIMNet, adam: PackedAdam, trainers: list, group: list, batches: list, generators):
-        """One optimiser step of the units `group` (positions in the pack's model) on their own batches."""
-        units = torch.tensor(group)
-        x = torch.stack([t.x[b] for t, b in zip(trainers, batches)])  # [G, B, T, F]
-        y = torch.stack([t.y[b] for t, b in zip(trainers, batches)])  # [G, B]
-        logits = model.forward(x, units, generators)  # [G, B, K]
-        G, B, K = logits.shape
-        per_unit = F.cross_entropy(
-            logits.reshape(G * B, K), y.reshape(G * B), label_smoothing=self.t.label_smoothing, reduction="none"
-        ).view(G, B)
-        per_unit.mean(dim=1).sum().backward()  # units share no parameter: each gets its own mean's gradient
-        adam.step(units)
-        losses = per_unit.detach().mean(dim=1).tolist()
-        return losses, (logits.detach().argmax(-1) == y).sum(dim=1).tolist()
+            trainer.model.load_state_dict(self.model.unit_state(i))
+            trainer.opt.load_state_dict(self.adam.unit_state(i, trainer.opt))
+        sizes = [len(o) for o in orders]
+        return [(s / n, 100.0 * c / n) for s, c, n in zip(loss_sum.tolist(), correct.tolist(), sizes)]
 
     def record(self, u: int, loss: float, train_acc: float, seconds: float) -> dict:
         """Unit u's epoch as it records it alone (evaluation, checkpoint choice, early stopping), then its state
@@ -232,7 +275,7 @@ class Pack:
         if trainer.device.type == "cpu":
             torch.set_rng_state(generator.get_state())
         else:
-            torch.cuda.set_rng_state(generator.get_state(), trainer.device)
+            set_device_rng_state(trainer.device, generator.get_state())
         trainer.save(self.progress[u])
         return row
 
@@ -255,14 +298,18 @@ def train_pack(
         pack = Pack(todo, cfg, features)
         for job, progress in zip(todo, pack.progress):
             report({**events[job.key], "event": "start", "epoch": progress.epoch})
-        while active := pack.active():
-            started = time.perf_counter()
-            trained = pack.train_epoch(active)
-            share = (time.perf_counter() - started) / len(active)  # each unit's part of the pack's epoch
-            for u, (loss, acc) in zip(active, trained):
-                row = pack.record(u, loss, acc, share)
-                report({**events[todo[u].key], "event": "epoch", "epoch": pack.progress[u].epoch, "row": row})
-        for job, trainer, progress in zip(todo, pack.trainers, pack.progress):
-            results[job.key] = trainer.finish(progress, features)
-            report({**events[job.key], "event": "done", "epoch": cfg.train.epochs})
+        try:
+            while active := pack.active():
+                started = time.perf_counter()
+                trained = pack.train_epoch(active)
+                share = (time.perf_counter() - started) / len(active)  # each unit's part of the pack's epoch
+                for u, (loss, acc) in zip(active, trained):
+                    row = pack.record(u, loss, acc, share)
+                    report({**events[todo[u].key], "event": "epoch", "epoch": pack.progress[u].epoch, "row": row})
+            for job, trainer, progress in zip(todo, pack.trainers, pack.progress):
+                results[job.key] = trainer.finish(progress, features)
+                report({**events[job.key], "event": "done", "epoch": cfg.train.epochs})
+        finally:  # interrupted: every unit's last epoch still lands on disk
+            for trainer in pack.trainers:
+                trainer.writer.close()
     return [results[j.key] for j in jobs]

@@ -78,9 +78,14 @@ def _worker_report(event: dict) -> None:
     _WORKER["messages"].put(event)
 
 
-def _worker_train(job: FoldJob) -> FoldResult:
-    features = unit_features(job.mfcc_file, job.classes, _WORKER["shared"].get(job.mfcc_file))
-    return train_fold(job, features, _worker_report)
+def _train(pack: list[FoldJob], features: FeatureSet | None, report) -> list[FoldResult]:
+    """One unit (`fold.train_fold`), or a pack of several trained at once (`packed.train_pack`)."""
+    return train_pack(pack, features, report) if len(pack) > 1 else [train_fold(pack[0], features, report)]
+
+
+def _worker_train(pack: list[FoldJob]) -> list[FoldResult]:
+    job = pack[0]
+    return _train(pack, unit_features(job.mfcc_file, job.classes, _WORKER["shared"].get(job.mfcc_file)), _worker_report)
 
 
 def _died(view: ProgressView, processes: dict) -> str:
@@ -102,16 +107,17 @@ def _died(view: ProgressView, processes: dict) -> str:
     return f"a worker process died while training {running}; finished units are kept — resume the run with --resume"
 
 
-def _collect(future, job: FoldJob, view: ProgressView, processes: dict) -> FoldResult:
-    """A finished unit's result, or its failure as one line naming it."""
+def _collect(future, pack: list[FoldJob], view: ProgressView, processes: dict) -> list[FoldResult]:
+    """A finished unit's (or pack's) results, or its failure as one line naming it."""
+    label = " + ".join(view.label(j.key) for j in pack)
     try:
         return future.result()
     except BrokenProcessPool:
         raise TimnetError(_died(view, processes)) from None
     except TimnetError as err:
-        raise TimnetError(f"{view.label(job.key)}: {err}") from None
+        raise TimnetError(f"{label}: {err}") from None
     except Exception as err:
-        raise TimnetError(f"{view.label(job.key)} failed in its worker: {type(err).__name__}: {err}") from err
+        raise TimnetError(f"{label} failed in its worker: {type(err).__name__}: {err}") from err
 
 
 def _run_serially(packs: list[list[FoldJob]], threads: int | None, features: FeatureSet | None, view: ProgressView):
@@ -121,37 +127,35 @@ def _run_serially(packs: list[list[FoldJob]], threads: int | None, features: Fea
     results = {}
     for pack in packs:
         try:
-            if len(pack) > 1:
-                results.update(zip((j.key for j in pack), train_pack(pack, features, view.update)))
-            else:
-                results[pack[0].key] = train_fold(pack[0], features, view.update)
+            results.update(zip((j.key for j in pack), _train(pack, features, view.update)))
         except TimnetError as err:
             raise TimnetError(f"{' + '.join(view.label(j.key) for j in pack)}: {err}") from None
     return results
 
 
 def _run_in_pool(
-    jobs: list[FoldJob], workers: int, threads: int | None, view: ProgressView, shared: dict[str, str]
-) -> list[FoldResult]:
+    packs: list[list[FoldJob]], workers: int, threads: int | None, view: ProgressView, shared: dict[str, str]
+) -> dict[str, FoldResult]:
+    """Each unit, or pack of units, in the next free worker process."""
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads is not safe
     messages = context.Queue()
     pool = ProcessPoolExecutor(
         workers, mp_context=context, initializer=_worker_init, initargs=(messages, os.getpid(), threads, shared)
     )
-    futures = {pool.submit(_worker_train, job): job for job in jobs}
+    futures = {pool.submit(_worker_train, pack): pack for pack in packs}
     processes: dict = {}
     results: dict[str, FoldResult] = {}
     try:
-        while len(results) < len(jobs):
+        while len(results) < sum(map(len, packs)):
             processes.update(getattr(pool, "_processes", None) or {})  # pid -> Process, to tell which one died
             try:
                 view.update(messages.get(timeout=0.2))
                 continue
             except Empty:
                 pass
-            for future, job in futures.items():
-                if job.key not in results and future.done():
-                    results[job.key] = _collect(future, job, view, processes)
+            for future, pack in futures.items():
+                if pack[0].key not in results and future.done():
+                    results.update(zip((j.key for j in pack), _collect(future, pack, view, processes)))
         drain(messages, view, Empty)
     except BaseException:  # a failure, or Ctrl-C: stop the other units now (each keeps its last epoch's state)
         pool.shutdown(wait=False, cancel_futures=True)
@@ -160,7 +164,7 @@ def _run_in_pool(
                 process.terminate()
         raise
     pool.shutdown(wait=True)
-    return [results[j.key] for j in jobs]
+    return results
 
 
 # the executor
@@ -176,14 +180,16 @@ def run_units(
     shared: dict[str, str] | None = None,
     packs: list[list[FoldJob]] | None = None,
 ) -> list[FoldResult]:
-    """Run units, in parallel worker processes when workers > 1 (each reads the features from `shared`, see
-    `feature_cache.share_features`), else in this process on `features`, one unit or one pack of units (`packs`,
-    whose units are `jobs`) after another; one progress bar over all their epochs."""
-    view = ProgressView(jobs, desc, progress)
+    """Run units, one unit or one pack of units (`packs`, whose units are `jobs`) at a time per process: in
+    parallel worker processes when workers > 1 (each reads the features from `shared`, see
+    `feature_cache.share_features`; one per GPU on CUDA, each with its GPU's pack), else in this process on
+    `features`; one progress bar over all their epochs."""
+    view, packs = ProgressView(jobs, desc, progress), packs or [[j] for j in jobs]
     try:
         if workers <= 1:
-            results = _run_serially(packs or [[j] for j in jobs], threads, features, view)
-            return [results[j.key] for j in jobs]
-        return _run_in_pool(jobs, workers, threads, view, shared or {})
+            results = _run_serially(packs, threads, features, view)
+        else:
+            results = _run_in_pool(packs, workers, threads, view, shared or {})
+        return [results[j.key] for j in jobs]
     finally:
         view.close()

@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .capture import resolve_capture
 from .cluster import cluster_has_gpus, run_units_on_ray
 from .config import Config
 from .corpora import canonical_stems, corpus_caveat
+from .device_timing import auto_device
 from .devices import pick_device
 from .errors import TimnetError
 from .feature_cache import share_features, without_samples
@@ -55,7 +57,6 @@ def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPath
     folds = make_folds(t.protocol, features.manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
     need_val = t.checkpoint == "best-val" or t.patience > 0
     speakers = features.manifest.speaker if t.protocol == "speaker" else None
-    compile_model = should_compile(t.compile, t.epochs, device)
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     jobs = []
     for seed in seeds:
@@ -77,7 +78,6 @@ def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPath
                     str(paths.logs),
                     unit_name(k, seed, len(seeds) > 1),
                     unit_device,
-                    compile_model,
                 )
             )
     return jobs
@@ -109,6 +109,7 @@ def prepare_run(
         cfg.train.validate()
         mfcc = Path(mfcc)
         run_id = new_run_id(cfg, roots.models)
+    resolve_capture(cfg.train.capture, device)  # train.capture=on off CUDA: one line, before anything is written
     paths = roots.run(run_id)
     features = load_features(mfcc, cfg.dataset.classes)
     if features.x.shape[1:] != (cfg.features.frames, cfg.features.n_mfcc):
@@ -131,19 +132,25 @@ def prepare_run(
 
 def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> list[list[FoldJob]]:
     """Each run's `pending` units in packs of `train.pack` (`packed.resolve_pack`: auto = all of a run's units on
-    CUDA/MPS, one on CPU), its finished ones alone (they are only loaded); runs never share a pack."""
+    a GPU or MPS, one on CPU), a pack's units on one device (with several GPUs: one pack per GPU), its finished
+    ones alone (they are only loaded); runs never share a pack."""
     keys, packs = {j.key for j in pending}, []
     for run in runs:
-        todo = [j for j in run.jobs if j.key in keys]
         packs += [[j] for j in run.jobs if j.key not in keys]
-        size = resolve_pack(run.cfg.train.pack, device, max(1, len(todo)))
-        packs += [todo[i : i + size] for i in range(0, len(todo), size)]
+        on_device: dict[str, list[FoldJob]] = {}
+        for job in run.jobs:
+            if job.key in keys:
+                on_device.setdefault(job.device, []).append(job)
+        for todo in on_device.values():
+            size = resolve_pack(run.cfg.train.pack, device, len(todo))
+            packs += [todo[i : i + size] for i in range(0, len(todo), size)]
     return packs
 
 
 def decide_compile(jobs: list[FoldJob], workers: int) -> None:
-    """`compile = auto` counts the epochs of a process, not of a unit: the units a worker trains one after another
-    reuse its compiled code, so 10 folds x 500 epochs on 2 workers compile where one 500-epoch fold would not."""
+    """Whether each unit compiles, decided by its executor, the one place: `compile = auto` counts the epochs of a
+    process, not of a unit — the units a worker trains one after another reuse its compiled code, so 10 folds x 500
+    epochs on 2 workers compile where one 500-epoch fold would not. (Ray: each unit counts alone.)"""
     per_worker = -(-len(jobs) // workers)
     for job in jobs:
         t = job.config["train"]
@@ -154,14 +161,8 @@ def _execute_local(runs, jobs, device, workers, threads, progress, desc, address
     """This process (one unit after another) or a spawn pool sharing one memory-mapped copy of the features."""
     pending = [j for j in jobs if not j.final_path.exists()]
     packs = plan_packs(runs, pending, device)
-    if any(len(pack) > 1 for pack in packs):
-        if workers not in (None, 1):
-            raise TimnetError(
-                f"train.pack: packs of units train in this process, on one device — pass --workers 1 (got "
-                f"--workers {workers}), or --set train.pack=1 for one unit per worker process"
-            )
-        workers = 1
-    workers, threads = plan_workers(len(pending), device, workers, threads)
+    busy = {j.key for j in pending}
+    workers, threads = plan_workers(sum(pack[0].key in busy for pack in packs), device, workers, threads)
     decide_compile(pending, workers)
     features = runs[0].features if workers == 1 and len(runs) == 1 else None
     folder = Path(tempfile.mkdtemp(prefix="timnet_features_")) if workers > 1 else None
@@ -179,6 +180,7 @@ def _execute_ray(runs, jobs, device, workers, threads, progress, desc, address) 
     """One Ray task per unit; each node reads the features from the MFCC file itself."""
     for run in runs:
         run.features = without_samples(run.features)
+    decide_compile(jobs, len(jobs))
     return run_units_on_ray(jobs, threads, address, progress, desc)
 
 
@@ -229,17 +231,20 @@ def run_training(
     workbook and the summary row. `workers=1` trains in this process; `resume=RUN` (with cfg and mfcc None)
     continues an interrupted run."""
     check_resume(resume, [name for name, value in (("cfg", cfg), ("mfcc", mfcc)) if value is not None])
-    device = resolve_device(device, backend, address)
+    shape = cfg if cfg is not None else Config.from_dict(open_run(models_root, resume)["config"])
+    device = resolve_device(device, backend, address, shape)
     run = prepare_run(cfg, mfcc, Roots(models_root, logs_root, results_root), resume, device, only_folds)
     with sole_writer(run.paths.models, f"run {run.paths.run_id}"):  # two processes never train one run
         [results] = execute([run], device, backend, workers, threads, progress, run.paths.run_id, address)
         return finish_run(run.cfg, run.features, run.paths, results)
 
 
-def resolve_device(device: str, backend: str = "local", address: str | None = None) -> str:
-    """The device units train on: checked here for `local`; for `ray`, `auto` means CUDA when the cluster has GPUs."""
+def resolve_device(device: str, backend: str = "local", address: str | None = None, cfg: Config | None = None) -> str:
+    """The device units train on: checked here for `local`, where `auto` is the fastest way `timnet devices`
+    measures for cfg's shape (`device_timing.auto_device`; the CPU where there is no accelerator); for `ray`,
+    `auto` means CUDA when the cluster has GPUs."""
     if backend != "ray":
-        return pick_device(device)
+        return auto_device(cfg) if device == "auto" and cfg is not None else pick_device(device)
     if device != "auto":
         return device
     return "cuda" if cluster_has_gpus(address) else "cpu"

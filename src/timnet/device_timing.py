@@ -1,0 +1,240 @@
+"""What this machine offers for a dataset's shape (`timnet devices`): each way to train — CPU worker processes,
+Apple MPS, each CUDA GPU, one unit at a time or the run's units packed (`train.pack`) — timed for a few seconds of
+real Adam steps with dropout on random features of the shape (speed does not depend on the values), reported as
+unit-steps per second, seconds per fold-epoch and the projected paper protocol (10 folds x 500 epochs; per-epoch
+evaluation and state saving not included). `--device auto` for training takes the fastest way a run would use
+(CPU workers, or an accelerator's packed units) as measured, never an accelerator slower than the CPU; the
+measurement is cached per machine, torch and shape (`cache_file`). A machine with no accelerator trains on the
+CPU without measuring.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .atomic import write_json
+from .config import Config
+from .devices import available_cores
+from .fold import should_recompute
+from .model import TIMNet, TIMNetConfig
+from .packed import PackedAdam, PackedTIMNet, packed_step
+from .pool import plan_workers
+
+PAPER = {"folds": 10, "epochs": 500}
+WARMUP_STEPS = 2
+DEVICE_SECONDS = 3.0  # timed per way to train
+# The CPU's packed option packs 2 units: packing is slower there (README), and 10 packed IEMOCAP units would
+# hold ~11 GB of activations in RAM.
+CPU_PACK = 2
+
+# helpers
+
+
+def cache_file() -> Path:
+    """$TIMNET_CACHE/devices.json, else ~/.cache/timnet/devices.json (XDG_CACHE_HOME respected)."""
+    root = os.environ.get("TIMNET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "timnet"
+    return Path(root) / "devices.json"
+
+
+def accelerators() -> list[str]:
+    """The accelerators torch sees: each CUDA GPU, then MPS."""
+    found = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return found + (["mps"] if torch.backends.mps.is_available() else [])
+
+
+def shape_key(cfg: Config) -> str:
+    """What the speed of a step depends on: the machine, torch, and the model and batch shapes."""
+    m, f = cfg.model, cfg.features
+    shape = f"{f.frames}x{f.n_mfcc} L{m.levels} F{m.filters} k{m.kernel_size} C{m.n_classes} B{cfg.train.batch_size}"
+    return f"{platform.node()} | torch {torch.__version__} | {' '.join(['cpu', *accelerators()])} | {shape}"
+
+
+def steps_per_epoch(cfg: Config, samples: int) -> int:
+    """Adam steps of one fold-epoch: the training part of a k-fold split, in batches."""
+    train = samples - math.ceil(samples / cfg.train.folds)
+    return math.ceil(train / cfg.train.batch_size)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_steps(config: dict, device: str, pack: int, threads: int | None, seconds: float) -> float:
+    """Unit-steps per second of `pack` units (1: one unit as `fold.FoldTrainer` steps; more: `packed`) on
+    `device`, timed for `seconds` after a warm-up. Runs in a worker process for the CPU's worker option."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg, where = Config.from_dict(config), torch.device(device)
+    t, arch = cfg.train, TIMNetConfig.from_config(cfg)
+    models = [TIMNet(arch).to(where).train() for _ in range(pack)]
+    models[0].recompute = should_recompute(t.recompute, cfg, t.batch_size)  # as a unit alone trains
+    opts = [torch.optim.Adam(m.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps) for m in models]
+    shape = (t.batch_size, cfg.features.frames, cfg.features.n_mfcc)
+    x = torch.randn(pack, *shape, device=where)
+    y = torch.randint(0, arch.n_classes, (pack, t.batch_size), device=where)
+    if pack == 1:
+
+        def step():
+            loss = F.cross_entropy(models[0](x[0]), y[0], label_smoothing=t.label_smoothing)
+            opts[0].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[0].step()
+
+    else:
+        packed = PackedTIMNet(models)
+        one = packed_step(packed, PackedAdam(packed.params, opts), t.label_smoothing)
+        units, streams = torch.arange(pack, device=where), [torch.Generator(device=where) for _ in range(pack)]
+
+        def step():
+            one(units, x, y, streams)
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    _sync(where)
+    done, started = 0, time.perf_counter()
+    while done < 3 or time.perf_counter() - started < seconds:
+        step()
+        done += 1
+        if done % 4 == 0:
+            _sync(where)
+    _sync(where)
+    return done * pack / (time.perf_counter() - started)
+
+
+# classes
+
+
+@dataclass
+class Option:
+    """One way to train, measured: `parallel` units at once (worker processes, or a pack)."""
+
+    device: str
+    pack: int
+    workers: int
+    threads: int | None
+    unit_steps_per_second: float = 0.0
+    error: str = ""  # why it could not be timed (e.g. out of device memory)
+
+    @property
+    def name(self) -> str:
+        if self.device == "cpu" and self.pack == 1:
+            return f"cpu, {self.workers} worker process(es) x {self.threads or available_cores()} thread(s)"
+        return f"{self.device}, " + (f"{self.pack} units packed" if self.pack > 1 else "one unit at a time")
+
+    @property
+    def auto(self) -> bool:
+        """What `train.pack = auto` trains with on this device (the options `--device auto` chooses among)."""
+        return (self.pack == 1) == (self.device == "cpu")
+
+    def fold_epoch_seconds(self, cfg: Config, samples: int) -> float:
+        """Seconds per fold-epoch, the parallel units' time shared out."""
+        return steps_per_epoch(cfg, samples) / self.unit_steps_per_second
+
+    def paper_hours(self, cfg: Config, samples: int) -> float:
+        return PAPER["folds"] * PAPER["epochs"] * self.fold_epoch_seconds(cfg, samples) / 3600
+
+
+def options(units: int) -> list[Option]:
+    """The ways to train `units` units here: CPU workers as `timnet train` plans them, the CPU packed, and each
+    accelerator one unit at a time and packed."""
+    workers, threads = plan_workers(units, "cpu")
+    found = [Option("cpu", 1, workers, threads), Option("cpu", min(CPU_PACK, units), 1, None)]
+    for device in accelerators():
+        found += [Option(device, 1, 1, None), Option(device, units, 1, None)]
+    return found
+
+
+def measure(cfg: Config, seconds: float = DEVICE_SECONDS) -> list[Option]:
+    """Every option of `options` for a run's units, timed for `seconds`; CPU workers in real worker processes at
+    once. An option that fails (out of device memory) is kept with its error and never chosen."""
+    measured = []
+    for option in options(cfg.train.folds * len(cfg.train.run_seeds)):
+        try:
+            if option.device == "cpu" and option.workers > 1:
+                args = (cfg.to_dict(), "cpu", 1, option.threads, seconds)
+                with ProcessPoolExecutor(option.workers, mp_context=get_context("spawn")) as pool:
+                    rates = [pool.submit(time_steps, *args) for _ in range(option.workers)]
+                    option.unit_steps_per_second = sum(r.result() for r in rates)
+            else:
+                option.unit_steps_per_second = time_steps(cfg.to_dict(), option.device, option.pack, None, seconds)
+        except RuntimeError as err:  # torch's out-of-memory errors are RuntimeErrors
+            option.error = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        measured.append(option)
+    return measured
+
+
+def fastest(measured: list[Option]) -> Option:
+    """The fastest of the options a run trains with (`Option.auto`): never an accelerator slower than the CPU."""
+    return max((o for o in measured if o.auto and not o.error), key=lambda o: o.unit_steps_per_second)
+
+
+def read_cache() -> dict:
+    try:
+        return json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cached_or_measured(
+    cfg: Config, seconds: float = DEVICE_SECONDS, refresh: bool = False
+) -> tuple[list[Option], bool]:
+    """The measured options for cfg's shape, from the cache unless `refresh`; (options, whether from cache)."""
+    key, cache = shape_key(cfg), read_cache()
+    if key in cache and not refresh:
+        return [Option(**o) for o in cache[key]["options"]], True
+    measured = measure(cfg, seconds)
+    cache[key] = {"measured": datetime.now().isoformat(timespec="seconds"), "options": [asdict(o) for o in measured]}
+    write_json(cache_file(), cache)
+    return measured, False
+
+
+def auto_device(cfg: Config) -> str:
+    """`--device auto` for training: the CPU where there is no accelerator; else the fastest measured way."""
+    if not accelerators():
+        return "cpu"
+    measured, from_cache = cached_or_measured(cfg)
+    choice = fastest(measured)
+    if not from_cache:
+        print(
+            f"--device auto: timed the ways to train this shape, fastest {choice.name} (cached in {cache_file()})",
+            file=sys.stderr,
+        )
+    return choice.device
+
+
+def table(cfg: Config, measured: list[Option], samples: int) -> list[str]:
+    """The lines `timnet devices` prints."""
+    choice = fastest(measured)
+    head = f"{'way to train':58} {'unit-steps/s':>12} {'s/fold-epoch':>12} {'paper protocol':>15}"
+    lines = [head]
+    for o in measured:
+        if o.error:
+            lines.append(f"{o.name:58} {'not timed: ' + o.error}")
+            continue
+        mark = "  <- --device auto" if o is choice else ""
+        lines.append(
+            f"{o.name:58} {o.unit_steps_per_second:12.1f} {o.fold_epoch_seconds(cfg, samples):12.3f} "
+            f"{o.paper_hours(cfg, samples):13.2f} h{mark}"
+        )
+    lines.append(
+        f"{cfg.dataset.name}: {samples} utterances of {cfg.features.frames} x {cfg.features.n_mfcc}, "
+        f"{steps_per_epoch(cfg, samples)} steps per fold-epoch; paper protocol = {PAPER['folds']} folds x "
+        f"{PAPER['epochs']} epochs (per-epoch evaluation and state saving not included)"
+    )
+    return lines

@@ -1,0 +1,74 @@
+"""Per-epoch state written off the critical path: the state is snapshotted on the host (from a GPU: into pinned
+memory, without waiting for the copy), then serialised, fsynced and renamed by one background thread while the
+next epoch trains. At most one write is in flight: the next epoch's save first waits for it, so the state file
+always holds a whole saved epoch (the write is atomic), and a kill -9 costs at most the epoch being written.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+import torch
+
+# helpers
+
+
+def snapshot(obj: Any, copies: list) -> Any:
+    """`obj` (nested dicts, lists, tuples of tensors and plain values) with every tensor copied to the host, so
+    the live tensors can change while the copy is written. From CUDA the copy lands in pinned memory, asynchronously;
+    `copies` collects the CUDA tensors copied, whose stream must be synchronised before the copy is read."""
+    if isinstance(obj, torch.Tensor):
+        if obj.device.type == "cuda":
+            host = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True)
+            host.copy_(obj.detach(), non_blocking=True)
+            copies.append(obj)
+            return host
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v, copies) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v, copies) for v in obj)
+    return obj
+
+
+# classes
+
+
+class StateWriter:
+    """One background thread writing snapshots; `submit` waits for the previous write, `wait` for the last one.
+    A failed write (a full disk) raises in the training thread at the next `submit` or `wait`."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def submit(self, state: dict, write: Callable[[dict], None]) -> None:
+        """Snapshot `state` now; `write(snapshot)` runs in the background."""
+        self.wait()
+        copies: list = []
+        host = snapshot(state, copies)
+        ready = torch.cuda.Event() if copies else None
+        if ready is not None:
+            ready.record()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timnet-state")
+        self._pending = self._pool.submit(self._write, host, write, ready)
+
+    @staticmethod
+    def _write(host: dict, write: Callable[[dict], None], ready) -> None:
+        if ready is not None:
+            ready.synchronize()  # the pinned copies have landed
+        write(host)
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
