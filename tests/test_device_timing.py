@@ -68,6 +68,8 @@ def test_auto_is_the_fastest_way_a_run_trains_never_a_slower_accelerator():
     assert fastest([cpu, slow_gpu, cpu_packed]) is cpu  # the CPU packed is not what a CPU run trains
     assert fastest([cpu, slow_gpu, fast_gpu, gpu_alone]) is fast_gpu  # nor one unit at a time on a GPU
     assert fastest([cpu, Option("cuda:0", 10, 1, None, 0.0, "OutOfMemoryError: CUDA out of memory")]) is cpu
+    two = fastest([cpu, Option("cuda:0", 10, 1, None, 20.0), Option("cuda:1", 10, 1, None, 20.0)])
+    assert (two.device, two.workers, two.unit_steps_per_second) == ("cuda", 2, 40.0)  # two GPUs train together
 
 
 def test_auto_trains_on_the_cpu_without_timing_where_there_is_no_accelerator(cache):

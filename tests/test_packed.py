@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_same_units, train
+from conftest import SHORT, assert_same_units, train
 
 from timnet import load_config
 from timnet.errors import TimnetError
@@ -132,3 +132,23 @@ def test_packs_train_in_worker_processes_as_in_this_process(tmp_path, mfcc):
     here = train(tmp_path / "here", mfcc, workers=1, pack="2", folds=4, epochs=2)
     pooled = train(tmp_path / "pool", mfcc, workers=2, pack="2", folds=4, epochs=2)
     assert_same_units(tmp_path / "here" / "Models" / here.run_id, tmp_path / "pool" / "Models" / pooled.run_id)
+
+
+def test_packs_hold_the_units_of_one_device_and_gpus_take_turns(tmp_path, mfcc):
+    """With units spread over two GPUs (as `plan_jobs` spreads them), `auto` packs each GPU's units together and
+    the packs of the GPUs alternate, so the workers (one per GPU) start one pack on each."""
+    from timnet.runs import Roots
+    from timnet.train import plan_packs, prepare_run
+
+    cfg = load_config("EMODB", {**SHORT, "train.folds": 6, "train.epochs": 1, "train.pack": "2"})
+    run = prepare_run(cfg, mfcc, Roots(*(tmp_path / d for d in "MLR")), device="cpu")
+    for i, job in enumerate(run.jobs):
+        job.device = f"cuda:{i % 2}"
+    packs = plan_packs([run], run.jobs, "cuda")
+    assert [[j.fold for j in pack] for pack in packs] == [[1, 3], [2, 4], [5], [6]]
+    assert [{j.device for j in pack} for pack in packs] == [{"cuda:0"}, {"cuda:1"}, {"cuda:0"}, {"cuda:1"}]
+    cfg = load_config("EMODB", {**SHORT, "train.folds": 6, "train.epochs": 1})
+    run = prepare_run(cfg, mfcc, Roots(*(tmp_path / "auto" / d for d in "MLR")), device="cpu")
+    for i, job in enumerate(run.jobs):
+        job.device = f"cuda:{i % 2}"
+    assert [[j.fold for j in pack] for pack in plan_packs([run], run.jobs, "cuda")] == [[1, 3, 5], [2, 4, 6]]

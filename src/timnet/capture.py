@@ -77,20 +77,23 @@ class CapturedSteps:
         static = {"units": units.clone(), "x": x.clone(), "y": y.clone()}
         saved = [t.detach().clone() for t in self.state]
         streams = [g.get_state() for g in generators]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):
                     self.step(static["units"], static["x"], static["y"], generators)
-            torch.cuda.current_stream().wait_stream(side)
         finally:
+            torch.cuda.current_stream().wait_stream(side)
             self._put_back(saved, generators, streams)
         graph = torch.cuda.CUDAGraph()
+        if not hasattr(graph, "register_generator_state"):
+            raise TimnetError(f"torch {torch.__version__} cannot capture per-unit dropout generators (needs ≥ 2.5)")
         for generator in generators:
             graph.register_generator_state(generator)
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: the state writer's thread may wait on its copies while this thread captures
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 static["out"] = self.step(static["units"], static["x"], static["y"], generators)
         except Exception:  # recording runs nothing, but a failed capture may have advanced the generators
             self._put_back(saved, generators, streams)

@@ -10,6 +10,7 @@ CPU without measuring.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from multiprocessing import get_context
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import write_json
+from .capture import CapturedSteps, resolve_capture
 from .config import Config
 from .devices import available_cores
 from .fold import should_recompute
@@ -55,11 +58,17 @@ def accelerators() -> list[str]:
     return found + (["mps"] if torch.backends.mps.is_available() else [])
 
 
+def run_units(cfg: Config) -> int:
+    return cfg.train.folds * len(cfg.train.run_seeds)
+
+
 def shape_key(cfg: Config) -> str:
-    """What the speed of a step depends on: the machine, torch, and the model and batch shapes."""
-    m, f = cfg.model, cfg.features
-    shape = f"{f.frames}x{f.n_mfcc} L{m.levels} F{m.filters} k{m.kernel_size} C{m.n_classes} B{cfg.train.batch_size}"
-    return f"{platform.node()} | torch {torch.__version__} | {' '.join(['cpu', *accelerators()])} | {shape}"
+    """What the speed of a run's steps depends on: the machine (its cores, its devices), torch, the model and batch
+    shapes, and the run's units (the pack timed, the CPU workers planned)."""
+    m, f, t = cfg.model, cfg.features, cfg.train
+    shape = f"{f.frames}x{f.n_mfcc} L{m.levels} F{m.filters} k{m.kernel_size} C{m.n_classes} B{t.batch_size}"
+    where = f"{platform.node()} ({available_cores()} cores) | torch {torch.__version__}"
+    return f"{where} | {' '.join(['cpu', *accelerators()])} | {shape} | {run_units(cfg)} units, capture {t.capture}"
 
 
 def steps_per_epoch(cfg: Config, samples: int) -> int:
@@ -75,9 +84,10 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def time_steps(config: dict, device: str, pack: int, threads: int | None, seconds: float) -> float:
-    """Unit-steps per second of `pack` units (1: one unit as `fold.FoldTrainer` steps; more: `packed`) on
-    `device`, timed for `seconds` after a warm-up. Runs in a worker process for the CPU's worker option."""
+def time_steps(config: dict, device: str, pack: int, threads: int | None, seconds: float, start=None) -> float:
+    """Unit-steps per second of `pack` units (1: one unit as `fold.FoldTrainer` steps; more: packed, and captured
+    where `train.capture` captures) on `device`, timed for `seconds` after a warm-up. Runs in a worker process for
+    the CPU's worker option, whose workers all start timing at once (`start`: a barrier)."""
     if threads:
         torch.set_num_threads(threads)
     cfg, where = Config.from_dict(config), torch.device(device)
@@ -98,7 +108,11 @@ def time_steps(config: dict, device: str, pack: int, threads: int | None, second
 
     else:
         packed = PackedTIMNet(models)
-        one = packed_step(packed, PackedAdam(packed.params, opts), t.label_smoothing)
+        adam = PackedAdam(packed.params, opts)
+        one = packed_step(packed, adam, t.label_smoothing)
+        if resolve_capture(t.capture, device):
+            captured = CapturedSteps(one, packed.state + adam.state, f"timing {device}")
+            one = functools.partial(captured, tuple(range(pack)))
         units, streams = torch.arange(pack, device=where), [torch.Generator(device=where) for _ in range(pack)]
 
         def step():
@@ -107,6 +121,8 @@ def time_steps(config: dict, device: str, pack: int, threads: int | None, second
     for _ in range(WARMUP_STEPS):
         step()
     _sync(where)
+    if start is not None:
+        start.wait()
     done, started = 0, time.perf_counter()
     while done < 3 or time.perf_counter() - started < seconds:
         step()
@@ -133,6 +149,8 @@ class Option:
 
     @property
     def name(self) -> str:
+        if self.device == "cuda":
+            return f"cuda, {self.workers} GPUs, the units spread over them, packed"
         if self.device == "cpu" and self.pack == 1:
             return f"cpu, {self.workers} worker process(es) x {self.threads or available_cores()} thread(s)"
         return f"{self.device}, " + (f"{self.pack} units packed" if self.pack > 1 else "one unit at a time")
@@ -164,24 +182,37 @@ def measure(cfg: Config, seconds: float = DEVICE_SECONDS) -> list[Option]:
     """Every option of `options` for a run's units, timed for `seconds`; CPU workers in real worker processes at
     once. An option that fails (out of device memory) is kept with its error and never chosen."""
     measured = []
-    for option in options(cfg.train.folds * len(cfg.train.run_seeds)):
+    for option in options(run_units(cfg)):
         try:
             if option.device == "cpu" and option.workers > 1:
-                args = (cfg.to_dict(), "cpu", 1, option.threads, seconds)
-                with ProcessPoolExecutor(option.workers, mp_context=get_context("spawn")) as pool:
-                    rates = [pool.submit(time_steps, *args) for _ in range(option.workers)]
-                    option.unit_steps_per_second = sum(r.result() for r in rates)
+                option.unit_steps_per_second = _time_workers(cfg, option, seconds)
             else:
                 option.unit_steps_per_second = time_steps(cfg.to_dict(), option.device, option.pack, None, seconds)
-        except RuntimeError as err:  # torch's out-of-memory errors are RuntimeErrors
+        except (RuntimeError, BrokenProcessPool) as err:  # torch's out-of-memory errors are RuntimeErrors
             option.error = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
         measured.append(option)
     return measured
 
 
+def _time_workers(cfg: Config, option: Option, seconds: float) -> float:
+    """The CPU's worker processes timed at once (as a run keeps them all busy): the sum of their rates."""
+    context = get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(option.workers, mp_context=context) as pool:
+        start = manager.Barrier(option.workers)
+        args = (cfg.to_dict(), "cpu", 1, option.threads, seconds, start)
+        rates = [pool.submit(time_steps, *args) for _ in range(option.workers)]
+        return sum(r.result() for r in rates)
+
+
 def fastest(measured: list[Option]) -> Option:
-    """The fastest of the options a run trains with (`Option.auto`): never an accelerator slower than the CPU."""
-    return max((o for o in measured if o.auto and not o.error), key=lambda o: o.unit_steps_per_second)
+    """The fastest of the options a run trains with (`Option.auto`): never an accelerator slower than the CPU.
+    Several GPUs count together (a run spreads its units over all of them, one pack each) as device `cuda`."""
+    usable = [o for o in measured if o.auto and not o.error]
+    gpus = [o for o in usable if o.device.startswith("cuda")]
+    if len(gpus) > 1:
+        rate = sum(o.unit_steps_per_second for o in gpus)
+        usable = [o for o in usable if o not in gpus] + [Option("cuda", gpus[0].pack, len(gpus), None, rate)]
+    return max(usable, key=lambda o: o.unit_steps_per_second, default=Option("cpu", 1, 1, None))
 
 
 def read_cache() -> dict:
@@ -215,7 +246,7 @@ def auto_device(cfg: Config) -> str:
             f"--device auto: timed the ways to train this shape, fastest {choice.name} (cached in {cache_file()})",
             file=sys.stderr,
         )
-    return choice.device
+    return "cuda" if choice.device.startswith("cuda") else choice.device  # all GPUs: units spread over them
 
 
 def table(cfg: Config, measured: list[Option], samples: int) -> list[str]:
@@ -223,7 +254,7 @@ def table(cfg: Config, measured: list[Option], samples: int) -> list[str]:
     choice = fastest(measured)
     head = f"{'way to train':58} {'unit-steps/s':>12} {'s/fold-epoch':>12} {'paper protocol':>15}"
     lines = [head]
-    for o in measured:
+    for o in measured + ([choice] if choice not in measured else []):
         if o.error:
             lines.append(f"{o.name:58} {'not timed: ' + o.error}")
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -49,3 +50,10 @@ def set_device_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.cuda.set_rng_state(state, device)
     elif device.type == "mps":
         torch.mps.set_rng_state(state)
+
+
+def on_device(device: torch.device | str):
+    """Make `device` the current CUDA device (streams, events and graph capture bind to the current one: units on
+    cuda:1 need it); nothing elsewhere."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path
 from .config import Config
-from .devices import device_rng_state, set_device_rng_state
+from .devices import device_rng_state, on_device, set_device_rng_state
 from .errors import TimnetError
 from .features import FeatureSet, load_features
 from .inference import accuracy, infer
@@ -170,7 +170,7 @@ class FoldTrainer:
         if not self.job.state_path.exists():
             return Progress()
         try:
-            saved = torch.load(self.job.state_path, map_location=self.device, weights_only=True)
+            saved = torch.load(self.job.state_path, map_location="cpu", weights_only=True)  # RNG states stay CPU
         except Exception as err:
             raise TimnetError(
                 f"{self.job.state_path}: unreadable per-epoch state ({type(err).__name__}) — delete it to "
@@ -326,6 +326,11 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None, report: Report 
         report({**event, "event": "done", "epoch": cfg.train.epochs})
         return load_result(job.final_path)
     features = features if features is not None else load_features(Path(job.mfcc_file), cfg.dataset.classes)
+    with on_device(job.device):
+        return _train(job, cfg, features, report, event)
+
+
+def _train(job: FoldJob, cfg: Config, features: FeatureSet, report: Report, event: dict) -> FoldResult:
     trainer = FoldTrainer(job, cfg, features)
     progress = trainer.restore()
     report({**event, "event": "start", "epoch": progress.epoch})

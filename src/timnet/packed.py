@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .capture import CapturedSteps, Step, resolve_capture
 from .config import Config
-from .devices import device_rng_state, set_device_rng_state
+from .devices import device_rng_state, on_device, set_device_rng_state
 from .features import FeatureSet, load_features
 from .fold import FoldJob, FoldTrainer, Report
 from .model import TIMNet
@@ -164,15 +164,16 @@ class PackedAdam:
         counted = units.to(self.steps.device)
         self.steps[counted] += 1
         steps = self.steps[counted]
-        step_size = self.lr / (1 - self.beta1**steps)  # [G] float64, as torch computes it in Python floats
-        bias_sqrt = torch.sqrt(1 - self.beta2**steps)
+        first = next(iter(self.params.values()))  # float64 as torch computes these in Python floats, then cast once
+        step_size = (self.lr / (1 - self.beta1**steps)).to(first.dtype).to(first.device)  # [G]
+        bias_sqrt = torch.sqrt(1 - self.beta2**steps).to(first.dtype).to(first.device)
         for name, p in self.params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
             grad, m, v = p.grad[units], self.exp_avg[name][units], self.exp_avg_sq[name][units]
             m.lerp_(grad, 1 - self.beta1)
             v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-            denom = (v.sqrt() / bias_sqrt.to(p.dtype).to(p.device).view(shape)).add_(self.eps)
-            p[units] += (-step_size.to(p.dtype).to(p.device).view(shape) * m) / denom
+            denom = (v.sqrt() / bias_sqrt.view(shape)).add_(self.eps)
+            p[units] += (-step_size.view(shape) * m) / denom
             self.exp_avg[name][units], self.exp_avg_sq[name][units] = m, v
             p.grad = None
 
@@ -295,21 +296,28 @@ def train_pack(
             results[job.key] = load_result(job.final_path)
     if todo:
         features = features if features is not None else load_features(Path(todo[0].mfcc_file), cfg.dataset.classes)
-        pack = Pack(todo, cfg, features)
-        for job, progress in zip(todo, pack.progress):
-            report({**events[job.key], "event": "start", "epoch": progress.epoch})
-        try:
-            while active := pack.active():
-                started = time.perf_counter()
-                trained = pack.train_epoch(active)
-                share = (time.perf_counter() - started) / len(active)  # each unit's part of the pack's epoch
-                for u, (loss, acc) in zip(active, trained):
-                    row = pack.record(u, loss, acc, share)
-                    report({**events[todo[u].key], "event": "epoch", "epoch": pack.progress[u].epoch, "row": row})
-            for job, trainer, progress in zip(todo, pack.trainers, pack.progress):
-                results[job.key] = trainer.finish(progress, features)
-                report({**events[job.key], "event": "done", "epoch": cfg.train.epochs})
-        finally:  # interrupted: every unit's last epoch still lands on disk
-            for trainer in pack.trainers:
-                trainer.writer.close()
+        with on_device(todo[0].device):
+            results |= _train(todo, cfg, features, report, events)
     return [results[j.key] for j in jobs]
+
+
+def _train(todo: list[FoldJob], cfg: Config, features: FeatureSet, report: Report, events: dict) -> dict:
+    """The epochs of the unfinished units `todo`, packed; {key: result}."""
+    results, pack = {}, Pack(todo, cfg, features)
+    for job, progress in zip(todo, pack.progress):
+        report({**events[job.key], "event": "start", "epoch": progress.epoch})
+    try:
+        while active := pack.active():
+            started = time.perf_counter()
+            trained = pack.train_epoch(active)
+            share = (time.perf_counter() - started) / len(active)  # each unit's part of the pack's epoch
+            for u, (loss, acc) in zip(active, trained):
+                row = pack.record(u, loss, acc, share)
+                report({**events[todo[u].key], "event": "epoch", "epoch": pack.progress[u].epoch, "row": row})
+        for job, trainer, progress in zip(todo, pack.trainers, pack.progress):
+            results[job.key] = trainer.finish(progress, features)
+            report({**events[job.key], "event": "done", "epoch": cfg.train.epochs})
+    finally:  # interrupted: every unit's last epoch still lands on disk
+        for trainer in pack.trainers:
+            trainer.writer.close()
+    return results

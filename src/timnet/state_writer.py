@@ -48,17 +48,18 @@ class StateWriter:
         self.wait()
         copies: list = []
         host = snapshot(state, copies)
-        ready = torch.cuda.Event() if copies else None
-        if ready is not None:
-            ready.record()
+        ready = []  # one event per GPU copied from, on the stream the copies were queued on
+        for device in {t.device for t in copies}:
+            ready.append(torch.cuda.Event())
+            ready[-1].record(torch.cuda.current_stream(device))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timnet-state")
         self._pending = self._pool.submit(self._write, host, write, ready)
 
     @staticmethod
-    def _write(host: dict, write: Callable[[dict], None], ready) -> None:
-        if ready is not None:
-            ready.synchronize()  # the pinned copies have landed
+    def _write(host: dict, write: Callable[[dict], None], ready: list) -> None:
+        for event in ready:
+            event.synchronize()  # the pinned copies have landed
         write(host)
 
     def wait(self) -> None:

@@ -9,6 +9,7 @@ One unit is `fold.train_fold(FoldJob)`; its files and resume rules are in `fold`
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import warnings
@@ -141,9 +142,11 @@ def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> 
         for job in run.jobs:
             if job.key in keys:
                 on_device.setdefault(job.device, []).append(job)
+        per_device = []
         for todo in on_device.values():
             size = resolve_pack(run.cfg.train.pack, device, len(todo))
-            packs += [todo[i : i + size] for i in range(0, len(todo), size)]
+            per_device.append([todo[i : i + size] for i in range(0, len(todo), size)])
+        packs += [pack for turn in itertools.zip_longest(*per_device) for pack in turn if pack]  # GPUs take turns
     return packs
 
 
