@@ -31,7 +31,8 @@ Derived per round and competitor, with F = --folds:
            per command; its per-fold costs overlap in the workers). A row "B's fixed cost per fold" shows the
            ratio if B's fixed cost scaled with folds as A's does (an upper bound for B).
 Printed: medians (min-max over the rounds) as a Markdown table for the README; the raw per-command rows are
-appended to benchmarks/results/bench_vs_authors.csv (bench_vs_keras.csv keeps the old columns and rows).
+appended to benchmarks/results/bench_vs_authors.csv as each command finishes (bench_vs_keras.csv keeps the old
+columns and rows).
 Without --mfcc the features are random numbers in the dataset's shape (speed does not depend on the values).
 Caveats: B trains up to one fold per core at once, so use F >= cores for a faithful 10-fold projection. The
 projection assumes a 500-epoch run takes the code paths of E1 and E2: `--compile auto` compiles where a worker
@@ -261,8 +262,9 @@ def timed(argv: list[str]) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "peak_memory_mb": peak[0] / 2**20, "spawned": spawned}
 
 
-def run_rounds(args, mfcc: Path, work: Path, say) -> list[dict]:
-    """`--repeats` rounds of A(E1) B(E1) A(E2) B(E2); one row per command."""
+def run_rounds(args, mfcc: Path, work: Path, say, keep=lambda row: None) -> list[dict]:
+    """`--repeats` rounds of A(E1) B(E1) A(E2) B(E2); one row per command, each handed to `keep` as soon as it is
+    measured (the CSV: a long run stopped halfway keeps its commands)."""
     rows, commands = [], competitors(args, mfcc)
     warmup = commands["B"][1](1, work / "warmup")
     if "--compile" in warmup and warmup[warmup.index("--compile") + 1] == "on":
@@ -288,6 +290,7 @@ def run_rounds(args, mfcc: Path, work: Path, say) -> list[dict]:
                         "startup_s": startup,
                     }
                 )
+                keep(rows[-1])
                 say(
                     f"  round {r}/{args.repeats}, {args.folds} folds x {epochs} epochs, {name}: {m['wall_s']:.1f} s "
                     f"wall, {m['cpu_s']:.1f} s CPU, {m['peak_memory_mb']:.0f} MB"
@@ -595,33 +598,26 @@ def training_benchmark(args) -> None:
     say = labelled_printer(fallback)
     if fallback:
         say(f"{args.authors_code} not found: competitor A falls back to tools/keras_reference.py")
-    with tempfile.TemporaryDirectory(prefix="bench_vs_authors_") as tmp:
-        work = Path(tmp)
-        mfcc = args.mfcc or synthetic_features(args.dataset, work)
-        names = {key: name for key, (name, _) in competitors(args, mfcc).items()}
-        rows = run_rounds(args, mfcc, work, say)
-    stamp = datetime.now().isoformat(timespec="seconds")
+    stamp = datetime.now().isoformat(timespec="seconds")  # the run's start: every row of this run carries it
     libs, where, cpu = (
         library_versions(),
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         cpu_model(),
     )
     data = "real" if args.mfcc else "random"
+    columns = ("round", "competitor", "epochs", "folds", "wall_s", "cpu_s", "startup_s", "peak_memory_mb")
+
+    def keep(row: dict) -> None:
+        about = {"date": stamp, "machine": where, "cpu_model": cpu, **libs, "dataset": args.dataset, "data": data}
+        append_csv(RESULTS, [{**about, **{k: row[k] for k in columns}}], lambda text: None)
+
+    with tempfile.TemporaryDirectory(prefix="bench_vs_authors_") as tmp:
+        work = Path(tmp)
+        mfcc = args.mfcc or synthetic_features(args.dataset, work)
+        names = {key: name for key, (name, _) in competitors(args, mfcc).items()}
+        rows = run_rounds(args, mfcc, work, say, keep)
     summary(args, [{**row, "date": stamp} for row in rows], names, say)
-    keep = ("round", "competitor", "epochs", "folds", "wall_s", "cpu_s", "startup_s", "peak_memory_mb")
-    records = [
-        {
-            "date": stamp,
-            "machine": where,
-            "cpu_model": cpu,
-            **libs,
-            "dataset": args.dataset,
-            "data": data,
-            **{k: row[k] for k in keep},
-        }
-        for row in rows
-    ]
-    append_csv(RESULTS, records, say)
+    say(f"\nrows appended to {RESULTS.relative_to(REPO)} as each command finished")
 
 
 def epoch_pair(text: str) -> list[int]:
