@@ -24,68 +24,13 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from timnet import load_config
-from timnet.capture import CapturedSteps
-from timnet.model import TIMNet, TIMNetConfig
-from timnet.packed import PackedAdam, PackedTIMNet, packed_step
+from timnet.device_timing import sync, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_gpu.csv"
 SHAPES = {"EMODB": 535, "IEMOCAP": 5531}  # utterances; frames and levels from the dataset's config
 AUTHORS_STEP_SECONDS = 0.060  # the paper's RTX 3090 figure
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def models_of(dataset: str, units: int, device: torch.device) -> tuple[list[TIMNet], TIMNetConfig, int]:
-    cfg = load_config(dataset)
-    config = TIMNetConfig.from_config(cfg)
-    return [TIMNet(config).to(device).train() for _ in range(units)], config, cfg.features.frames
-
-
-def one_unit(models, frames, device):
-    """A step function of one unit alone (as `FoldTrainer._step`), and the units it advances per call."""
-    model = models[0]
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.93, 0.98), eps=1e-8)
-    x = torch.randn(64, frames, model.config.n_mfcc, device=device)
-    y = torch.randint(0, model.config.n_classes, (64,), device=device)
-
-    def step():
-        loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step, 1
-
-
-def packed_units(models, frames, device, capture: bool = False):
-    """A step function of all `models` as one pack, as `timnet train` steps it (`packed.packed_step`; with
-    `capture`, recorded as a CUDA graph by `capture.CapturedSteps`, as `train.capture` does), and its units."""
-    pack = PackedTIMNet(models)
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.93, 0.98), eps=1e-8) for m in models]
-    adam = PackedAdam(pack.params, opts)
-    U, config = len(models), models[0].config
-    x = torch.randn(U, 64, frames, config.n_mfcc, device=device)
-    y = torch.randint(0, config.n_classes, (U, 64), device=device)
-    units, group = torch.arange(U, device=device), tuple(range(U))
-    streams = [torch.Generator(device=device).manual_seed(u) for u in range(U)]
-    one = packed_step(pack, adam, 0.1)
-    captured = CapturedSteps(one, pack.state + adam.state, f"bench x{U}") if capture else None
-
-    def step():
-        if captured is not None:
-            captured(group, units, x, y, streams)
-        else:
-            one(units, x, y, streams)
-
-    return step, U
 
 
 def steps_per_second(step, device, seconds: float) -> float:
@@ -104,13 +49,13 @@ def peak_memory(device: torch.device) -> float:
 
 
 def measure(dataset: str, device: torch.device, pack: int, seconds: float, rounds: int) -> list[dict]:
-    models, _, frames = models_of(dataset, pack, device)
+    cfg = load_config(dataset, {"train.recompute": "off"})  # the step's speed, not activation checkpointing's
     ways = {
-        "one unit at a time": one_unit(models, frames, device),
-        f"packed x{pack}": packed_units(models, frames, device),
+        "one unit at a time": (train_step(cfg, device, 1, capture=False), 1),
+        f"packed x{pack}": (train_step(cfg, device, pack, capture=False), pack),
     }
     if device.type == "cuda":
-        ways[f"packed x{pack}, captured"] = packed_units(models, frames, device, capture=True)
+        ways[f"packed x{pack}, captured"] = (train_step(cfg, device, pack, capture=True), pack)
     rates = {name: [] for name in ways}
     for step, _ in ways.values():  # warm-up (and compile)
         for _ in range(3):

@@ -74,6 +74,9 @@ class CapturedSteps:
         return static["out"]  # overwritten by the next replay: read (queued on the stream) before it
 
     def _capture(self, units, x, y, generators) -> tuple:
+        graph = torch.cuda.CUDAGraph()  # checked first: no warm-up steps where capture cannot work
+        if not hasattr(graph, "register_generator_state"):
+            raise TimnetError(f"torch {torch.__version__} cannot capture per-unit dropout generators (needs ≥ 2.5)")
         static = {"units": units.clone(), "x": x.clone(), "y": y.clone()}
         saved = [t.detach().clone() for t in self.state]
         streams = [g.get_state() for g in generators]
@@ -86,9 +89,6 @@ class CapturedSteps:
         finally:
             torch.cuda.current_stream().wait_stream(side)
             self._put_back(saved, generators, streams)
-        graph = torch.cuda.CUDAGraph()
-        if not hasattr(graph, "register_generator_state"):
-            raise TimnetError(f"torch {torch.__version__} cannot capture per-unit dropout generators (needs ≥ 2.5)")
         for generator in generators:
             graph.register_generator_state(generator)
         try:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,27 +78,25 @@ def steps_per_epoch(cfg: Config, samples: int) -> int:
     return math.ceil(train / cfg.train.batch_size)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings must not end while kernels still run)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
 
 
-def time_steps(config: dict, device: str, pack: int, threads: int | None, seconds: float, start=None) -> float:
-    """Unit-steps per second of `pack` units (1: one unit as `fold.FoldTrainer` steps; more: packed, and captured
-    where `train.capture` captures) on `device`, timed for `seconds` after a warm-up. Runs in a worker process for
-    the CPU's worker option, whose workers all start timing at once (`start`: a barrier)."""
-    if threads:
-        torch.set_num_threads(threads)
-    cfg, where = Config.from_dict(config), torch.device(device)
+def train_step(cfg: Config, device: torch.device, pack: int, capture: bool) -> Callable[[], None]:
+    """One training step of `pack` units on random batches of cfg's shape, as `timnet train` steps them: 1 = one
+    unit as `fold.FoldTrainer` steps it (recomputing where `train.recompute` says); more = packed
+    (`packed.packed_step`), with `capture` recorded as a CUDA graph (`capture.CapturedSteps`)."""
     t, arch = cfg.train, TIMNetConfig.from_config(cfg)
-    models = [TIMNet(arch).to(where).train() for _ in range(pack)]
+    models = [TIMNet(arch).to(device).train() for _ in range(pack)]
     models[0].recompute = should_recompute(t.recompute, cfg, t.batch_size)  # as a unit alone trains
     opts = [torch.optim.Adam(m.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps) for m in models]
     shape = (t.batch_size, cfg.features.frames, cfg.features.n_mfcc)
-    x = torch.randn(pack, *shape, device=where)
-    y = torch.randint(0, arch.n_classes, (pack, t.batch_size), device=where)
+    x = torch.randn(pack, *shape, device=device)
+    y = torch.randint(0, arch.n_classes, (pack, t.batch_size), device=device)
     if pack == 1:
 
         def step():
@@ -106,21 +105,27 @@ def time_steps(config: dict, device: str, pack: int, threads: int | None, second
             loss.backward()
             opts[0].step()
 
-    else:
-        packed = PackedTIMNet(models)
-        adam = PackedAdam(packed.params, opts)
-        one = packed_step(packed, adam, t.label_smoothing)
-        if resolve_capture(t.capture, device):
-            captured = CapturedSteps(one, packed.state + adam.state, f"timing {device}")
-            one = functools.partial(captured, tuple(range(pack)))
-        units, streams = torch.arange(pack, device=where), [torch.Generator(device=where) for _ in range(pack)]
+        return step
+    packed = PackedTIMNet(models)
+    adam = PackedAdam(packed.params, opts)
+    one = packed_step(packed, adam, t.label_smoothing)
+    if capture:
+        one = functools.partial(CapturedSteps(one, packed.state + adam.state, f"timing {device}"), tuple(range(pack)))
+    units, streams = torch.arange(pack, device=device), [torch.Generator(device=device) for _ in range(pack)]
+    return lambda: one(units, x, y, streams)
 
-        def step():
-            one(units, x, y, streams)
 
+def time_steps(config: dict, device: str, pack: int, threads: int | None, seconds: float, start=None) -> float:
+    """Unit-steps per second of `train_step` (captured where `train.capture` captures) on `device`, timed for
+    `seconds` after a warm-up. Runs in a worker process for the CPU's worker option, whose workers all start timing
+    at once (`start`: a barrier)."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg, where = Config.from_dict(config), torch.device(device)
+    step = train_step(cfg, where, pack, pack > 1 and resolve_capture(cfg.train.capture, device))
     for _ in range(WARMUP_STEPS):
         step()
-    _sync(where)
+    sync(where)
     if start is not None:
         start.wait()
     done, started = 0, time.perf_counter()
@@ -128,8 +133,8 @@ def time_steps(config: dict, device: str, pack: int, threads: int | None, second
         step()
         done += 1
         if done % 4 == 0:
-            _sync(where)
-    _sync(where)
+            sync(where)
+    sync(where)
     return done * pack / (time.perf_counter() - started)
 
 

@@ -35,14 +35,14 @@ def pick_device(name: str = "auto") -> str:
     return "cpu"
 
 
-def device_rng_state(device: torch.device) -> torch.Tensor | None:
-    """The state of the default generator of an accelerator (what dropout draws from there); None on CPU, whose
-    generator is torch's global one."""
+def device_rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the generator dropout draws from on `device`: CUDA's or MPS's default one, on CPU torch's
+    global one."""
     if device.type == "cuda":
         return torch.cuda.get_rng_state(device)
     if device.type == "mps":
         return torch.mps.get_rng_state()
-    return None
+    return torch.get_rng_state()
 
 
 def set_device_rng_state(device: torch.device, state: torch.Tensor) -> None:
@@ -50,6 +50,8 @@ def set_device_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.cuda.set_rng_state(state, device)
     elif device.type == "mps":
         torch.mps.set_rng_state(state)
+    else:
+        torch.set_rng_state(state)
 
 
 def on_device(device: torch.device | str):

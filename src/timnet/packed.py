@@ -214,8 +214,7 @@ class Pack:
             trainer = FoldTrainer(job, cfg, features)
             self.progress.append(trainer.restore())
             generator = torch.Generator(device=trainer.device)
-            state = device_rng_state(trainer.device)
-            generator.set_state(torch.get_rng_state() if state is None else state)
+            generator.set_state(device_rng_state(trainer.device))
             self.trainers.append(trainer)
             self.dropout.append(generator)
         self.device = self.trainers[0].device
@@ -273,10 +272,7 @@ class Pack:
         file, with its own dropout stream in the RNG slot it saves."""
         trainer, generator = self.trainers[u], self.dropout[u]
         row = trainer.record_epoch(self.progress[u], loss, train_acc, time.perf_counter() - seconds)
-        if trainer.device.type == "cpu":
-            torch.set_rng_state(generator.get_state())
-        else:
-            set_device_rng_state(trainer.device, generator.get_state())
+        set_device_rng_state(trainer.device, generator.get_state())
         trainer.save(self.progress[u])
         return row
 
