@@ -1,11 +1,12 @@
-"""Training-step speed of TIM-Net: the shipped GEMM causal conv vs the channels-first Conv1d formulation.
+"""Training-step speed of TIM-Net: the shipped GEMM causal conv, its products through torch's BLAS (MKL on x86) or
+numpy's (OpenBLAS; `train.blas`), vs the channels-first Conv1d formulation.
 
     python benchmarks/bench_model.py [--threads 1] [--epochs 3] [--repeat 3]
 
-Both variants share one model's parameters and run the same Adam epochs on EMO-DB shapes (481 utterances
-x 188 frames x 39 MFCCs, batch 64), interleaved, so machine load hits both alike. The competitor is the
+All variants share one model's parameters and run the same Adam epochs on EMO-DB shapes (481 utterances
+x 188 frames x 39 MFCCs, batch 64), interleaved, so machine load hits all alike. The competitor is the
 textbook formulation (F.pad + F.conv1d on [B, C, T], nn.Dropout1d), i.e. what model.py ran before.
-Prints seconds per epoch (median) and the ratio.
+Prints seconds per epoch (median) and the ratios, and what `train.blas = auto` chooses on this machine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from timnet import load_config
+from timnet.blas import limit_threads, measure
 from timnet.model import TIMNet, TIMNetConfig
 
 
@@ -67,12 +69,25 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
     torch.manual_seed(0)
     x, y = torch.randn(481, 188, 39), torch.randint(0, 7, (481,))
     model = TIMNet(TIMNetConfig.from_config(load_config("EMODB")))
     with torch.no_grad():
         gap = (model.eval().levels(x[:64]) - conv1d_levels(model, x[:64])).abs().max().item()
-    competitors = {"gemm (shipped)": model.levels, "conv1d": lambda xb: conv1d_levels(model, xb)}
+
+    def gemm(blas):
+        def levels(xb):
+            model.use_blas(blas)
+            return model.levels(xb)
+
+        return levels
+
+    competitors = {
+        "gemm, torch BLAS": gemm("torch"),
+        "gemm, numpy BLAS": gemm("numpy"),
+        "conv1d": lambda xb: conv1d_levels(model, xb),
+    }
     times = {name: [] for name in competitors}
     for levels in competitors.values():  # warm-up
         epoch_seconds(model, levels, x, y, 1)
@@ -82,8 +97,9 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"threads {args.threads}, {args.epochs} epochs x {args.repeat}; max |levels difference| {gap:.1e}")
     for name, seconds in median.items():
-        print(f"  {name:16s} {seconds:.3f} s/epoch")
-    print(f"  speed-up {median['conv1d'] / median['gemm (shipped)']:.2f}x")
+        print(f"  {name:18s} {seconds:.3f} s/epoch  ({median['conv1d'] / seconds:.2f}x conv1d)")
+    print(f"  numpy BLAS / torch BLAS: {median['gemm, torch BLAS'] / median['gemm, numpy BLAS']:.2f}x faster")
+    print(f"  train.blas = auto chooses here: {measure()}")
 
 
 if __name__ == "__main__":

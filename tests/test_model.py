@@ -60,11 +60,14 @@ def test_causal_convolution_never_looks_ahead():
     assert not torch.allclose(a[:, 60:], b[:, 60:])
 
 
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
 @pytest.mark.parametrize("kernel_size, dilation", [(1, 1), (2, 1), (2, 16), (2, 64), (3, 5)])
-def test_gemm_causal_conv_equals_left_padded_conv1d(kernel_size, dilation):
-    """Forward and all gradients of the GEMM formulation equal F.pad + F.conv1d (float64, so exactly)."""
+def test_gemm_causal_conv_equals_left_padded_conv1d(kernel_size, dilation, blas):
+    """Forward and all gradients of the GEMM formulation, through either BLAS, equal F.pad + F.conv1d (float64,
+    so exactly)."""
     torch.manual_seed(0)
     conv = CausalConv1d(5, 4, kernel_size, dilation=dilation).double()
+    conv.blas = blas
     nn.init.normal_(conv.bias)
     x = torch.randn(3, 40, 5, dtype=torch.float64, requires_grad=True)  # dilation 64 > T: only padding behind
     upstream = torch.randn(3, 40, 4, dtype=torch.float64)

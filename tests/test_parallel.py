@@ -173,14 +173,14 @@ def test_auto_compiles_where_a_workers_units_together_repay_it(tmp_path, mfcc):
     """10 folds x 500 epochs: 1 or 2 workers train 5+ units each and compile; 10 workers (one unit each) do not;
     `off` never compiles."""
     from timnet.runs import Roots
-    from timnet.train import decide_compile, prepare_run
+    from timnet.train import decide_execution, prepare_run
 
     cfg = load_config("EMODB", {**SHORT, "train.folds": 10, "train.epochs": 500})
     run = prepare_run(cfg, mfcc, Roots(*(tmp_path / d for d in "MLR")), device="cpu")
     for workers, expected in ((1, True), (2, True), (10, False)):
-        decide_compile(run.jobs, workers)
+        decide_execution(run.jobs, workers)
         assert [j.compile for j in run.jobs] == [expected] * 10, workers
     for job in run.jobs:
         job.config["train"]["compile"] = "off"
-    decide_compile(run.jobs, 1)
+    decide_execution(run.jobs, 1)
     assert not any(j.compile for j in run.jobs)

@@ -140,11 +140,13 @@ class TrainSettings:
     recompute: str
     pack: str
     capture: str
+    blas: str
     seeds: list[int] = field(default_factory=list)  # extra training seeds; none = the KFold seed
 
     PROTOCOLS = ("random", "speaker")
     CHECKPOINTS = ("last", "best-val", "best-test")
     SWITCHES = ("auto", "on", "off")  # compile, recompute, capture
+    BLAS = ("auto", "torch", "numpy")
 
     def __post_init__(self) -> None:
         if isinstance(self.pack, int) and not isinstance(self.pack, bool):
@@ -158,6 +160,7 @@ class TrainSettings:
         check_choice("train.compile", self.compile, self.SWITCHES)
         check_choice("train.recompute", self.recompute, self.SWITCHES)
         check_choice("train.capture", self.capture, self.SWITCHES)
+        check_choice("train.blas", self.blas, self.BLAS)
         if not (self.pack == "auto" or (isinstance(self.pack, str) and self.pack.isdigit() and int(self.pack) >= 1)):
             raise invalid("train.pack", "auto or a whole number ≥ 1", self.pack)
         check_range("train.folds", self.folds, 2, integer=True)
@@ -214,7 +217,9 @@ RETIRED = {"train": ("device",)}
 # Settings added after runs were saved: what such a run did before they existed. (The TOML files hold every
 # setting; the dataclasses above have no defaults, so a missing one is an error, except these and [dataset]'s
 # optional keys, whose defaults are in DatasetConfig: the reader's own rules, which earlier runs used.)
-INTRODUCED = {"train": {"compile": "off", "test_every": 1, "recompute": "off", "pack": "1", "capture": "off"}}
+INTRODUCED = {
+    "train": {"compile": "off", "test_every": 1, "recompute": "off", "pack": "1", "capture": "off", "blas": "torch"}
+}
 # Settings renamed since runs were saved: old name -> new name, mapped on read.
 RENAMED = {"dataset": {"recipe": "reader"}}
 # Settings that follow from others (-> where from): saved with the model, never typed or overridden.

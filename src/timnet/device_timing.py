@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from .atomic import write_json
 from .capture import CapturedSteps, resolve_capture
 from .config import Config
-from .devices import available_cores
+from .devices import available_cores, cache_root
 from .fold import should_recompute
 from .model import TIMNet, TIMNetConfig
 from .packed import PackedAdam, PackedTIMNet, packed_step
@@ -48,9 +47,7 @@ CPU_PACK = 2
 
 
 def cache_file() -> Path:
-    """$TIMNET_CACHE/devices.json, else ~/.cache/timnet/devices.json (XDG_CACHE_HOME respected)."""
-    root = os.environ.get("TIMNET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "timnet"
-    return Path(root) / "devices.json"
+    return cache_root() / "devices.json"
 
 
 def accelerators() -> list[str]:

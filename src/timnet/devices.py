@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -13,6 +14,12 @@ from .errors import TimnetError
 def available_cores() -> int:
     """Cores this process may run on (the affinity mask on Linux, e.g. under a batch scheduler)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cache_root() -> Path:
+    """Where measurements of this machine are kept: $TIMNET_CACHE, else ~/.cache/timnet (XDG_CACHE_HOME respected)."""
+    root = os.environ.get("TIMNET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "timnet"
+    return Path(root)
 
 
 def pick_device(name: str = "auto") -> str:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path
+from .blas import limit_threads
 from .config import Config
 from .devices import device_rng_state, on_device, set_device_rng_state
 from .errors import TimnetError
@@ -106,6 +107,8 @@ class FoldJob:
     unit: str
     device: str = "cpu"
     compile: bool = False
+    blas: str = "torch"  # of eager products, decided by the executor (`train.decide_execution`); a resumed unit
+    # keeps the one its state names
 
     @property
     def paths(self) -> RunPaths:
@@ -158,6 +161,7 @@ class FoldTrainer:
         torch.manual_seed(job.seed * 1000 + job.fold)
         self.model = TIMNet(TIMNetConfig.from_config(cfg)).to(self.device)
         self.model.recompute = should_recompute(self.t.recompute, cfg, self.t.batch_size)
+        self.use_blas("torch" if job.compile else job.blas)
         self.forward = compiled(self.model) if job.compile else self.model
         self.compile_pending = job.compile
         t = self.t
@@ -165,6 +169,11 @@ class FoldTrainer:
         self.shuffle = torch.Generator().manual_seed(job.seed * 1000 + job.fold)
         self.watch = {"best-val": "val_acc", "best-test": "test_acc"}.get(t.checkpoint)
         self.writer = StateWriter()
+
+    def use_blas(self, blas: str) -> None:
+        self.blas = blas
+        self.model.use_blas(blas)
+        limit_threads(torch.get_num_threads())  # numpy's BLAS threads as torch's (pool workers: one each)
 
     def restore(self) -> Progress:
         if not self.job.state_path.exists():
@@ -182,6 +191,8 @@ class FoldTrainer:
         if f"{self.device.type}_rng" in saved:  # cuda_rng, mps_rng: where dropout draws on an accelerator
             set_device_rng_state(self.device, saved[f"{self.device.type}_rng"])
         self.shuffle.set_state(saved["shuffle_rng"])
+        if not self.job.compile:  # the BLAS it started with (before there was a choice: torch's): an exact resume
+            self.use_blas(saved.get("blas", "torch"))
         return Progress(**saved["progress"])
 
     def save(self, progress: Progress) -> None:
@@ -192,6 +203,7 @@ class FoldTrainer:
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle.get_state(),
             "progress": asdict(progress),
+            "blas": self.blas,
         }
         if self.device.type != "cpu":
             state[f"{self.device.type}_rng"] = device_rng_state(self.device)
@@ -240,6 +252,7 @@ class FoldTrainer:
             self.opt.load_state_dict(before[1])
             torch.set_rng_state(before[2])
             self.forward = self.model
+            self.use_blas(self.job.blas)
             return self._step(xb, yb)
 
     def _accuracy(self, idx: torch.Tensor) -> float:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .blas import matmul
 from .config import TIMNetConfig
 
 
@@ -31,18 +32,27 @@ class _CausalConvGEMM(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int, blas: str = "torch"
+    ) -> torch.Tensor:
         B, T, c_in = x.shape
         k = weight.shape[-1]
         x = x.contiguous()
         taps = weight.permute(2, 0, 1).contiguous()  # [k, C_out, C_in]: taps[j] = W_j
-        y = torch.addmm(bias, x.view(B * T, c_in), taps[k - 1].t()).view(B, T, -1)  # current frame: [B, T, C_out]
+        if blas == "torch":
+            y = torch.addmm(bias, x.view(B * T, c_in), taps[k - 1].t()).view(B, T, -1)  # current frame: [B, T, C_out]
+        else:  # numpy's BLAS (`blas`): the product, then the bias
+            y = matmul(x.view(B * T, c_in), taps[k - 1].t(), blas).view(B, T, -1).add_(bias)
         for j in range(k - 1):
             shift = (k - 1 - j) * dilation
-            if shift < T:  # taps further back than the sequence see only causal zero padding
+            if shift >= T:  # taps further back than the sequence see only causal zero padding
+                continue
+            if blas == "torch":
                 y[:, shift:].baddbmm_(x[:, :-shift], taps[j].t().expand(B, -1, -1))  # in place: no temporary
+            else:
+                y[:, shift:] += matmul(x.view(B * T, c_in), taps[j].t(), blas).view(B, T, -1)[:, :-shift]
         ctx.save_for_backward(x, taps)
-        ctx.dilation = dilation
+        ctx.dilation, ctx.blas = dilation, blas
         return y
 
     @staticmethod
@@ -53,18 +63,22 @@ class _CausalConvGEMM(torch.autograd.Function):
         k = taps.shape[0]
         g = grad.contiguous()  # [B, T, C_out]
         gf = g.view(B * T, -1)
-        grad_x = (gf @ taps[k - 1]).view(B, T, c_in)  # [B, T, C_in]
+        blas = ctx.blas
+        grad_x = matmul(gf, taps[k - 1], blas).view(B, T, c_in)  # [B, T, C_in]
         grad_w = torch.empty(k, *taps.shape[1:], dtype=taps.dtype, device=taps.device)  # [k, C_out, C_in]
-        grad_w[k - 1] = gf.t() @ x.view(B * T, c_in)
+        matmul(gf.t(), x.view(B * T, c_in), blas, out=grad_w[k - 1])
         for j in range(k - 1):
             shift = (k - 1 - j) * ctx.dilation
-            if shift < T:  # x[t] reached y[t + shift]
-                grad_x[:, :-shift].baddbmm_(g[:, shift:], taps[j].expand(B, -1, -1))
-                delayed = F.pad(x[:, :-shift], (0, 0, shift, 0))  # x[t - shift], zeros before the start
-                grad_w[j] = gf.t() @ delayed.view(B * T, c_in)
-            else:
+            if shift >= T:
                 grad_w[j] = 0
-        return grad_x, grad_w.permute(1, 2, 0), g.sum((0, 1)), None
+                continue
+            if blas == "torch":  # x[t] reached y[t + shift]
+                grad_x[:, :-shift].baddbmm_(g[:, shift:], taps[j].expand(B, -1, -1))
+            else:
+                grad_x[:, :-shift] += matmul(gf, taps[j], blas).view(B, T, c_in)[:, shift:]
+            delayed = F.pad(x[:, :-shift], (0, 0, shift, 0))  # x[t - shift], zeros before the start
+            matmul(gf.t(), delayed.view(B * T, c_in), blas, out=grad_w[j])
+        return grad_x, grad_w.permute(1, 2, 0), g.sum((0, 1)), None, None
 
 
 def causal_conv_export(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -88,10 +102,12 @@ class CausalConv1d(nn.Conv1d):
     while being exported to ONNX (`causal_conv_export`).
     """
 
+    blas = "torch"  # whose BLAS runs the products on the CPU (`blas.resolve_blas`; TIMNet.use_blas sets it)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():
             return causal_conv_export(x, self.weight, self.bias, self.dilation[0])
-        return _CausalConvGEMM.apply(x, self.weight, self.bias, self.dilation[0])
+        return _CausalConvGEMM.apply(x, self.weight, self.bias, self.dilation[0], self.blas)
 
 
 class SpatialDropout1d(nn.Module):
@@ -204,6 +220,12 @@ class TIMNet(nn.Module):
                 fwd, bwd = f_block(fwd), b_block(bwd)
             pooled.append((fwd + bwd).mean(dim=1))  # [B, C]
         return torch.stack(pooled, dim=-1)  # [B, C, L]
+
+    def use_blas(self, blas: str) -> None:
+        """Run every causal convolution's products through `blas` (`torch` or `numpy`: CPU tensors only)."""
+        for m in self.modules():
+            if isinstance(m, CausalConv1d):
+                m.blas = blas
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate embedding (t-SNE, prediction): learned weighted sum over levels, [B, C]."""

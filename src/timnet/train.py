@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .blas import resolve_blas
 from .capture import resolve_capture
 from .cluster import cluster_has_gpus, run_units_on_ray
 from .config import Config
@@ -150,14 +151,17 @@ def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> 
     return packs
 
 
-def decide_compile(jobs: list[FoldJob], workers: int) -> None:
-    """Whether each unit compiles, decided by its executor, the one place: `compile = auto` counts the epochs of a
-    process, not of a unit — the units a worker trains one after another reuse its compiled code, so 10 folds x 500
-    epochs on 2 workers compile where one 500-epoch fold would not. (Ray: each unit counts alone.)"""
+def decide_execution(jobs: list[FoldJob], workers: int) -> None:
+    """Whether each unit compiles and whose BLAS it uses, decided by its executor, the one place. `compile = auto`
+    counts the epochs of a process, not of a unit — the units a worker trains one after another reuse its compiled
+    code, so 10 folds x 500 epochs on 2 workers compile where one 500-epoch fold would not (Ray: each unit counts
+    alone). `blas` is the BLAS of the unit's eager products (a compiled unit's are torch's: the compiler traces
+    torch operations; if compiling fails, the unit goes on eagerly with `blas`)."""
     per_worker = -(-len(jobs) // workers)
     for job in jobs:
         t = job.config["train"]
         job.compile = should_compile(t["compile"], t["epochs"], job.device, per_worker)
+        job.blas = resolve_blas(t["blas"], job.device)
 
 
 def _execute_local(runs, jobs, device, workers, threads, progress, desc, address) -> list[FoldResult]:
@@ -166,7 +170,7 @@ def _execute_local(runs, jobs, device, workers, threads, progress, desc, address
     packs = plan_packs(runs, pending, device)
     busy = {j.key for j in pending}
     workers, threads = plan_workers(sum(pack[0].key in busy for pack in packs), device, workers, threads)
-    decide_compile(pending, workers)
+    decide_execution(pending, workers)
     features = runs[0].features if workers == 1 and len(runs) == 1 else None
     folder = Path(tempfile.mkdtemp(prefix="timnet_features_")) if workers > 1 else None
     try:
@@ -183,7 +187,7 @@ def _execute_ray(runs, jobs, device, workers, threads, progress, desc, address) 
     """One Ray task per unit; each node reads the features from the MFCC file itself."""
     for run in runs:
         run.features = without_samples(run.features)
-    decide_compile(jobs, len(jobs))
+    decide_execution(jobs, len(jobs))
     return run_units_on_ray(jobs, threads, address, progress, desc)
 
 
