@@ -196,11 +196,13 @@ def rewrite_worker(mfcc: Path, folds: int, epochs: int, levels: int, work: Path)
 def paper_compile() -> str:
     """`on` or `off`: what `--compile auto` chooses for the paper protocol on this machine (its workers each
     train ceil(10 / workers) units of 500 epochs, compiled once per worker)."""
+    from timnet.blas import resolve_blas
     from timnet.fold import should_compile
     from timnet.pool import plan_workers
 
     workers, _ = plan_workers(PAPER_FOLDS, "cpu")
-    return "on" if should_compile("auto", PAPER_EPOCHS, "cpu", -(-PAPER_FOLDS // workers)) else "off"
+    units, blas = -(-PAPER_FOLDS // workers), resolve_blas("auto", "cpu")
+    return "on" if should_compile("auto", PAPER_EPOCHS, "cpu", units, blas) else "off"
 
 
 def competitors(args, mfcc: Path) -> dict[str, tuple[str, callable]]:

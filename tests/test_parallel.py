@@ -40,6 +40,7 @@ def test_worker_rule():
     # a worker compiles once for the units it trains one after another: the paper protocol (10 folds x 500
     # epochs, 5 units per worker on 2 cores) compiles; 2 folds of 300 epochs on 2 workers do not
     assert should_compile("auto", 500, "cpu", units=5) and not should_compile("auto", 300, "cpu", units=1)
+    assert not should_compile("auto", 500, "cpu", units=5, blas="numpy") and should_compile("on", 1, "cpu", 1, "numpy")
 
 
 def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, capsys, monkeypatch):
@@ -170,16 +171,20 @@ def test_compiled_training_matches_eager_and_falls_back_when_compiling_fails(tmp
 
 
 def test_auto_compiles_where_a_workers_units_together_repay_it(tmp_path, mfcc):
-    """10 folds x 500 epochs: 1 or 2 workers train 5+ units each and compile; 10 workers (one unit each) do not;
-    `off` never compiles."""
+    """10 folds x 500 epochs with torch's BLAS: 1 or 2 workers train 5+ units each and compile; 10 workers (one
+    unit each) do not; with numpy's BLAS `auto` does not compile; `off` never compiles."""
     from timnet.runs import Roots
     from timnet.train import decide_execution, prepare_run
 
-    cfg = load_config("EMODB", {**SHORT, "train.folds": 10, "train.epochs": 500})
+    cfg = load_config("EMODB", {**SHORT, "train.folds": 10, "train.epochs": 500, "train.blas": "torch"})
     run = prepare_run(cfg, mfcc, Roots(*(tmp_path / d for d in "MLR")), device="cpu")
     for workers, expected in ((1, True), (2, True), (10, False)):
         decide_execution(run.jobs, workers)
         assert [j.compile for j in run.jobs] == [expected] * 10, workers
+    for job in run.jobs:  # numpy's BLAS: eager (compiling would put the products back on torch's)
+        job.config["train"]["blas"] = "numpy"
+    decide_execution(run.jobs, 1)
+    assert not any(j.compile for j in run.jobs) and {j.blas for j in run.jobs} == {"numpy"}
     for job in run.jobs:
         job.config["train"]["compile"] = "off"
     decide_execution(run.jobs, 1)

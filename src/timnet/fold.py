@@ -48,7 +48,10 @@ from .state_writer import StateWriter
 # 2-core CPUs: the first compile takes 110-140 s (~30 s once inductor's on-disk cache holds the graphs; 274 s
 # on a loaded machine) and an epoch gets 1.05x (AVX-512 EPYC) to 1.23-1.3x (AVX2) faster, ~0.1-0.35 s: it repays
 # itself only after several hundred epochs. The paper protocol (10 folds x 500 epochs, 5 units per worker on 2
-# cores) compiles. On CUDA the many small elementwise kernels are what compiling fuses.
+# cores) compiles. On CUDA the many small elementwise kernels are what compiling fuses. `auto` never compiles where
+# the CPU's products go through numpy's BLAS (`train.blas`): compiling puts them back on torch's, and measured on a
+# 2-core AMD EPYC (AVX2, 2026-12-03; `timnet train`, 2 workers, 2 folds x 10 and 40 epochs, two interleaved
+# rounds) eager training with numpy's BLAS took 1.075-1.113 s per fold-epoch, compiled training 1.275-1.295 s.
 COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
 # `train.recompute = "auto"` keeps only each block's input for backward (recomputing the rest) when a batch's
 # activations would exceed this: IEMOCAP (606 frames, 10 levels: ~1.1 GB) yes; EMO-DB (188 frames, 8 levels:
@@ -72,11 +75,12 @@ def should_recompute(setting: str, cfg: Config, batch_size: int) -> bool:
     return setting == "on"
 
 
-def should_compile(setting: str, epochs: int, device: str, units: int = 1) -> bool:
-    """`on`, `off`, or `auto`: compile where it repays its cost (COMPILE_MIN_EPOCHS per process; never on MPS).
-    A process compiles once: the units it trains one after another (`units`) reuse the compiled code."""
+def should_compile(setting: str, epochs: int, device: str, units: int = 1, blas: str = "torch") -> bool:
+    """`on`, `off`, or `auto`: compile where it repays its cost (COMPILE_MIN_EPOCHS per process; never on MPS, nor
+    where the eager products use numpy's BLAS). A process compiles once: the units it trains one after another
+    (`units`) reuse the compiled code."""
     if setting == "auto":
-        return epochs * units >= COMPILE_MIN_EPOCHS.get(device.split(":")[0], float("inf"))
+        return blas == "torch" and epochs * units >= COMPILE_MIN_EPOCHS.get(device.split(":")[0], float("inf"))
     return setting == "on"
 
 

@@ -155,13 +155,14 @@ def decide_execution(jobs: list[FoldJob], workers: int) -> None:
     """Whether each unit compiles and whose BLAS it uses, decided by its executor, the one place. `compile = auto`
     counts the epochs of a process, not of a unit — the units a worker trains one after another reuse its compiled
     code, so 10 folds x 500 epochs on 2 workers compile where one 500-epoch fold would not (Ray: each unit counts
-    alone). `blas` is the BLAS of the unit's eager products (a compiled unit's are torch's: the compiler traces
-    torch operations; if compiling fails, the unit goes on eagerly with `blas`)."""
+    alone) — and does not compile where numpy's BLAS was chosen (`should_compile`). `blas` is the BLAS of the
+    unit's eager products (a compiled unit's are torch's: the compiler traces torch operations; if compiling
+    fails, the unit goes on eagerly with `blas`)."""
     per_worker = -(-len(jobs) // workers)
     for job in jobs:
         t = job.config["train"]
-        job.compile = should_compile(t["compile"], t["epochs"], job.device, per_worker)
         job.blas = resolve_blas(t["blas"], job.device)
+        job.compile = should_compile(t["compile"], t["epochs"], job.device, per_worker, job.blas)
 
 
 def _execute_local(runs, jobs, device, workers, threads, progress, desc, address) -> list[FoldResult]:
