@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import write_json
+from .blas import limit_threads, resolve_blas
 from .capture import CapturedSteps, resolve_capture
 from .config import Config
 from .devices import available_cores, cache_root
@@ -90,6 +91,7 @@ def train_step(cfg: Config, device: torch.device, pack: int, capture: bool) -> C
     t, arch = cfg.train, TIMNetConfig.from_config(cfg)
     models = [TIMNet(arch).to(device).train() for _ in range(pack)]
     models[0].recompute = should_recompute(t.recompute, cfg, t.batch_size)  # as a unit alone trains
+    models[0].use_blas(resolve_blas(t.blas, str(device)))  # the products' BLAS an uncompiled unit uses there
     opts = [torch.optim.Adam(m.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps) for m in models]
     shape = (t.batch_size, cfg.features.frames, cfg.features.n_mfcc)
     x = torch.randn(pack, *shape, device=device)
@@ -118,6 +120,7 @@ def time_steps(config: dict, device: str, pack: int, threads: int | None, second
     at once (`start`: a barrier)."""
     if threads:
         torch.set_num_threads(threads)
+    limit_threads(torch.get_num_threads())  # numpy's BLAS too, as in a training worker
     cfg, where = Config.from_dict(config), torch.device(device)
     step = train_step(cfg, where, pack, pack > 1 and resolve_capture(cfg.train.capture, device))
     for _ in range(WARMUP_STEPS):
