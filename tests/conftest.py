@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from timnet.example import EMOTION_PITCH, tone, write_example_corpus, write_wav 
 
 # Tiny tensors: one thread is as fast, and far faster when another process holds the second core.
 torch.set_num_threads(1)
+# Machine measurements (`train.blas = auto`, `timnet devices`) go to a cache of this test process's own, inherited
+# by the commands it starts, never to the user's ~/.cache/timnet.
+os.environ.setdefault("TIMNET_CACHE", tempfile.mkdtemp(prefix="timnet_test_cache_"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TIMNET_SHARED", REPO.parent / "shared"))

@@ -24,6 +24,10 @@ def test_auto_measures_once_per_machine_and_accelerators_use_torch(tmp_path, mon
     assert first in CHOICES and [first] == measured and second == first  # the second answer came from the cache
     assert json.loads((tmp_path / "blas.json").read_text()) == {blas.machine_key(): first}
     assert resolve_blas("numpy", "cpu") == "numpy" and resolve_blas("torch", "cpu") == "torch"
+    blocked = tmp_path / "a_file"  # a cache that cannot be written (a read-only home): measured, not an error
+    blocked.write_text("")
+    monkeypatch.setenv("TIMNET_CACHE", str(blocked / "cache"))
+    assert resolve_blas("auto", "cpu") in CHOICES and len(measured) == 2
     assert resolve_blas("auto", "cuda:0") == "torch" and resolve_blas("numpy", "mps") == "torch"
     with pytest.raises(TimnetError, match=r"^train\.blas: must be one of auto, torch, numpy \(got 'mkl'\)"):
         load_config("EMODB", {"train.blas": "mkl"})
@@ -32,6 +36,9 @@ def test_auto_measures_once_per_machine_and_accelerators_use_torch(tmp_path, mon
 def test_numpy_products_train_like_torchs_and_a_unit_resumes_with_the_blas_it_started_with(tmp_path, mfcc, monkeypatch):
     """Both BLAS train the same network (float32 rounding apart). A unit interrupted after epoch 2 of a numpy run
     resumes with numpy's products even where the run's settings now say torch: bit for bit the uninterrupted run."""
+    default = train(tmp_path / "default", mfcc, folds=2, epochs=1)  # the record holds what `auto` chose
+    record = json.loads((tmp_path / "default" / "Models" / default.run_id / "config.json").read_text())
+    assert record["config"]["train"]["blas"] == resolve_blas("auto", "cpu")
     whole = train(tmp_path / "whole", mfcc, blas="numpy", folds=2, epochs=4)
     other = train(tmp_path / "torch", mfcc, blas="torch", folds=2, epochs=4)
     losses = [

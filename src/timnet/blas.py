@@ -4,8 +4,9 @@ TIM-Net's products are tall and thin ([B*T, 39] x [39, 39]: 12,032 rows at EMO-D
 ~38 GFLOP/s on a 2-core AMD EPYC (AVX2) where numpy's OpenBLAS runs ~56 (one thread each; a whole training epoch
 1.1x faster, benchmarks/bench_model.py), while on other CPUs MKL may be the faster one. So `train.blas = auto`
 times both once per machine on that shape and caches the answer (`cache_file`); a unit records the BLAS it
-started with in its per-epoch state, so a resumed unit continues with the same one (exact resume). Inference and
-accelerators always use torch's.
+started with in its per-epoch state, so a resumed unit continues with the same one (exact resume). A run's record
+holds the choice (`train.prepare_run`). A training unit's own evaluations use its BLAS; loaded models
+(predict, evaluate, export), packed units, compiled units and accelerators use torch's.
 """
 
 from __future__ import annotations
@@ -54,15 +55,17 @@ def matmul(a: torch.Tensor, b: torch.Tensor, blas: str, out: torch.Tensor | None
 
 
 def time_products(blas: str, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, repeats: int = 20) -> float:
+    """Seconds for `repeats` products into `out`, each library writing there directly."""
     started = time.perf_counter()
     for _ in range(repeats):
-        matmul(x, w, blas, out)
+        torch.mm(x, w, out=out) if blas == "torch" else matmul(x, w, blas, out)
     return time.perf_counter() - started
 
 
 def measure(rounds: int = 5) -> str:
     """The faster BLAS for SHAPE's products on one thread, interleaved rounds, with MARGIN in torch's favour."""
-    x, w = torch.randn(SHAPE), torch.randn(SHAPE[1], SHAPE[1])
+    draw = torch.Generator().manual_seed(0)  # not torch's global generator: training draws from that one
+    x, w = torch.randn(SHAPE, generator=draw), torch.randn(SHAPE[1], SHAPE[1], generator=draw)
     out = torch.empty(SHAPE)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -95,7 +98,10 @@ def resolve_blas(setting: str, device: str) -> str:
     key, cache = machine_key(), read_cache()
     if key not in cache:
         cache[key] = measure()
-        write_json(cache_file(), cache)
+        try:
+            write_json(cache_file(), {**read_cache(), key: cache[key]})  # keep what another process wrote meanwhile
+        except OSError:  # a read-only home: measured again next time
+            pass
     return cache[key]
 
 

@@ -187,6 +187,9 @@ def measure(cfg: Config, seconds: float = DEVICE_SECONDS) -> list[Option]:
     """Every option of `options` for a run's units, timed for `seconds`; CPU workers in real worker processes at
     once. An option that fails (out of device memory) is kept with its error and never chosen."""
     measured = []
+    settings = cfg.to_dict()  # the BLAS chosen once, here: the timing workers must not each measure it
+    settings["train"]["blas"] = resolve_blas(cfg.train.blas, "cpu")
+    cfg = Config.from_dict(settings)
     for option in options(run_units(cfg)):
         try:
             if option.device == "cpu" and option.workers > 1:

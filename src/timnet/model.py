@@ -107,7 +107,8 @@ class CausalConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():
             return causal_conv_export(x, self.weight, self.bias, self.dilation[0])
-        return _CausalConvGEMM.apply(x, self.weight, self.bias, self.dilation[0], self.blas)
+        blas = self.blas if x.device.type == "cpu" else "torch"
+        return _CausalConvGEMM.apply(x, self.weight, self.bias, self.dilation[0], blas)
 
 
 class SpatialDropout1d(nn.Module):

@@ -103,12 +103,15 @@ def prepare_run(
     device: str = "auto",
     only_folds: list[int] | None = None,
 ) -> PreparedRun:
-    """Create a run (or open one to resume): its record, and one job per (seed, fold) unit selected."""
+    """Create a run (or open one to resume): its record, and one job per (seed, fold) unit selected. On the CPU the
+    record holds the BLAS `train.blas = auto` chose, so every unit and every resume of the run uses that one."""
     if resume:
         record = open_run(roots.models, resume)
         cfg, mfcc, run_id = Config.from_dict(record["config"]), Path(record["mfcc"]), resume
     else:
         cfg.train.validate()
+        cfg = Config.from_dict(cfg.to_dict())  # the caller's config stays as given
+        cfg.train.blas = resolve_blas(cfg.train.blas, device) if device.startswith("cpu") else cfg.train.blas
         mfcc = Path(mfcc)
         run_id = new_run_id(cfg, roots.models)
     resolve_capture(cfg.train.capture, device)  # train.capture=on off CUDA: one line, before anything is written
@@ -172,6 +175,8 @@ def _execute_local(runs, jobs, device, workers, threads, progress, desc, address
     busy = {j.key for j in pending}
     workers, threads = plan_workers(sum(pack[0].key in busy for pack in packs), device, workers, threads)
     decide_execution(pending, workers)
+    for job in (j for pack in packs if len(pack) > 1 for j in pack):
+        job.blas = "torch"  # a pack's products are its own (`packed.causal_conv`): torch's
     features = runs[0].features if workers == 1 and len(runs) == 1 else None
     folder = Path(tempfile.mkdtemp(prefix="timnet_features_")) if workers > 1 else None
     try:
