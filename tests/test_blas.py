@@ -29,6 +29,14 @@ def test_auto_measures_once_per_machine_and_accelerators_use_torch(tmp_path, mon
     monkeypatch.setenv("TIMNET_CACHE", str(blocked / "cache"))
     assert resolve_blas("auto", "cpu") in CHOICES and len(measured) == 2
     assert resolve_blas("auto", "cuda:0") == "torch" and resolve_blas("numpy", "mps") == "torch"
+    threads = torch.get_num_threads()
+    try:  # numpy's BLAS only for a unit on one thread (beside torch's threads, OpenBLAS's wait for cores)
+        torch.set_num_threads(2)
+        assert blas.unit_blas("numpy") == "torch"
+        torch.set_num_threads(1)
+        assert blas.unit_blas("numpy") == "numpy" and blas.unit_blas("torch") == "torch"
+    finally:
+        torch.set_num_threads(threads)
     with pytest.raises(TimnetError, match=r"^train\.blas: must be one of auto, torch, numpy \(got 'mkl'\)"):
         load_config("EMODB", {"train.blas": "mkl"})
 

@@ -3,10 +3,11 @@
 TIM-Net's products are tall and thin ([B*T, 39] x [39, 39]: 12,032 rows at EMO-DB's shape). MKL runs that shape at
 ~38 GFLOP/s on a 2-core AMD EPYC (AVX2) where numpy's OpenBLAS runs ~56 (one thread each; a whole training epoch
 1.1x faster, benchmarks/bench_model.py), while on other CPUs MKL may be the faster one. So `train.blas = auto`
-times both once per machine on that shape and caches the answer (`cache_file`); a unit records the BLAS it
-started with in its per-epoch state, so a resumed unit continues with the same one (exact resume). A run's record
-holds the choice (`train.prepare_run`). A training unit's own evaluations use its BLAS; loaded models
-(predict, evaluate, export), packed units, compiled units and accelerators use torch's.
+times both once per machine on that shape and caches the answer (`cache_file`); numpy's is used only by units that
+run on one thread (`unit_blas`). A run's record holds the choice (`train.prepare_run`), and a unit records the BLAS
+it started with in its per-epoch state, so a resumed unit continues with the same one (exact resume). A training
+unit's own evaluations use its BLAS; loaded models (predict, evaluate, export), packed units, compiled units and
+accelerators use torch's.
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ def resolve_blas(setting: str, device: str) -> str:
         except OSError:  # a read-only home: measured again next time
             pass
     return cache[key]
+
+
+def unit_blas(blas: str) -> str:
+    """The BLAS a unit uses in this process: numpy's only on one thread. Beside torch's own OpenMP threads,
+    OpenBLAS's threads wait for cores: an epoch took 14.7 s instead of 2.0 s with 2 threads (bench_model.py)."""
+    return blas if torch.get_num_threads() == 1 else "torch"
 
 
 def limit_threads(threads: int) -> None:

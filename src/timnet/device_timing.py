@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import write_json
-from .blas import limit_threads, resolve_blas
+from .blas import limit_threads, resolve_blas, unit_blas
 from .capture import CapturedSteps, resolve_capture
 from .config import Config
 from .devices import available_cores, cache_root
@@ -91,7 +91,7 @@ def train_step(cfg: Config, device: torch.device, pack: int, capture: bool) -> C
     t, arch = cfg.train, TIMNetConfig.from_config(cfg)
     models = [TIMNet(arch).to(device).train() for _ in range(pack)]
     models[0].recompute = should_recompute(t.recompute, cfg, t.batch_size)  # as a unit alone trains
-    models[0].use_blas(resolve_blas(t.blas, str(device)))  # the products' BLAS an uncompiled unit uses there
+    models[0].use_blas(unit_blas(resolve_blas(t.blas, str(device))))  # the BLAS an uncompiled unit uses there
     opts = [torch.optim.Adam(m.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps) for m in models]
     shape = (t.batch_size, cfg.features.frames, cfg.features.n_mfcc)
     x = torch.randn(pack, *shape, device=device)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path
-from .blas import limit_threads
+from .blas import limit_threads, unit_blas
 from .config import Config
 from .devices import device_rng_state, on_device, set_device_rng_state
 from .errors import TimnetError
@@ -175,8 +175,8 @@ class FoldTrainer:
         self.writer = StateWriter()
 
     def use_blas(self, blas: str) -> None:
-        self.blas = blas
-        self.model.use_blas(blas)
+        self.blas = unit_blas(blas)  # numpy's only for a unit on one thread
+        self.model.use_blas(self.blas)
         limit_threads(torch.get_num_threads())  # numpy's BLAS threads as torch's (pool workers: one each)
 
     def restore(self) -> Progress:
