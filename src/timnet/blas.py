@@ -12,7 +12,6 @@ accelerators use torch's.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -24,7 +23,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .atomic import write_json
-from .devices import cache_root
+from .devices import cache_root, read_cache
 
 CHOICES = ("torch", "numpy")
 # numpy's BLAS is chosen only when clearly faster (median of interleaved products), so that a machine under load
@@ -83,24 +82,17 @@ def measure(rounds: int = 5) -> str:
     return "numpy" if statistics.median(times["numpy"]) < MARGIN * statistics.median(times["torch"]) else "torch"
 
 
-def read_cache() -> dict:
-    try:
-        return json.loads(cache_file().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def resolve_blas(setting: str, device: str) -> str:
     """`torch`, `numpy`, or `auto` (this machine's measured answer, cached); accelerators always use torch's."""
     if not device.startswith("cpu"):
         return "torch"
     if setting != "auto":
         return setting
-    key, cache = machine_key(), read_cache()
+    key, cache = machine_key(), read_cache(cache_file())
     if key not in cache:
         cache[key] = measure()
         try:
-            write_json(cache_file(), {**read_cache(), key: cache[key]})  # keep what another process wrote meanwhile
+            write_json(cache_file(), {**read_cache(cache_file()), key: cache[key]})  # and what others wrote meanwhile
         except OSError:  # a read-only home: measured again next time
             pass
     return cache[key]

@@ -11,7 +11,6 @@ CPU without measuring.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import platform
 import sys
@@ -31,7 +30,7 @@ from .atomic import write_json
 from .blas import limit_threads, resolve_blas, unit_blas
 from .capture import CapturedSteps, resolve_capture
 from .config import Config
-from .devices import available_cores, cache_root
+from .devices import available_cores, cache_root, read_cache
 from .fold import should_recompute
 from .model import TIMNet, TIMNetConfig
 from .packed import PackedAdam, PackedTIMNet, packed_step
@@ -223,18 +222,11 @@ def fastest(measured: list[Option]) -> Option:
     return max(usable, key=lambda o: o.unit_steps_per_second, default=Option("cpu", 1, 1, None))
 
 
-def read_cache() -> dict:
-    try:
-        return json.loads(cache_file().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def cached_or_measured(
     cfg: Config, seconds: float = DEVICE_SECONDS, refresh: bool = False
 ) -> tuple[list[Option], bool]:
     """The measured options for cfg's shape, from the cache unless `refresh`; (options, whether from cache)."""
-    key, cache = shape_key(cfg), read_cache()
+    key, cache = shape_key(cfg), read_cache(cache_file())
     if key in cache and not refresh:
         return [Option(**o) for o in cache[key]["options"]], True
     measured = measure(cfg, seconds)

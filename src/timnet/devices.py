@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +21,14 @@ def cache_root() -> Path:
     """Where measurements of this machine are kept: $TIMNET_CACHE, else ~/.cache/timnet (XDG_CACHE_HOME respected)."""
     root = os.environ.get("TIMNET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "timnet"
     return Path(root)
+
+
+def read_cache(path: Path) -> dict:
+    """The measurements cached in `path` (under cache_root()); none where it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def pick_device(name: str = "auto") -> str:

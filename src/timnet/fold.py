@@ -165,6 +165,7 @@ class FoldTrainer:
         torch.manual_seed(job.seed * 1000 + job.fold)
         self.model = TIMNet(TIMNetConfig.from_config(cfg)).to(self.device)
         self.model.recompute = should_recompute(self.t.recompute, cfg, self.t.batch_size)
+        limit_threads(torch.get_num_threads())  # numpy's BLAS threads as torch's (pool workers: one each)
         self.use_blas("torch" if job.compile else job.blas)
         self.forward = compiled(self.model) if job.compile else self.model
         self.compile_pending = job.compile
@@ -177,7 +178,6 @@ class FoldTrainer:
     def use_blas(self, blas: str) -> None:
         self.blas = unit_blas(blas)  # numpy's only for a unit on one thread
         self.model.use_blas(self.blas)
-        limit_threads(torch.get_num_threads())  # numpy's BLAS threads as torch's (pool workers: one each)
 
     def restore(self) -> Progress:
         if not self.job.state_path.exists():

@@ -111,7 +111,8 @@ def prepare_run(
     else:
         cfg.train.validate()
         cfg = Config.from_dict(cfg.to_dict())  # the caller's config stays as given
-        cfg.train.blas = resolve_blas(cfg.train.blas, device) if device.startswith("cpu") else cfg.train.blas
+        if device.startswith("cpu"):  # accelerators keep the setting: their products are always torch's
+            cfg.train.blas = resolve_blas(cfg.train.blas, device)
         mfcc = Path(mfcc)
         run_id = new_run_id(cfg, roots.models)
     resolve_capture(cfg.train.capture, device)  # train.capture=on off CUDA: one line, before anything is written
