@@ -1,5 +1,6 @@
 """Training-step speed of TIM-Net: the shipped GEMM causal conv, its products through torch's BLAS (MKL on x86) or
-numpy's (OpenBLAS; `train.blas`), vs the channels-first Conv1d formulation.
+numpy's (OpenBLAS; `train.blas`, which also fuses each block's elementwise passes: fused.py; "unfused" shows that
+lever alone), vs the channels-first Conv1d formulation.
 
     python benchmarks/bench_model.py [--threads 1] [--epochs 3] [--repeat 3]
 
@@ -76,9 +77,11 @@ def main() -> None:
     with torch.no_grad():
         gap = (model.eval().levels(x[:64]) - conv1d_levels(model, x[:64])).abs().max().item()
 
-    def gemm(blas):
+    def gemm(blas, fuse=True):
         def levels(xb):
             model.use_blas(blas)
+            for block in [*model.forward_blocks, *model.backward_blocks]:
+                block.fuse = fuse
             return model.levels(xb)
 
         return levels
@@ -86,6 +89,7 @@ def main() -> None:
     competitors = {
         "gemm, torch BLAS": gemm("torch"),
         "gemm, numpy BLAS": gemm("numpy"),
+        "numpy BLAS unfused": gemm("numpy", fuse=False),
         "conv1d": lambda xb: conv1d_levels(model, xb),
     }
     times = {name: [] for name in competitors}
@@ -99,6 +103,7 @@ def main() -> None:
     for name, seconds in median.items():
         print(f"  {name:18s} {seconds:.3f} s/epoch  ({median['conv1d'] / seconds:.2f}x conv1d)")
     print(f"  numpy BLAS / torch BLAS: {median['gemm, torch BLAS'] / median['gemm, numpy BLAS']:.2f}x faster")
+    print(f"  fused blocks (fused.py): {median['numpy BLAS unfused'] / median['gemm, numpy BLAS']:.2f}x faster")
     print(f"  train.blas = auto chooses here: {measure()}")
 
 

@@ -15,6 +15,10 @@ from timnet.example import EMOTION_PITCH, tone, write_example_corpus, write_wav 
 
 # Tiny tensors: one thread is as fast, and far faster when another process holds the second core.
 torch.set_num_threads(1)
+# The same for every process a test starts (notebook kernels, CLI commands): two xdist workers already fill the two
+# cores, and OpenMP threads that wait on each other behind another process's work made the t-SNE notebook 6.5x
+# slower in the suite than alone (153 s vs 23 s). Units still set their own threads (`pool`, `cluster`).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Machine measurements (`train.blas = auto`, `timnet devices`) go to a cache of this test process's own, inherited
 # by the commands it starts, never to the user's ~/.cache/timnet.
 os.environ.setdefault("TIMNET_CACHE", tempfile.mkdtemp(prefix="timnet_test_cache_"))

@@ -12,7 +12,15 @@ from torch import nn
 
 from timnet import load_config
 from timnet.config import known_datasets
-from timnet.model import CausalConv1d, TIMNet, TIMNetConfig, causal_conv_export, count_parameters, fold_batchnorm
+from timnet.model import (
+    CausalConv1d,
+    TemporalAwareBlock,
+    TIMNet,
+    TIMNetConfig,
+    causal_conv_export,
+    count_parameters,
+    fold_batchnorm,
+)
 
 
 @pytest.mark.parametrize("name", known_datasets())
@@ -83,6 +91,62 @@ def test_gemm_causal_conv_equals_left_padded_conv1d(kernel_size, dilation, blas)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     exported = causal_conv_export(x, conv.weight, conv.bias, dilation)  # what ONNX export traces
     torch.testing.assert_close(exported, reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("dilation", [1, 8, 64])
+def test_fused_block_equals_the_block_op_by_op(dilation, dropout):
+    """The fused training pass (numpy's BLAS) gives the unfused block's output, every gradient and the running
+    statistics, from the same dropout draws (float64: to rounding); at dilation 64 > T the older tap sees only
+    padding. A wrong shift, mask, BatchNorm term or sum fails by far more than the tolerance."""
+    torch.manual_seed(0)
+    plain = TemporalAwareBlock(6, 2, dilation, dropout).double().train()
+    for m in (plain.bn1, plain.bn2, plain.conv1, plain.conv2):  # nothing at its neutral value
+        nn.init.uniform_(m.weight, 0.5, 1.5) if isinstance(m, nn.BatchNorm1d) else None
+        nn.init.uniform_(m.bias, -0.3, 0.3)
+    fused = copy.deepcopy(plain)
+    fused.conv1.blas = fused.conv2.blas = "numpy"
+    x = torch.randn(5, 40, 6, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(5, 40, 6, dtype=torch.float64)
+
+    results = []
+    for block in (plain, fused):
+        torch.manual_seed(1)  # the same dropout masks
+        out = block(x)
+        params = [p for p in block.parameters()]
+        grads = torch.autograd.grad((out * upstream).sum(), (x, *params))
+        results.append((out, grads, [b.clone() for b in block.buffers()]))
+    (want, want_grads, want_stats), (got, got_grads, got_stats) = results
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    scale = max(g.abs().max() for g in want_grads)  # conv biases before BatchNorm: gradient ~0, compared absolutely
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12 * scale)
+    for g, w in zip(got_stats, want_stats):
+        torch.testing.assert_close(g.double(), w.double(), rtol=1e-10, atol=1e-12)
+    assert want_stats[-1].item() == 1  # num_batches_tracked moved once
+
+
+def test_a_fused_model_trains_like_the_unfused_one_in_float32():
+    """Whole model, float32, Adam steps with dropout: the fused path's losses follow the unfused ones."""
+    losses = {}
+    for fuse in (False, True):
+        torch.manual_seed(0)
+        model = TIMNet(model_config(n_classes=4)).train()
+        model.use_blas("numpy")
+        for block in [*model.forward_blocks, *model.backward_blocks]:
+            block.fuse = fuse
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        y = torch.randint(0, 4, (16,))
+        x = torch.randn(16, 50, 39) + y[:, None, None]  # learnable: the class shifts every coefficient
+        losses[fuse] = []
+        for _ in range(8):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[fuse].append(loss.item())
+    assert losses[True][-1] < 0.85 * losses[True][0]  # it learns (1.36 -> 1.08 here)
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4, atol=1e-4)
 
 
 def test_backward_direction_sees_reversed_time():

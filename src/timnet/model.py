@@ -136,7 +136,14 @@ class TemporalAwareBlock(nn.Module):
         self.bn2 = nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
         self.drop = SpatialDropout1d(dropout)
 
+    fuse = True  # with numpy's BLAS, train through `fused.FusedBlock` (benchmarks/bench_model.py turns it off)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, T, C]
+        if self.training and self.fuse and self.conv1.blas == "numpy":
+            from . import fused  # numba takes ~0.4 s to import: only CPU training with numpy's BLAS loads it
+
+            if fused.supports(self, x):
+                return fused.fused_block(self, x)
         h = self.drop(F.relu(self._norm(self.bn1, self.conv1(x))))
         h = self.drop(F.relu(self._norm(self.bn2, self.conv2(h))))
         return x * torch.sigmoid(h)
