@@ -3,11 +3,12 @@
 The unfused block runs ~14 elementwise passes forward and ~20 backward over [B, T, C] tensors that miss the cache
 (conv bias, the older tap's add, BatchNorm's statistics and normalisation, ReLU, SpatialDropout, the gate, and
 their gradients), and saves 7 tensors for backward. Here each chain is one numba loop and the block saves 5
-(x, y1, h1, y2, sigmoid): 1.4x faster per block and 1.2x per training epoch on a 2-core AMD EPYC
-(benchmarks/bench_model.py). Both taps of a kernel-2 conv are one product with 2C outputs, P = x @ [W1 | W0],
-then y[t] = P[t, :C] + P[t - d, C:] + b inside the loop; backward likewise. BatchNorm's sums are accumulated in
-float64. Gradients equal the unfused block's to float rounding (tests/test_model.py). Used by units that train
-with numpy's BLAS (`train.blas`); every other path (evaluation, export, torch's BLAS, accelerators) is unfused.
+(x, y1, h1, y2, sigmoid): 1.4x faster per block and 1.28x per training epoch on a 2-core AMD EPYC
+(benchmarks/bench_model.py); a 2-fold `timnet train` peaks at ~1.47 GB instead of ~1.88. Both taps of a kernel-2
+conv are one product with 2C outputs, P = x @ [W1 | W0], then y[t] = P[t, :C] + P[t - d, C:] + b inside the loop;
+backward likewise. BatchNorm's sums are accumulated in float64. Gradients equal the unfused block's to float
+rounding (tests/test_model.py). Used by units that train with numpy's BLAS (`train.blas`); every other path
+(evaluation, export, torch's BLAS, accelerators) is unfused.
 """
 
 from __future__ import annotations
@@ -145,17 +146,17 @@ def _forward_layer(inp: np.ndarray, weight, bias, gamma, beta, mask, d: int, eps
     """conv -> BatchNorm (batch statistics) -> ReLU -> dropout: (y, h, (mean, var, invstd, scale, shift))."""
     B, T, C = inp.shape
     dt = inp.dtype
-    taps = torch.cat([weight[:, :, 1].t(), weight[:, :, 0].t()], dim=1).contiguous().numpy()  # [C_in, 2 C_out]
+    taps = torch.cat([weight[:, :, 1].t(), weight[:, :, 0].t()], dim=1).detach().contiguous().numpy()  # [C_in, 2 C_out]
     P = np.empty((B, T, 2 * C), dt)
     np.matmul(inp.reshape(B * T, C), taps, out=P.reshape(B * T, 2 * C))
     y = np.empty_like(inp)
     s1, s2 = np.zeros(C), np.zeros(C)
-    conv_out_stats(P, bias.numpy(), d, y, s1, s2)
+    conv_out_stats(P, bias.detach().numpy(), d, y, s1, s2)
     mean = s1 / (B * T)
     var = np.maximum(s2 / (B * T) - mean * mean, 0)  # biased, as BatchNorm normalises
     invstd = 1 / np.sqrt(var + eps)
-    scale = (gamma.numpy() * invstd).astype(dt)
-    shift = (beta.numpy() - mean * scale).astype(dt)
+    scale = (gamma.detach().numpy() * invstd).astype(dt)
+    shift = (beta.detach().numpy() - mean * scale).astype(dt)
     h = np.empty_like(inp)
     norm_relu_drop(y, scale, shift, mask, h)
     return y, h, (mean, var, invstd, scale, shift)
@@ -168,10 +169,10 @@ def _backward_layer(gz, s1, s2, y, stats, gamma, weight, inp, d: int):
     N, dt = B * T, y.dtype
     mean, _, invstd, _, _ = stats
     G, sb = np.empty((B, T, 2 * C), dt), np.zeros(C)
-    k = (gamma.numpy() * invstd).astype(dt)
+    k = (gamma.detach().numpy() * invstd).astype(dt)
     norm_back(gz, y, mean.astype(dt), invstd.astype(dt), k, (s1 / N).astype(dt), (s2 / N).astype(dt), d, G, sb)
     G = G.reshape(N, 2 * C)
-    taps = torch.cat([weight[:, :, 1], weight[:, :, 0]], dim=1).contiguous().numpy()  # [C_out, 2 C_in]
+    taps = torch.cat([weight[:, :, 1], weight[:, :, 0]], dim=1).detach().contiguous().numpy()  # [C_out, 2 C_in]
     Q = np.empty((B, T, 2 * C), dt)
     np.matmul(G[:, :C], taps, out=Q.reshape(N, 2 * C))
     grad_taps = torch.from_numpy(np.matmul(G.T, inp.reshape(N, C))).view(2, C, C)  # [current; older]
