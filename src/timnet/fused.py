@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from numba import njit
 
-# ahead-of-time cache next to this file (or numba's user cache): compiled once per machine, not in every worker
-JIT = {"cache": True, "error_model": "numpy", "fastmath": True}
+# numba's on-disk cache next to this file (or its user cache): compiled once per machine, not in every worker. No
+# fastmath: a NaN must come out of ReLU and its gradient as it does from torch's (a diverged batch shows as NaN).
+JIT = {"cache": True, "error_model": "numpy"}
 
 # helpers: numba loops over channels-last arrays, y/h/x/g: [B, T, C], P/Q/G: [B, T, 2C], masks [B, C]
 
@@ -38,9 +39,9 @@ def conv_out_stats(P, bias, d, y, s1, s2):  # pragma: no cover (numba)
                 for c in range(C):
                     yr[c] = pr[c] + bias[c]
             for c in range(C):
-                v = np.float64(yr[c])
-                s1[c] += v
-                s2[c] += v * v
+                acc = np.float64(yr[c])
+                s1[c] += acc
+                s2[c] += acc * acc
 
 
 @njit(**JIT)
@@ -54,7 +55,7 @@ def norm_relu_drop(y, scale, shift, mask, h):  # pragma: no cover (numba)
             yr, hr = y[b, t], h[b, t]
             for c in range(C):
                 z = yr[c] * scale[c] + shift[c]
-                hr[c] = (z if z > zero else zero) * m[c]
+                hr[c] = (zero if z <= zero else z) * m[c]  # ReLU as torch's: NaN stays NaN
 
 
 @njit(**JIT)
@@ -71,11 +72,10 @@ def gate_back(g, x, s, mask, y, scale, shift, mean, invstd, gx, gz, s1, s2):  # 
                 sv = sr[c]
                 gxr[c] = gr[c] * sv
                 z = gr[c] * xr[c] * sv * (one - sv) * m[c]
-                gzr[c] = z if yr[c] * scale[c] + shift[c] > zero else zero
-            for c in range(C):
-                v = np.float64(gzr[c])
-                s1[c] += v
-                s2[c] += v * ((yr[c] - mean[c]) * invstd[c])
+                z = zero if yr[c] * scale[c] + shift[c] <= zero else z
+                gzr[c] = z
+                s1[c] += np.float64(z)
+                s2[c] += np.float64(z) * ((yr[c] - mean[c]) * invstd[c])
 
 
 @njit(**JIT)
@@ -92,15 +92,15 @@ def conv_back_relu(Q, h, mask, y, mean, invstd, d, gz, s1, s2):  # pragma: no co
                 qn = Q[b, t + d]
                 for c in range(C):
                     v = (qr[c] + qn[C + c]) * m[c]
-                    gzr[c] = v if hr[c] > zero else zero
+                    gzr[c] = zero if hr[c] <= zero else v
             else:
                 for c in range(C):
                     v = qr[c] * m[c]
-                    gzr[c] = v if hr[c] > zero else zero
+                    gzr[c] = zero if hr[c] <= zero else v
             for c in range(C):
-                v = np.float64(gzr[c])
-                s1[c] += v
-                s2[c] += v * ((yr[c] - mean[c]) * invstd[c])
+                acc = np.float64(gzr[c])
+                s1[c] += acc
+                s2[c] += acc * ((yr[c] - mean[c]) * invstd[c])
 
 
 @njit(**JIT)
@@ -194,25 +194,28 @@ class FusedBlock(torch.autograd.Function):
         y1, h1, stats1 = _forward_layer(xn, w1, b1, g1, beta1, m1, dilation, eps)
         y2, h2, stats2 = _forward_layer(h1, w2, b2, g2, beta2, m2, dilation, eps)
         s = torch.from_numpy(h2).sigmoid_()  # h2 is not kept: backward finds ReLU's mask from y2
-        ctx.arrays = (xn, y1, h1, y2, s.numpy(), m1, m2, stats1, stats2, dilation)
-        ctx.save_for_backward(w1, g1, w2, g2)
+        # Through autograd, not as ctx attributes: activation checkpointing (`train.recompute`) then frees them
+        # after forward, autograd frees them after backward, and it notices an in-place change of x.
+        activations = (x, *map(torch.from_numpy, (y1, h1, y2)), s)
+        ctx.save_for_backward(*activations, mask1, mask2, w1, g1, w2, g2)
+        ctx.stats, ctx.dilation = (stats1, stats2), dilation
         n = xn.shape[0] * xn.shape[1]
-        unbiased = n / max(n - 1, 1)
-        stats = torch.from_numpy(np.stack([stats1[0], stats1[1] * unbiased, stats2[0], stats2[1] * unbiased]))
+        stats = torch.from_numpy(np.stack([stats1[0], stats1[1] * n / (n - 1), stats2[0], stats2[1] * n / (n - 1)]))
         ctx.mark_non_differentiable(stats)
         return x * s, stats
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad, _):
-        xn, y1, h1, y2, s, m1, m2, stats1, stats2, d = ctx.arrays
-        w1, g1, w2, g2 = ctx.saved_tensors
+        *arrays, w1, g1, w2, g2 = ctx.saved_tensors
+        xn, y1, h1, y2, s, m1, m2 = (t.detach().numpy() for t in arrays)
+        (stats1, stats2), d = ctx.stats, ctx.dilation
         C, dt = xn.shape[-1], xn.dtype
         gx, gz = np.empty_like(xn), np.empty_like(xn)
         s1, s2 = np.zeros(C), np.zeros(C)
         mean2, _, invstd2, scale2, shift2 = stats2
-        gate_back(grad.contiguous().numpy(), xn, s, m2, y2, scale2, shift2, mean2.astype(dt), invstd2.astype(dt),
-                  gx, gz, s1, s2)  # fmt: skip
+        gate_back(grad.detach().contiguous().numpy(), xn, s, m2, y2, scale2, shift2, mean2.astype(dt),
+                  invstd2.astype(dt), gx, gz, s1, s2)  # fmt: skip
         Q2, gw2, gb2, gg2, gbeta2 = _backward_layer(gz, s1, s2, y2, stats2, g2, w2, h1, d)
         s1, s2 = np.zeros(C), np.zeros(C)
         conv_back_relu(Q2, h1, m1, y1, stats1[0].astype(dt), stats1[2].astype(dt), d, gz, s1, s2)
@@ -221,14 +224,23 @@ class FusedBlock(torch.autograd.Function):
         return torch.from_numpy(gx), gw1, gb1, gg1, gbeta1, gw2, gb2, gg2, gbeta2, None, None, None, None
 
 
+# the block's entry points (model.TemporalAwareBlock)
+
+
 def supports(block: torch.nn.Module, x: torch.Tensor) -> bool:
-    """The fused pass covers kernel-2 blocks with BatchNorm in training, on CPU float32/float64 tensors."""
+    """The fused pass covers what TIM-Net's blocks are: two kernel-2 convs with biases and one dilation, each
+    followed by an affine BatchNorm in training with running statistics, one eps and momentum; CPU float32/float64
+    tensors of the parameters' dtype, more than one value per channel (else torch's own error)."""
+    convs, norms = (block.conv1, block.conv2), (block.bn1, block.bn2)
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
-        and block.conv1.kernel_size[0] == 2
-        and isinstance(block.bn1, torch.nn.BatchNorm1d)
-        and block.bn1.momentum is not None
+        and x.shape[0] * x.shape[1] > 1
+        and all(c.kernel_size[0] == 2 and c.bias is not None and c.weight.dtype == x.dtype for c in convs)
+        and block.conv1.dilation == block.conv2.dilation
+        and all(isinstance(bn, torch.nn.BatchNorm1d) and bn.training and bn.affine for bn in norms)
+        and all(bn.track_running_stats and bn.momentum is not None for bn in norms)
+        and (block.bn1.eps, block.bn1.momentum) == (block.bn2.eps, block.bn2.momentum)
     )
 
 
