@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -20,8 +21,14 @@ torch.set_num_threads(1)
 # slower in the suite than alone (153 s vs 23 s). Units still set their own threads (`pool`, `cluster`).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Machine measurements (`train.blas = auto`, `timnet devices`) go to a cache of this test process's own, inherited
-# by the commands it starts, never to the user's ~/.cache/timnet.
-os.environ.setdefault("TIMNET_CACHE", tempfile.mkdtemp(prefix="timnet_test_cache_"))
+# by the commands it starts, never to the user's ~/.cache/timnet. There `auto` is numpy's BLAS (and the fused
+# blocks): measured under the other worker's load, the answer flipped between runs, and so did which path a
+# test's model trained through (tests/test_blas.py measures in caches of its own).
+if "TIMNET_CACHE" not in os.environ:
+    os.environ["TIMNET_CACHE"] = tempfile.mkdtemp(prefix="timnet_test_cache_")
+    from timnet.blas import cache_file, machine_key
+
+    cache_file().write_text(json.dumps({machine_key(): "numpy"}))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TIMNET_SHARED", REPO.parent / "shared"))

@@ -229,7 +229,9 @@ def test_timeline_command(learned, tmp_path, capsys):
     assert main([*argv, "--csv", str(both)]) == 0
     combined = pd.read_csv(both)
     assert list(combined.file.map(lambda f: Path(f).name)) == ["03a01Wa.wav", "03a01Ta.wav"]
-    assert list(combined.emotion) == ["angry", "sad"]
+    per_file = [pd.read_csv(tmp_path / "t" / f"{name}_timeline.csv") for name in ("03a01Wa", "03a01Ta")]
+    assert combined.drop(columns="file").equals(pd.concat(per_file).drop(columns="file").reset_index(drop=True))
+    assert combined.emotion[0] == "angry" and combined.sad[1] > 5 * combined.angry[1]  # T: Trauer, sadness
     assert main([*argv, "--csv", str(both)]) == 2, "an existing CSV is never overwritten"
     assert main(["predict", "--model", str(out), "--timeline", "--hop", "0", str(wav)]) == 2
 
