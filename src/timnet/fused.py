@@ -248,12 +248,9 @@ def fused_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """block(x) in training mode (a `model.TemporalAwareBlock`): the same dropout draws from torch's generator, in
     the same order, and the same running-statistics update as the unfused block."""
     B, _, C = x.shape
-    p = block.drop.p
 
     def mask() -> torch.Tensor:  # SpatialDropout1d's keep mask, [B, C]
-        if p == 0:
-            return torch.ones(B, C, dtype=x.dtype)
-        return x.new_empty(B, 1, C).bernoulli_(1 - p).div_(1 - p).view(B, C)
+        return block.drop.keep(x).view(B, C) if block.drop.p else torch.ones(B, C, dtype=x.dtype)
 
     mask1, mask2 = mask(), mask()
     c1, c2, bn1, bn2 = block.conv1, block.conv2, block.bn1, block.bn2

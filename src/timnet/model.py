@@ -121,8 +121,12 @@ class SpatialDropout1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        keep = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - self.p).div_(1 - self.p)  # [B, 1, C]
-        return x * keep
+        return x * self.keep(x)
+
+    def keep(self, x: torch.Tensor) -> torch.Tensor:
+        """The keep mask [B, 1, C] (0 or 1 / (1 - p)) from torch's generator; `fused` draws it here too, so both
+        paths drop the same channels."""
+        return x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - self.p).div_(1 - self.p)
 
 
 class TemporalAwareBlock(nn.Module):
