@@ -21,7 +21,7 @@ import copy
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +36,7 @@ from .config import Config
 from .devices import device_rng_state, on_device, set_device_rng_state
 from .errors import TimnetError
 from .features import FeatureSet, load_features
+from .flat_state import flatten, unflatten
 from .inference import accuracy, infer
 from .metrics import confusion, scores
 from .model import TIMNet, TIMNetConfig
@@ -189,24 +190,26 @@ class FoldTrainer:
                 f"{self.job.state_path}: unreadable per-epoch state ({type(err).__name__}) — delete it to "
                 "train this fold again from epoch 1"
             ) from None
-        self.model.load_state_dict(saved["model"])
-        self.opt.load_state_dict(saved["optimizer"])
+        self.model.load_state_dict(unflatten(saved["model"]))
+        self.opt.load_state_dict(unflatten(saved["optimizer"]))
         torch.set_rng_state(saved["torch_rng"])
         if f"{self.device.type}_rng" in saved:  # cuda_rng, mps_rng: where dropout draws on an accelerator
             set_device_rng_state(self.device, saved[f"{self.device.type}_rng"])
         self.shuffle.set_state(saved["shuffle_rng"])
         if not self.job.compile:  # the BLAS it started with (before there was a choice: torch's): an exact resume
             self.use_blas(saved.get("blas", "torch"))
-        return Progress(**saved["progress"])
+        return Progress(**{**saved["progress"], "best": unflatten(saved["progress"]["best"])})
 
     def save(self, progress: Progress) -> None:
         """The state after an epoch, snapshotted now and written while the next epoch trains (`state_writer`)."""
+        saved = {f.name: getattr(progress, f.name) for f in fields(progress)}  # not asdict: no deep copy of `best`
+        saved.update(history=list(progress.history), best=progress.best and flatten(progress.best))
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
+            "model": flatten(self.model.state_dict()),  # the copies of the live tensors (`flat_state`)
+            "optimizer": flatten(self.opt.state_dict()),
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle.get_state(),
-            "progress": asdict(progress),
+            "progress": saved,
             "blas": self.blas,
         }
         if self.device.type != "cpu":
