@@ -45,10 +45,10 @@ def test_a_flat_state_and_an_earlier_unflat_one_resume_to_the_uninterrupted_bits
     """A run stopped in fold 2's epoch 4: fold 1 finished through flat per-epoch states equals the uninterrupted
     run; fold 2's state (epoch 3) is flat and resumes to the uninterrupted run's bits, and so does the same state
     as torch.save wrote states before `flat_state` (every tensor its own entry)."""
-    settings = {**REFERENCE, "checkpoint": checkpoint}
     if checkpoint == "last":
-        whole = reference_run
-    else:
+        settings, whole = REFERENCE, reference_run
+    else:  # best-val: its own, shorter uninterrupted run
+        settings = {"folds": 2, "epochs": 8, "checkpoint": checkpoint}
         whole = tmp_path / "whole" / "Models" / train(tmp_path / "whole", mfcc, **settings).run_id
     original = fold.FoldTrainer.record_epoch
 
