@@ -84,3 +84,25 @@ def test_capture_on_without_cuda_is_one_line_before_anything_is_written(tmp_path
     with pytest.raises(TimnetError, match=r"^train\.capture: CUDA graphs need a CUDA device \(got --device cpu\)"):
         train(tmp_path, mfcc, capture="on")
     assert not (tmp_path / "Models").exists() or not any((tmp_path / "Models").iterdir())
+
+
+def test_the_devices_cache_keeps_what_another_process_wrote_meanwhile_and_knows_the_blas(cache, monkeypatch):
+    """Timing takes seconds: an entry another process wrote meanwhile stays in the cache file. The key holds the
+    CPU's BLAS (numpy's trains through the fused blocks, at another speed than torch's)."""
+    from timnet import device_timing
+    from timnet.atomic import write_json
+
+    cfg = load_config("EMODB", {**SHORT, "train.blas": "numpy"})
+
+    def timed_while_another_process_writes(cfg, seconds):
+        write_json(cache, {"another shape": {"measured": "then", "options": []}})
+        return [Option("cpu", 1, 2, 1, 5.0)]
+
+    monkeypatch.setattr(device_timing, "measure", timed_while_another_process_writes)
+    measured, from_cache = device_timing.cached_or_measured(cfg)
+    assert not from_cache and measured[0].unit_steps_per_second == 5.0
+    saved = json.loads(cache.read_text())
+    assert set(saved) == {"another shape", shape_key(cfg)} and saved[shape_key(cfg)]["options"][0]["workers"] == 2
+    assert device_timing.cached_or_measured(cfg) == (measured, True)
+    other = load_config("EMODB", {**SHORT, "train.blas": "torch"})
+    assert "numpy BLAS" in shape_key(cfg) and "torch BLAS" in shape_key(other)

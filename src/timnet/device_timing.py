@@ -61,11 +61,13 @@ def run_units(cfg: Config) -> int:
 
 
 def shape_key(cfg: Config) -> str:
-    """What the speed of a run's steps depends on: the machine (its cores, its devices), torch, the model and batch
-    shapes, and the run's units (the pack timed, the CPU workers planned)."""
+    """What the speed of a run's steps depends on: the machine (its cores, its devices), torch and the CPU's BLAS
+    (numpy's trains through the fused blocks), the model and batch shapes, and the run's units (the pack timed, the
+    CPU workers planned)."""
     m, f, t = cfg.model, cfg.features, cfg.train
     shape = f"{f.frames}x{f.n_mfcc} L{m.levels} F{m.filters} k{m.kernel_size} C{m.n_classes} B{t.batch_size}"
-    where = f"{platform.node()} ({available_cores()} cores) | torch {torch.__version__}"
+    blas = resolve_blas(t.blas, "cpu")
+    where = f"{platform.node()} ({available_cores()} cores) | torch {torch.__version__}, {blas} BLAS"
     return f"{where} | {' '.join(['cpu', *accelerators()])} | {shape} | {run_units(cfg)} units, capture {t.capture}"
 
 
@@ -230,8 +232,8 @@ def cached_or_measured(
     if key in cache and not refresh:
         return [Option(**o) for o in cache[key]["options"]], True
     measured = measure(cfg, seconds)
-    cache[key] = {"measured": datetime.now().isoformat(timespec="seconds"), "options": [asdict(o) for o in measured]}
-    write_json(cache_file(), cache)
+    entry = {"measured": datetime.now().isoformat(timespec="seconds"), "options": [asdict(o) for o in measured]}
+    write_json(cache_file(), {**read_cache(cache_file()), key: entry})  # and what others wrote while this timed
     return measured, False
 
 
