@@ -152,3 +152,18 @@ def test_packs_hold_the_units_of_one_device_and_gpus_take_turns(tmp_path, mfcc):
     for i, job in enumerate(run.jobs):
         job.device = f"cuda:{i % 2}"
     assert [[j.fold for j in pack] for pack in plan_packs([run], run.jobs, "cuda")] == [[1, 3, 5], [2, 4, 6]]
+
+
+def test_packed_units_use_torchs_products_and_compile_as_units_alone(tmp_path, mfcc):
+    """`decide_execution`, the one place a unit's BLAS and compiling are decided: a pack's units run the pack's own
+    batched products (torch's) whatever `train.blas` says; a unit alone keeps numpy's; compiling is the same."""
+    from timnet.runs import Roots
+    from timnet.train import decide_execution, plan_packs, prepare_run
+
+    cfg = load_config("EMODB", {**SHORT, "train.folds": 3, "train.epochs": 2, "train.blas": "numpy", "train.pack": 2})
+    run = prepare_run(cfg, mfcc, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu")
+    packs = plan_packs([run], run.jobs, "cpu")
+    assert [len(p) for p in packs] == [2, 1]
+    decide_execution(run.jobs, 2, frozenset(j.key for p in packs if len(p) > 1 for j in p))
+    assert [j.blas for j in run.jobs] == ["torch", "torch", "numpy"]
+    assert [j.compile for j in run.jobs] == [False] * 3

@@ -155,18 +155,20 @@ def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> 
     return packs
 
 
-def decide_execution(jobs: list[FoldJob], workers: int) -> None:
+def decide_execution(jobs: list[FoldJob], workers: int, packed: frozenset[str] = frozenset()) -> None:
     """Whether each unit compiles and whose BLAS it uses, decided by its executor, the one place. `compile = auto`
     counts the epochs of a process, not of a unit — the units a worker trains one after another reuse its compiled
     code, so 10 folds x 500 epochs on 2 workers compile where one 500-epoch fold would not (Ray: each unit counts
     alone) — and does not compile where numpy's BLAS was chosen (`should_compile`). `blas` is the BLAS of the
     unit's eager products (a compiled unit's are torch's: the compiler traces torch operations; if compiling
-    fails, the unit goes on eagerly with `blas`)."""
+    fails, the unit goes on eagerly with `blas`). Units trained in a pack (`packed`: their keys) run the pack's own
+    batched products (`packed.causal_conv`): torch's; whether they compile is decided as for a unit alone."""
     per_worker = -(-len(jobs) // workers)
     for job in jobs:
         t = job.config["train"]
-        job.blas = resolve_blas(t["blas"], job.device)
-        job.compile = should_compile(t["compile"], t["epochs"], job.device, per_worker, job.blas)
+        blas = resolve_blas(t["blas"], job.device)
+        job.compile = should_compile(t["compile"], t["epochs"], job.device, per_worker, blas)
+        job.blas = "torch" if job.key in packed else blas
 
 
 def _execute_local(runs, jobs, device, workers, threads, progress, desc, address) -> list[FoldResult]:
@@ -175,9 +177,7 @@ def _execute_local(runs, jobs, device, workers, threads, progress, desc, address
     packs = plan_packs(runs, pending, device)
     busy = {j.key for j in pending}
     workers, threads = plan_workers(sum(pack[0].key in busy for pack in packs), device, workers, threads)
-    decide_execution(pending, workers)
-    for job in (j for pack in packs if len(pack) > 1 for j in pack):
-        job.blas = "torch"  # a pack's products are its own (`packed.causal_conv`): torch's
+    decide_execution(pending, workers, frozenset(j.key for pack in packs if len(pack) > 1 for j in pack))
     features = runs[0].features if workers == 1 and len(runs) == 1 else None
     folder = Path(tempfile.mkdtemp(prefix="timnet_features_")) if workers > 1 else None
     try:
