@@ -11,7 +11,8 @@ before this format).
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import torch
 
@@ -21,16 +22,25 @@ MARK = "flat_tensor"  # a leaf {MARK: i} stands for the i-th tensor
 # helpers
 
 
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """`obj` (nested dicts, lists, tuples of tensors and plain values) with every tensor replaced by fn(tensor)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    return obj
+
+
 def _strip(obj: Any, found: list[torch.Tensor]) -> Any:
     """`obj` with each tensor replaced by {MARK: its index in `found`}."""
-    if isinstance(obj, torch.Tensor):
-        found.append(obj)
+
+    def mark(t: torch.Tensor) -> dict:
+        found.append(t)
         return {MARK: len(found) - 1}
-    if isinstance(obj, dict):
-        return {k: _strip(v, found) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_strip(v, found) for v in obj)
-    return obj
+
+    return map_tensors(obj, mark)
 
 
 def _fill(obj: Any, tensors: list[torch.Tensor]) -> Any:
@@ -70,10 +80,5 @@ def unflatten(obj: Any) -> Any:
     if not (isinstance(obj, dict) and obj.keys() == {"tree", "buffers", "index"}):
         return obj
     buffers = obj["buffers"]
-    tensors = []
-    for b, offset, shape in obj["index"]:
-        n = 1
-        for size in shape:
-            n *= size
-        tensors.append(buffers[b][offset : offset + n].view(shape).clone())
+    tensors = [buffers[b][offset : offset + math.prod(shape)].view(shape).clone() for b, offset, shape in obj["index"]]
     return _fill(obj["tree"], tensors)

@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import torch
 
+from .flat_state import map_tensors
+
 # helpers
 
 
@@ -18,18 +20,16 @@ def snapshot(obj: Any, copies: list) -> Any:
     """`obj` (nested dicts, lists, tuples of tensors and plain values) with every tensor copied to the host, so
     the live tensors can change while the copy is written. From CUDA the copy lands in pinned memory, asynchronously;
     `copies` collects the CUDA tensors copied, whose stream must be synchronised before the copy is read."""
-    if isinstance(obj, torch.Tensor):
-        if obj.device.type == "cuda":
-            host = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True)
-            host.copy_(obj.detach(), non_blocking=True)
-            copies.append(obj)
+
+    def to_host(t: torch.Tensor) -> torch.Tensor:
+        if t.device.type == "cuda":
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t.detach(), non_blocking=True)
+            copies.append(t)
             return host
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: snapshot(v, copies) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v, copies) for v in obj)
-    return obj
+        return t.detach().to("cpu", copy=True)
+
+    return map_tensors(obj, to_host)
 
 
 # classes
