@@ -111,6 +111,15 @@ def show_progress(ray, events, view: ProgressView) -> bool:
         return False
 
 
+def cancel_running(ray, refs: list) -> None:
+    """Force-cancel the tasks still running. Cancelling a task whose reply is arriving at that moment aborts the
+    driver in Ray 2.60 (CHECK "Tried to complete task that was not pending", seen when both units of a run failed
+    at once): tasks that are ending get half a second to end, and only those still running then are cancelled."""
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+    for ref in running:
+        ray.cancel(ref, force=True)
+
+
 def absolute(job: FoldJob) -> FoldJob:
     """The job with absolute paths: a path relative to the driver's folder means nothing on another node."""
     return dataclasses.replace(
@@ -157,8 +166,7 @@ def run_units_on_ray(
         if live:
             show_progress(ray, events, view)
     except BaseException:  # a failure, or Ctrl-C: cancel the rest; each unit keeps its last epoch's state
-        for ref in refs:
-            ray.cancel(ref, force=True)
+        cancel_running(ray, list(refs))
         raise
     finally:
         view.close()
