@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .allocator import keep_freed_memory
 from .atomic import atomic_path
 from .blas import limit_threads, unit_blas
 from .config import Config
@@ -158,6 +159,8 @@ class FoldTrainer:
     def __init__(self, job: FoldJob, cfg: Config, features: FeatureSet):
         self.job, self.cfg, self.t = job, cfg, cfg.train
         self.device = torch.device(job.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # a step's buffers reused, not faulted in again (`allocator`)
         self.x = torch.as_tensor(features.x, device=self.device)
         self.y = torch.as_tensor(features.y, device=self.device)
         self.tr, self.te, self.va = (
