@@ -152,24 +152,27 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc,
             seen["epochs"].append(found and found[1])
             if found and 3 <= found[1] < 35 and (pid := ray_worker_of(f"{found[0]}/fold_1")):
                 os.kill(pid, signal.SIGSTOP)  # fold 1 cannot finish before the driver has handled Ctrl-C
-                seen.update(run_id=found[0], pid=pid)
+                seen.update(run_id=found[0], pid=pid, handler=signal.getsignal(signal.SIGINT))
                 _thread.interrupt_main()  # what Ctrl-C does to the driver
                 return
             time.sleep(0.05)
 
     watcher = threading.Thread(target=interrupt_mid_unit)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a terminal, whatever ran before
     watcher.start()
     try:
         train(root, mfcc, backend="ray", **REFERENCE)
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True
-    ended.set()
-    watcher.join()
+    finally:
+        ended.set()
+        watcher.join()
+        signal.signal(signal.SIGINT, handler)
     if "pid" in seen:
         with contextlib.suppress(ProcessLookupError):
             os.kill(seen["pid"], signal.SIGCONT)  # its cancellation can now take effect
-    assert interrupted and "run_id" in seen, f"fold 1 not interrupted mid-unit; saved epochs seen: {seen['epochs']}"
+    assert interrupted and "run_id" in seen, f"fold 1 not interrupted mid-unit: {seen}"
     run_id = seen["run_id"]
     deadline = time.monotonic() + 30
     while any(ray_worker_of(f"{run_id}/fold_{k}") for k in (1, 2)) and time.monotonic() < deadline:

@@ -31,7 +31,7 @@ from .blas import limit_threads, resolve_blas, unit_blas
 from .capture import CapturedSteps, resolve_capture
 from .config import Config
 from .devices import available_cores, cache_root, read_cache
-from .fold import should_recompute
+from .fold import should_recompute, unit_adam
 from .model import TIMNet, TIMNetConfig
 from .packed import PackedAdam, PackedTIMNet, packed_step
 from .pool import plan_workers
@@ -93,7 +93,7 @@ def train_step(cfg: Config, device: torch.device, pack: int, capture: bool) -> C
     models = [TIMNet(arch).to(device).train() for _ in range(pack)]
     models[0].recompute = should_recompute(t.recompute, cfg, t.batch_size)  # as a unit alone trains
     models[0].use_blas(unit_blas(resolve_blas(t.blas, str(device))))  # the BLAS an uncompiled unit uses there
-    opts = [torch.optim.Adam(m.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps) for m in models]
+    opts = [unit_adam(m, t, device) for m in models]
     shape = (t.batch_size, cfg.features.frames, cfg.features.n_mfcc)
     x = torch.randn(pack, *shape, device=device)
     y = torch.randint(0, arch.n_classes, (pack, t.batch_size), device=device)

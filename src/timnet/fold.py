@@ -86,6 +86,14 @@ def should_compile(setting: str, epochs: int, device: str, units: int = 1, blas:
     return setting == "on"
 
 
+def unit_adam(model: TIMNet, t, device: torch.device) -> torch.optim.Adam:
+    """The unit's optimiser. On the CPU torch's fused Adam: one kernel over TIM-Net's 135 tensors instead of a loop
+    of small ones (0.75 vs 4.6 ms per step, ~2 % of an EMO-DB epoch). A resumed unit keeps the kind it started with
+    (`load_state_dict` restores the saved group's `fused`), so its resume stays exact."""
+    fused = True if device.type == "cpu" else None
+    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=fused)
+
+
 def compiled(model: TIMNet):
     """torch.compile with dropout masks drawn from the eager RNG: the same draws, a resumable RNG state."""
     import torch._inductor.config as inductor
@@ -174,7 +182,7 @@ class FoldTrainer:
         self.forward = compiled(self.model) if job.compile else self.model
         self.compile_pending = job.compile
         t = self.t
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+        self.opt = unit_adam(self.model, t, self.device)
         self.shuffle = torch.Generator().manual_seed(job.seed * 1000 + job.fold)
         self.watch = {"best-val": "val_acc", "best-test": "test_acc"}.get(t.checkpoint)
         self.writer = StateWriter()
