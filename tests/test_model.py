@@ -149,6 +149,29 @@ def test_a_fused_model_trains_like_the_unfused_one_in_float32():
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_fused_models_gradients_equal_the_unfused_ones_in_float64(recompute):
+    """Whole model, float64, EMO-DB's dropout: with the fused blocks, whose level pooling is their own mean (its
+    gradient joins inside `gate_back`; the last level's output feeds only that mean), every parameter's gradient
+    is the unfused model's to rounding, recomputed or not. A pooling gradient dropped, doubled or not divided by T
+    fails by far more than the tolerance."""
+    torch.manual_seed(0)
+    model = TIMNet(model_config(n_classes=4)).double().train()
+    model.use_blas("numpy")
+    model.recompute = recompute
+    x = torch.randn(6, 50, 39, dtype=torch.float64)
+    grads = {}
+    for fuse in (False, True):
+        for block in [*model.forward_blocks, *model.backward_blocks]:
+            block.fuse = fuse
+        torch.manual_seed(1)  # the same dropout masks
+        loss = model(x).logsumexp(-1).sum()
+        grads[fuse] = torch.autograd.grad(loss, list(model.parameters()))
+    scale = max(g.abs().max() for g in grads[False])
+    for got, want in zip(grads[True], grads[False]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * scale)
+
+
 def test_recomputed_fused_blocks_give_the_same_bits_and_free_their_activations():
     """`train.recompute` with the fused blocks: the same gradients to the bit, and the blocks' activations (numpy
     arrays, which tracemalloc sees) are not held from forward to backward, as they were when kept on ctx."""

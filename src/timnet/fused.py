@@ -1,13 +1,15 @@
 """A temporal-aware block's training pass on the CPU as 4 BLAS products and a few fused passes over memory.
 
 The unfused block runs ~14 elementwise passes forward and ~20 backward over [B, T, C] tensors that miss the cache
-(conv bias, the older tap's add, BatchNorm's statistics and normalisation, ReLU, SpatialDropout, the gate, and
-their gradients), and saves 7 tensors for backward. Here each chain is one numba loop and the block saves 5
-(x, y1, h1, y2, sigmoid): 1.4x faster per block and 1.28x per training epoch on a 2-core AMD EPYC
-(benchmarks/bench_model.py); a 2-fold `timnet train` peaks at ~1.47 GB instead of ~1.88. Both taps of a kernel-2
-conv are one product with 2C outputs, P = x @ [W1 | W0], then y[t] = P[t, :C] + P[t - d, C:] + b inside the loop;
-backward likewise. BatchNorm's sums are accumulated in float64. Gradients equal the unfused block's to float
-rounding (tests/test_model.py). Used by units that train with numpy's BLAS (`train.blas`); every other path
+(conv bias, the older tap's add, BatchNorm's statistics and normalisation, ReLU, SpatialDropout, the gate, and their
+gradients), and saves 7 tensors for backward. Here each chain is one numba loop and the block saves 5 (x, y1, h1,
+y2, sigmoid): 1.4x faster per block and 1.28x per training epoch on a 2-core AMD EPYC (benchmarks/bench_model.py); a
+2-fold `timnet train` peaks at ~1.47 GB instead of ~1.88. Both taps of a kernel-2 conv are one product with 2C
+outputs, P = x @ [W1 | W0], then y[t] = P[t, :C] + P[t - d, C:] + b inside the loop; backward likewise. BatchNorm's
+sums are accumulated in float64. The block also returns its output's mean over time (its level's pooling,
+`model.TIMNet.levels`), whose gradient joins inside `gate_back`: no [B, T, C] sum of the two directions forward, no
+broadcast gradient added by autograd backward (~2 % of an epoch). Gradients equal the unfused block's and model's to
+float rounding (tests/test_model.py). Used by units that train with numpy's BLAS (`train.blas`); every other path
 (evaluation, export, torch's BLAS, accelerators) is unfused.
 """
 
@@ -59,19 +61,20 @@ def norm_relu_drop(y, scale, shift, mask, h):  # pragma: no cover (numba)
 
 
 @njit(**JIT)
-def gate_back(g, x, s, mask, y, scale, shift, mean, invstd, gx, gz, s1, s2):  # pragma: no cover (numba)
-    """Through out = x * s (s = sigmoid(h2)): gx = g s, and to h2's pre-activation z2 = y2 * scale + shift:
+def gate_back(g, gm, x, s, mask, y, scale, shift, mean, invstd, gx, gz, s1, s2):  # pragma: no cover (numba)
+    """Through out = x * s (s = sigmoid(h2)), whose gradient is g + gm (gm [B, C]: from its mean over time, the
+    level's pooling, broadcast over t): gx = g s, and to h2's pre-activation z2 = y2 * scale + shift:
     gz = g x s (1 - s) mask where z2 > 0 (recomputed from y2); BatchNorm's sums of gz and gz * xhat."""
     B, T, C = y.shape
     zero, one = y.dtype.type(0), y.dtype.type(1)
     for b in range(B):
-        m = mask[b]
+        m, gmr = mask[b], gm[b]
         for t in range(T):
             gr, xr, sr, yr, gxr, gzr = g[b, t], x[b, t], s[b, t], y[b, t], gx[b, t], gz[b, t]
             for c in range(C):
-                sv = sr[c]
-                gxr[c] = gr[c] * sv
-                z = gr[c] * xr[c] * sv * (one - sv) * m[c]
+                sv, gv = sr[c], gr[c] + gmr[c]
+                gxr[c] = gv * sv
+                z = gv * xr[c] * sv * (one - sv) * m[c]
                 z = zero if yr[c] * scale[c] + shift[c] <= zero else z
                 gzr[c] = z
                 s1[c] += np.float64(z)
@@ -186,7 +189,9 @@ def _backward_layer(gz, s1, s2, y, stats, gamma, weight, inp, d: int):
 
 
 class FusedBlock(torch.autograd.Function):
-    """x [B, T, C] -> (x * sigmoid(h2) [B, T, C], BatchNorm statistics [4, C]: mean1, var1, mean2, var2 unbiased)."""
+    """x [B, T, C] -> (out = x * sigmoid(h2) [B, T, C], its mean over time [B, C] (the level's pooling: its
+    gradient joins out's inside `gate_back`, instead of being broadcast to [B, T, C] and added by autograd),
+    BatchNorm statistics [4, C]: mean1, var1, mean2, var2 unbiased)."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, g1, beta1, w2, b2, g2, beta2, mask1, mask2, dilation: int, eps: float):
@@ -203,20 +208,24 @@ class FusedBlock(torch.autograd.Function):
         n = xn.shape[0] * xn.shape[1]
         stats = torch.from_numpy(np.stack([stats1[0], stats1[1] * n / (n - 1), stats2[0], stats2[1] * n / (n - 1)]))
         ctx.mark_non_differentiable(stats)
-        return x * s, stats
+        ctx.set_materialize_grads(False)  # the last level's out feeds only its mean: no [B, T, C] of zeros
+        out = x * s
+        return out, out.mean(dim=1), stats
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad, _):
+    def backward(ctx, grad, grad_mean, _):
         *arrays, w1, g1, w2, g2 = ctx.saved_tensors
         xn, y1, h1, y2, s, m1, m2 = (t.detach().numpy() for t in arrays)
         (stats1, stats2), d = ctx.stats, ctx.dilation
-        C, dt = xn.shape[-1], xn.dtype
+        B, T, C = xn.shape
+        dt = xn.dtype
+        g = np.zeros_like(xn) if grad is None else grad.detach().contiguous().numpy()
+        gm = np.zeros((B, C), dt) if grad_mean is None else (grad_mean.detach() / T).contiguous().numpy()
         gx, gz = np.empty_like(xn), np.empty_like(xn)
         s1, s2 = np.zeros(C), np.zeros(C)
         mean2, _, invstd2, scale2, shift2 = stats2
-        gate_back(grad.detach().contiguous().numpy(), xn, s, m2, y2, scale2, shift2, mean2.astype(dt),
-                  invstd2.astype(dt), gx, gz, s1, s2)  # fmt: skip
+        gate_back(g, gm, xn, s, m2, y2, scale2, shift2, mean2.astype(dt), invstd2.astype(dt), gx, gz, s1, s2)
         Q2, gw2, gb2, gg2, gbeta2 = _backward_layer(gz, s1, s2, y2, stats2, g2, w2, h1, d)
         s1, s2 = np.zeros(C), np.zeros(C)
         conv_back_relu(Q2, h1, m1, y1, stats1[0].astype(dt), stats1[2].astype(dt), d, gz, s1, s2)
@@ -245,9 +254,9 @@ def supports(block: torch.nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def fused_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """block(x) in training mode (a `model.TemporalAwareBlock`): the same dropout draws from torch's generator, in
-    the same order, and the same running-statistics update as the unfused block."""
+def fused_block(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(block(x), its mean over time) in training mode (a `model.TemporalAwareBlock`): the same dropout draws from
+    torch's generator, in the same order, and the same running-statistics update as the unfused block."""
     B, _, C = x.shape
 
     def mask() -> torch.Tensor:  # SpatialDropout1d's keep mask, [B, C]
@@ -255,7 +264,7 @@ def fused_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     mask1, mask2 = mask(), mask()
     c1, c2, bn1, bn2 = block.conv1, block.conv2, block.bn1, block.bn2
-    out, stats = FusedBlock.apply(
+    out, pooled, stats = FusedBlock.apply(
         x, c1.weight, c1.bias, bn1.weight, bn1.bias, c2.weight, c2.bias, bn2.weight, bn2.bias, mask1, mask2,
         c1.dilation[0], bn1.eps,
     )  # fmt: skip
@@ -264,4 +273,4 @@ def fused_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
             bn.running_mean.mul_(1 - bn.momentum).add_(mean.to(bn.running_mean.dtype), alpha=bn.momentum)
             bn.running_var.mul_(1 - bn.momentum).add_(var.to(bn.running_var.dtype), alpha=bn.momentum)
             bn.num_batches_tracked.add_(1)
-    return out
+    return out, pooled

@@ -64,7 +64,8 @@ class _CausalConvGEMM(torch.autograd.Function):
         g = grad.contiguous()  # [B, T, C_out]
         gf = g.view(B * T, -1)
         blas = ctx.blas
-        grad_x = matmul(gf, taps[k - 1], blas).view(B, T, c_in)  # [B, T, C_in]
+        # the input convolutions' x is the MFCCs: no gradient wanted, two products a step saved
+        grad_x = matmul(gf, taps[k - 1], blas).view(B, T, c_in) if ctx.needs_input_grad[0] else None  # [B, T, C_in]
         grad_w = torch.empty(k, *taps.shape[1:], dtype=taps.dtype, device=taps.device)  # [k, C_out, C_in]
         matmul(gf.t(), x.view(B * T, c_in), blas, out=grad_w[k - 1])
         for j in range(k - 1):
@@ -72,9 +73,9 @@ class _CausalConvGEMM(torch.autograd.Function):
             if shift >= T:
                 grad_w[j] = 0
                 continue
-            if blas == "torch":  # x[t] reached y[t + shift]
+            if grad_x is not None and blas == "torch":  # x[t] reached y[t + shift]
                 grad_x[:, :-shift].baddbmm_(g[:, shift:], taps[j].expand(B, -1, -1))
-            else:
+            elif grad_x is not None:
                 grad_x[:, :-shift] += matmul(gf, taps[j], blas).view(B, T, c_in)[:, shift:]
             delayed = F.pad(x[:, :-shift], (0, 0, shift, 0))  # x[t - shift], zeros before the start
             matmul(gf.t(), delayed.view(B * T, c_in), blas, out=grad_w[j])
@@ -143,11 +144,18 @@ class TemporalAwareBlock(nn.Module):
     fuse = True  # with numpy's BLAS, train through `fused.FusedBlock` (benchmarks/bench_model.py turns it off)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, T, C]
+        return self.pooled(x)[0]
+
+    def pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(block(x) [B, T, C], its mean over time [B, C] where the fused pass gives it, else None)."""
         if self.training and self.fuse and self.conv1.blas == "numpy":
             from . import fused  # numba takes ~0.4 s to import: only CPU training with numpy's BLAS loads it
 
             if fused.supports(self, x):
                 return fused.fused_block(self, x)
+        return self._unfused(x), None
+
+    def _unfused(self, x: torch.Tensor) -> torch.Tensor:
         h = self.drop(F.relu(self._norm(self.bn1, self.conv1(x))))
         h = self.drop(F.relu(self._norm(self.bn2, self.conv2(h))))
         return x * torch.sigmoid(h)
@@ -176,10 +184,10 @@ def _statistics_frozen(block: nn.Module):
             bn.num_batches_tracked.data.copy_(count)
 
 
-def _recomputed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """block(x), keeping only x for backward (activation checkpointing)."""
+def _recomputed(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """block.pooled(x), keeping only x for backward (activation checkpointing)."""
     contexts = lambda: (contextlib.nullcontext(), _statistics_frozen(block))  # noqa: E731
-    return checkpoint(block, x, use_reentrant=False, context_fn=contexts)
+    return checkpoint(block.pooled, x, use_reentrant=False, context_fn=contexts)
 
 
 class TIMNet(nn.Module):
@@ -227,10 +235,13 @@ class TIMNet(nn.Module):
         pooled = []
         for f_block, b_block in zip(self.forward_blocks, self.backward_blocks):
             if self.recompute and self.training:  # same numbers (dropout replays its RNG state), ~1/3 more compute
-                fwd, bwd = _recomputed(f_block, fwd), _recomputed(b_block, bwd)
+                (fwd, f_mean), (bwd, b_mean) = _recomputed(f_block, fwd), _recomputed(b_block, bwd)
             else:
-                fwd, bwd = f_block(fwd), b_block(bwd)
-            pooled.append((fwd + bwd).mean(dim=1))  # [B, C]
+                (fwd, f_mean), (bwd, b_mean) = f_block.pooled(fwd), b_block.pooled(bwd)
+            if f_mean is None or b_mean is None:
+                pooled.append((fwd + bwd).mean(dim=1))  # [B, C]
+            else:  # the fused blocks' own means: no [B, T, C] sum, and backward adds no broadcast gradient
+                pooled.append(f_mean + b_mean)
         return torch.stack(pooled, dim=-1)  # [B, C, L]
 
     def use_blas(self, blas: str) -> None:
