@@ -208,7 +208,6 @@ class FusedBlock(torch.autograd.Function):
         n = xn.shape[0] * xn.shape[1]
         stats = torch.from_numpy(np.stack([stats1[0], stats1[1] * n / (n - 1), stats2[0], stats2[1] * n / (n - 1)]))
         ctx.mark_non_differentiable(stats)
-        ctx.set_materialize_grads(False)  # the last level's out feeds only its mean: no [B, T, C] of zeros
         out = x * s
         return out, out.mean(dim=1), stats
 
@@ -220,8 +219,7 @@ class FusedBlock(torch.autograd.Function):
         (stats1, stats2), d = ctx.stats, ctx.dilation
         B, T, C = xn.shape
         dt = xn.dtype
-        g = np.zeros_like(xn) if grad is None else grad.detach().contiguous().numpy()
-        gm = np.zeros((B, C), dt) if grad_mean is None else (grad_mean.detach() / T).contiguous().numpy()
+        g, gm = grad.detach().contiguous().numpy(), (grad_mean.detach() / T).contiguous().numpy()  # out's, its mean's
         gx, gz = np.empty_like(xn), np.empty_like(xn)
         s1, s2 = np.zeros(C), np.zeros(C)
         mean2, _, invstd2, scale2, shift2 = stats2
