@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .allocator import keep_freed_memory
 from .atomic import atomic_path
 from .blas import limit_threads, unit_blas
-from .config import Config
+from .config import Config, TrainSettings
 from .devices import device_rng_state, on_device, set_device_rng_state
 from .errors import TimnetError
 from .features import FeatureSet, load_features
@@ -86,7 +86,7 @@ def should_compile(setting: str, epochs: int, device: str, units: int = 1, blas:
     return setting == "on"
 
 
-def unit_adam(model: TIMNet, t, device: torch.device) -> torch.optim.Adam:
+def unit_adam(model: TIMNet, t: TrainSettings, device: torch.device) -> torch.optim.Adam:
     """The unit's optimiser. On the CPU torch's fused Adam: one kernel over TIM-Net's 135 tensors instead of a loop
     of small ones (0.75 vs 4.6 ms per step, ~2 % of an EMO-DB epoch). A resumed unit keeps the kind it started with
     (`load_state_dict` restores the saved group's `fused`), so its resume stays exact."""

@@ -217,7 +217,7 @@ class FusedBlock(torch.autograd.Function):
         *arrays, w1, g1, w2, g2 = ctx.saved_tensors
         xn, y1, h1, y2, s, m1, m2 = (t.detach().numpy() for t in arrays)
         (stats1, stats2), d = ctx.stats, ctx.dilation
-        B, T, C = xn.shape
+        _, T, C = xn.shape
         dt = xn.dtype
         g, gm = grad.detach().contiguous().numpy(), (grad_mean.detach() / T).contiguous().numpy()  # out's, its mean's
         gx, gz = np.empty_like(xn), np.empty_like(xn)

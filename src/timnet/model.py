@@ -73,10 +73,11 @@ class _CausalConvGEMM(torch.autograd.Function):
             if shift >= T:
                 grad_w[j] = 0
                 continue
-            if grad_x is not None and blas == "torch":  # x[t] reached y[t + shift]
-                grad_x[:, :-shift].baddbmm_(g[:, shift:], taps[j].expand(B, -1, -1))
-            elif grad_x is not None:
-                grad_x[:, :-shift] += matmul(gf, taps[j], blas).view(B, T, c_in)[:, shift:]
+            if grad_x is not None:  # x[t] reached y[t + shift]
+                if blas == "torch":
+                    grad_x[:, :-shift].baddbmm_(g[:, shift:], taps[j].expand(B, -1, -1))
+                else:
+                    grad_x[:, :-shift] += matmul(gf, taps[j], blas).view(B, T, c_in)[:, shift:]
             delayed = F.pad(x[:, :-shift], (0, 0, shift, 0))  # x[t - shift], zeros before the start
             matmul(gf.t(), delayed.view(B * T, c_in), blas, out=grad_w[j])
         return grad_x, grad_w.permute(1, 2, 0), g.sum((0, 1)), None, None
