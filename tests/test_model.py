@@ -126,6 +126,30 @@ def test_fused_block_equals_the_block_op_by_op(dilation, dropout):
     assert want_stats[-1].item() == 1  # num_batches_tracked moved once
 
 
+def test_the_fused_blocks_padded_channels_stay_zero_and_change_nothing():
+    """`TIMNet.levels` pads the fused blocks' channels to `fused.width` (39 -> 40) once: the padded channels come
+    out exactly zero, with zero gradient, and the real channels are bit for bit those of a C-channel call."""
+    from timnet import fused
+
+    assert [fused.width(c) for c in (6, 8, 39, 40)] == [8, 8, 40, 40]
+    torch.manual_seed(0)
+    block = TemporalAwareBlock(6, 2, 2, 0.3).train()
+    block.conv1.blas = block.conv2.blas = "numpy"
+    x = torch.randn(4, 30, 6)
+    upstream = torch.randn(4, 30, 6)
+    results = []
+    for inp in (x, F.pad(x, (0, 2))):
+        inp = inp.clone().requires_grad_()
+        torch.manual_seed(1)
+        out, mean = fused.fused_block(block, inp)
+        (grad,) = torch.autograd.grad((out[..., :6] * upstream).sum() + mean[:, :6].sum(), inp)
+        results.append((out, mean, grad))
+    (out, mean, grad), (pout, pmean, pgrad) = results
+    assert out.shape == (4, 30, 6) and pout.shape == (4, 30, 8) and pmean.shape == (4, 8)
+    assert not pout[..., 6:].any() and not pmean[:, 6:].any() and not pgrad[..., 6:].any()
+    assert torch.equal(pout[..., :6], out) and torch.equal(pmean[:, :6], mean) and torch.equal(pgrad[..., :6], grad)
+
+
 def test_a_fused_model_trains_like_the_unfused_one_in_float32():
     """Whole model, float32, Adam steps with dropout: the fused path's losses follow the unfused ones."""
     losses = {}

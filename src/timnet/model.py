@@ -149,12 +149,19 @@ class TemporalAwareBlock(nn.Module):
 
     def pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(block(x) [B, T, C], its mean over time [B, C] where the fused pass gives it, else None)."""
-        if self.training and self.fuse and self.conv1.blas == "numpy":
-            from . import fused  # numba takes ~0.4 s to import: only CPU training with numpy's BLAS loads it
+        if self.fuses(x):
+            from . import fused
 
-            if fused.supports(self, x):
-                return fused.fused_block(self, x)
+            return fused.fused_block(self, x)
         return self._unfused(x), None
+
+    def fuses(self, x: torch.Tensor) -> bool:
+        """Whether training on x runs through `fused.FusedBlock` (CPU training with numpy's BLAS)."""
+        if not (self.training and self.fuse and self.conv1.blas == "numpy"):
+            return False
+        from . import fused  # numba takes ~0.4 s to import: only CPU training with numpy's BLAS loads it
+
+        return fused.supports(self, x)
 
     def _unfused(self, x: torch.Tensor) -> torch.Tensor:
         h = self.drop(F.relu(self._norm(self.bn1, self.conv1(x))))
@@ -233,6 +240,11 @@ class TIMNet(nn.Module):
         """Per-level features: [B, T, F] MFCCs -> [B, C, L] (forward + backward, averaged over time)."""
         fwd = self.forward_in(x)  # [B, T, C]
         bwd = self.backward_in(x.flip(1))  # [B, T, C], time reversed
+        C = fwd.shape[-1]
+        if all(block.fuses(fwd) for block in [*self.forward_blocks, *self.backward_blocks]):
+            from .fused import width  # the fused blocks' padded channels, zero throughout: once for all levels
+
+            fwd, bwd = F.pad(fwd, (0, width(C) - C)), F.pad(bwd, (0, width(C) - C))  # [B, T, W]
         pooled = []
         for f_block, b_block in zip(self.forward_blocks, self.backward_blocks):
             if self.recompute and self.training:  # same numbers (dropout replays its RNG state), ~1/3 more compute
@@ -242,7 +254,7 @@ class TIMNet(nn.Module):
             if f_mean is None or b_mean is None:
                 pooled.append((fwd + bwd).mean(dim=1))  # [B, C]
             else:  # the fused blocks' own means: no [B, T, C] sum, and backward adds no broadcast gradient
-                pooled.append(f_mean + b_mean)
+                pooled.append((f_mean + b_mean)[:, :C])
         return torch.stack(pooled, dim=-1)  # [B, C, L]
 
     def use_blas(self, blas: str) -> None:
