@@ -196,25 +196,57 @@ def test_a_fused_models_gradients_equal_the_unfused_ones_in_float64(recompute):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * scale)
 
 
+def test_the_fused_evaluation_equals_the_op_by_op_one():
+    """Evaluation without autograd on the CPU with numpy's BLAS (the per-epoch validation of training) runs each
+    block as `fused.inference_block` (BatchNorm's running statistics folded into the conv): the same
+    probabilities and embeddings as op by op to rounding (float64), standalone blocks too; with autograd on, the
+    block runs op by op."""
+    from timnet import fused
+
+    torch.manual_seed(0)
+    model = TIMNet(model_config(n_classes=4)).double().eval()
+    model.use_blas("numpy")
+    with torch.no_grad():  # running statistics and BatchNorm parameters away from their neutral values
+        for bn in [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]:
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+        for conv in [m for m in model.modules() if isinstance(m, nn.Conv1d)]:
+            conv.bias.uniform_(-0.3, 0.3)
+    x = torch.randn(5, 50, 39, dtype=torch.float64)
+    block = model.forward_blocks[2]
+    with torch.no_grad():
+        assert block.fused_pass(x) is fused.inference_block
+        got, got_block = model.classify(x), block(x)
+        for b in [*model.forward_blocks, *model.backward_blocks]:
+            b.fuse = False
+        want, want_block = model.classify(x), block(x)
+    for g, w in zip((*got, got_block), (*want, want_block)):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    block.fuse = True
+    assert block.fused_pass(x) is None  # autograd on: op by op
+
+
 def test_recomputed_fused_blocks_give_the_same_bits_and_free_their_activations():
     """`train.recompute` with the fused blocks: the same gradients to the bit, and the blocks' activations (numpy
     arrays, which tracemalloc sees) are not held from forward to backward, as they were when kept on ctx."""
     import tracemalloc
 
     runs = {}
-    for recompute in (False, True):
-        torch.manual_seed(0)
-        model = TIMNet(model_config(n_classes=4)).train()
-        model.use_blas("numpy")
-        model.recompute = recompute
-        x = torch.randn(8, 60, 39)
-        torch.manual_seed(1)
-        tracemalloc.start()
-        loss = model(x).logsumexp(-1).sum()
-        held = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        loss.backward()
-        runs[recompute] = held, [p.grad.clone() for p in model.parameters()]
+    for traced in (False, True):  # untraced first: what the first call imports (numba, checkpoint's) is not held
+        for recompute in (False, True):
+            torch.manual_seed(0)
+            model = TIMNet(model_config(n_classes=4)).train()
+            model.use_blas("numpy")
+            model.recompute = recompute
+            x = torch.randn(8, 60, 39)
+            torch.manual_seed(1)
+            if traced:
+                tracemalloc.start()
+            loss = model(x).logsumexp(-1).sum()
+            held = tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
+            loss.backward()
+            runs[recompute] = held, [p.grad.clone() for p in model.parameters()]
     (held_all, grads), (held_inputs, recomputed) = runs[False], runs[True]
     assert all(torch.equal(a, b) for a, b in zip(grads, recomputed))
     assert held_all > 16 * 4 * x.numel() * 4, "16 blocks each hold 4 float32 arrays of x's size"

@@ -142,26 +142,23 @@ class TemporalAwareBlock(nn.Module):
         self.bn2 = nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
         self.drop = SpatialDropout1d(dropout)
 
-    fuse = True  # with numpy's BLAS, train through `fused.FusedBlock` (benchmarks/bench_model.py turns it off)
+    fuse = True  # with numpy's BLAS, train and evaluate through `fused` (benchmarks/bench_model.py turns it off)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, T, C]
         return self.pooled(x)[0]
 
     def pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(block(x) [B, T, C], its mean over time [B, C] where the fused pass gives it, else None)."""
-        if self.fuses(x):
-            from . import fused
+        """(block(x) [B, T, C], its mean over time [B, C] where a fused pass gives it, else None)."""
+        run = self.fused_pass(x)
+        return run(self, x) if run else (self._unfused(x), None)
 
-            return fused.fused_block(self, x)
-        return self._unfused(x), None
+    def fused_pass(self, x: torch.Tensor):
+        """The `fused` pass for x (training, or evaluation without autograd, on the CPU with numpy's BLAS), or None."""
+        if not (self.fuse and self.conv1.blas == "numpy"):
+            return None
+        from . import fused  # numba takes ~0.4 s to import: only CPU work with numpy's BLAS loads it
 
-    def fuses(self, x: torch.Tensor) -> bool:
-        """Whether training on x runs through `fused.FusedBlock` (CPU training with numpy's BLAS)."""
-        if not (self.training and self.fuse and self.conv1.blas == "numpy"):
-            return False
-        from . import fused  # numba takes ~0.4 s to import: only CPU training with numpy's BLAS loads it
-
-        return fused.supports(self, x)
+        return fused.pass_for(self, x)
 
     def _unfused(self, x: torch.Tensor) -> torch.Tensor:
         h = self.drop(F.relu(self._norm(self.bn1, self.conv1(x))))
@@ -241,7 +238,7 @@ class TIMNet(nn.Module):
         fwd = self.forward_in(x)  # [B, T, C]
         bwd = self.backward_in(x.flip(1))  # [B, T, C], time reversed
         C = fwd.shape[-1]
-        if all(block.fuses(fwd) for block in [*self.forward_blocks, *self.backward_blocks]):
+        if all(block.fused_pass(fwd) for block in [*self.forward_blocks, *self.backward_blocks]):
             from .fused import width  # the fused blocks' padded channels, zero throughout: once for all levels
 
             fwd, bwd = F.pad(fwd, (0, width(C) - C)), F.pad(bwd, (0, width(C) - C))  # [B, T, W]
