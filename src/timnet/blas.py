@@ -6,8 +6,8 @@ TIM-Net's products are tall and thin ([B*T, 39] x [39, 39]: 12,032 rows at EMO-D
 times both once per machine on that shape and caches the answer (`cache_file`); numpy's is used only by units that
 run on one thread (`unit_blas`). A run's record holds the choice (`train.prepare_run`), and a unit records the BLAS
 it started with in its per-epoch state, so a resumed unit continues with the same one (exact resume). A training
-unit's own evaluations use its BLAS, and with numpy's its blocks train through `fused` (elementwise passes fused
-by numba); loaded models (predict, evaluate, export), packed units, compiled units and accelerators use torch's.
+unit's own evaluations use its BLAS, and with numpy's its blocks train and evaluate through `fused` (elementwise
+passes fused by numba); loaded models (predict, evaluate, export), packed units, compiled units and accelerators use torch's.
 """
 
 from __future__ import annotations
