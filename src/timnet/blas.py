@@ -7,7 +7,8 @@ times both once per machine on that shape and caches the answer (`cache_file`); 
 run on one thread (`unit_blas`). A run's record holds the choice (`train.prepare_run`), and a unit records the BLAS
 it started with in its per-epoch state, so a resumed unit continues with the same one (exact resume). A training
 unit's own evaluations use its BLAS, and with numpy's its blocks train and evaluate through `fused` (elementwise
-passes fused by numba); loaded models (predict, evaluate, export), packed units, compiled units and accelerators use torch's.
+passes fused by numba); loaded models (predict, evaluate, export), packed units, compiled units and accelerators
+use torch's.
 """
 
 from __future__ import annotations
