@@ -269,6 +269,7 @@ def test_recomputed_activations_train_to_the_same_bits(tmp_path, mfcc):
 
     runs = {setting: train(tmp_path / setting, mfcc, folds=2, epochs=2, recompute=setting) for setting in ("off", "on")}
     assert_same_units(*(tmp_path / s / "Models" / runs[s].run_id for s in ("off", "on")))
-    assert should_recompute("auto", load_config("IEMOCAP"), 64) and not should_recompute(
-        "auto", load_config("EMODB"), 64
-    )
+    iemocap, emodb = load_config("IEMOCAP"), load_config("EMODB")
+    assert should_recompute("auto", iemocap, 64) and not should_recompute("auto", emodb, 64)  # op by op
+    assert not should_recompute("auto", iemocap, 64, fused=True) and not should_recompute("auto", emodb, 64, True)
+    assert should_recompute("on", emodb, 64, fused=True) and not should_recompute("off", iemocap, 64)

@@ -91,8 +91,9 @@ def train_step(cfg: Config, device: torch.device, pack: int, capture: bool) -> C
     (`packed.packed_step`), with `capture` recorded as a CUDA graph (`capture.CapturedSteps`)."""
     t, arch = cfg.train, TIMNetConfig.from_config(cfg)
     models = [TIMNet(arch).to(device).train() for _ in range(pack)]
-    models[0].recompute = should_recompute(t.recompute, cfg, t.batch_size)  # as a unit alone trains
-    models[0].use_blas(unit_blas(resolve_blas(t.blas, str(device))))  # the BLAS an uncompiled unit uses there
+    blas = unit_blas(resolve_blas(t.blas, str(device)))  # the BLAS an uncompiled unit uses there
+    models[0].use_blas(blas)
+    models[0].recompute = should_recompute(t.recompute, cfg, t.batch_size, blas == "numpy")  # as a unit alone trains
     opts = [unit_adam(m, t, device) for m in models]
     shape = (t.batch_size, cfg.features.frames, cfg.features.n_mfcc)
     x = torch.randn(pack, *shape, device=device)

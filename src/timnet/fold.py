@@ -56,9 +56,12 @@ from .state_writer import StateWriter
 # rounds) eager training with numpy's BLAS took 1.075-1.113 s per fold-epoch, compiled training 1.275-1.295 s.
 COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
 # `train.recompute = "auto"` keeps only each block's input for backward (recomputing the rest) when a batch's
-# activations would exceed this: IEMOCAP (606 frames, 10 levels: ~1.1 GB) yes; EMO-DB (188 frames, 8 levels:
-# ~0.27 GB) and SAVEE (254: ~0.37 GB) no. Costs ~1/3 more compute per step, so only where memory is the limit.
-RECOMPUTE_ABOVE_BYTES = 600e6
+# saved activations would exceed this. Op by op (GPUs; one unit on 2+ CPU threads) IEMOCAP (606 frames, 10 levels:
+# ~1.1 GB) yes; EMO-DB (188 frames, 8 levels: ~0.27 GB) and SAVEE (254: ~0.37 GB) no. Through `fused` (a CPU unit on
+# one thread: pool workers) IEMOCAP saves ~0.6 GB and is not recomputed: measured on the 2-core EPYC, 2026-12-04,
+# recomputing cost 1.34x per step (one process, 1 thread, 3 interleaved rounds) and saved only 0.16-0.28 GB of a
+# 2-worker run's peak (3.02-3.14 vs 3.30 GB PSS, `--folds 2 --epochs 2`).
+RECOMPUTE_ABOVE_BYTES = 1e9
 
 # A progress event: {"key", "event": "start" | "epoch" | "done", "epoch", "epochs", "pid", and for "epoch" the
 # history row}. Executors turn them into one progress bar (`progress.ProgressView`); `None` reports nothing.
@@ -68,11 +71,12 @@ Report = Callable[[dict], None]
 # helpers
 
 
-def should_recompute(setting: str, cfg: Config, batch_size: int) -> bool:
+def should_recompute(setting: str, cfg: Config, batch_size: int, fused: bool = False) -> bool:
     """`on`, `off`, or `auto`: recompute block activations in backward where a batch's saved activations would
-    pass RECOMPUTE_ABOVE_BYTES (about 9 tensors of [B, T, C] floats per block, 2 x levels blocks)."""
+    pass RECOMPUTE_ABOVE_BYTES: per block about 9 tensors of [B, T, C] floats op by op, 5 through `fused` (`fused`:
+    the unit's products use numpy's BLAS, so its blocks train fused); 2 x levels blocks."""
     if setting == "auto":
-        per_block = 9 * batch_size * cfg.features.frames * cfg.model.filters * 4
+        per_block = (5 if fused else 9) * batch_size * cfg.features.frames * cfg.model.filters * 4
         return per_block * 2 * cfg.model.levels > RECOMPUTE_ABOVE_BYTES
     return setting == "on"
 
@@ -176,7 +180,6 @@ class FoldTrainer:
         )
         torch.manual_seed(job.seed * 1000 + job.fold)
         self.model = TIMNet(TIMNetConfig.from_config(cfg)).to(self.device)
-        self.model.recompute = should_recompute(self.t.recompute, cfg, self.t.batch_size)
         limit_threads(torch.get_num_threads())  # numpy's BLAS threads as torch's (pool workers: one each)
         self.use_blas("torch" if job.compile else job.blas)
         self.forward = compiled(self.model) if job.compile else self.model
@@ -190,6 +193,7 @@ class FoldTrainer:
     def use_blas(self, blas: str) -> None:
         self.blas = unit_blas(blas)  # numpy's only for a unit on one thread
         self.model.use_blas(self.blas)
+        self.model.recompute = should_recompute(self.t.recompute, self.cfg, self.t.batch_size, self.blas == "numpy")
 
     def restore(self) -> Progress:
         if not self.job.state_path.exists():
