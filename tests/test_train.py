@@ -271,5 +271,5 @@ def test_recomputed_activations_train_to_the_same_bits(tmp_path, mfcc):
     assert_same_units(*(tmp_path / s / "Models" / runs[s].run_id for s in ("off", "on")))
     iemocap, emodb = load_config("IEMOCAP"), load_config("EMODB")
     assert should_recompute("auto", iemocap, 64) and not should_recompute("auto", emodb, 64)  # op by op
-    assert not should_recompute("auto", iemocap, 64, fused=True) and not should_recompute("auto", emodb, 64, True)
+    assert not should_recompute("auto", iemocap, 64, fused=True) and not should_recompute("auto", emodb, 64, fused=True)
     assert should_recompute("on", emodb, 64, fused=True) and not should_recompute("off", iemocap, 64)

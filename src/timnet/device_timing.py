@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import write_json
-from .blas import limit_threads, resolve_blas, unit_blas
+from .blas import limit_threads, resolve_blas
 from .capture import CapturedSteps, resolve_capture
 from .config import Config
 from .devices import available_cores, cache_root, read_cache
-from .fold import should_recompute, unit_adam
+from .fold import set_unit_blas, unit_adam
 from .model import TIMNet, TIMNetConfig
 from .packed import PackedAdam, PackedTIMNet, packed_step
 from .pool import plan_workers
@@ -91,9 +91,7 @@ def train_step(cfg: Config, device: torch.device, pack: int, capture: bool) -> C
     (`packed.packed_step`), with `capture` recorded as a CUDA graph (`capture.CapturedSteps`)."""
     t, arch = cfg.train, TIMNetConfig.from_config(cfg)
     models = [TIMNet(arch).to(device).train() for _ in range(pack)]
-    blas = unit_blas(resolve_blas(t.blas, str(device)))  # the BLAS an uncompiled unit uses there
-    models[0].use_blas(blas)
-    models[0].recompute = should_recompute(t.recompute, cfg, t.batch_size, blas == "numpy")  # as a unit alone trains
+    set_unit_blas(models[0], resolve_blas(t.blas, str(device)), cfg)  # as an uncompiled unit alone trains there
     opts = [unit_adam(m, t, device) for m in models]
     shape = (t.batch_size, cfg.features.frames, cfg.features.n_mfcc)
     x = torch.randn(pack, *shape, device=device)

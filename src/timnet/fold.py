@@ -81,6 +81,16 @@ def should_recompute(setting: str, cfg: Config, batch_size: int, fused: bool = F
     return setting == "on"
 
 
+def set_unit_blas(model: TIMNet, blas: str, cfg: Config) -> str:
+    """Run the unit's products through `blas` where this process allows it (`blas.unit_blas`), and decide
+    recomputation for that path: with numpy's BLAS the blocks train through `fused`, which saves less for backward.
+    Returns the BLAS used."""
+    blas = unit_blas(blas)
+    model.use_blas(blas)
+    model.recompute = should_recompute(cfg.train.recompute, cfg, cfg.train.batch_size, fused=blas == "numpy")
+    return blas
+
+
 def should_compile(setting: str, epochs: int, device: str, units: int = 1, blas: str = "torch") -> bool:
     """`on`, `off`, or `auto`: compile where it repays its cost (COMPILE_MIN_EPOCHS per process; never on MPS, nor
     where the eager products use numpy's BLAS). A process compiles once: the units it trains one after another
@@ -191,9 +201,7 @@ class FoldTrainer:
         self.writer = StateWriter()
 
     def use_blas(self, blas: str) -> None:
-        self.blas = unit_blas(blas)  # numpy's only for a unit on one thread
-        self.model.use_blas(self.blas)
-        self.model.recompute = should_recompute(self.t.recompute, self.cfg, self.t.batch_size, self.blas == "numpy")
+        self.blas = set_unit_blas(self.model, blas, self.cfg)  # numpy's only for a unit on one thread
 
     def restore(self) -> Progress:
         if not self.job.state_path.exists():
