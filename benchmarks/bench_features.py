@@ -24,8 +24,8 @@ import sys, time, warnings
 warnings.simplefilter("ignore")
 t0 = time.perf_counter()
 from timnet import load_config
-from timnet.corpora import build_manifest
-from timnet.features import extract_many
+from timnet.data.corpora import build_manifest
+from timnet.data.features import extract_many
 cfg = load_config(sys.argv[1])
 manifest, _ = build_manifest(sys.argv[2], cfg.dataset, skip_bad=True)
 workers = int(sys.argv[3])
@@ -38,7 +38,7 @@ print(cold, time.perf_counter() - t1, len(manifest))
 
 
 def synthetic_corpus(root: Path, n: int = 300) -> Path:
-    from timnet.example import EMOTION_PITCH, write_wav
+    from timnet.data.example import EMOTION_PITCH, write_wav
 
     emotions = list(EMOTION_PITCH)
     for i in range(n):

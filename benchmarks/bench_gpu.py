@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from timnet import load_config
-from timnet.device_timing import sync, train_step
+from timnet.training.device_timing import sync, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_gpu.csv"
 SHAPES = {"EMODB": 535, "IEMOCAP": 5531}  # utterances; frames and levels from the dataset's config

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from timnet import load_config
-from timnet.blas import limit_threads, measure
-from timnet.model import TIMNet, TIMNetConfig
+from timnet.accel.blas import limit_threads, measure
+from timnet.model.network import TIMNet, TIMNetConfig
 
 
 def conv1d_levels(model: TIMNet, x: torch.Tensor) -> torch.Tensor:

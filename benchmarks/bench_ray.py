@@ -34,7 +34,7 @@ def main() -> None:
     import ray
 
     from timnet import load_config
-    from timnet.train import run_training
+    from timnet.training.run import run_training
 
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from timnet.metrics import METRICS, mean_std
+from timnet.core.metrics import METRICS, mean_std
 
 PROTOCOLS = ("random", "speaker")
 TIMNET = [sys.executable, "-m", "timnet.cli"]

@@ -86,8 +86,8 @@ def synthetic_features(dataset: str, out: Path) -> Path:
     """MFCC/<DATASET>.npy trio of random features in that corpus's shape: its complete file list in the authors'
     order where the project knows it (EMO-DB: 535 x 188 x 39), else `expected_count` generic utterances."""
     from timnet import load_config
-    from timnet.corpora import canonical_stems
-    from timnet.features import write_feature_files
+    from timnet.data.corpora import canonical_stems
+    from timnet.data.features import write_feature_files
 
     cfg = load_config(dataset)
     files = canonical_stems(cfg.dataset)
@@ -196,9 +196,9 @@ def rewrite_worker(mfcc: Path, folds: int, epochs: int, levels: int, work: Path)
 def paper_compile() -> str:
     """`on` or `off`: what `--compile auto` chooses for the paper protocol on this machine (its workers each
     train ceil(10 / workers) units of 500 epochs, compiled once per worker)."""
-    from timnet.blas import resolve_blas
-    from timnet.fold import should_compile
-    from timnet.pool import plan_workers
+    from timnet.accel.blas import resolve_blas
+    from timnet.training.pool import plan_workers
+    from timnet.training.unit import should_compile
 
     workers, _ = plan_workers(PAPER_FOLDS, "cpu")
     units, blas = -(-PAPER_FOLDS // workers), resolve_blas("auto", "cpu")
@@ -356,9 +356,9 @@ def inference_worker(engine: str, samples: int, work: Path) -> None:
         rate, models = throughput(lambda v: model.predict(v, batch_size=BATCH, verbose=0), x), 1
     else:
         import timnet
-        from timnet.config import load_config
-        from timnet.export import write_model_folder
-        from timnet.model import TIMNet, TIMNetConfig
+        from timnet.core.config import load_config
+        from timnet.model.network import TIMNet, TIMNetConfig
+        from timnet.serving.export import write_model_folder
 
         folds = 10 if engine.endswith("10") else 1
         cfg = load_config("EMODB")

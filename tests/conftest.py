@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from timnet.example import EMOTION_PITCH, tone, write_example_corpus, write_wav  # noqa: F401  (re-exported for tests)
+from timnet.data.example import EMOTION_PITCH, tone, write_example_corpus, write_wav  # noqa: F401  (re-exported for tests)
 
 # Tiny tensors: one thread is as fast, and far faster when another process holds the second core.
 torch.set_num_threads(1)
@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # test's model trained through (tests/test_blas.py measures in caches of its own).
 if "TIMNET_CACHE" not in os.environ:
     os.environ["TIMNET_CACHE"] = tempfile.mkdtemp(prefix="timnet_test_cache_")
-    from timnet.blas import cache_file, machine_key
+    from timnet.accel.blas import cache_file, machine_key
 
     cache_file().write_text(json.dumps({machine_key(): "numpy"}))
 
@@ -70,8 +70,8 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def device(request) -> str:
     """The device under self-test (`pytest -m device --device mps|cuda`); skips when this machine lacks it."""
-    from timnet.devices import pick_device
-    from timnet.errors import TimnetError
+    from timnet.core.devices import pick_device
+    from timnet.core.errors import TimnetError
 
     name = request.config.getoption("--device")
     try:
@@ -104,7 +104,7 @@ def mfcc(tmp_path_factory) -> Path:
     """MFCC/EMODB.npy of a small synthetic EMO-DB (4 speakers x 3 texts x 7 emotions = 84), short signals;
     the audio lies in the folder EMODB beside the MFCC folder."""
     from timnet import load_config
-    from timnet.features import preprocess
+    from timnet.data.features import preprocess
 
     root = tmp_path_factory.mktemp("corpus")
     tree = emodb_tree(root / "EMODB", speakers=("03", "08", "09", "10"), texts=("a01", "a02", "a04"))
@@ -131,7 +131,7 @@ def train(
     `workers` says otherwise: the short-signal EMO-DB config with `train_settings` (train.*) and `settings` (any),
     or `cfg`, or `resume=RUN`. Warnings (e.g. a small corpus' folds) are silenced."""
     from timnet import load_config
-    from timnet.train import run_training
+    from timnet.training.run import run_training
 
     if cfg is None and resume is None:
         overrides = {**SHORT, **(settings or {}), **{f"train.{k}": v for k, v in train_settings.items()}}
@@ -253,6 +253,6 @@ def model_config(**changes):
     import dataclasses
 
     from timnet import load_config
-    from timnet.model import TIMNetConfig
+    from timnet.model.network import TIMNetConfig
 
     return dataclasses.replace(TIMNetConfig.from_config(load_config("EMODB")), **changes)

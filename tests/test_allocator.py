@@ -11,7 +11,7 @@ import pytest
 
 SCRIPT = """
 import json, resource, numpy as np
-from timnet.allocator import keep_freed_memory
+from timnet.accel.allocator import keep_freed_memory
 
 def faults_per_step():  # as a step: 16 buffers of 3.75 MB live at once (saved for backward), then all freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

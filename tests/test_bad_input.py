@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from timnet import load_config  # noqa: E402
-from timnet.errors import TimnetError  # noqa: E402
+from timnet.core.errors import TimnetError  # noqa: E402
 
 FEW = settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -50,7 +50,7 @@ def wav_header(channels: int, rate: int, bits: int, fmt: int, data_size: int) ->
 @FEW
 @given(data=st.binary(max_size=3000))
 def test_the_audio_reader_on_arbitrary_bytes(data):
-    from timnet.features import load_signal
+    from timnet.data.features import load_signal
 
     settings_ = load_config("EMODB").features
     y = one_line_or_result(lambda: load_signal(written("x.wav", data), settings_))
@@ -67,7 +67,7 @@ def test_the_audio_reader_on_arbitrary_bytes(data):
     body=st.binary(max_size=4000),
 )
 def test_the_audio_reader_on_wav_headers_with_any_fields(channels, rate, bits, fmt, size, body):
-    from timnet.features import load_signal
+    from timnet.data.features import load_signal
 
     data = wav_header(channels, rate, bits, fmt, size) + struct.pack("<I", size) + body
     one_line_or_result(lambda: load_signal(written("x.wav", data), load_config("EMODB").features))
@@ -76,8 +76,8 @@ def test_the_audio_reader_on_wav_headers_with_any_fields(channels, rate, bits, f
 def test_a_header_claiming_a_few_hertz_is_refused_before_resampling(tmp_path):
     """A 4-second body at "1 Hz" would be resampled to ~64 M samples per second of body (out of memory on a large
     file); it is refused from the header."""
-    from timnet.errors import BadAudioError
-    from timnet.features import load_signal
+    from timnet.core.errors import BadAudioError
+    from timnet.data.features import load_signal
 
     data = wav_header(1, 1, 16, 1, 8000) + struct.pack("<I", 8000) + bytes(range(256)) * 31 + bytes(64)
     path = tmp_path / "one_hertz.wav"
@@ -92,7 +92,7 @@ CSV_PIECES = ["path", "file", ",", "\n", '"', "a.wav", "/abs/b.wav", "x,y", "\x0
 @FEW
 @given(data=st.one_of(st.binary(max_size=500), st.lists(st.sampled_from(CSV_PIECES), max_size=30).map("".join)))
 def test_a_csv_list_of_files_with_any_content(data):
-    from timnet.predict import collect_audio
+    from timnet.serving.predict import collect_audio
 
     raw = data if isinstance(data, bytes) else data.encode("utf-8")
     files = one_line_or_result(lambda: collect_audio([written("list.csv", raw)]))
@@ -133,7 +133,7 @@ GRID_PIECES = [
     )
 )
 def test_a_sweep_grid_file_with_any_content(data):
-    from timnet.sweep import expand, load_grid
+    from timnet.studies.sweep import expand, load_grid
 
     grid = one_line_or_result(lambda: load_grid(written("grid.toml", data)))
     if grid is not None:

@@ -10,9 +10,11 @@ import pytest
 import torch
 from conftest import assert_same_units, train
 
-from timnet import blas, fold, load_config
-from timnet.blas import CHOICES, resolve_blas
-from timnet.errors import TimnetError
+from timnet import load_config
+from timnet.accel import blas
+from timnet.accel.blas import CHOICES, resolve_blas
+from timnet.core.errors import TimnetError
+from timnet.training import unit as fold
 
 
 def test_auto_measures_once_per_machine_and_accelerators_use_torch(tmp_path, monkeypatch):

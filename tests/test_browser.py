@@ -81,8 +81,8 @@ def _prepare(root: Path) -> Path:
     import papermill
 
     from timnet import load_config
-    from timnet.example import write_example_corpus
-    from timnet.features import preprocess
+    from timnet.data.example import write_example_corpus
+    from timnet.data.features import preprocess
 
     corpus = write_example_corpus(root / "Datasets" / "EXAMPLE")
     with warnings.catch_warnings():

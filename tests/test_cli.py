@@ -186,12 +186,12 @@ def test_every_option_says_what_it_does():
 
 
 def test_choices_and_defaults_come_from_the_library():
-    from timnet.config import TrainSettings
-    from timnet.fold import COMPILE_MIN_EPOCHS
-    from timnet.loading import ENGINES
-    from timnet.timeline import HOP_SECONDS, SILENCE_DB
-    from timnet.train import BACKENDS
-    from timnet.tsne import ALIGNMENTS
+    from timnet.analysis.tsne import ALIGNMENTS
+    from timnet.core.config import TrainSettings
+    from timnet.serving.loading import ENGINES
+    from timnet.serving.timeline import HOP_SECONDS, SILENCE_DB
+    from timnet.training.run import BACKENDS
+    from timnet.training.unit import COMPILE_MIN_EPOCHS
 
     expected = {
         "--protocol": (TrainSettings.PROTOCOLS, None),

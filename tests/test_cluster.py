@@ -19,8 +19,8 @@ import torch
 from conftest import REFERENCE, SHORT, assert_same_units, tiny_grid, train
 
 from timnet import load_config
-from timnet.errors import TimnetError
-from timnet.train import run_training
+from timnet.core.errors import TimnetError
+from timnet.training.run import run_training
 
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
 
@@ -50,8 +50,8 @@ def test_a_node_that_cannot_read_the_features_fails_with_one_line(cluster, mfcc,
     copy.parent.mkdir()
     for src in mfcc.parent.glob("EMODB.*"):
         (copy.parent / src.name).write_bytes(src.read_bytes())
-    from timnet.runs import Roots
-    from timnet.train import execute, prepare_run
+    from timnet.training.run import execute, prepare_run
+    from timnet.training.runs import Roots
 
     run = prepare_run(
         short_run(folds=2, epochs=1), copy, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu"
@@ -225,7 +225,7 @@ def test_sweep_of_a_2x2_grid(cluster, mfcc, tmp_path, capsys):
 
 
 def test_grid_errors_are_one_line(tmp_path):
-    from timnet.sweep import expand, load_grid
+    from timnet.studies.sweep import expand, load_grid
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[runs]\ndataset = "EMODB"\n[grid]\nlearning_rate = [1, 2]\n')

@@ -22,9 +22,9 @@ if not sys.platform.startswith("linux"):
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from timnet.runs import Roots  # noqa: E402
-from timnet.sweep import run_sweep  # noqa: E402
-from timnet.train import run_training  # noqa: E402
+from timnet.studies.sweep import run_sweep  # noqa: E402
+from timnet.training.run import run_training  # noqa: E402
+from timnet.training.runs import Roots  # noqa: E402
 
 # Node failure found within a few seconds, not Ray's default of half a minute.
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 5}
@@ -107,7 +107,7 @@ def training_on(node):
 
 
 def test_the_progress_queue_lives_on_the_drivers_node(two_nodes):
-    from timnet.cluster import progress_queue
+    from timnet.training.cluster import progress_queue
 
     driver = ray.get_runtime_context().get_node_id()
     for _ in range(3):  # unpinned, a CPU-less actor lands on either node

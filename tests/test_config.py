@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from timnet import load_config
-from timnet.config import Config, DatasetConfig, TIMNetConfig, known_datasets
-from timnet.errors import TimnetError
-from timnet.validation import check_choice, check_range, invalid
+from timnet.core.config import Config, DatasetConfig, TIMNetConfig, known_datasets
+from timnet.core.errors import TimnetError
+from timnet.core.validation import check_choice, check_range, invalid
 
 
 def test_check_range_names_the_setting_the_bound_and_the_value():
@@ -84,7 +84,7 @@ def test_one_architecture_derived_from_the_dataset_and_features():
     assert isinstance(cfg.model, TIMNetConfig)
     assert (cfg.model.n_classes, cfg.model.n_mfcc, cfg.model.levels) == (3, 20, 8)
     assert TIMNetConfig.from_config(cfg) == cfg.model and TIMNetConfig.from_config(cfg) is not cfg.model
-    from timnet.model import TIMNetConfig as same
+    from timnet.model.network import TIMNetConfig as same
 
     assert same is TIMNetConfig
     with pytest.raises(TimnetError, match=r"^model\.n_classes: must be left out: it is derived from dataset\.classes"):
@@ -122,7 +122,7 @@ def test_saved_configs_and_architectures_of_earlier_versions_still_read():
 
 
 def test_readers_named_by_configs_are_the_corpus_registry():
-    from timnet.corpora import CORPORA
+    from timnet.data.corpora import CORPORA
 
     assert set(DatasetConfig.READERS) == set(CORPORA)
     assert all(load_config(name).dataset.reader in CORPORA for name in known_datasets())
@@ -130,7 +130,7 @@ def test_readers_named_by_configs_are_the_corpus_registry():
 
 def test_toml_comments_say_what_the_code_does():
     """The compile comment quotes the thresholds the code uses (it once said 200 for every device)."""
-    from timnet.fold import COMPILE_MIN_EPOCHS
+    from timnet.training.unit import COMPILE_MIN_EPOCHS
 
     cpu, cuda = COMPILE_MIN_EPOCHS["cpu"], COMPILE_MIN_EPOCHS["cuda"]
     said = f"auto (a worker's units together, of >= {cpu} epochs on CPU, >= {cuda} on CUDA)"

@@ -8,8 +8,8 @@ import pytest
 from conftest import write_wav
 
 from timnet import load_config
-from timnet.corpora import authors_order, build_manifest, canonical_stems
-from timnet.errors import TimnetError
+from timnet.core.errors import TimnetError
+from timnet.data.corpora import authors_order, build_manifest, canonical_stems
 
 
 def manifest(name, root, **kw):

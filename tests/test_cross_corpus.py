@@ -12,10 +12,10 @@ from conftest import tiny_grid, train
 from test_own_corpora import mine_config, mine_tree
 
 from timnet import load_config, load_model
+from timnet.analysis.cross_corpus import class_mapping, evaluate_cross_corpus, write_cross_corpus
 from timnet.cli import main
-from timnet.cross_corpus import class_mapping, evaluate_cross_corpus, write_cross_corpus
-from timnet.errors import TimnetError
-from timnet.features import preprocess
+from timnet.core.errors import TimnetError
+from timnet.data.features import preprocess
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +101,8 @@ def test_a_pattern_corpus_trains_per_speaker_and_is_scored_on_the_emodb_layout(t
 
 
 def test_a_sweep_holds_cross_corpus_cells(mfcc, mine, tmp_path):
-    from timnet.runs import Roots
-    from timnet.sweep import run_sweep
+    from timnet.studies.sweep import run_sweep
+    from timnet.training.runs import Roots
 
     config, data = mine
     grid = tmp_path / "grid.toml"

@@ -22,11 +22,11 @@ from conftest import SHORT, model_config, train
 
 import timnet
 from timnet import load_config
-from timnet.features import load_features
-from timnet.fold import train_fold
-from timnet.model import TIMNet
-from timnet.runs import Roots
-from timnet.train import prepare_run
+from timnet.data.features import load_features
+from timnet.model.network import TIMNet
+from timnet.training.run import prepare_run
+from timnet.training.runs import Roots
+from timnet.training.unit import train_fold
 
 pytestmark = pytest.mark.device
 
@@ -132,7 +132,7 @@ def test_an_interrupted_unit_resumes_where_it_stopped_on_the_device(tmp_path, mf
 
 
 def test_the_export_of_a_device_trained_run_predicts_what_the_run_did(tmp_path, mfcc, device_run):
-    from timnet.export import export_run
+    from timnet.serving.export import export_run
 
     root, result = device_run
     out = export_run(result.run_id, tmp_path / "exported", root / "Models")
@@ -149,7 +149,7 @@ def test_a_captured_pack_trains_what_the_eager_pack_trains(tmp_path, mfcc, devic
     predictions as the same pack stepping eagerly."""
     if not device.startswith("cuda"):
         pytest.skip(f"CUDA graphs need a CUDA device (the self-test runs on {device}: pass --device cuda)")
-    from timnet.train import run_training
+    from timnet.training.run import run_training
 
     runs = {}
     for capture in ("off", "on"):

@@ -10,9 +10,9 @@ from conftest import SHORT, train
 
 from timnet import load_config
 from timnet.cli import main
-from timnet.device_timing import PAPER, Option, accelerators, auto_device, fastest, shape_key, steps_per_epoch
-from timnet.devices import available_cores
-from timnet.errors import TimnetError
+from timnet.core.devices import available_cores
+from timnet.core.errors import TimnetError
+from timnet.training.device_timing import PAPER, Option, accelerators, auto_device, fastest, shape_key, steps_per_epoch
 
 ROW = re.compile(  # a timed row: name, unit-steps/s, s/fold-epoch, paper hours, the auto mark
     r"^(?P<name>.+?)\s{2,}(?P<rate>[\d.]+)\s+(?P<epoch>[\d.]+)\s+(?P<hours>[\d.]+) h(?P<auto>  <- --device auto)?$"
@@ -89,8 +89,8 @@ def test_capture_on_without_cuda_is_one_line_before_anything_is_written(tmp_path
 def test_the_devices_cache_keeps_what_another_process_wrote_meanwhile_and_knows_the_blas(cache, monkeypatch):
     """Timing takes seconds: an entry another process wrote meanwhile stays in the cache file. The key holds the
     CPU's BLAS (numpy's trains through the fused blocks, at another speed than torch's)."""
-    from timnet import device_timing
-    from timnet.atomic import write_json
+    from timnet.core.atomic import write_json
+    from timnet.training import device_timing
 
     cfg = load_config("EMODB", {**SHORT, "train.blas": "numpy"})
 

@@ -18,18 +18,18 @@ from conftest import EMODB_16K, SHORT, WEIGHTS, needs_shared, pixels_of
 
 import timnet
 from timnet import load_config
-from timnet.errors import TimnetError
-from timnet.export import export_run, export_weights
-from timnet.features import load_features
-from timnet.onnx_export import ONNX_OPSET, ONNX_TOLERANCE
-from timnet.timeline import SILENT, window_starts, write_timeline
+from timnet.core.errors import TimnetError
+from timnet.data.features import load_features
+from timnet.serving.export import export_run, export_weights
+from timnet.serving.onnx_export import ONNX_OPSET, ONNX_TOLERANCE
+from timnet.serving.timeline import SILENT, window_starts, write_timeline
 
 
 @pytest.fixture(scope="module")
 def learned(mfcc, tmp_path_factory):
     """A run that has learned the synthetic emotions (2 folds x 20 epochs, batch 8) and its export:
     (root, corpus folder, run id, exported folder)."""
-    from timnet.train import run_training
+    from timnet.training.run import run_training
 
     root = tmp_path_factory.mktemp("learned")
     cfg = load_config("EMODB", {**SHORT, "train.folds": 2, "train.epochs": 20, "train.batch_size": 8})
@@ -42,7 +42,7 @@ def learned(mfcc, tmp_path_factory):
 
 def run_mfcc(root, result):
     """The MFCC file the run trained on."""
-    from timnet.runs import read_run_record
+    from timnet.training.runs import read_run_record
 
     return read_run_record(root / "Models" / result.run_id)["mfcc"]
 
@@ -126,7 +126,7 @@ def test_engines_agree_and_hub_ids_load_through_huggingface_hub(learned, monkeyp
 
 def test_export_never_writes_a_graph_that_disagrees_with_torch(learned, monkeypatch):
     """A wrong formulation under export (here it looks ahead instead of behind) is caught by the check."""
-    import timnet.model
+    import timnet.model.network
 
     root, _, result, _ = learned
 
@@ -134,7 +134,7 @@ def test_export_never_writes_a_graph_that_disagrees_with_torch(learned, monkeypa
         padded = F.pad(x.transpose(1, 2), (0, (weight.shape[-1] - 1) * dilation))
         return F.conv1d(padded, weight, bias, dilation=dilation).transpose(1, 2)
 
-    monkeypatch.setattr(timnet.model, "causal_conv_export", looks_ahead)
+    monkeypatch.setattr(timnet.model.network, "causal_conv_export", looks_ahead)
     out = root / "wrong"
     with pytest.raises(TimnetError, match="disagrees with the torch model"):
         export_run(result.run_id, out, root / "Models")
@@ -240,9 +240,9 @@ def test_timeline_command(learned, tmp_path, capsys):
 @pytest.mark.slow
 def test_authors_weights_exported_still_give_their_accuracy(tmp_path):
     """EMODB_46 exported to a folder, loaded with both engines, on the authors' test folds: 94.46 % (361 files)."""
-    from timnet.evaluate import authors_test_folds
-    from timnet.features import features_from_audio
-    from timnet.metrics import scores
+    from timnet.analysis.evaluate import authors_test_folds
+    from timnet.core.metrics import scores
+    from timnet.data.features import features_from_audio
 
     out = export_weights(WEIGHTS / "EMODB_46.zip", "EMODB", tmp_path / "EMODB_46")
     cfg = load_config("EMODB")

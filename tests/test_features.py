@@ -14,9 +14,9 @@ import soundfile as sf
 from conftest import EMODB_16K, needs_shared, tone, write_wav
 
 from timnet import load_config
-from timnet.config import known_datasets
-from timnet.errors import BadAudioError, TimnetError
-from timnet.features import extract_file, extract_many, fix_length, load_features, preprocess
+from timnet.core.config import known_datasets
+from timnet.core.errors import BadAudioError, TimnetError
+from timnet.data.features import extract_file, extract_many, fix_length, load_features, preprocess
 
 EMODB = load_config("EMODB")
 FACT_FRAMES = {"CASIA": 172, "EMODB": 188, "EMOVO": 188, "IEMOCAP": 606, "RAVDESS": 215, "SAVEE": 254}

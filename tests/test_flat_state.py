@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import REFERENCE, assert_same_units, train
 
-from timnet import fold
-from timnet.flat_state import flatten, unflatten
+from timnet.training import unit as fold
+from timnet.training.flat_state import flatten, unflatten
 
 
 def test_flatten_round_trips_every_dtype_and_shape_through_torch_save(tmp_path):

@@ -12,9 +12,16 @@ import pytest
 import torch
 from conftest import REPO, WEIGHTS, model_config, needs_shared
 
-from timnet.errors import TimnetError
-from timnet.keras_weights import fold_weights, infer_config, load_fold_models, load_into, read_layers, seed_from_name
-from timnet.model import TIMNet
+from timnet.core.errors import TimnetError
+from timnet.model.keras_weights import (
+    fold_weights,
+    infer_config,
+    load_fold_models,
+    load_into,
+    read_layers,
+    seed_from_name,
+)
+from timnet.model.network import TIMNet
 
 DATA = REPO / "tests" / "data"
 

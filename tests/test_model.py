@@ -11,8 +11,8 @@ from conftest import model_config
 from torch import nn
 
 from timnet import load_config
-from timnet.config import known_datasets
-from timnet.model import (
+from timnet.core.config import known_datasets
+from timnet.model.network import (
     CausalConv1d,
     TemporalAwareBlock,
     TIMNet,
@@ -129,7 +129,7 @@ def test_fused_block_equals_the_block_op_by_op(dilation, dropout):
 def test_the_fused_blocks_padded_channels_stay_zero_and_change_nothing():
     """`TIMNet.levels` pads the fused blocks' channels to `fused.width` (39 -> 40) once: the padded channels come
     out exactly zero, with zero gradient, and the real channels are bit for bit those of a C-channel call."""
-    from timnet import fused
+    from timnet.accel import cpu_kernel as fused
 
     assert [fused.width(c) for c in (6, 8, 39, 40)] == [8, 8, 40, 40]
     torch.manual_seed(0)
@@ -201,7 +201,7 @@ def test_the_fused_evaluation_equals_the_op_by_op_one():
     block as `fused.inference_block` (BatchNorm's running statistics folded into the conv): the same
     probabilities and embeddings as op by op to rounding (float64), standalone blocks too; with autograd on, the
     block runs op by op."""
-    from timnet import fused
+    from timnet.accel import cpu_kernel as fused
 
     torch.manual_seed(0)
     model = TIMNet(model_config(n_classes=4)).double().eval()

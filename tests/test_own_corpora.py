@@ -15,11 +15,11 @@ from conftest import SHORT, train, write_wav
 
 from timnet import load_config
 from timnet.cli import main
-from timnet.config import Config
-from timnet.corpora import build_manifest
-from timnet.corpus_check import config_toml
-from timnet.errors import TimnetError
-from timnet.features import load_signal, preprocess
+from timnet.core.config import Config
+from timnet.core.errors import TimnetError
+from timnet.data.corpora import build_manifest
+from timnet.data.corpus_check import config_toml
+from timnet.data.features import load_signal, preprocess
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,7 +123,7 @@ def test_timnet_run_on_casia_audio_says_the_fold_caveat_once(tmp_path):
     """Preprocessing alone warns that CASIA read from audio does not give the authors' folds; in `timnet run` the
     training stage says it for the run, and the features stage stays quiet about it (it once said it twice)."""
     from timnet.pipeline import run_pipeline
-    from timnet.runs import Roots
+    from timnet.training.runs import Roots
 
     cfg = load_config("CASIA", {**SHORT, "train.epochs": 1, "train.folds": 2})
     data = casia_tree(tmp_path / "CASIA", names=("201",))

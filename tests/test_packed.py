@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from conftest import SHORT, assert_same_units, train
 
 from timnet import load_config
-from timnet.errors import TimnetError
-from timnet.model import TIMNet, TIMNetConfig
-from timnet.packed import PackedAdam, PackedTIMNet, resolve_pack
+from timnet.core.errors import TimnetError
+from timnet.model.network import TIMNet, TIMNetConfig
+from timnet.training.pack import PackedAdam, PackedTIMNet, resolve_pack
 
 # A bias just before a BatchNorm has no effect in training (the batch mean removes it) and a gradient of float
 # noise, which Adam scales to full steps of either sign: such biases (and the running means that absorb them)
@@ -101,7 +101,7 @@ def test_a_packed_run_equals_its_units_trained_alone(tmp_path, mfcc):
 def test_an_interrupted_pack_resumes_exactly(tmp_path, mfcc, monkeypatch):
     """A pack stopped after some epochs (its units' per-epoch states on disk) and resumed equals the
     uninterrupted packed run bit for bit; the states are today's, so the run could also resume unpacked."""
-    from timnet import packed
+    from timnet.training import pack as packed
 
     whole = train(tmp_path / "whole", mfcc, pack="2", folds=2, epochs=4)
     seen = []
@@ -137,8 +137,8 @@ def test_packs_train_in_worker_processes_as_in_this_process(tmp_path, mfcc):
 def test_packs_hold_the_units_of_one_device_and_gpus_take_turns(tmp_path, mfcc):
     """With units spread over two GPUs (as `plan_jobs` spreads them), `auto` packs each GPU's units together and
     the packs of the GPUs alternate, so the workers (one per GPU) start one pack on each."""
-    from timnet.runs import Roots
-    from timnet.train import plan_packs, prepare_run
+    from timnet.training.run import plan_packs, prepare_run
+    from timnet.training.runs import Roots
 
     cfg = load_config("EMODB", {**SHORT, "train.folds": 6, "train.epochs": 1, "train.pack": "2"})
     run = prepare_run(cfg, mfcc, Roots(*(tmp_path / d for d in "MLR")), device="cpu")
@@ -157,8 +157,8 @@ def test_packs_hold_the_units_of_one_device_and_gpus_take_turns(tmp_path, mfcc):
 def test_packed_units_use_torchs_products_and_compile_as_units_alone(tmp_path, mfcc):
     """`decide_execution`, the one place a unit's BLAS and compiling are decided: a pack's units run the pack's own
     batched products (torch's) whatever `train.blas` says; a unit alone keeps numpy's; compiling is the same."""
-    from timnet.runs import Roots
-    from timnet.train import decide_execution, plan_packs, prepare_run
+    from timnet.training.run import decide_execution, plan_packs, prepare_run
+    from timnet.training.runs import Roots
 
     cfg = load_config("EMODB", {**SHORT, "train.folds": 3, "train.epochs": 2, "train.blas": "numpy", "train.pack": 2})
     run = prepare_run(cfg, mfcc, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu")

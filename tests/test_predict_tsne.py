@@ -13,11 +13,11 @@ from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared, pixels_of, tone, wr
 
 import timnet
 from timnet import load_config
-from timnet.errors import BadAudioError, TimnetError
-from timnet.evaluate import evaluate_weights
-from timnet.features import features_from_audio, load_features, load_or_extract
-from timnet.runs import read_run_record
-from timnet.tsne import embeddings_of, procrustes_map, run_embeddings, write_tsne
+from timnet.analysis.evaluate import evaluate_weights
+from timnet.analysis.tsne import embeddings_of, procrustes_map, run_embeddings, write_tsne
+from timnet.core.errors import BadAudioError, TimnetError
+from timnet.data.features import features_from_audio, load_features, load_or_extract
+from timnet.training.runs import read_run_record
 
 
 def test_predict_with_one_fold_equals_the_evaluation_output(trained_run):

@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import REFERENCE, assert_same_units, train, train_cli
 
-from timnet.errors import TimnetError
-from timnet.locks import exclusive
+from timnet.core.errors import TimnetError
+from timnet.core.locks import exclusive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names files by /proc/self/fd")
 
@@ -78,8 +78,8 @@ def test_a_full_disk_then_two_resumes_at_once_then_a_killed_holder(tmp_path, mfc
 def test_the_state_written_in_the_background_is_the_saved_epochs(tmp_path):
     """`StateWriter` snapshots at save: tensors the next epoch changes in place while the thread still writes do not
     reach the file; a failed write raises in the training thread at the next save, the file keeps the last state."""
-    from timnet.runs import save_pt
-    from timnet.state_writer import StateWriter
+    from timnet.training.runs import save_pt
+    from timnet.training.state_writer import StateWriter
 
     path, writer, gate = tmp_path / "state.pt", StateWriter(), threading.Event()
     live = {"model": {"w": torch.zeros(1000)}, "optimizer": {"state": [torch.ones(3)]}, "epoch": 1}
@@ -109,7 +109,7 @@ def test_the_state_written_in_the_background_is_the_saved_epochs(tmp_path):
 
 
 def test_a_full_disk_while_writing_a_workbook_keeps_the_previous_one(tmp_path, monkeypatch):
-    from timnet.report import write_workbook
+    from timnet.core.report import write_workbook
 
     path = tmp_path / "Results" / "book.xlsx"
     before = pd.DataFrame({"war": [1.5, 2.5]})
@@ -123,7 +123,7 @@ def test_a_full_disk_while_writing_a_workbook_keeps_the_previous_one(tmp_path, m
 
 
 HOLD = """import sys, time
-from timnet.locks import exclusive
+from timnet.core.locks import exclusive
 with exclusive(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -150,7 +150,7 @@ def test_the_summary_lock_waits_for_a_live_holder_and_is_free_once_it_is_killed(
 
 def test_durable_writes_leave_no_temporary_files(tmp_path):
     """write_json: the file is whole after the call (fsynced, renamed, folder fsynced) and nothing else is there."""
-    from timnet.atomic import write_json
+    from timnet.core.atomic import write_json
 
     for n in range(3):
         write_json(tmp_path / "record.json", {"n": n})
@@ -161,7 +161,7 @@ def test_durable_writes_leave_no_temporary_files(tmp_path):
 def test_outputs_get_the_users_umask_not_mkstemps_0600(tmp_path, trained_run):
     """A lab's shared results folder stays readable: every file written atomically has the mode any new file gets
     (0666 less the umask), like the run's workbook, unit files and figures."""
-    from timnet.atomic import atomic_path
+    from timnet.core.atomic import atomic_path
 
     old = os.umask(0o027)
     try:

@@ -7,9 +7,9 @@ import multiprocessing
 import pandas as pd
 import pytest
 
-from timnet.errors import TimnetError
-from timnet.locks import exclusive
-from timnet.report import SUMMARY_NAME, append_summary, write_workbook
+from timnet.core.errors import TimnetError
+from timnet.core.locks import exclusive
+from timnet.core.report import SUMMARY_NAME, append_summary, write_workbook
 
 
 def _append(args):

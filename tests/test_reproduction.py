@@ -11,8 +11,8 @@ from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared
 
 import timnet
 from timnet import load_config
-from timnet.evaluate import authors_test_folds, evaluate_weights
-from timnet.features import features_from_audio
+from timnet.analysis.evaluate import authors_test_folds, evaluate_weights
+from timnet.data.features import features_from_audio
 
 pytestmark = needs_shared
 
@@ -60,7 +60,7 @@ def test_fold_models_know_their_training_files(emodb_subset):
 
 
 def synthetic_features(cfg, stems_labels: pd.DataFrame, seed: int = 0):
-    from timnet.features import FeatureSet
+    from timnet.data.features import FeatureSet
 
     rng = np.random.default_rng(seed)
     x = rng.normal(0, 20, size=(len(stems_labels), cfg.features.frames, 39)).astype(np.float32)
@@ -73,7 +73,7 @@ def test_ravdess_weights_on_a_partial_corpus_use_the_authors_folds():
     """Plumbing with the published RAVDESS weights: the canonical 1440-name list, their seed, a subset present."""
     from sklearn.model_selection import KFold
 
-    from timnet.corpora import canonical_stems
+    from timnet.data.corpora import canonical_stems
 
     cfg = load_config("RAVDESS")
     canonical = canonical_stems(cfg.dataset)
@@ -95,7 +95,7 @@ def test_casia_weights_need_the_complete_authors_npy():
     )
     ev = evaluate_weights(WEIGHTS / "CASIA_32.zip", cfg, synthetic_features(cfg, labels))
     assert ev.folds.n_test.tolist() == [120] * 10 and ev.missing == 0
-    from timnet.errors import TimnetError
+    from timnet.core.errors import TimnetError
 
     with pytest.raises(TimnetError, match=r"need the complete corpus \(1200 utterances"):
         evaluate_weights(WEIGHTS / "CASIA_32.zip", cfg, synthetic_features(cfg, labels.iloc[:600]))

@@ -1,5 +1,6 @@
-"""The house stays easy to see: imports of `src/timnet` flow one way (no cycle, not even through an import inside
-a function), no private name crosses a module boundary, and modules and functions stay small."""
+"""The house stays easy to see: the folders are the architecture and their imports flow one way (a package imports
+only from the packages below it, `LAYERS`), modules import without cycles (not even through an import inside a
+function), no private name crosses a module boundary, and modules and functions stay small."""
 
 from __future__ import annotations
 
@@ -11,27 +12,52 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "timnet"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
+# Lowest first: each package imports only from itself and those before it; "" is the top (CLI, notebook helpers).
+LAYERS = ["core", "data", "model", "accel", "training", "serving", "analysis", "studies", ""]
+
+
+def _name(path: Path) -> str:
+    """src/timnet/core/config.py -> core.config; src/timnet/cli.py -> cli; a package's __init__ -> its name."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
 
 
 def _modules() -> dict[str, ast.Module]:
-    return {p.stem: ast.parse(p.read_text(), str(p)) for p in sorted(PACKAGE.glob("*.py"))}
+    return {_name(p): ast.parse(p.read_text(), str(p)) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
-    """(imported timnet module, names taken from it) for every relative import, at any depth."""
+def _package_of(module: str, is_package: bool) -> list[str]:
+    """The package a module's relative imports start from, as name parts ([] for the top)."""
+    parts = [] if module == "__init__" else module.split(".")
+    return parts if is_package else parts[:-1]
+
+
+def _imports(tree: ast.Module, module: str = "a", is_package: bool = False) -> list[tuple[str, list[str]]]:
+    """(imported timnet module, names taken from it) for every relative import, at any depth; `from .pkg import m`
+    counts as importing `pkg.m`."""
+    base = _package_of(module, is_package)
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            start = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+            target = ".".join([*start, *(node.module.split(".") if node.module else [])])
             if node.module:
-                found.append((node.module.split(".")[0], [a.name for a in node.names]))
-            else:  # from . import x
-                found += [(a.name, []) for a in node.names]
+                found.append((target, [a.name for a in node.names]))
+            found += [(f"{target}.{a.name}".lstrip("."), []) for a in node.names]
     return found
 
 
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
-    return {name: {m for m, _ in _imports(tree) if m in modules and m != name} for name, tree in modules.items()}
+    packages = {_name(p) for p in PACKAGE.rglob("__init__.py")}
+    graph = {}
+    for name, tree in modules.items():
+        imported = {m for m, _ in _imports(tree, name, name in packages)}
+        graph[name] = {m for m in imported if m in modules and m != name}
+    return graph
+
+
+TOP_MODULES = {"__init__", "cli", "cli_options", "pipeline", "notebook"}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -58,8 +84,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import():
-    lazy = ast.parse("def f():\n    from .b import g\n")
-    assert _imports(lazy) == [("b", ["g"])]
+    lazy = ast.parse("def f():\n    from .b import g\n    from ..core import errors\n")
+    assert _imports(lazy, "training.unit") == [
+        ("training.b", ["g"]),
+        ("training.b.g", []),
+        ("core", ["errors"]),
+        ("core.errors", []),
+    ]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
@@ -73,16 +104,36 @@ def test_no_private_name_is_imported_across_modules():
     crossing = [
         f"{name} imports {imported}.{n}"
         for name, tree in _modules().items()
-        for imported, names in _imports(tree)
+        for imported, names in _imports(tree, name)
         for n in names
         if n.startswith("_") and n != "__version__"
     ]
     assert not crossing, crossing
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in PACKAGE.glob("*.py")))
-def test_modules_and_functions_stay_small(name):
-    path = PACKAGE / f"{name}.py"
+def _layer(module: str) -> int:
+    top = module.split(".")[0]
+    return LAYERS.index(top if top in LAYERS else "")
+
+
+def test_packages_import_only_from_the_layers_below():
+    upward = [
+        f"{name} ({LAYERS[_layer(name)] or 'top'}) imports {m} ({LAYERS[_layer(m)] or 'top'})"
+        for name, imported in import_graph().items()
+        for m in imported
+        if _layer(m) > _layer(name)
+    ]
+    assert not upward, upward
+
+
+def test_every_module_lives_in_a_package_of_the_layers():
+    stray = [p.name for p in PACKAGE.glob("*.py") if p.stem not in TOP_MODULES]
+    assert not stray, f"modules at the top beside the CLI: {stray}; put each in the package of its concept"
+    assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == set(LAYERS) - {""}
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: _name(p))
+def test_modules_and_functions_stay_small(path):
     lines = path.read_text().count("\n")
     assert lines <= MAX_MODULE_LINES, f"{path.name}: {lines} lines (> {MAX_MODULE_LINES}); split it by concept"
     long = [

@@ -18,14 +18,14 @@ from conftest import train_cli as cli
 from sklearn.model_selection import KFold
 
 from timnet import load_config
-from timnet.corpora import canonical_stems
-from timnet.errors import TimnetError
-from timnet.features import load_features
-from timnet.inference import infer
-from timnet.loading import load_model
-from timnet.report import SUMMARY_NAME
-from timnet.splits import make_folds, speaker_folds, validation_split
-from timnet.tsne import run_embeddings
+from timnet.analysis.tsne import run_embeddings
+from timnet.core.errors import TimnetError
+from timnet.core.report import SUMMARY_NAME
+from timnet.data.corpora import canonical_stems
+from timnet.data.features import load_features
+from timnet.data.splits import make_folds, speaker_folds, validation_split
+from timnet.model.inference import infer
+from timnet.serving.loading import load_model
 
 
 def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
@@ -249,7 +249,7 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
 
 
 def test_settings_live_in_the_toml_and_runs_of_earlier_versions_still_load():
-    from timnet.config import Config
+    from timnet.core.config import Config
 
     data = load_config("EMODB").to_dict()
     for key in ("compile", "test_every"):  # settings added later: an earlier run did not compile, tested every epoch
@@ -265,7 +265,7 @@ def test_settings_live_in_the_toml_and_runs_of_earlier_versions_still_load():
 def test_recomputed_activations_train_to_the_same_bits(tmp_path, mfcc):
     """`train.recompute = on` keeps only block inputs for backward; dropout replays its RNG state, so the
     weights and numbers equal those of ordinary training exactly."""
-    from timnet.fold import should_recompute
+    from timnet.training.unit import should_recompute
 
     runs = {setting: train(tmp_path / setting, mfcc, folds=2, epochs=2, recompute=setting) for setting in ("off", "on")}
     assert_same_units(*(tmp_path / s / "Models" / runs[s].run_id for s in ("off", "on")))

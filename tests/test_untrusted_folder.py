@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import timnet
-from timnet.errors import TimnetError
-from timnet.export import export_run
+from timnet.core.errors import TimnetError
+from timnet.serving.export import export_run
 
 
 @pytest.fixture(scope="module")

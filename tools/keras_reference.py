@@ -3,7 +3,7 @@
 It builds the architecture in tf-keras (Keras 2 semantics, as the authors' Keras 2.4) in the same
 layer-creation order as the authors' code, so Keras's own `load_weights` (which matches layers by
 graph order, not by our mapping) loads their `.hdf5` files. That makes it an independent check of
-`timnet.keras_weights`.
+`timnet.model.keras_weights`.
 
 Needs the optional extra:   pip install -e .[reference]      (tensorflow-cpu + tf-keras)
 

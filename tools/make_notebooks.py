@@ -11,7 +11,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from timnet import load_config
-from timnet.config import known_datasets
+from timnet.core.config import known_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ overrides: dict = {}     # any config value, e.g. {"features.res_type": "soxr_vh
     [
         SETUP
         + """
-from timnet.features import preprocess
+from timnet.data.features import preprocess
 from timnet.pipeline import ensure_example, preprocess_lines
 
 cfg = timnet.load_config(dataset, overrides)
@@ -148,9 +148,9 @@ overrides: dict = {}     # any config value, e.g. {"train.lr": 0.0005}
     [
         SETUP
         + """
-from timnet.config import shortcut_overrides
-from timnet.report import summary_lines
-from timnet.train import check_resume, run_training
+from timnet.core.config import shortcut_overrides
+from timnet.core.report import summary_lines
+from timnet.training.run import check_resume, run_training
 
 settings = shortcut_overrides({"folds": folds, "epochs": epochs, "batch_size": batch_size, "protocol": protocol,
                                "checkpoint": checkpoint, "seeds": seeds, "patience": patience})
@@ -192,9 +192,9 @@ results_dir: str = "Results"
     [
         SETUP
         + """
-from timnet.features import load_or_extract
-from timnet.runs import latest_run
-from timnet.tsne import embeddings_of, write_tsne
+from timnet.data.features import load_or_extract
+from timnet.training.runs import latest_run
+from timnet.analysis.tsne import embeddings_of, write_tsne
 
 if weights:
     cfg = timnet.load_config(dataset)

@@ -7,8 +7,8 @@ import warnings
 from pathlib import Path
 
 from .cli_options import build_parser
-from .config import TRAIN_SHORTCUTS, load_config, shortcut_overrides
-from .errors import TimnetError
+from .core.config import TRAIN_SHORTCUTS, load_config, shortcut_overrides
+from .core.errors import TimnetError
 
 
 def _refuse_existing(path: Path | None) -> None:
@@ -33,7 +33,7 @@ def _config(args, **overrides):
 
 def _preprocess(cfg, data: Path, out: Path, args):
     """Corpus audio -> MFCC trio, reporting what it found."""
-    from .features import preprocess
+    from .data.features import preprocess
     from .pipeline import preprocess_lines
 
     result = preprocess(
@@ -57,7 +57,7 @@ def cmd_preprocess(args) -> None:
 
 def _feature_set(cfg, data: Path, args):
     """An MFCC .npy, or a corpus folder whose features are computed on the fly."""
-    from .features import load_or_extract
+    from .data.features import load_or_extract
 
     features, skipped = load_or_extract(
         cfg, data, workers=args.workers, skip_bad=args.skip_bad, trust_pickle=args.trust_pickle, progress=not args.quiet
@@ -68,9 +68,9 @@ def _feature_set(cfg, data: Path, args):
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_model
-    from .loading import load_model
-    from .report import write_evaluation
+    from .analysis.evaluate import evaluate_model
+    from .core.report import write_evaluation
+    from .serving.loading import load_model
 
     if (args.weights is None) == (args.model is None):
         raise TimnetError("give --weights ZIP (the authors' folds) or --model MODEL (cross-corpus), not both")
@@ -94,7 +94,7 @@ def cmd_evaluate(args) -> None:
 
 def _cross_corpus(args) -> None:
     """`timnet evaluate --model M --dataset B`: M on corpus B, over the classes both share."""
-    from .cross_corpus import evaluate_cross_corpus, parse_maps, write_cross_corpus
+    from .analysis.cross_corpus import evaluate_cross_corpus, parse_maps, write_cross_corpus
 
     target = _config(args)
     _refuse_existing(args.out)
@@ -117,7 +117,7 @@ def _cross_corpus(args) -> None:
 
 
 def cmd_corpus_check(args) -> None:
-    from .corpus_check import check_corpus
+    from .data.corpus_check import check_corpus
 
     cfg = _config(args)
     print("\n".join(check_corpus(cfg, args.data or Path("Datasets") / cfg.dataset.name).lines()))
@@ -129,7 +129,7 @@ def _training_overrides(args) -> dict:
 
 
 def _print_run(result) -> None:
-    from .report import summary_lines
+    from .core.report import summary_lines
 
     print(result.folds.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print("\n".join(summary_lines(result.run_id, result.summary)))
@@ -137,7 +137,7 @@ def _print_run(result) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import check_resume, run_training
+    from .training.run import check_resume, run_training
 
     changed = [n for n in ("dataset", "config", "mfcc", *TRAIN_SHORTCUTS) if getattr(args, n) is not None]
     changed += ["set"] if args.set else []
@@ -163,8 +163,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .runs import Roots
-    from .sweep import run_sweep, sweep_status
+    from .studies.sweep import run_sweep, sweep_status
+    from .training.runs import Roots
 
     roots = Roots(args.models, args.logs, args.results)
     if args.status:
@@ -190,7 +190,7 @@ def cmd_sweep(args) -> None:
 def cmd_run(args) -> None:
     """The three notebooks' work in one go: preprocess -> train -> t-SNE, then where every output is."""
     from .pipeline import run_pipeline
-    from .runs import Roots
+    from .training.runs import Roots
 
     if args.dataset is None and args.config is None:
         args.dataset = "EXAMPLE"
@@ -215,7 +215,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_tsne(args) -> None:
-    from .tsne import embeddings_of, write_tsne
+    from .analysis.tsne import embeddings_of, write_tsne
 
     cfg = features = None
     if args.weights:
@@ -242,8 +242,8 @@ def cmd_tsne(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .loading import load_model
-    from .predict import collect_audio, model_source
+    from .serving.loading import load_model
+    from .serving.predict import collect_audio, model_source
 
     _refuse_existing(args.csv)
     dataset = args.dataset or (str(args.config) if args.config else None)
@@ -260,7 +260,7 @@ def cmd_predict(args) -> None:
     if args.timeline:
         import pandas as pd
 
-        from .timeline import write_timeline
+        from .serving.timeline import write_timeline
 
         tables = []
         for f in files:
@@ -273,7 +273,7 @@ def cmd_predict(args) -> None:
         table = model.predict(files, None, args.workers, args.skip_bad, progress=not args.quiet and len(files) > 1)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.csv:
-        from .atomic import atomic_path
+        from .core.atomic import atomic_path
 
         with atomic_path(args.csv) as tmp:
             table.to_csv(tmp, index=False)
@@ -281,8 +281,8 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .export import export_run, export_weights
-    from .hub import push_to_hub
+    from .serving.export import export_run, export_weights
+    from .serving.hub import push_to_hub
 
     if (args.run is None) == (args.weights is None):
         raise TimnetError("export either a run (--run RUN) or the authors' weights (--weights ZIP --dataset D)")
@@ -297,7 +297,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_example_data(args) -> None:
-    from .example import write_example_corpus
+    from .data.example import write_example_corpus
 
     if args.out.exists() and any(args.out.iterdir()):
         raise TimnetError(f"{args.out} already exists and is not empty — choose another --out")
@@ -308,8 +308,8 @@ def cmd_example_data(args) -> None:
 
 
 def cmd_devices(args) -> None:
-    from .device_timing import cached_or_measured, table
-    from .validation import check_range
+    from .core.validation import check_range
+    from .training.device_timing import cached_or_measured, table
 
     cfg = _config(args)
     samples = args.samples if args.samples is not None else (cfg.dataset.expected_count or None)

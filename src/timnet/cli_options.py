@@ -7,14 +7,14 @@ import argparse
 import functools
 from pathlib import Path
 
-from . import __version__
-from .config import TrainSettings, load_config
-from .device_timing import DEVICE_SECONDS
-from .fold import COMPILE_MIN_EPOCHS
-from .loading import ENGINES
-from .timeline import HOP_SECONDS, SILENCE_DB
-from .train import BACKENDS
-from .tsne import ALIGNMENTS, PERPLEXITY, TSNE_SEED
+from .analysis.tsne import ALIGNMENTS, PERPLEXITY, TSNE_SEED
+from .core.config import TrainSettings, load_config
+from .core.version import __version__
+from .serving.loading import ENGINES
+from .serving.timeline import HOP_SECONDS, SILENCE_DB
+from .training.device_timing import DEVICE_SECONDS
+from .training.run import BACKENDS
+from .training.unit import COMPILE_MIN_EPOCHS
 
 DEVICES = (
     "auto (training: the fastest `timnet devices` measured; else CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"

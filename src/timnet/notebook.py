@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import sys
 
-from .errors import TimnetError
+from .core.errors import TimnetError
 
 # CLI option -> the notebooks' parameter that does the same
 NOTEBOOK_NAMES = {

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import Config
-from .corpora import corpus_of
-from .example import write_example_corpus
-from .features import PreprocessResult, preprocess
-from .runs import Roots
-from .train import RunResult, run_training
-from .tsne import embeddings_of, write_tsne
+from .analysis.tsne import embeddings_of, write_tsne
+from .core.config import Config
+from .data.corpora import corpus_of
+from .data.example import write_example_corpus
+from .data.features import PreprocessResult, preprocess
+from .training.run import RunResult, run_training
+from .training.runs import Roots
 
 
 @dataclass

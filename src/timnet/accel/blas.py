@@ -1,0 +1,110 @@
+"""Which BLAS runs the causal convolution's products on the CPU: torch's own (MKL on x86) or numpy's (OpenBLAS).
+
+TIM-Net's products are tall and thin ([B*T, 39] x [39, 39]: 12,032 rows at EMO-DB's shape). MKL runs that shape at
+~38 GFLOP/s on a 2-core AMD EPYC (AVX2) where numpy's OpenBLAS runs ~56 (one thread each; a whole training epoch
+1.1x faster, benchmarks/bench_model.py), while on other CPUs MKL may be the faster one. So `train.blas = auto`
+times both once per machine on that shape and caches the answer (`cache_file`); numpy's is used only by units that
+run on one thread (`unit_blas`). A run's record holds the choice (`train.prepare_run`), and a unit records the BLAS
+it started with in its per-epoch state, so a resumed unit continues with the same one (exact resume). A training
+unit's own evaluations use its BLAS, and with numpy's its blocks train and evaluate through `fused` (elementwise
+passes fused by numba); loaded models (predict, evaluate, export), packed units, compiled units and accelerators
+use torch's.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from ..core.atomic import write_json
+from ..core.devices import cache_root, read_cache
+
+CHOICES = ("torch", "numpy")
+# numpy's BLAS is chosen only when clearly faster (median of interleaved products), so that a machine under load
+# does not flip the choice between runs.
+MARGIN = 0.8
+SHAPE = (12032, 39)  # EMO-DB: 64 x 188 frames, 39 filters
+
+# helpers
+
+
+def cache_file() -> Path:
+    return cache_root() / "blas.json"
+
+
+def machine_key() -> str:
+    """What the answer depends on: the CPU, the cores, and both libraries' versions."""
+    cpu = platform.processor() or platform.machine()
+    parts = (platform.node(), cpu, os.cpu_count(), torch.__version__, np.__version__)
+    return "|".join(map(str, parts))
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, blas: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b ([m, k] x [k, n]) through `blas`; numpy's works on CPU tensors in place of their memory (no copy)."""
+    if blas == "torch":
+        return a @ b if out is None else out.copy_(a @ b)
+    out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype) if out is None else out
+    np.matmul(a.detach().numpy(), b.detach().numpy(), out=out.detach().numpy())
+    return out
+
+
+def time_products(blas: str, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, repeats: int = 20) -> float:
+    """Seconds for `repeats` products into `out`, each library writing there directly."""
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(x, w, out=out) if blas == "torch" else matmul(x, w, blas, out)
+    return time.perf_counter() - started
+
+
+def measure(rounds: int = 5) -> str:
+    """The faster BLAS for SHAPE's products on one thread, interleaved rounds, with MARGIN in torch's favour."""
+    draw = torch.Generator().manual_seed(0)  # not torch's global generator: training draws from that one
+    x, w = torch.randn(SHAPE, generator=draw), torch.randn(SHAPE[1], SHAPE[1], generator=draw)
+    out = torch.empty(SHAPE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            times = {blas: [] for blas in CHOICES}
+            for blas in CHOICES:  # warm-up: libraries load their kernels
+                time_products(blas, x, w, out, 2)
+            for _ in range(rounds):
+                for blas in CHOICES:
+                    times[blas].append(time_products(blas, x, w, out))
+    finally:
+        torch.set_num_threads(threads)
+    return "numpy" if statistics.median(times["numpy"]) < MARGIN * statistics.median(times["torch"]) else "torch"
+
+
+def resolve_blas(setting: str, device: str) -> str:
+    """`torch`, `numpy`, or `auto` (this machine's measured answer, cached); accelerators always use torch's."""
+    if not device.startswith("cpu"):
+        return "torch"
+    if setting != "auto":
+        return setting
+    key, cache = machine_key(), read_cache(cache_file())
+    if key not in cache:
+        cache[key] = measure()
+        try:
+            write_json(cache_file(), {**read_cache(cache_file()), key: cache[key]})  # and what others wrote meanwhile
+        except OSError:  # a read-only home: measured again next time
+            pass
+    return cache[key]
+
+
+def unit_blas(blas: str) -> str:
+    """The BLAS a unit uses in this process: numpy's only on one thread. Beside torch's own OpenMP threads,
+    OpenBLAS's threads wait for cores: an epoch took 14.7 s instead of 2.0 s with 2 threads (bench_model.py)."""
+    return blas if torch.get_num_threads() == 1 else "torch"
+
+
+def limit_threads(threads: int) -> None:
+    """numpy's BLAS uses as many threads as torch in this process (pool workers run one thread each)."""
+    threadpool_limits(threads, user_api="blas")

@@ -1,0 +1,1 @@
+"""What a trained model tells: evaluation, cross-corpus scores, t-SNE."""

@@ -1,0 +1,375 @@
+"""Configuration: one dataclass per stage, filled from `configs/<dataset>.toml` plus overrides.
+
+The TOML files are the single source of per-dataset facts (class order, seed, signal length,
+levels); code never repeats them. A run saves its effective config, so results carry their settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .corpus_layout import check_layout
+from .errors import TimnetError
+from .validation import check_choice, check_range, invalid
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class DatasetConfig:
+    """[dataset]: the corpus, the reader of its distributed layout, and the class order (= label index)."""
+
+    name: str
+    classes: list[str]
+    reader: str = "folders"
+    expected_count: int | None = None
+    # reader "pattern" (your own corpus; README "Your own corpus"): where label and speaker come from
+    pattern: str = ""  # regex searched in the path relative to the corpus root, groups (?P<label>) (?P<speaker>)
+    label_level: int | None = None  # or: the folder at this depth is the label (0 = top, -1 = the file's folder)
+    speaker_level: int | None = None  # the folder at this depth is the speaker
+    label_map: dict[str, str] = field(default_factory=dict)  # code in names -> class name, e.g. ps = "surprise"
+    drop: list[str] = field(default_factory=list)  # labels (codes or classes) left out of the task
+
+    READERS = ("emodb", "ravdess", "savee", "emovo", "iemocap", "casia", "folders", "pattern")  # corpora.CORPORA
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise invalid("dataset.name", "a non-empty name", self.name)
+        names = self.classes
+        if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) and c for c in names):
+            raise invalid("dataset.classes", "a list of class names", names)
+        if len(set(names)) < 2 or len(set(names)) != len(names):
+            raise invalid("dataset.classes", "at least 2 class names, none repeated", names)
+        check_choice("dataset.reader", self.reader, self.READERS)
+        if self.expected_count is not None:
+            check_range("dataset.expected_count", self.expected_count, 0, integer=True)
+        check_layout(self)
+
+
+@dataclass
+class FeatureSettings:
+    """Arguments of the authors' recipe, all explicit so library default changes cannot move them.
+    Names (res_type, window, pad_mode) stay free: librosa knows its own and says so."""
+
+    signal_length: int
+    sample_rate: int
+    res_type: str
+    n_mfcc: int
+    n_fft: int
+    hop_length: int
+    window: str
+    center: bool
+    pad_mode: str
+    n_mels: int
+
+    def __post_init__(self) -> None:
+        for key in ("sample_rate", "signal_length", "n_mfcc", "n_fft", "hop_length", "n_mels"):
+            check_range(f"features.{key}", getattr(self, key), 1, integer=True)
+        if not isinstance(self.center, bool):
+            raise invalid("features.center", "true or false", self.center)
+
+    @property
+    def frames(self) -> int:
+        """MFCC frames per utterance (centred STFT: 1 + L // hop)."""
+        return (
+            1 + self.signal_length // self.hop_length
+            if self.center
+            else 1 + (self.signal_length - self.n_fft) // self.hop_length
+        )
+
+
+@dataclass
+class TIMNetConfig:
+    """The architecture, one description for the [model] section and the network (`timnet.model.network.TIMNet`).
+
+    In a Config, n_classes and n_mfcc are derived from dataset.classes and features.n_mfcc (never typed
+    twice); a saved or exported model stores all six, so `TIMNetConfig(**saved)` rebuilds it alone.
+    """
+
+    n_classes: int
+    n_mfcc: int
+    filters: int
+    kernel_size: int
+    levels: int
+    dropout: float
+
+    def __post_init__(self) -> None:
+        for key in ("n_classes", "n_mfcc", "filters", "kernel_size", "levels"):
+            check_range(f"model.{key}", getattr(self, key), 1, integer=True)
+        check_range("model.dropout", self.dropout, 0, 1, high_open=True)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: "Config") -> "TIMNetConfig":
+        """The architecture of a Config (a copy: a model keeps its own)."""
+        return dataclasses.replace(config.model)
+
+
+@dataclass
+class TrainSettings:
+    """[train]: the authors' optimiser, batch, epochs and KFold seed, plus this project's choices
+    (protocol, checkpoint policy, validation carve, early stopping, repeat seeds, compiling,
+    how often the test fold's accuracy is logged)."""
+
+    seed: int
+    folds: int
+    epochs: int
+    batch_size: int
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    label_smoothing: float
+    protocol: str
+    checkpoint: str
+    val_fraction: float
+    patience: int
+    compile: str
+    test_every: int
+    recompute: str
+    pack: str
+    capture: str
+    blas: str
+    seeds: list[int] = field(default_factory=list)  # extra training seeds; none = the KFold seed
+
+    PROTOCOLS = ("random", "speaker")
+    CHECKPOINTS = ("last", "best-val", "best-test")
+    SWITCHES = ("auto", "on", "off")  # compile, recompute, capture
+    BLAS = ("auto", "torch", "numpy")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pack, int) and not isinstance(self.pack, bool):
+            self.pack = str(self.pack)  # a TOML may say pack = 4
+        self.validate()
+
+    def validate(self) -> None:
+        """Every setting against what it allows (a run checks again before it starts: settings may be set later)."""
+        check_choice("train.protocol", self.protocol, self.PROTOCOLS)
+        check_choice("train.checkpoint", self.checkpoint, self.CHECKPOINTS)
+        check_choice("train.compile", self.compile, self.SWITCHES)
+        check_choice("train.recompute", self.recompute, self.SWITCHES)
+        check_choice("train.capture", self.capture, self.SWITCHES)
+        check_choice("train.blas", self.blas, self.BLAS)
+        if not (self.pack == "auto" or (isinstance(self.pack, str) and self.pack.isdigit() and int(self.pack) >= 1)):
+            raise invalid("train.pack", "auto or a whole number ≥ 1", self.pack)
+        check_range("train.folds", self.folds, 2, integer=True)
+        for key in ("epochs", "batch_size"):
+            check_range(f"train.{key}", getattr(self, key), 1, integer=True)
+        for key in ("seed", "patience", "test_every"):
+            check_range(f"train.{key}", getattr(self, key), 0, integer=True)
+        for key in ("lr", "eps"):
+            check_range(f"train.{key}", getattr(self, key), 0, low_open=True)
+        for key in ("beta1", "beta2", "label_smoothing"):
+            check_range(f"train.{key}", getattr(self, key), 0, 1, high_open=True)
+        check_range("train.val_fraction", self.val_fraction, 0, 0.5, low_open=True, high_open=True)
+        if not isinstance(self.seeds, (list, tuple)):
+            raise invalid("train.seeds", "a list of seeds", self.seeds)
+        for i, seed in enumerate(self.seeds):
+            check_range(f"train.seeds[{i}]", seed, 0, integer=True)
+
+    @property
+    def optimistic(self) -> bool:
+        """best-test picks each fold's epoch on its test data: the paper's protocol, optimistic."""
+        return self.checkpoint == "best-test"
+
+    @property
+    def checkpoint_label(self) -> str:
+        """The policy as every output names it (workbooks, summary, CLI)."""
+        return (
+            f"{self.checkpoint} (OPTIMISTIC: epoch picked on the test fold, the paper's protocol)"
+            if self.optimistic
+            else self.checkpoint
+        )
+
+    @property
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
+
+
+@dataclass
+class Published:
+    """[published]: the paper's and the authors' 2023 numbers (UAR / WAR in %), shown beside a run's."""
+
+    paper_uar: float = math.nan
+    paper_war: float = math.nan
+    update_2023_uar: float = math.nan
+    update_2023_war: float = math.nan
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_range(f"published.{f.name}", getattr(self, f.name), 0, 100)  # NaN (none published) passes
+
+
+# Settings that runs saved by earlier versions hold and that mean nothing now (the device is chosen when a
+# command runs: --device); reading such a run ignores them.
+RETIRED = {"train": ("device",)}
+# Settings added after runs were saved: what such a run did before they existed. (The TOML files hold every
+# setting; the dataclasses above have no defaults, so a missing one is an error, except these and [dataset]'s
+# optional keys, whose defaults are in DatasetConfig: the reader's own rules, which earlier runs used.)
+INTRODUCED = {
+    "train": {"compile": "off", "test_every": 1, "recompute": "off", "pack": "1", "capture": "off", "blas": "torch"}
+}
+# Settings renamed since runs were saved: old name -> new name, mapped on read.
+RENAMED = {"dataset": {"recipe": "reader"}}
+# Settings that follow from others (-> where from): saved with the model, never typed or overridden.
+DERIVED = {"model": {"n_classes": "dataset.classes", "n_mfcc": "features.n_mfcc"}}
+# The sections of a config file, in the order they are read (the model's derived settings need the first two).
+SECTIONS = {
+    "dataset": DatasetConfig,
+    "features": FeatureSettings,
+    "model": TIMNetConfig,
+    "train": TrainSettings,
+    "published": Published,
+}
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig
+    features: FeatureSettings
+    model: TIMNetConfig
+    train: TrainSettings
+    published: Published = field(default_factory=Published)
+
+    def __post_init__(self) -> None:
+        for key, value in (("n_classes", self.n_classes), ("n_mfcc", self.features.n_mfcc)):
+            if getattr(self.model, key) != value:
+                raise _derived_error(f"model.{key}", getattr(self.model, key))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.dataset.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, the derived model.n_classes / n_mfcc too: run records and exported folders carry the whole
+        architecture."""
+        return dataclasses.asdict(self)
+
+    def settings(self) -> dict[str, Any]:
+        """What a user sets (a TOML's content): `to_dict` without the derived fields, which `from_dict` derives
+        again from the (maybe changed) settings they follow."""
+        data = self.to_dict()
+        for name in DERIVED["model"]:
+            del data["model"][name]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """A Config from a TOML file's or a saved run's dict; what earlier versions saved reads too (RETIRED,
+        INTRODUCED, RENAMED), and the model's n_classes and n_mfcc are derived when absent."""
+        sections: dict[str, Any] = {}
+        for name, section_cls in SECTIONS.items():
+            raw = _section(name, data.get(name, {}), section_cls)
+            if name == "model":
+                raw = {"n_classes": len(sections["dataset"].classes), "n_mfcc": sections["features"].n_mfcc, **raw}
+            try:
+                sections[name] = section_cls(**raw)
+            except TypeError as err:
+                raise TimnetError(f"incomplete [{name}] section: {err}") from None
+        return cls(**sections)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """Return a copy with `{"train.epochs": 2, ...}` applied, types coerced to the field's type."""
+        data = self.settings()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section, _, name = key.partition(".")
+            name = RENAMED.get(section, {}).get(name, name)
+            if name in DERIVED.get(section, {}):
+                raise _derived_error(key, value)
+            if section not in data or name not in data[section]:
+                raise TimnetError(f"unknown setting {key!r}; settings look like train.epochs or features.n_mfcc")
+            data[section][name] = _coerce(key, value, data[section][name])
+        return Config.from_dict(data)
+
+
+def _section(name: str, given: dict[str, Any], section_cls: type) -> dict[str, Any]:
+    """One section's settings as `section_cls` names them today; an unknown one is an error."""
+    raw = {k: v for k, v in given.items() if k not in RETIRED.get(name, ())}
+    for old, new in RENAMED.get(name, {}).items():
+        if old in raw:
+            raw.setdefault(new, raw.pop(old))
+    raw = {**INTRODUCED.get(name, {}), **raw}
+    known = {f.name for f in fields(section_cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise TimnetError(
+            f"unknown setting(s) in [{name}]: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+        )
+    return raw
+
+
+def _derived_error(key: str, value: Any) -> TimnetError:
+    section, _, name = key.partition(".")
+    return invalid(key, f"left out: it is derived from {DERIVED[section][name]}", value)
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """A `--set` string as the type of the setting it replaces; one clear error when it is not one."""
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    if isinstance(current, list):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        kind = type(current[0]) if current else int
+        return [_coerce(f"{key}[{i}]", v, kind()) if kind is not str else v for i, v in enumerate(items)]
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise TimnetError(f"{key}: {value!r} is not true or false")
+    for kind, name in ((int, "an integer"), (float, "a number")):
+        if isinstance(current, kind):
+            try:
+                return kind(value)
+            except ValueError:
+                raise TimnetError(f"{key}: {value!r} is not {name}") from None
+    return value
+
+
+# Short names of training settings: the CLI's options, the notebooks' parameters and sweep grid keys.
+TRAIN_SHORTCUTS = {
+    name: f"train.{name}"
+    for name in ("folds", "epochs", "batch_size", "protocol", "checkpoint", "seeds", "patience", "compile")
+}
+
+
+def shortcut_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """`{"folds": 2, "epochs": None}` -> `{"train.folds": 2}`: None means "the dataset's own setting"."""
+    return {TRAIN_SHORTCUTS[name]: value for name, value in values.items() if value is not None}
+
+
+def known_datasets() -> list[str]:
+    return sorted(p.name[:-5].upper() for p in resources.files("timnet.configs").iterdir() if p.name.endswith(".toml"))
+
+
+def load_config(source: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a config by dataset name (`EMODB`) or TOML path (`configs/emodb.toml`)."""
+    path = Path(source)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise TimnetError(f"{path}: config file not found — see configs/ for examples")
+        text = path.read_text(encoding="utf-8")
+    else:
+        candidate = resources.files("timnet.configs") / f"{str(source).lower()}.toml"
+        if not candidate.is_file():
+            raise TimnetError(f"unknown dataset {source!r}; known: {', '.join(known_datasets())}, or pass a .toml path")
+        text = candidate.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise TimnetError(f"{source}: invalid TOML ({err})") from None
+    cfg = Config.from_dict(data)
+    return cfg.with_overrides(overrides) if overrides else cfg

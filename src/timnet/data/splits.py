@@ -1,0 +1,115 @@
+"""Fold construction: the authors' random KFold and speaker-independent folds. Pure functions.
+
+A fold is (train indices, test indices) into the feature set. `random` reproduces the authors' test
+sets exactly: KFold(n_splits, shuffle=True, random_state=seed) over the COMPLETE corpus in their
+order, then restricted to the files present, so a partial corpus keeps the authors' test sets.
+"""
+
+from __future__ import annotations
+
+import natsort
+import numpy as np
+import pandas as pd
+
+from ..core.errors import TimnetError
+from ..core.validation import invalid
+
+Fold = tuple[np.ndarray, np.ndarray]
+
+
+def kfold(n: int, n_splits: int, seed: int) -> list[Fold]:
+    """The authors' split of n ordered samples (fold k of the paper = element k-1)."""
+    if n < n_splits:
+        raise TimnetError(f"{n} utterances cannot be split into {n_splits} folds")
+    from sklearn.model_selection import KFold  # imported when used: ~2 s of start-up (see metrics.scores)
+
+    return [(tr, te) for tr, te in KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros((n, 1)))]
+
+
+def canonical_positions(stems: pd.Series, canonical: pd.DataFrame | None) -> np.ndarray | None:
+    """Position of each present utterance in the complete corpus, or None if it cannot be known."""
+    if canonical is None:
+        return None
+    where = {s: i for i, s in enumerate(canonical.stem)}
+    unknown = [s for s in stems if s not in where]
+    if unknown:
+        return None
+    return np.array([where[s] for s in stems], dtype=np.int64)
+
+
+def random_folds(stems: pd.Series, canonical: pd.DataFrame | None, n_splits: int, seed: int) -> list[Fold]:
+    """Authors' folds, restricted to the utterances present (identity when the corpus is complete)."""
+    positions = canonical_positions(stems, canonical)
+    if positions is None:
+        return kfold(len(stems), n_splits, seed)
+    folds = []
+    for tr, te in kfold(len(canonical), n_splits, seed):
+        folds.append((np.flatnonzero(np.isin(positions, tr)), np.flatnonzero(np.isin(positions, te))))
+    return folds
+
+
+def speaker_folds(groups: pd.Series, n_splits: int, seed: int) -> list[Fold]:
+    """Folds that share no group (speaker, or IEMOCAP session): leave-one-group-out when there are
+    no more groups than folds, else groups shuffled with `seed` and dealt into n_splits folds."""
+    groups = groups.astype(str)
+    if (groups == "").any():
+        raise TimnetError(
+            "speaker-independent folds need a speaker for every utterance, and this feature set has none "
+            "(e.g. the authors' CASIA npy) — use --protocol random"
+        )
+    names = natsort.natsorted(groups.unique())
+    if len(names) < 2:
+        raise TimnetError(f"only one speaker/session ({names[0]}) — speaker-independent folds need at least two")
+    if n_splits >= len(names):
+        chunks = [[g] for g in names]
+    else:
+        rng = np.random.default_rng(seed)
+        chunks = [list(c) for c in np.array_split(rng.permutation(names), n_splits)]
+    values = groups.to_numpy()
+    return [(np.flatnonzero(~np.isin(values, c)), np.flatnonzero(np.isin(values, c))) for c in chunks]
+
+
+def validation_split(
+    train: np.ndarray, labels: np.ndarray, speakers: pd.Series | None, fraction: float, seed: int
+) -> Fold:
+    """Carve validation out of a fold's TRAINING part (never the test part).
+
+    With speakers: whole speakers are held out (speaker-disjoint); without: stratified by class.
+    """
+    if speakers is not None:
+        spk = speakers.to_numpy()[train].astype(str)
+        names = natsort.natsorted(set(spk))
+        if len(names) < 2:
+            raise TimnetError("cannot hold out a validation speaker: the training part has only one speaker")
+        rng = np.random.default_rng(seed)
+        held, count = [], 0
+        for name in rng.permutation(names):
+            if count >= fraction * len(train) or len(held) == len(names) - 1:
+                break
+            held.append(name)
+            count += int((spk == name).sum())
+        mask = np.isin(spk, held)
+        return train[~mask], train[mask]
+    y = labels[train]
+    n_val = max(1, int(round(fraction * len(train))))
+    counts = np.bincount(y)[np.unique(y)]
+    if n_val >= len(counts) and counts.min() >= 2:  # stratification needs a sample of every class on both sides
+        from sklearn.model_selection import StratifiedShuffleSplit  # imported when used (see metrics.scores)
+
+        tr, va = next(StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed).split(np.zeros(len(y)), y))
+    else:
+        order = np.random.default_rng(seed).permutation(len(train))
+        tr, va = order[n_val:], order[:n_val]
+    return train[np.sort(tr)], train[np.sort(va)]
+
+
+def make_folds(
+    protocol: str, manifest: pd.DataFrame, canonical: pd.DataFrame | None, n_splits: int, seed: int
+) -> list[Fold]:
+    """Folds for a protocol; IEMOCAP's speaker protocol is leave-one-session-out."""
+    if protocol == "random":
+        return random_folds(manifest.stem, canonical, n_splits, seed)
+    if protocol == "speaker":
+        use_sessions = "session" in manifest and (manifest.session.astype(str) != "").all()
+        return speaker_folds(manifest.session if use_sessions else manifest.speaker, n_splits, seed)
+    raise invalid("train.protocol", "one of random, speaker", protocol)

@@ -1,0 +1,1 @@
+"""Trained models out of the run store: loading, model folders, ONNX, the hub, predict, timelines."""

@@ -1,0 +1,304 @@
+"""A training run: plan its units (seed x fold, index sets fixed up front), prepare it on disk (or open it to
+resume), execute its units with a backend (`local`: this process or a worker pool; `ray`: a cluster), and finish
+it: the run workbook, the summary row, the confusion heatmap and the curves grid.
+
+    run_training(cfg, mfcc_file)  ==  finish_run(*execute([prepare_run(cfg, mfcc_file, roots)], device))
+
+One unit is `fold.train_fold(FoldJob)`; its files and resume rules are in `fold`, the run store in `runs`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..accel.blas import resolve_blas
+from ..accel.capture import resolve_capture
+from ..core.config import Config
+from ..core.devices import pick_device
+from ..core.errors import TimnetError
+from ..core.locks import sole_writer
+from ..core.metrics import table_confusion
+from ..core.report import (
+    append_summary,
+    fold_table,
+    plot_confusion,
+    plot_curves_grid,
+    run_predictions,
+    run_sheets,
+    summary_row,
+    write_workbook,
+)
+from ..core.validation import check_choice
+from ..data.corpora import canonical_stems, corpus_caveat
+from ..data.feature_cache import share_features, without_samples
+from ..data.features import FeatureSet, load_features
+from ..data.splits import make_folds, validation_split
+from .cluster import cluster_has_gpus, run_units_on_ray
+from .device_timing import auto_device
+from .pack import resolve_pack
+from .pool import plan_workers, run_units
+from .runs import FoldResult, Roots, RunPaths, create_run, new_run_id, open_run, unit_name
+from .unit import FoldJob, should_compile
+
+
+def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPaths, device: str) -> list[FoldJob]:
+    """All (seed, fold) units of a run, with their index sets fixed up front (and saved with the run)."""
+    t = cfg.train
+    seeds = t.run_seeds
+    # Folds always come from the dataset's seed (for `random`: the authors' exact test sets);
+    # several seeds repeat the training (init, shuffling, dropout, validation carve) on the same folds.
+    folds = make_folds(t.protocol, features.manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
+    need_val = t.checkpoint == "best-val" or t.patience > 0
+    speakers = features.manifest.speaker if t.protocol == "speaker" else None
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    jobs = []
+    for seed in seeds:
+        for k, (train, test) in enumerate(folds, start=1):
+            val = np.array([], dtype=np.int64)
+            if need_val:
+                train, val = validation_split(train, features.y, speakers, t.val_fraction, seed)
+            unit_device = f"cuda:{len(jobs) % gpus}" if gpus > 1 else device  # units spread over the GPUs
+            jobs.append(
+                FoldJob(
+                    cfg.to_dict(),
+                    str(mfcc_file),
+                    k,
+                    seed,
+                    train.tolist(),
+                    test.tolist(),
+                    val.tolist(),
+                    str(paths.models),
+                    str(paths.logs),
+                    unit_name(k, seed, len(seeds) > 1),
+                    unit_device,
+                )
+            )
+    return jobs
+
+
+@dataclass
+class PreparedRun:
+    """A run on disk (record written) with the units still to train; `finish_run` turns results into outputs."""
+
+    cfg: Config
+    paths: RunPaths
+    features: FeatureSet
+    jobs: list[FoldJob]
+
+
+def prepare_run(
+    cfg: Config | None,
+    mfcc: Path | None,
+    roots: Roots,
+    resume: str | None = None,
+    device: str = "auto",
+    only_folds: list[int] | None = None,
+) -> PreparedRun:
+    """Create a run (or open one to resume): its record, and one job per (seed, fold) unit selected. On the CPU the
+    record holds the BLAS `train.blas = auto` chose, so every unit and every resume of the run uses that one."""
+    if resume:
+        record = open_run(roots.models, resume)
+        cfg, mfcc, run_id = Config.from_dict(record["config"]), Path(record["mfcc"]), resume
+    else:
+        cfg.train.validate()
+        cfg = Config.from_dict(cfg.to_dict())  # the caller's config stays as given
+        if device.startswith("cpu"):  # accelerators keep the setting: their products are always torch's
+            cfg.train.blas = resolve_blas(cfg.train.blas, device)
+        mfcc = Path(mfcc)
+        run_id = new_run_id(cfg, roots.models)
+    resolve_capture(cfg.train.capture, device)  # train.capture=on off CUDA: one line, before anything is written
+    paths = roots.run(run_id)
+    features = load_features(mfcc, cfg.dataset.classes)
+    if features.x.shape[1:] != (cfg.features.frames, cfg.features.n_mfcc):
+        raise TimnetError(
+            f"{mfcc}: features are {features.x.shape[1:]} per utterance, the config expects "
+            f"({cfg.features.frames}, {cfg.features.n_mfcc}) — wrong --dataset or features made with other settings"
+        )
+    jobs = plan_jobs(cfg, features, mfcc, paths, device)
+    caveat = corpus_caveat(cfg.dataset, features.manifest)
+    if caveat:
+        warnings.warn(caveat, stacklevel=2)
+    if not resume:
+        tests = [{"unit": j.unit, "fold": j.fold, "seed": j.seed} for j in jobs]
+        for unit, job in zip(tests, jobs):
+            unit["test_stems"] = features.manifest.stem.iloc[job.test].tolist()
+        create_run(paths, cfg, mfcc, device, tests)
+    selected = [j for j in jobs if only_folds is None or j.fold in only_folds]
+    return PreparedRun(cfg, paths, features, selected)
+
+
+def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> list[list[FoldJob]]:
+    """Each run's `pending` units in packs of `train.pack` (`packed.resolve_pack`: auto = all of a run's units on
+    a GPU or MPS, one on CPU), a pack's units on one device (with several GPUs: one pack per GPU), its finished
+    ones alone (they are only loaded); runs never share a pack."""
+    keys, packs = {j.key for j in pending}, []
+    for run in runs:
+        packs += [[j] for j in run.jobs if j.key not in keys]
+        on_device: dict[str, list[FoldJob]] = {}
+        for job in run.jobs:
+            if job.key in keys:
+                on_device.setdefault(job.device, []).append(job)
+        per_device = []
+        for todo in on_device.values():
+            size = resolve_pack(run.cfg.train.pack, device, len(todo))
+            per_device.append([todo[i : i + size] for i in range(0, len(todo), size)])
+        packs += [pack for turn in itertools.zip_longest(*per_device) for pack in turn if pack]  # GPUs take turns
+    return packs
+
+
+def decide_execution(jobs: list[FoldJob], workers: int, packed: frozenset[str] = frozenset()) -> None:
+    """Whether each unit compiles and whose BLAS it uses, decided by its executor, the one place. `compile = auto`
+    counts the epochs of a process, not of a unit — the units a worker trains one after another reuse its compiled
+    code, so 10 folds x 500 epochs on 2 workers compile where one 500-epoch fold would not (Ray: each unit counts
+    alone) — and does not compile where numpy's BLAS was chosen (`should_compile`). `blas` is the BLAS of the
+    unit's eager products (a compiled unit's are torch's: the compiler traces torch operations; if compiling
+    fails, the unit goes on eagerly with `blas`). Units trained in a pack (`packed`: their keys) run the pack's own
+    batched products (`packed.causal_conv`): torch's; whether they compile is decided as for a unit alone."""
+    per_worker = -(-len(jobs) // workers)
+    for job in jobs:
+        t = job.config["train"]
+        blas = resolve_blas(t["blas"], job.device)
+        job.compile = should_compile(t["compile"], t["epochs"], job.device, per_worker, blas)
+        job.blas = "torch" if job.key in packed else blas
+
+
+def _execute_local(runs, jobs, device, workers, threads, progress, desc, address) -> list[FoldResult]:
+    """This process (one unit after another) or a spawn pool sharing one memory-mapped copy of the features."""
+    pending = [j for j in jobs if not j.final_path.exists()]
+    packs = plan_packs(runs, pending, device)
+    busy = {j.key for j in pending}
+    workers, threads = plan_workers(sum(pack[0].key in busy for pack in packs), device, workers, threads)
+    decide_execution(pending, workers, frozenset(j.key for pack in packs if len(pack) > 1 for j in pack))
+    features = runs[0].features if workers == 1 and len(runs) == 1 else None
+    folder = Path(tempfile.mkdtemp(prefix="timnet_features_")) if workers > 1 else None
+    try:
+        shared = share_features(runs, folder) if folder else {}
+        for run in runs:  # workers read the features themselves; the outputs need only labels and manifest
+            run.features = without_samples(run.features)
+        return run_units(jobs, workers, threads, features, progress, desc, shared, packs)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _execute_ray(runs, jobs, device, workers, threads, progress, desc, address) -> list[FoldResult]:
+    """One Ray task per unit; each node reads the features from the MFCC file itself."""
+    for run in runs:
+        run.features = without_samples(run.features)
+    decide_execution(jobs, len(jobs))
+    return run_units_on_ray(jobs, threads, address, progress, desc)
+
+
+# backend name -> executor of the units of a list of prepared runs
+BACKENDS = {"local": _execute_local, "ray": _execute_ray}
+
+
+def execute(
+    runs: list[PreparedRun],
+    device: str,
+    backend: str = "local",
+    workers: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    desc: str = "",
+    address: str | None = None,
+) -> list[list[FoldResult]]:
+    """Train the units of one or more runs at once with a backend (`BACKENDS`); returns each run's results."""
+    check_choice("backend", backend, BACKENDS)
+    jobs = [j for run in runs for j in run.jobs]
+    results = BACKENDS[backend](runs, jobs, device, workers, threads, progress, desc, address)
+    by_key = {j.key: r for j, r in zip(jobs, results)}
+    return [[by_key[j.key] for j in run.jobs] for run in runs]
+
+
+def check_resume(resume: str | None, given: list[str]) -> None:
+    """A resumed run continues with its saved config: refuse anything that would change it (one line naming it)."""
+    if resume and given:
+        raise TimnetError(f"resuming {resume} continues it with its saved config; drop {', '.join(given)}")
+
+
+def run_training(
+    cfg: Config | None,
+    mfcc: Path | None,
+    models_root: Path = Path("Models"),
+    logs_root: Path = Path("logs"),
+    results_root: Path = Path("Results"),
+    resume: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    only_folds: list[int] | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    backend: str = "local",
+    address: str | None = None,
+) -> "RunResult":
+    """Train every fold (x seed) of a run — in parallel worker processes by default, or on Ray — then write the run
+    workbook and the summary row. `workers=1` trains in this process; `resume=RUN` (with cfg and mfcc None)
+    continues an interrupted run."""
+    check_resume(resume, [name for name, value in (("cfg", cfg), ("mfcc", mfcc)) if value is not None])
+    shape = cfg if cfg is not None else Config.from_dict(open_run(models_root, resume)["config"])
+    device = resolve_device(device, backend, address, shape)
+    run = prepare_run(cfg, mfcc, Roots(models_root, logs_root, results_root), resume, device, only_folds)
+    with sole_writer(run.paths.models, f"run {run.paths.run_id}"):  # two processes never train one run
+        [results] = execute([run], device, backend, workers, threads, progress, run.paths.run_id, address)
+        return finish_run(run.cfg, run.features, run.paths, results)
+
+
+def resolve_device(device: str, backend: str = "local", address: str | None = None, cfg: Config | None = None) -> str:
+    """The device units train on: checked here for `local`, where `auto` is the fastest way `timnet devices`
+    measures for cfg's shape (`device_timing.auto_device`; the CPU where there is no accelerator); for `ray`,
+    `auto` means CUDA when the cluster has GPUs."""
+    if backend != "ray":
+        return auto_device(cfg) if device == "auto" and cfg is not None else pick_device(device)
+    if device != "auto":
+        return device
+    return "cuda" if cluster_has_gpus(address) else "cpu"
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    folds: pd.DataFrame
+    predictions: pd.DataFrame
+    workbook: Path
+    summary: dict
+    confusion_png: Path
+    curves_png: Path
+
+
+def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list[FoldResult]) -> RunResult:
+    """The run's outputs from its units' results: workbook, summary row, confusion heatmap, curves grid."""
+    classes = cfg.dataset.classes
+    folds = fold_table(results)
+    predictions = run_predictions(features.manifest, results, classes)
+    caveat = corpus_caveat(cfg.dataset, features.manifest)
+    sheets = run_sheets(paths.run_id, cfg, folds, predictions, caveat)
+    workbook = write_workbook(paths.workbook, sheets, overwrite=True)
+    summary = summary_row(paths.run_id, cfg, folds, cfg.train.run_seeds)
+    summary["complete"] = len({(r.seed, r.fold) for r in results}) == cfg.train.folds * len(cfg.train.run_seeds)
+    append_summary(paths.results, summary)
+    what = f"{cfg.dataset.name} run {paths.run_id}"
+    confusion_png = plot_confusion(
+        table_confusion(predictions, classes),
+        paths.results / paths.run_id / "confusion.png",
+        f"{what}\n{len(predictions)} test utterances, checkpoint {cfg.train.checkpoint_label}",
+    )
+    several = len(cfg.train.run_seeds) > 1
+    curves_png = plot_curves_grid(
+        {f"fold {r.fold}" + (f" seed {r.seed}" if several else ""): r.history for r in results},
+        paths.logs / "curves.png",
+        f"{what}: accuracy per epoch",
+    )
+    in_progress = paths.models / "in_progress"
+    if in_progress.is_dir() and not any(in_progress.iterdir()):  # every unit finished: nothing left to resume
+        in_progress.rmdir()
+    return RunResult(paths.run_id, folds, predictions, workbook, summary, confusion_png, curves_png)

@@ -1,0 +1,389 @@
+"""One unit of work: one fold of one seed of one run, `train_fold(FoldJob)`. Pure: it reads the MFCC file named
+in its job, trains, and writes only its own files (layout: `runs`):
+
+    Models/<run>/in_progress/<unit>.pt   everything needed to continue (model, optimiser, RNG, progress),
+                                         replaced atomically after every epoch (written by a background
+                                         thread: `state_writer`), deleted when the unit ends
+    Models/<run>/<unit>.pt               the chosen weights + config + metrics + test predictions
+    logs/<run>/<unit>.csv, .png          per-epoch loss/accuracy and the curves
+
+So a killed unit (even kill -9) resumes exactly where it stopped, and a finished unit is never redone; any
+executor (this process, a worker pool, Ray) can run it.
+
+Checkpoint policies: `last` (authors' 2023 numbers), `best-val` (validation carved from the training part),
+`best-test` (the paper: epoch picked on the test fold; optimistic, labelled as such). The test fold is used for
+nothing else; its accuracy is only logged, every `train.test_every` epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..accel.allocator import keep_freed_memory
+from ..accel.blas import limit_threads, unit_blas
+from ..core.atomic import atomic_path
+from ..core.config import Config, TrainSettings
+from ..core.devices import device_rng_state, on_device, set_device_rng_state
+from ..core.errors import TimnetError
+from ..core.metrics import confusion, scores
+from ..core.report import plot_history
+from ..data.features import FeatureSet, load_features
+from ..model.inference import accuracy, infer
+from ..model.network import TIMNet, TIMNetConfig
+from .flat_state import flatten, unflatten
+from .runs import FoldResult, RunPaths, load_result, save_pt, save_unit
+from .state_writer import StateWriter
+
+# `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
+# units one after another: the next unit reuses the compiled code, measured: no second compile). Measured on
+# 2-core CPUs: the first compile takes 110-140 s (~30 s once inductor's on-disk cache holds the graphs; 274 s
+# on a loaded machine) and an epoch gets 1.05x (AVX-512 EPYC) to 1.23-1.3x (AVX2) faster, ~0.1-0.35 s: it repays
+# itself only after several hundred epochs. The paper protocol (10 folds x 500 epochs, 5 units per worker on 2
+# cores) compiles. On CUDA the many small elementwise kernels are what compiling fuses. `auto` never compiles where
+# the CPU's products go through numpy's BLAS (`train.blas`): compiling puts them back on torch's, and measured on a
+# 2-core AMD EPYC (AVX2, 2026-12-03; `timnet train`, 2 workers, 2 folds x 10 and 40 epochs, two interleaved
+# rounds) eager training with numpy's BLAS took 1.075-1.113 s per fold-epoch, compiled training 1.275-1.295 s.
+COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
+# `train.recompute = "auto"` keeps only each block's input for backward (recomputing the rest) when a batch's
+# saved activations would exceed this. Op by op (GPUs; one unit on 2+ CPU threads) IEMOCAP (606 frames, 10 levels:
+# ~1.1 GB) yes; EMO-DB (188 frames, 8 levels: ~0.27 GB) and SAVEE (254: ~0.37 GB) no. Through `fused` (a CPU unit on
+# one thread: pool workers) IEMOCAP saves ~0.6 GB and is not recomputed: measured on the 2-core EPYC, 2026-12-04,
+# recomputing cost 1.34x per step (one process, 1 thread, 3 interleaved rounds) and saved only 0.16-0.28 GB of a
+# 2-worker run's peak (3.02-3.14 vs 3.30 GB PSS, `--folds 2 --epochs 2`).
+RECOMPUTE_ABOVE_BYTES = 1e9
+
+# A progress event: {"key", "event": "start" | "epoch" | "done", "epoch", "epochs", "pid", and for "epoch" the
+# history row}. Executors turn them into one progress bar (`progress.ProgressView`); `None` reports nothing.
+Report = Callable[[dict], None]
+
+
+# helpers
+
+
+def should_recompute(setting: str, cfg: Config, batch_size: int, fused: bool = False) -> bool:
+    """`on`, `off`, or `auto`: recompute block activations in backward where a batch's saved activations would
+    pass RECOMPUTE_ABOVE_BYTES: per block about 9 tensors of [B, T, C] floats op by op, 5 through `fused` (`fused`:
+    the unit's products use numpy's BLAS, so its blocks train fused); 2 x levels blocks."""
+    if setting == "auto":
+        per_block = (5 if fused else 9) * batch_size * cfg.features.frames * cfg.model.filters * 4
+        return per_block * 2 * cfg.model.levels > RECOMPUTE_ABOVE_BYTES
+    return setting == "on"
+
+
+def set_unit_blas(model: TIMNet, blas: str, cfg: Config) -> str:
+    """Run the unit's products through `blas` where this process allows it (`blas.unit_blas`), and decide
+    recomputation for that path: with numpy's BLAS the blocks train through `fused`, which saves less for backward.
+    Returns the BLAS used."""
+    blas = unit_blas(blas)
+    model.use_blas(blas)
+    model.recompute = should_recompute(cfg.train.recompute, cfg, cfg.train.batch_size, fused=blas == "numpy")
+    return blas
+
+
+def should_compile(setting: str, epochs: int, device: str, units: int = 1, blas: str = "torch") -> bool:
+    """`on`, `off`, or `auto`: compile where it repays its cost (COMPILE_MIN_EPOCHS per process; never on MPS, nor
+    where the eager products use numpy's BLAS). A process compiles once: the units it trains one after another
+    (`units`) reuse the compiled code."""
+    if setting == "auto":
+        return blas == "torch" and epochs * units >= COMPILE_MIN_EPOCHS.get(device.split(":")[0], float("inf"))
+    return setting == "on"
+
+
+def unit_adam(model: TIMNet, t: TrainSettings, device: torch.device) -> torch.optim.Adam:
+    """The unit's optimiser. On the CPU torch's fused Adam: one kernel over TIM-Net's 135 tensors instead of a loop
+    of small ones (0.75 vs 4.6 ms per step, ~2 % of an EMO-DB epoch). A resumed unit keeps the kind it started with
+    (`load_state_dict` restores the saved group's `fused`), so its resume stays exact."""
+    fused = True if device.type == "cpu" else None
+    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=fused)
+
+
+def compiled(model: TIMNet):
+    """torch.compile with dropout masks drawn from the eager RNG: the same draws, a resumable RNG state."""
+    import torch._inductor.config as inductor
+
+    inductor.fallback_random = True
+    return torch.compile(model)
+
+
+# classes
+
+
+@dataclass
+class FoldJob:
+    """Everything one unit needs; picklable, so it can run in any process (or on any node)."""
+
+    config: dict
+    mfcc_file: str
+    fold: int
+    seed: int
+    train: list[int]
+    test: list[int]
+    val: list[int]
+    models_dir: str
+    logs_dir: str
+    unit: str
+    device: str = "cpu"
+    compile: bool = False
+    blas: str = "torch"  # of eager products, decided by the executor (`train.decide_execution`); a resumed unit
+    # keeps the one its state names
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(Path(self.models_dir).name, Path(self.models_dir), Path(self.logs_dir), Path())
+
+    @property
+    def key(self) -> str:
+        """`<run>/<unit>`: unique over the runs of a sweep."""
+        return f"{Path(self.models_dir).name}/{self.unit}"
+
+    @property
+    def final_path(self) -> Path:
+        return self.paths.unit_file(self.unit)
+
+    @property
+    def state_path(self) -> Path:
+        return self.paths.state_file(self.unit)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.config["dataset"]["classes"])
+
+
+@dataclass
+class Progress:
+    """Where a unit stands; saved with its per-epoch state, so a resumed unit continues exactly."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None  # weights of the best epoch so far (best-val / best-test)
+    best_epoch: int = 0
+    best_score: float = -1.0
+    best_val: float = -1.0  # early stopping watches validation accuracy
+    stale: int = 0
+    seconds: float = 0.0
+    stopped: bool = False  # early stop: nothing left to run on resume
+
+
+class FoldTrainer:
+    """The live objects of one unit: data on the device, model, optimiser, shuffling RNG."""
+
+    def __init__(self, job: FoldJob, cfg: Config, features: FeatureSet):
+        self.job, self.cfg, self.t = job, cfg, cfg.train
+        self.device = torch.device(job.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # a step's buffers reused, not faulted in again (`allocator`)
+        self.x = torch.as_tensor(features.x, device=self.device)
+        self.y = torch.as_tensor(features.y, device=self.device)
+        self.tr, self.te, self.va = (
+            torch.as_tensor(np.asarray(i, dtype=np.int64), device=self.device) for i in (job.train, job.test, job.val)
+        )
+        torch.manual_seed(job.seed * 1000 + job.fold)
+        self.model = TIMNet(TIMNetConfig.from_config(cfg)).to(self.device)
+        limit_threads(torch.get_num_threads())  # numpy's BLAS threads as torch's (pool workers: one each)
+        self.use_blas("torch" if job.compile else job.blas)
+        self.forward = compiled(self.model) if job.compile else self.model
+        self.compile_pending = job.compile
+        t = self.t
+        self.opt = unit_adam(self.model, t, self.device)
+        self.shuffle = torch.Generator().manual_seed(job.seed * 1000 + job.fold)
+        self.watch = {"best-val": "val_acc", "best-test": "test_acc"}.get(t.checkpoint)
+        self.writer = StateWriter()
+
+    def use_blas(self, blas: str) -> None:
+        self.blas = set_unit_blas(self.model, blas, self.cfg)  # numpy's only for a unit on one thread
+
+    def restore(self) -> Progress:
+        if not self.job.state_path.exists():
+            return Progress()
+        try:
+            saved = torch.load(self.job.state_path, map_location="cpu", weights_only=True)  # RNG states stay CPU
+        except Exception as err:
+            raise TimnetError(
+                f"{self.job.state_path}: unreadable per-epoch state ({type(err).__name__}) — delete it to "
+                "train this fold again from epoch 1"
+            ) from None
+        self.model.load_state_dict(unflatten(saved["model"]))
+        self.opt.load_state_dict(unflatten(saved["optimizer"]))
+        torch.set_rng_state(saved["torch_rng"])
+        if f"{self.device.type}_rng" in saved:  # cuda_rng, mps_rng: where dropout draws on an accelerator
+            set_device_rng_state(self.device, saved[f"{self.device.type}_rng"])
+        self.shuffle.set_state(saved["shuffle_rng"])
+        if not self.job.compile:  # the BLAS it started with (before there was a choice: torch's): an exact resume
+            self.use_blas(saved.get("blas", "torch"))
+        return Progress(**{**saved["progress"], "best": unflatten(saved["progress"]["best"])})
+
+    def save(self, progress: Progress) -> None:
+        """The state after an epoch, snapshotted now and written while the next epoch trains (`state_writer`)."""
+        saved = {f.name: getattr(progress, f.name) for f in fields(progress)}  # not asdict: no deep copy of `best`
+        saved.update(history=list(progress.history), best=progress.best and flatten(progress.best))
+        state = {
+            "model": flatten(self.model.state_dict()),  # the copies of the live tensors (`flat_state`)
+            "optimizer": flatten(self.opt.state_dict()),
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "progress": saved,
+            "blas": self.blas,
+        }
+        if self.device.type != "cpu":
+            state[f"{self.device.type}_rng"] = device_rng_state(self.device)
+        self.writer.submit(state, self._write_state)
+
+    def _write_state(self, state: dict) -> None:
+        save_pt(self.job.state_path, state)
+        with atomic_path(Path(self.job.logs_dir) / f"{self.job.unit}.csv") as tmp:
+            pd.DataFrame(state["progress"]["history"]).to_csv(tmp, index=False)
+
+    def train_epoch(self) -> tuple[float, float]:
+        """One pass over the shuffled training part: (mean loss, accuracy %). One device sync per epoch."""
+        self.model.train()
+        order = self.tr[torch.randperm(len(self.tr), generator=self.shuffle).to(self.device)]
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        for i in range(0, len(order), self.t.batch_size):
+            idx = order[i : i + self.t.batch_size]
+            step = self._first_compiled_step if self.compile_pending else self._step
+            logits, loss = step(self.x[idx], self.y[idx])
+            loss_sum += loss * len(idx)
+            correct += (logits.argmax(1) == self.y[idx]).sum()
+        return float(loss_sum) / len(order), 100.0 * int(correct) / len(order)
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.forward(xb)
+        loss = F.cross_entropy(logits, yb, label_smoothing=self.t.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return logits.detach(), loss.detach()
+
+    def _first_compiled_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compilation happens on the first step; where it fails (no compiler, MPS, Windows), continue eagerly."""
+        before = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()), torch.get_rng_state())
+        self.compile_pending = False
+        try:
+            return self._step(xb, yb)
+        except Exception as err:  # noqa: BLE001 — any compiler failure means: train eagerly
+            warnings.warn(
+                f"{self.job.unit}: torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "training without compiling (--compile off avoids the attempt)",
+                stacklevel=2,
+            )
+            self.model.load_state_dict(before[0])
+            self.opt.load_state_dict(before[1])
+            torch.set_rng_state(before[2])
+            self.forward = self.model
+            self.use_blas(self.job.blas)
+            return self._step(xb, yb)
+
+    def _accuracy(self, idx: torch.Tensor) -> float:
+        return accuracy(self.model, self.x[idx], self.y[idx], device=str(self.device))
+
+    def run_epoch(self, progress: Progress) -> dict:
+        started = time.perf_counter()
+        loss, train_acc = self.train_epoch()
+        return self.record_epoch(progress, loss, train_acc, started)
+
+    def record_epoch(self, progress: Progress, loss: float, train_acc: float, started: float) -> dict:
+        """After an epoch's training (here or in a pack: `packed.train_pack`): evaluate, log, pick, stop."""
+        t = self.t
+        progress.epoch += 1
+        test_due = (
+            t.checkpoint == "best-test"
+            or progress.epoch == t.epochs
+            or (t.test_every > 0 and progress.epoch % t.test_every == 0)
+        )
+        row = {
+            "epoch": progress.epoch,
+            "loss": loss,
+            "train_acc": train_acc,
+            "val_acc": self._accuracy(self.va),
+            "test_acc": self._accuracy(self.te) if test_due else float("nan"),
+        }
+        progress.history.append(row)
+        if self.watch and row[self.watch] > progress.best_score:
+            progress.best, progress.best_epoch, progress.best_score = (
+                copy.deepcopy(self.model.state_dict()),
+                progress.epoch,
+                row[self.watch],
+            )
+        if len(self.va) and row["val_acc"] > progress.best_val:
+            progress.best_val, progress.stale = row["val_acc"], 0
+        else:
+            progress.stale += 1
+        progress.seconds += time.perf_counter() - started
+        progress.stopped = bool(t.patience > 0 and len(self.va) and progress.stale >= t.patience)
+        return row
+
+    def finish(self, progress: Progress, features: FeatureSet) -> FoldResult:
+        job, cfg = self.job, self.cfg
+        self.writer.close()  # the last epoch's state is on disk before the unit's file replaces it
+        chosen_epoch = progress.best_epoch if self.watch else len(progress.history)
+        if self.watch:
+            self.model.load_state_dict(progress.best)
+        probs, _ = infer(self.model, features.x[job.test], device=str(self.device))
+        predicted = probs.argmax(1)
+        metrics = scores(features.y[job.test], predicted)
+        save_unit(
+            job.final_path,
+            {
+                "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
+                "config": job.config,
+                "model_config": self.model.config.to_dict(),
+                "fold": job.fold,
+                "seed": job.seed,
+                "metrics": metrics,
+                "epoch": chosen_epoch,
+                "seconds": progress.seconds,
+                "checkpoint": self.t.checkpoint,
+                "optimistic": self.t.optimistic,
+                "test_index": list(job.test),
+                "confusion": confusion(features.y[job.test], predicted, cfg.dataset.classes).to_numpy().tolist(),
+                "test_stems": [str(s) for s in features.manifest.stem.iloc[job.test]],
+                "test_probs": torch.from_numpy(probs),
+                "history": progress.history,
+            },
+        )
+        job.state_path.unlink(missing_ok=True)
+        history = pd.DataFrame(progress.history)
+        title = f"{cfg.dataset.name} {job.unit} ({self.t.checkpoint})"
+        plot_history(history, Path(job.logs_dir) / f"{job.unit}.png", title, chosen_epoch)
+        return FoldResult(job.fold, job.seed, metrics, chosen_epoch, progress.seconds, list(job.test), probs, history)
+
+
+def train_fold(job: FoldJob, features: FeatureSet | None = None, report: Report | None = None) -> FoldResult:
+    """Train one unit: restore its state (if any) -> epochs, each saved -> evaluate the chosen weights, write them."""
+    cfg = Config.from_dict(job.config)
+    report = report or (lambda event: None)
+    event = {"key": job.key, "epochs": cfg.train.epochs, "pid": os.getpid()}
+    if job.final_path.exists():  # finished units are never redone
+        report({**event, "event": "done", "epoch": cfg.train.epochs})
+        return load_result(job.final_path)
+    features = features if features is not None else load_features(Path(job.mfcc_file), cfg.dataset.classes)
+    with on_device(job.device):
+        return _train(job, cfg, features, report, event)
+
+
+def _train(job: FoldJob, cfg: Config, features: FeatureSet, report: Report, event: dict) -> FoldResult:
+    trainer = FoldTrainer(job, cfg, features)
+    progress = trainer.restore()
+    report({**event, "event": "start", "epoch": progress.epoch})
+    try:
+        while progress.epoch < cfg.train.epochs and not progress.stopped:
+            row = trainer.run_epoch(progress)
+            trainer.save(progress)
+            report({**event, "event": "epoch", "epoch": progress.epoch, "row": row})
+        result = trainer.finish(progress, features)
+    finally:  # interrupted (Ctrl-C, an error): the last epoch's state still lands on disk
+        trainer.writer.close()
+    report({**event, "event": "done", "epoch": cfg.train.epochs})
+    return result
