@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from timnet import load_config
+from timnet.accel.accelerate import accelerate
 from timnet.accel.blas import limit_threads, measure
 from timnet.model.network import TIMNet, TIMNetConfig
 
@@ -79,9 +80,7 @@ def main() -> None:
 
     def gemm(blas, fuse=True):
         def levels(xb):
-            model.use_blas(blas)
-            for block in [*model.forward_blocks, *model.backward_blocks]:
-                block.fuse = fuse
+            accelerate(model, blas, kernel=fuse)
             return model.levels(xb)
 
         return levels

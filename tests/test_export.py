@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 from conftest import EMODB_16K, SHORT, WEIGHTS, needs_shared, pixels_of
+from torch import nn
 
 import timnet
 from timnet import load_config
@@ -125,16 +125,20 @@ def test_engines_agree_and_hub_ids_load_through_huggingface_hub(learned, monkeyp
 
 
 def test_export_never_writes_a_graph_that_disagrees_with_torch(learned, monkeypatch):
-    """A wrong formulation under export (here it looks ahead instead of behind) is caught by the check."""
-    import timnet.model.network
+    """A wrong graph (here BatchNorm dropped instead of folded into the conv before it) is caught by the check."""
+    import copy
+
+    import timnet.serving.onnx_export
 
     root, _, result, _ = learned
 
-    def looks_ahead(x, weight, bias, dilation):  # pads on the right: frame t sees t .. t + (k-1)*d
-        padded = F.pad(x.transpose(1, 2), (0, (weight.shape[-1] - 1) * dilation))
-        return F.conv1d(padded, weight, bias, dilation=dilation).transpose(1, 2)
+    def dropped(model):
+        wrong = copy.deepcopy(model).eval()
+        for block in [*wrong.forward_blocks, *wrong.backward_blocks]:
+            block.bn1, block.bn2 = nn.Identity(), nn.Identity()
+        return wrong
 
-    monkeypatch.setattr(timnet.model.network, "causal_conv_export", looks_ahead)
+    monkeypatch.setattr(timnet.serving.onnx_export, "fold_batchnorm", dropped)
     out = root / "wrong"
     with pytest.raises(TimnetError, match="disagrees with the torch model"):
         export_run(result.run_id, out, root / "Models")

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from conftest import SHORT, assert_same_units, train
 
 from timnet import load_config
+from timnet.accel.packed import PackedAdam, PackedTIMNet, resolve_pack
 from timnet.core.errors import TimnetError
 from timnet.model.network import TIMNet, TIMNetConfig
-from timnet.training.pack import PackedAdam, PackedTIMNet, resolve_pack
 
 # A bias just before a BatchNorm has no effect in training (the batch mean removes it) and a gradient of float
 # noise, which Adam scales to full steps of either sign: such biases (and the running means that absorb them)

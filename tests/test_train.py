@@ -265,11 +265,13 @@ def test_settings_live_in_the_toml_and_runs_of_earlier_versions_still_load():
 def test_recomputed_activations_train_to_the_same_bits(tmp_path, mfcc):
     """`train.recompute = on` keeps only block inputs for backward; dropout replays its RNG state, so the
     weights and numbers equal those of ordinary training exactly."""
-    from timnet.training.unit import should_recompute
+    from timnet.accel.recompute import should_recompute
 
     runs = {setting: train(tmp_path / setting, mfcc, folds=2, epochs=2, recompute=setting) for setting in ("off", "on")}
     assert_same_units(*(tmp_path / s / "Models" / runs[s].run_id for s in ("off", "on")))
     iemocap, emodb = load_config("IEMOCAP"), load_config("EMODB")
     assert should_recompute("auto", iemocap, 64) and not should_recompute("auto", emodb, 64)  # op by op
-    assert not should_recompute("auto", iemocap, 64, fused=True) and not should_recompute("auto", emodb, 64, fused=True)
-    assert should_recompute("on", emodb, 64, fused=True) and not should_recompute("off", iemocap, 64)
+    assert not should_recompute("auto", iemocap, 64, kernel=True) and not should_recompute(
+        "auto", emodb, 64, kernel=True
+    )
+    assert should_recompute("on", emodb, 64, kernel=True) and not should_recompute("off", iemocap, 64)

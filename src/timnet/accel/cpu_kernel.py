@@ -1,189 +1,44 @@
-"""A temporal-aware block's training pass on the CPU as 4 BLAS products and a few fused passes over memory.
+"""The CPU kernel: a temporal-aware block's training pass as 4 BLAS products (numpy's) and a few numba _loops().
 
-The unfused block runs ~14 elementwise passes forward and ~20 backward over [B, T, C] tensors that miss the cache
+The block op by op runs ~14 elementwise passes forward and ~20 backward over [B, T, C] tensors that miss the cache
 (conv bias, the older tap's add, BatchNorm's statistics and normalisation, ReLU, SpatialDropout, the gate, and their
 gradients), and saves 7 tensors for backward. Here each chain is one numba loop and the block saves 5 (x, y1, h1,
-y2, sigmoid): 1.4x faster per block and 1.28x per training epoch on a 2-core AMD EPYC (benchmarks/bench_model.py); a
-2-fold `timnet train` peaks at ~1.47 GB instead of ~1.88. Both taps of a kernel-2 conv are one product with 2C
-outputs, P = x @ [W1 | W0], then y[t] = P[t, :C] + P[t - d, C:] + b inside the loop; backward likewise. BatchNorm's
-sums are accumulated in float64. The block also returns its output's mean over time (its level's pooling,
-`model.TIMNet.levels`), whose gradient joins inside `gate_back`: no [B, T, C] sum of the two directions forward, no
-broadcast gradient added by autograd backward (~2 % of an epoch). Gradients equal the unfused block's and model's to
-float rounding (tests/test_model.py). The blocks work in channels padded with zeros to a multiple of 8 (`width`).
-Used by units that train with numpy's BLAS (`train.blas`), for training and for their per-epoch evaluation
-(`inference_block`); every other path (evaluation of saved models, export, torch's BLAS, accelerators) is unfused.
+y2, sigmoid). Both taps of a kernel-2 conv are one product with 2C outputs, P = x @ [W1 | W0], then
+y[t] = P[t, :C] + P[t - d, C:] + b inside the loop; backward likewise. BatchNorm's sums are accumulated in float64.
+The block also returns its output's mean over time (its level's pooling), whose gradient joins inside `gate_back`:
+no [B, T, C] sum of the two directions forward, no broadcast gradient added by autograd backward. The blocks work
+in channels padded with zeros to a multiple of 8 (`width`).
+
+It implements the reference `TemporalAwareBlock` exactly as written in `model/network.py` today, and nothing else:
+`block_declines` checks the structure and `accel.check` that it computes what the reference computes (gradients to
+float rounding, tests/test_model.py and tests/test_model_variants.py); otherwise `accelerate` does not use it.
+Speed: benchmarks/bench_model.py; results in benchmarks/results/.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
-from numba import njit
+from torch.nn import BatchNorm1d
 
-# numba's on-disk cache next to this file (or its user cache): compiled once per machine, not in every worker. No
-# fastmath: a NaN must come out of ReLU and its gradient as it does from torch's (a diverged batch shows as NaN).
-JIT = {"cache": True, "error_model": "numpy"}
-
-# helpers: numba loops over channels-last arrays, y/h/x/g: [B, T, C], P/Q/G: [B, T, 2C], masks [B, C]
+from ..model.network import CausalConv1d, SpatialDropout1d, TemporalAwareBlock
+from .gemm_conv import conv_declines
 
 
-@njit(**JIT)
-def conv_out_stats(P, bias, d, y, s1, s2):  # pragma: no cover (numba)
-    """y[t] = P[t, :C] + P[t - d, C:] + bias; per-channel sum and sum of squares of y (float64) into s1, s2."""
-    B, T, C = y.shape
-    for b in range(B):
-        for t in range(T):
-            yr, pr = y[b, t], P[b, t]
-            if t >= d:
-                pq = P[b, t - d]
-                for c in range(C):
-                    yr[c] = pr[c] + pq[C + c] + bias[c]
-            else:
-                for c in range(C):
-                    yr[c] = pr[c] + bias[c]
-            for c in range(C):
-                acc = np.float64(yr[c])
-                s1[c] += acc
-                s2[c] += acc * acc
+@functools.cache
+def _loops():
+    """The numba loops, imported the first time the kernel runs (numba takes a while to import)."""
+    from . import kernel_loops
 
-
-@njit(**JIT)
-def norm_relu_drop(y, scale, shift, mask, h):  # pragma: no cover (numba)
-    """h = dropout(relu(y * scale + shift)): BatchNorm as one affine map per channel, then ReLU and the mask."""
-    B, T, C = y.shape
-    zero = y.dtype.type(0)
-    for b in range(B):
-        m = mask[b]
-        for t in range(T):
-            yr, hr = y[b, t], h[b, t]
-            for c in range(C):
-                z = yr[c] * scale[c] + shift[c]
-                hr[c] = (zero if z <= zero else z) * m[c]  # ReLU as torch's: NaN stays NaN
-
-
-@njit(**JIT)
-def conv_norm_relu(P, d, scale, shift, h):  # pragma: no cover (numba)
-    """Inference: h[t] = relu((P[t, :C] + P[t - d, C:]) * scale + shift), with the conv's bias and BatchNorm's
-    running statistics folded into scale and shift."""
-    B, T, C = h.shape
-    zero = h.dtype.type(0)
-    for b in range(B):
-        for t in range(T):
-            hr, pr = h[b, t], P[b, t, :C]
-            if t >= d:
-                pq = P[b, t - d, C:]
-                for c in range(C):
-                    z = (pr[c] + pq[c]) * scale[c] + shift[c]
-                    hr[c] = zero if z <= zero else z
-            else:
-                for c in range(C):
-                    z = pr[c] * scale[c] + shift[c]
-                    hr[c] = zero if z <= zero else z
-
-
-@njit(**JIT)
-def gate(x, s, out, total):  # pragma: no cover (numba)
-    """out = x * s and its sum over time into total [B, C]: one pass instead of torch's product and mean."""
-    B, T, C = x.shape
-    for b in range(B):
-        tr = total[b]
-        for t in range(T):
-            xr, sr, outr = x[b, t], s[b, t], out[b, t]
-            for c in range(C):
-                v = xr[c] * sr[c]
-                outr[c] = v
-                tr[c] += v
-
-
-@njit(**JIT)
-def gate_back(g, gm, x, s, mask, y, scale, shift, mean, invstd, gx, gz, s1, s2):  # pragma: no cover (numba)
-    """Through out = x * s (s = sigmoid(h2)), whose gradient is g + gm (gm [B, C]: from its mean over time, the
-    level's pooling, broadcast over t): gx = g s, and to h2's pre-activation z2 = y2 * scale + shift:
-    gz = g x s (1 - s) mask where z2 > 0 (recomputed from y2); BatchNorm's sums of gz and gz * xhat."""
-    B, T, C = y.shape
-    zero, one = y.dtype.type(0), y.dtype.type(1)
-    for b in range(B):
-        m, gmr = mask[b], gm[b]
-        for t in range(T):
-            gr, xr, sr, yr, gxr, gzr = g[b, t], x[b, t], s[b, t], y[b, t], gx[b, t], gz[b, t]
-            for c in range(C):
-                sv, gv = sr[c], gr[c] + gmr[c]
-                gxr[c] = gv * sv
-                z = gv * xr[c] * sv * (one - sv) * m[c]
-                z = zero if yr[c] * scale[c] + shift[c] <= zero else z
-                gzr[c] = z
-                s1[c] += np.float64(z)
-                s2[c] += np.float64(z) * ((yr[c] - mean[c]) * invstd[c])
-
-
-@njit(**JIT)
-def conv_back_relu(Q, h, mask, y, mean, invstd, d, gz, s1, s2):  # pragma: no cover (numba)
-    """The conv's input gradient gh[t] = Q[t, :C] + Q[t + d, C:], through the dropout mask and ReLU (h > 0) of
-    the layer before; BatchNorm's sums of gz and gz * xhat of that layer."""
-    B, T, C = y.shape
-    zero = y.dtype.type(0)
-    for b in range(B):
-        m = mask[b]
-        for t in range(T):
-            qr, hr, gzr, yr = Q[b, t], h[b, t], gz[b, t], y[b, t]
-            if t + d < T:
-                qn = Q[b, t + d]
-                for c in range(C):
-                    v = (qr[c] + qn[C + c]) * m[c]
-                    gzr[c] = zero if hr[c] <= zero else v
-            else:
-                for c in range(C):
-                    v = qr[c] * m[c]
-                    gzr[c] = zero if hr[c] <= zero else v
-            for c in range(C):
-                acc = np.float64(gzr[c])
-                s1[c] += acc
-                s2[c] += acc * ((yr[c] - mean[c]) * invstd[c])
-
-
-@njit(**JIT)
-def norm_back(gz, y, mean, k, km1, a, d, G, sb):  # pragma: no cover (numba)
-    """BatchNorm's input gradient gy = k (gz - m1 - xhat m2) = k gz - k m1 - (y - mean) a, with a = k invstd m2,
-    into G[:, :, :C], and shifted d frames earlier into G[:, :, C:] (zeros past the end), so that G^T @ x gives
-    both taps' weight gradients in one product; gy's sum (the conv bias's gradient) into sb."""
-    B, T, C = y.shape
-    for b in range(B):
-        for t in range(T):
-            gzr, yr, gr = gz[b, t], y[b, t], G[b, t]
-            for c in range(C):
-                gr[c] = k[c] * gzr[c] - km1[c] - (yr[c] - mean[c]) * a[c]
-            for c in range(C):
-                sb[c] += np.float64(gr[c])
-            if t >= d:
-                earlier = G[b, t - d]
-                for c in range(C):
-                    earlier[C + c] = gr[c]
-        for t in range(max(T - d, 0), T):
-            earlier = G[b, t]
-            for c in range(C):
-                earlier[C + c] = 0
-
-
-@njit(**JIT)
-def add_conv_back(Q, d, gx):  # pragma: no cover (numba)
-    """gx[t] += Q[t, :C] + Q[t + d, C:]: the first conv's input gradient added to the gate's."""
-    B, T, C = gx.shape
-    for b in range(B):
-        for t in range(T):
-            gr, qr = gx[b, t], Q[b, t, :C]
-            if t + d < T:
-                qn = Q[b, t + d, C:]  # a slice, not qn[C + c]: 2x faster (numba checks a computed index's sign)
-                for c in range(C):
-                    gr[c] += qr[c] + qn[c]
-            else:
-                for c in range(C):
-                    gr[c] += qr[c]
+    return kernel_loops
 
 
 def width(channels: int) -> int:
-    """The channels a fused block works in: padded with zero channels to a multiple of 8 (TIM-Net's 39 -> 40).
-    OpenBLAS runs the weight-gradient product 1.2x faster with 40 rows than with 39 (0.97 vs 1.25 ms on a 2-core
-    AMD EPYC), and the loops' rows are whole AVX2 vectors. The padded channels stay exactly zero: their weights,
+    """The channels a fused block works in: padded with zero channels to a multiple of 8 (TIM-Net's 39 -> 40):
+    OpenBLAS runs the weight-gradient product faster with 40 rows than with 39, and the loops' rows are whole
+    vectors. The padded channels stay exactly zero: their weights,
     biases and BatchNorm scales are zero, and nothing reads them but this module."""
     return -(-channels // 8) * 8
 
@@ -217,7 +72,7 @@ def _gated(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """(out = x * s, its mean over time [B, W]) in one loop (`gate`); out in torch's memory, as x * s was."""
     B, T, W = x.shape
     out, total = torch.empty_like(x), np.zeros((B, W), x.numpy().dtype)
-    gate(x.numpy(), s.numpy(), out.numpy(), total)
+    _loops().gate(x.numpy(), s.numpy(), out.numpy(), total)
     return out, torch.from_numpy(total / T)
 
 
@@ -229,14 +84,14 @@ def _forward_layer(inp: np.ndarray, taps, bias, gamma, beta, mask, d: int, eps: 
     P = _product(inp, taps)
     y = np.empty_like(inp)
     s1, s2 = np.zeros(W), np.zeros(W)
-    conv_out_stats(P, bias, d, y, s1, s2)
+    _loops().conv_out_stats(P, bias, d, y, s1, s2)
     mean = s1 / (B * T)
     var = np.maximum(s2 / (B * T) - mean * mean, 0)  # biased, as BatchNorm normalises
     invstd = 1 / np.sqrt(var + eps)
     scale = (gamma * invstd).astype(dt)
     shift = (beta - mean * scale).astype(dt)
     h = np.empty_like(inp)
-    norm_relu_drop(y, scale, shift, mask, h)
+    _loops().norm_relu_drop(y, scale, shift, mask, h)
     return y, h, (mean, var, invstd, scale, shift)
 
 
@@ -249,11 +104,13 @@ def _backward_layer(gz, s1, s2, y, stats, gamma, weight, inp, d: int):
     mean, _, invstd, _, _ = stats
     G, sb = np.empty((B, T, 2 * W), dt), np.zeros(W)
     k = gamma * invstd
-    norm_back(gz, y, mean.astype(dt), k.astype(dt), (k * s1 / N).astype(dt), (k * invstd * s2 / N).astype(dt), d, G, sb)
+    _loops().norm_back(
+        gz, y, mean.astype(dt), k.astype(dt), (k * s1 / N).astype(dt), (k * invstd * s2 / N).astype(dt), d, G, sb
+    )
     G = G.reshape(N, 2 * W)
     Q = np.empty((B, T, 2 * W), dt)
     np.matmul(G[:, :W], _taps(weight, W, forward=False), out=Q.reshape(N, 2 * W))
-    # x^T @ G, not G^T @ x: OpenBLAS runs this K = B*T product 1.2x faster that way round (1.65 vs 1.99 ms)
+    # x^T @ G, not G^T @ x: OpenBLAS runs this K = B*T product faster that way round
     R = np.matmul(inp.reshape(N, W).T, G)  # [W_in, 2 W_out]: current tap, then the older one
     grad_weight = torch.from_numpy(np.stack([R[:C, W : W + C].T, R[:C, :C].T], axis=-1))  # [C_out, C_in, 2]
     as_tensor = lambda a: torch.from_numpy(a[:C].astype(dt))  # noqa: E731
@@ -277,7 +134,7 @@ class FusedBlock(torch.autograd.Function):
         y1, h1, stats1 = _forward_layer(xn, _taps(w1, W, True), _padded(b1, W), *p1, m1, dilation, eps)
         y2, h2, stats2 = _forward_layer(h1, _taps(w2, W, True), _padded(b2, W), *p2, m2, dilation, eps)
         s = torch.from_numpy(h2).sigmoid_()  # h2 is not kept: backward finds ReLU's mask from y2
-        # Through autograd, not as ctx attributes: activation checkpointing (`train.recompute`) then frees them
+        # Through autograd, not as ctx attributes: activation checkpointing (`accel.recompute`) then frees them
         # after forward, autograd frees them after backward, and it notices an in-place change of x.
         activations = (x, *map(torch.from_numpy, (y1, h1, y2)), s)
         ctx.save_for_backward(*activations, mask1, mask2, w1, w2)
@@ -300,55 +157,68 @@ class FusedBlock(torch.autograd.Function):
         gx, gz = np.empty_like(xn), np.empty_like(xn)
         s1, s2 = np.zeros(W), np.zeros(W)
         mean2, _, invstd2, scale2, shift2 = stats2
-        gate_back(g, gm, xn, s, m2, y2, scale2, shift2, mean2.astype(dt), invstd2.astype(dt), gx, gz, s1, s2)
+        _loops().gate_back(g, gm, xn, s, m2, y2, scale2, shift2, mean2.astype(dt), invstd2.astype(dt), gx, gz, s1, s2)
         Q2, gw2, gb2, gg2, gbeta2 = _backward_layer(gz, s1, s2, y2, stats2, g2, w2, h1, d)
         s1, s2 = np.zeros(W), np.zeros(W)
-        conv_back_relu(Q2, h1, m1, y1, stats1[0].astype(dt), stats1[2].astype(dt), d, gz, s1, s2)
+        _loops().conv_back_relu(Q2, h1, m1, y1, stats1[0].astype(dt), stats1[2].astype(dt), d, gz, s1, s2)
         Q1, gw1, gb1, gg1, gbeta1 = _backward_layer(gz, s1, s2, y1, stats1, g1, w1, xn, d)
-        add_conv_back(Q1, d, gx)
+        _loops().add_conv_back(Q1, d, gx)
         return torch.from_numpy(gx), gw1, gb1, gg1, gbeta1, gw2, gb2, gg2, gbeta2, None, None, None, None
 
 
-# the block's entry points (model.TemporalAwareBlock)
+# the block's entry points (`accelerate` puts them in place of `TemporalAwareBlock.forward`)
+
+PARAMETERS = {f"{layer}.{p}" for layer in ("conv1", "bn1", "conv2", "bn2") for p in ("weight", "bias")}
 
 
-def _fits(block: torch.nn.Module, x: torch.Tensor) -> bool:
-    """What both fused passes need: TIM-Net's block (two kernel-2 convs with biases and one dilation, each followed
-    by an affine BatchNorm with running statistics) on CPU float32/float64 tensors of the parameters' dtype with C
-    or `width(C)` channels."""
+def block_declines(block: torch.nn.Module) -> str | None:
+    """Why this kernel cannot run `block`, or None: it implements exactly the reference `TemporalAwareBlock` (two
+    kernel-2 causal convs with biases and one dilation, each followed by an affine BatchNorm with running
+    statistics, one SpatialDropout, the gate) and nothing else. What the block's code does is checked apart, by
+    running both (`accel.check`)."""
+    if type(block) is not TemporalAwareBlock:
+        return f"{type(block).__name__} is not the reference TemporalAwareBlock"
+    names = {n for n, _ in block.named_parameters()}
+    if names != PARAMETERS:
+        return f"the block's parameters differ from the reference's ({', '.join(sorted(names ^ PARAMETERS))})"
+    layers = dict(block.named_children())
+    expected = {"conv1": CausalConv1d, "bn1": BatchNorm1d, "conv2": CausalConv1d, "bn2": BatchNorm1d}
+    if layers.keys() != {*expected, "drop"} or type(block.drop) is not SpatialDropout1d:
+        return "the block's layers differ from the reference's"
+    if any(conv_declines(layers[n]) if k is CausalConv1d else type(layers[n]) is not k for n, k in expected.items()):
+        return "the block's layers differ from the reference's"
     convs, norms = (block.conv1, block.conv2), (block.bn1, block.bn2)
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and x.shape[-1] in (block.conv1.in_channels, width(block.conv1.in_channels))
-        and all(c.kernel_size[0] == 2 and c.bias is not None and c.weight.dtype == x.dtype for c in convs)
-        and block.conv1.dilation == block.conv2.dilation
-        and all(isinstance(bn, torch.nn.BatchNorm1d) and bn.affine and bn.track_running_stats for bn in norms)
-    )
+    if any(c.kernel_size != (2,) or c.in_channels != c.out_channels for c in convs):
+        return f"kernel size {block.conv1.kernel_size[0]}: the kernel implements kernel 2"
+    if block.conv1.dilation != block.conv2.dilation:
+        return "the block's two convs have different dilations"
+    if not all(bn.affine and bn.track_running_stats and bn.momentum is not None for bn in norms) or (
+        (block.bn1.eps, block.bn1.momentum) != (block.bn2.eps, block.bn2.momentum)
+    ):
+        return "a BatchNorm without affine parameters, running statistics or one eps and momentum"
+    return None
 
 
-def supports(block: torch.nn.Module, x: torch.Tensor) -> bool:
-    """The training pass: BatchNorm in training with one eps and momentum, more than one value per channel (else
-    torch's own error)."""
-    norms = (block.bn1, block.bn2)
-    return (
-        _fits(block, x)
-        and x.shape[0] * x.shape[1] > 1
-        and all(bn.training and bn.momentum is not None for bn in norms)
-        and (block.bn1.eps, block.bn1.momentum) == (block.bn2.eps, block.bn2.momentum)
-    )
-
-
-def pass_for(block: torch.nn.Module, x: torch.Tensor):
-    """The fused pass that runs `block` on x (`fused_block` in training, `inference_block` in evaluation without
-    autograd), or None: the block runs op by op."""
+def runs_on(block: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether this input suits the kernel (else the block runs as defined): CPU float32/float64 of the parameters'
+    dtype with C or `width(C)` channels; in training more than one value per channel (else torch's own error), in
+    evaluation no autograd."""
+    C = block.conv1.in_channels
+    if x.device.type != "cpu" or x.dtype != block.conv1.weight.dtype or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if x.shape[-1] not in (C, width(C)):
+        return False
     if block.training:
-        return fused_block if supports(block, x) else None
-    evaluating = not torch.is_grad_enabled() and not any(bn.training for bn in (block.bn1, block.bn2))
-    return inference_block if evaluating and _fits(block, x) else None
+        return x.shape[0] * x.shape[1] > 1 and block.bn1.training and block.bn2.training
+    return not torch.is_grad_enabled() and not (block.bn1.training or block.bn2.training)
 
 
-def _unpadded(block: torch.nn.Module, x: torch.Tensor) -> tuple[int, int, bool, torch.Tensor]:
+def run(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(block(x), its mean over time): `fused_block` in training, `inference_block` in evaluation."""
+    return fused_block(block, x) if block.training else inference_block(block, x)
+
+
+def _to_width(block: torch.nn.Module, x: torch.Tensor) -> tuple[int, int, bool, torch.Tensor]:
     """(C, W, whether x came with C channels != W, x with W channels)."""
     C, W = block.conv1.in_channels, width(block.conv1.in_channels)
     unpadded = x.shape[-1] == C != W
@@ -358,10 +228,10 @@ def _unpadded(block: torch.nn.Module, x: torch.Tensor) -> tuple[int, int, bool, 
 def fused_block(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(block(x), its mean over time) in training mode (a `model.TemporalAwareBlock`): the same dropout draws from
     torch's generator, in the same order, and the same running-statistics update as the unfused block. x with
-    `width(C)` channels (`model.TIMNet.levels` pads once for all levels) gives them back so; x with C channels is
-    padded here and C channels come back."""
+    `width(C)` channels (`fast_model.KernelTIMNet` pads once for all levels) gives them back so; x with C channels
+    is padded here and C channels come back."""
     B = x.shape[0]
-    C, W, unpadded, x = _unpadded(block, x)
+    C, W, unpadded, x = _to_width(block, x)
 
     def mask() -> torch.Tensor:  # SpatialDropout1d's keep mask for the C real channels, [B, W]
         keep = block.drop.keep(x[..., :C]).view(B, C) if block.drop.p else torch.ones(B, C, dtype=x.dtype)
@@ -385,9 +255,8 @@ def fused_block(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
 def inference_block(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(block(x), its mean over time) in evaluation: per conv one product and one loop (its bias and BatchNorm's
     running statistics folded into one scale and shift, ReLU), then torch's sigmoid and one loop for the gate and
-    the mean: 45 vs 65 ms for 48 EMO-DB utterances (1 thread), the per-epoch validation of CPU training. Padding as
-    `fused_block`."""
-    C, W, unpadded, x = _unpadded(block, x)
+    the mean (the per-epoch validation of CPU training). Padding as `fused_block`."""
+    C, W, unpadded, x = _to_width(block, x)
     x = x.contiguous()
     h = x.numpy()
     for conv, bn in ((block.conv1, block.bn1), (block.conv2, block.bn2)):
@@ -395,6 +264,6 @@ def inference_block(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tens
         shift = bn.bias - bn.running_mean * scale + conv.bias * scale
         P = _product(h, _taps(conv.weight, W, True))
         h = np.empty_like(h)
-        conv_norm_relu(P, conv.dilation[0], _padded(scale, W), _padded(shift, W), h)
+        _loops().conv_norm_relu(P, conv.dilation[0], _padded(scale, W), _padded(shift, W), h)
     out, pooled = _gated(x, torch.from_numpy(h).sigmoid_())
     return (out[..., :C], pooled[:, :C]) if unpadded else (out, pooled)

@@ -141,11 +141,12 @@ class TrainSettings:
     pack: str
     capture: str
     blas: str
+    kernel: str = "auto"  # the CPU kernel (accel.cpu_kernel): auto = where the unit's products use numpy's BLAS
     seeds: list[int] = field(default_factory=list)  # extra training seeds; none = the KFold seed
 
     PROTOCOLS = ("random", "speaker")
     CHECKPOINTS = ("last", "best-val", "best-test")
-    SWITCHES = ("auto", "on", "off")  # compile, recompute, capture
+    SWITCHES = ("auto", "on", "off")  # compile, recompute, capture, kernel
     BLAS = ("auto", "torch", "numpy")
 
     def __post_init__(self) -> None:
@@ -161,6 +162,7 @@ class TrainSettings:
         check_choice("train.recompute", self.recompute, self.SWITCHES)
         check_choice("train.capture", self.capture, self.SWITCHES)
         check_choice("train.blas", self.blas, self.BLAS)
+        check_choice("train.kernel", self.kernel, self.SWITCHES)
         if not (self.pack == "auto" or (isinstance(self.pack, str) and self.pack.isdigit() and int(self.pack) >= 1)):
             raise invalid("train.pack", "auto or a whole number ≥ 1", self.pack)
         check_range("train.folds", self.folds, 2, integer=True)

@@ -7,6 +7,7 @@ torch model by more than `ONNX_TOLERANCE` is never written (and so neither is it
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -15,11 +16,27 @@ import torch
 from torch import nn
 
 from ..core.errors import TimnetError
-from ..model.network import TIMNet, fold_batchnorm
+from ..model.network import TIMNet
 from .model_folder import ONNX_DIR, ONNX_INPUT, ONNX_OUTPUTS
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-5  # max |torch - onnx| over probabilities, and over embeddings relative to their scale
+
+
+@torch.no_grad()
+def fold_batchnorm(model: TIMNet) -> TIMNet:
+    """An inference copy with every BatchNorm folded into the conv before it (eval-mode BN is affine):
+    W' = W * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta. Fewer operations in an ONNX graph
+    (~1.1x faster in onnxruntime here); equal to the model to float rounding (checked at export)."""
+    folded = copy.deepcopy(model).eval()  # nn.Identity in BatchNorm's place: `batch_norm` then passes h through
+    for block in [*folded.forward_blocks, *folded.backward_blocks]:
+        for conv, name in ((block.conv1, "bn1"), (block.conv2, "bn2")):
+            bn = getattr(block, name)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [C_out]
+            conv.weight.mul_(scale[:, None, None])
+            conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+            setattr(block, name, nn.Identity())
+    return folded
 
 
 class InferenceGraph(nn.Module):

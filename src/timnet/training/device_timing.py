@@ -28,13 +28,13 @@ import torch.nn.functional as F
 
 from ..accel.blas import limit_threads, resolve_blas
 from ..accel.capture import CapturedSteps, resolve_capture
+from ..accel.packed import PackedAdam, PackedTIMNet, packed_step
 from ..core.atomic import write_json
 from ..core.config import Config
 from ..core.devices import available_cores, cache_root, read_cache
 from ..model.network import TIMNet, TIMNetConfig
-from .pack import PackedAdam, PackedTIMNet, packed_step
 from .pool import plan_workers
-from .unit import set_unit_blas, unit_adam
+from .unit import accelerate_unit, unit_adam
 
 PAPER = {"folds": 10, "epochs": 500}
 WARMUP_STEPS = 2
@@ -87,11 +87,11 @@ def sync(device: torch.device) -> None:
 
 def train_step(cfg: Config, device: torch.device, pack: int, capture: bool) -> Callable[[], None]:
     """One training step of `pack` units on random batches of cfg's shape, as `timnet train` steps them: 1 = one
-    unit as `fold.FoldTrainer` steps it (recomputing where `train.recompute` says); more = packed
+    unit as `unit.FoldTrainer` steps it (recomputing where `train.recompute` says); more = packed
     (`packed.packed_step`), with `capture` recorded as a CUDA graph (`capture.CapturedSteps`)."""
     t, arch = cfg.train, TIMNetConfig.from_config(cfg)
     models = [TIMNet(arch).to(device).train() for _ in range(pack)]
-    set_unit_blas(models[0], resolve_blas(t.blas, str(device)), cfg)  # as an uncompiled unit alone trains there
+    accelerate_unit(models[0], resolve_blas(t.blas, str(device)), cfg)  # as an uncompiled unit alone trains there
     opts = [unit_adam(m, t, device) for m in models]
     shape = (t.batch_size, cfg.features.frames, cfg.features.n_mfcc)
     x = torch.randn(pack, *shape, device=device)

@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..accel.accelerate import FastPathDeclined
 from ..accel.blas import resolve_blas
 from ..accel.capture import resolve_capture
-from ..core.config import Config
+from ..accel.packed import pack_declines, resolve_pack
+from ..core.config import Config, TIMNetConfig
 from ..core.devices import pick_device
 from ..core.errors import TimnetError
 from ..core.locks import sole_writer
@@ -42,9 +44,9 @@ from ..data.corpora import canonical_stems, corpus_caveat
 from ..data.feature_cache import share_features, without_samples
 from ..data.features import FeatureSet, load_features
 from ..data.splits import make_folds, validation_split
+from ..model.network import TIMNet
 from .cluster import cluster_has_gpus, run_units_on_ray
 from .device_timing import auto_device
-from .pack import resolve_pack
 from .pool import plan_workers, run_units
 from .runs import FoldResult, Roots, RunPaths, create_run, new_run_id, open_run, unit_name
 from .unit import FoldJob, should_compile
@@ -136,6 +138,13 @@ def prepare_run(
     return PreparedRun(cfg, paths, features, selected)
 
 
+def packable(cfg: Config, device: str) -> str | None:
+    """Why the units of cfg's model cannot be packed on `device` (`packed.pack_declines`), or None."""
+    with torch.random.fork_rng(devices=[]):  # building a model draws its initial weights
+        model = TIMNet(TIMNetConfig.from_config(cfg)).to(device)
+    return pack_declines(model, torch.device(device))
+
+
 def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> list[list[FoldJob]]:
     """Each run's `pending` units in packs of `train.pack` (`packed.resolve_pack`: auto = all of a run's units on
     a GPU or MPS, one on CPU), a pack's units on one device (with several GPUs: one pack per GPU), its finished
@@ -148,8 +157,12 @@ def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> 
             if job.key in keys:
                 on_device.setdefault(job.device, []).append(job)
         per_device = []
-        for todo in on_device.values():
+        for where, todo in on_device.items():
             size = resolve_pack(run.cfg.train.pack, device, len(todo))
+            if size > 1 and (reason := packable(run.cfg, where)):
+                line = f"timnet: packed units step aside: {reason}; each unit trains alone"
+                warnings.warn(line, FastPathDeclined, stacklevel=2)
+                size = 1
             per_device.append([todo[i : i + size] for i in range(0, len(todo), size)])
         packs += [pack for turn in itertools.zip_longest(*per_device) for pack in turn if pack]  # GPUs take turns
     return packs

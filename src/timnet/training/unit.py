@@ -30,8 +30,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..accel.accelerate import Acceleration, accelerate
 from ..accel.allocator import keep_freed_memory
 from ..accel.blas import limit_threads, unit_blas
+from ..accel.recompute import should_recompute
 from ..core.atomic import atomic_path
 from ..core.config import Config, TrainSettings
 from ..core.devices import device_rng_state, on_device, set_device_rng_state
@@ -55,14 +57,6 @@ from .state_writer import StateWriter
 # 2-core AMD EPYC (AVX2, 2026-12-03; `timnet train`, 2 workers, 2 folds x 10 and 40 epochs, two interleaved
 # rounds) eager training with numpy's BLAS took 1.075-1.113 s per fold-epoch, compiled training 1.275-1.295 s.
 COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
-# `train.recompute = "auto"` keeps only each block's input for backward (recomputing the rest) when a batch's
-# saved activations would exceed this. Op by op (GPUs; one unit on 2+ CPU threads) IEMOCAP (606 frames, 10 levels:
-# ~1.1 GB) yes; EMO-DB (188 frames, 8 levels: ~0.27 GB) and SAVEE (254: ~0.37 GB) no. Through `fused` (a CPU unit on
-# one thread: pool workers) IEMOCAP saves ~0.6 GB and is not recomputed: measured on the 2-core EPYC, 2026-12-04,
-# recomputing cost 1.34x per step (one process, 1 thread, 3 interleaved rounds) and saved only 0.16-0.28 GB of a
-# 2-worker run's peak (3.02-3.14 vs 3.30 GB PSS, `--folds 2 --epochs 2`).
-RECOMPUTE_ABOVE_BYTES = 1e9
-
 # A progress event: {"key", "event": "start" | "epoch" | "done", "epoch", "epochs", "pid", and for "epoch" the
 # history row}. Executors turn them into one progress bar (`progress.ProgressView`); `None` reports nothing.
 Report = Callable[[dict], None]
@@ -71,24 +65,15 @@ Report = Callable[[dict], None]
 # helpers
 
 
-def should_recompute(setting: str, cfg: Config, batch_size: int, fused: bool = False) -> bool:
-    """`on`, `off`, or `auto`: recompute block activations in backward where a batch's saved activations would
-    pass RECOMPUTE_ABOVE_BYTES: per block about 9 tensors of [B, T, C] floats op by op, 5 through `fused` (`fused`:
-    the unit's products use numpy's BLAS, so its blocks train fused); 2 x levels blocks."""
-    if setting == "auto":
-        per_block = (5 if fused else 9) * batch_size * cfg.features.frames * cfg.model.filters * 4
-        return per_block * 2 * cfg.model.levels > RECOMPUTE_ABOVE_BYTES
-    return setting == "on"
-
-
-def set_unit_blas(model: TIMNet, blas: str, cfg: Config) -> str:
-    """Run the unit's products through `blas` where this process allows it (`blas.unit_blas`), and decide
-    recomputation for that path: with numpy's BLAS the blocks train through `fused`, which saves less for backward.
-    Returns the BLAS used."""
+def accelerate_unit(model: TIMNet, blas: str, cfg: Config) -> tuple[str, Acceleration]:
+    """The unit's fast paths (`accel.accelerate`): its products through `blas` where this process allows it
+    (`blas.unit_blas`: numpy's on one thread), the CPU kernel where `train.kernel` says (auto: with numpy's BLAS),
+    recomputation where `train.recompute` says for the path that runs. Returns (the BLAS, what runs)."""
     blas = unit_blas(blas)
-    model.use_blas(blas)
-    model.recompute = should_recompute(cfg.train.recompute, cfg, cfg.train.batch_size, fused=blas == "numpy")
-    return blas
+    t = cfg.train
+    kernel = t.kernel == "on" or (t.kernel == "auto" and blas == "numpy")
+    recompute = lambda kernel: should_recompute(t.recompute, cfg, t.batch_size, kernel=kernel)  # noqa: E731
+    return blas, accelerate(model, blas=blas, kernel=kernel, recompute=recompute)
 
 
 def should_compile(setting: str, epochs: int, device: str, units: int = 1, blas: str = "torch") -> bool:
@@ -201,7 +186,7 @@ class FoldTrainer:
         self.writer = StateWriter()
 
     def use_blas(self, blas: str) -> None:
-        self.blas = set_unit_blas(self.model, blas, self.cfg)  # numpy's only for a unit on one thread
+        self.blas, self.acceleration = accelerate_unit(self.model, blas, self.cfg)
 
     def restore(self) -> Progress:
         if not self.job.state_path.exists():

@@ -1,0 +1,149 @@
+"""A fast path earns its place by computing what the reference computes, for the model at hand.
+
+`difference(reference, fast)` runs a float64 copy of both (float32 where the device has no float64) on a few short
+random utterances, from the same RNG state (so dropout drops the same channels): one training pass with its
+backward, the running statistics it leaves, then an evaluation without autograd. It returns the largest relative
+difference between the logits, every parameter's gradient (a parameter the fast path leaves without a gradient
+counts as infinitely different), the buffers, and the evaluation's logits. Rounding gives ~1e-15; a changed layer
+gives ~1e-5 or more. Results are kept for the models' code and structure (`signature`): per process, and on disk
+(`cache_file`) under the source files' hashes, so each worker process does not run the same check again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import inspect
+import math
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.atomic import write_json
+from ..core.devices import cache_root, read_cache
+
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+SHAPE = (4, 24)  # utterances, frames: longer than the first dilations, shorter than the last (both cases run)
+_known: dict = {}
+
+
+def signature(model: nn.Module, *extra) -> tuple:
+    """What the answer depends on: every layer's class, its code (forward, levels) and settings, and the parameters'
+    names and shapes (a changed method is a new function object, so a new signature)."""
+    layers = tuple(
+        (name, type(m), getattr(type(m), "forward", None), getattr(type(m), "levels", None), m.extra_repr())
+        for name, m in model.named_modules()
+    )
+    return layers, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()), extra
+
+
+def cache_file() -> Path:
+    return cache_root() / "fast_paths.json"
+
+
+_file_hashes: dict[str, str] = {}
+
+
+def _source(obj) -> str:
+    """Where `obj` (a class or function) is written: module, name and the SHA-256 of its module's file."""
+    if obj is None:
+        return "-"
+    path = getattr(sys.modules.get(obj.__module__), "__file__", None) or "?"
+    if path not in _file_hashes:
+        _file_hashes[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else path
+    return f"{obj.__module__}.{obj.__qualname__}@{_file_hashes[path][:16]}"
+
+
+def stable_key(sig: tuple) -> str:
+    """`signature` in terms that hold across processes (the code's files, not its objects), and the libraries."""
+    layers, params, extra = sig
+    parts = [(name, *map(_source, (cls, forward, levels)), rep) for name, cls, forward, levels, rep in layers]
+    text = repr((parts, params, extra, torch.__version__, np.__version__, inspect.getsourcefile(passes)))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def float_type(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+@contextlib.contextmanager
+def seeded(device: torch.device, seed: int = 0):
+    """torch's RNG seeded for a check, and restored after it (training's own draws are left as they were)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        torch.manual_seed(seed)
+        yield
+
+
+def loss_weights(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[K]: the check's loss is sum(logits * weights), which reaches every class's logit differently."""
+    return torch.linspace(-1, 1, model.config.n_classes, dtype=x.dtype, device=x.device)
+
+
+def passes(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor | None]:
+    """[training logits, each parameter's gradient, each buffer after it, evaluation logits] of `model` on x, the
+    training pass from a seeded RNG."""
+    model.train()
+    with seeded(x.device):
+        logits = model(x)
+        (logits * loss_weights(model, x)).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    buffers = [b.detach().clone() for b in model.buffers()]
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(x)
+    return [logits.detach(), *grads, *buffers, evaluated]
+
+
+def largest_difference(expected: list, got: list) -> float:
+    """max over tensors of max |a - b| / max(max |a|, 1e-3); inf where one is missing or shapes differ."""
+    worst = 0.0
+    for a, b in zip(expected, got, strict=True):
+        if a is None and b is None:
+            continue
+        if a is None or b is None or a.shape != b.shape:
+            return math.inf
+        scale = max(a.abs().max().item(), 1e-3) if a.numel() else 1.0
+        diff = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+        worst = max(worst, math.inf if math.isnan(diff) else diff / scale)
+    return worst
+
+
+def probe(model: nn.Module, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
+    """A float64 (or float32) copy of `model` on `device`, and random MFCCs [B, T, F] for it."""
+    dtype = float_type(device)
+    clone = copy.deepcopy(model).to(device=device, dtype=dtype)
+    draw = torch.Generator().manual_seed(1)
+    x = torch.randn(*SHAPE, model.config.n_mfcc, generator=draw, dtype=torch.float64).to(device=device, dtype=dtype)
+    return clone, x
+
+
+def in_place(make_fast: Callable[[nn.Module], object]) -> Callable:
+    """The `passes` of a copy made fast in place by `make_fast(copy)`."""
+    return lambda model, x: (make_fast(model), passes(model, x))[1]
+
+
+def difference(model: nn.Module, fast: Callable, device: torch.device, key=()) -> float:
+    """How far `fast(copy, x)` (the `passes` list of a fast path run on a copy of `model`) is from the reference
+    `model`'s `passes`: `largest_difference`, cached per (`signature`, key)."""
+    sig = signature(model, device.type, *key)
+    if sig in _known:
+        return _known[sig]
+    stable = stable_key(sig)
+    if stable not in (saved := read_cache(cache_file())):
+        reference, x = probe(model, device)
+        saved[stable] = largest_difference(passes(reference, x), fast(probe(model, device)[0], x))
+        try:  # with what other processes wrote meanwhile
+            write_json(cache_file(), {**read_cache(cache_file()), stable: saved[stable]})
+        except OSError:  # a read-only home: checked again next time
+            pass
+    _known[sig] = saved[stable]
+    return _known[sig]
+
+
+def equal(diff: float, device: torch.device) -> bool:
+    return diff <= TOLERANCE[float_type(device)]

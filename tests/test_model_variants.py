@@ -1,0 +1,192 @@
+"""A researcher changes the model: every fast path trains the changed model exactly, or steps aside out loud.
+
+Variants of the temporal-aware block, as a researcher would write them (a subclass, or `model/network.py` edited in
+place, which keeps the class and changes its code): an extra layer with parameters, GELU instead of ReLU, kernel
+size 3, no gate. Each trains a few Adam steps in float64 through every path this machine has (the CPU kernel,
+torch's and numpy's products, recomputation, packed units; captured steps where CUDA is) and through the reference
+model alone. Each path either ends on the reference's weights (to rounding) or declines with its one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import model_config
+from torch import nn
+
+from timnet.accel.accelerate import FastPathDeclined, accelerate
+from timnet.accel.packed import PackedAdam, PackedTIMNet, pack_declines
+from timnet.model import network
+from timnet.model.network import TemporalAwareBlock, TIMNet, batch_norm
+
+STEPS = 3
+TOLERANCE = dict(rtol=1e-8, atol=1e-10)
+
+
+class ExtraLayer(TemporalAwareBlock):
+    """One more layer with parameters: a 1x1 mixing of the gated output."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.mix = nn.Linear(self.conv1.in_channels, self.conv1.in_channels)
+
+    def forward(self, x):
+        return self.mix(super().forward(x))
+
+
+class NoGate(TemporalAwareBlock):
+    """The paper's ablation without the temporal-aware gate: the block's output is h itself."""
+
+    def forward(self, x):
+        h = self.drop(F.relu(batch_norm(self.bn1, self.conv1(x))))
+        return self.drop(F.relu(batch_norm(self.bn2, self.conv2(h))))
+
+
+def gelu_forward(self, x):
+    """TemporalAwareBlock.forward with GELU instead of ReLU: what `model/network.py` says after a one-word edit."""
+    h = self.drop(F.gelu(batch_norm(self.bn1, self.conv1(x))))
+    h = self.drop(F.gelu(batch_norm(self.bn2, self.conv2(h))))
+    return x * torch.sigmoid(h)
+
+
+def build(variant: str) -> TIMNet:
+    """A small float64 TIM-Net (3 levels) with `variant` blocks."""
+    torch.manual_seed(0)
+    model = TIMNet(model_config(n_classes=4, levels=3, kernel_size=3 if variant == "kernel 3" else 2))
+    kind = {"extra layer": ExtraLayer, "no gate": NoGate}.get(variant)
+    if kind:
+        c = model.config
+        for name in ("forward_blocks", "backward_blocks"):
+            blocks = [kind(c.filters, c.kernel_size, 2**i, c.dropout) for i in range(c.levels)]
+            setattr(model, name, nn.ModuleList(blocks))
+    return model.double()
+
+
+@pytest.fixture(params=["reference", "extra layer", "gelu (edited in place)", "kernel 3", "no gate"])
+def variant(request, monkeypatch):
+    if request.param.startswith("gelu"):
+        monkeypatch.setattr(network.TemporalAwareBlock, "forward", gelu_forward)
+    return request.param
+
+
+def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    draw = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 4, (STEPS, 6), generator=draw)
+    return [(torch.randn(6, 30, 39, generator=draw, dtype=torch.float64) + yb[:, None, None], yb) for yb in y]
+
+
+def trained(model: TIMNet, logits: list[torch.Tensor]) -> list[torch.Tensor]:
+    """What a path's training is compared on: the logits of every step, and the weights after the last, except the
+    block convs' biases (BatchNorm takes the mean out right after them: their gradient is rounding noise, which
+    Adam's normalised step turns into steps of lr either way)."""
+    kept = [
+        p.detach().clone()
+        for n, p in model.named_parameters()
+        if not ("blocks." in n and ".conv" in n and n.endswith(".bias"))
+    ]
+    return [*logits, *kept]
+
+
+def train_alone(model: TIMNet) -> list[torch.Tensor]:
+    """STEPS Adam steps (dropout from torch's RNG, seeded)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, foreach=False)
+    torch.manual_seed(1)
+    model.train()
+    logits = []
+    for x, y in batches():
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        logits.append(out.detach())
+    return trained(model, logits)
+
+
+def train_packed(model: TIMNet) -> list[torch.Tensor]:
+    """The same steps as a pack of one (its dropout stream seeded as `train_alone` seeds torch's)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, foreach=False)
+    packed = PackedTIMNet([model])
+    adam = PackedAdam(packed.params, [opt])
+    stream = torch.Generator().manual_seed(1)
+    logits = []
+    for x, y in batches():
+        out = packed.forward(x[None], torch.zeros(1, dtype=torch.long), [stream])[0]
+        F.cross_entropy(out, y).backward()
+        adam.step(torch.zeros(1, dtype=torch.long))
+        logits.append(out.detach())
+    model.load_state_dict(packed.unit_state(0))
+    return trained(model, logits)
+
+
+PATHS = {  # what `accelerate` is asked for on the CPU
+    "CPU kernel": dict(blas="numpy", kernel=True),
+    "torch's products": dict(blas="torch"),
+    "numpy's products": dict(blas="numpy"),
+    "CPU kernel, recomputed": dict(blas="numpy", kernel=True, recompute=True),
+    "torch's products, recomputed": dict(blas="torch", recompute=True),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_cpu_path_trains_the_variant_or_declines_out_loud(variant, path):
+    model = build(variant)
+    want = train_alone(copy.deepcopy(model))
+    fast = copy.deepcopy(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        done = accelerate(fast, **PATHS[path])
+    lines = [str(w.message) for w in caught if issubclass(w.category, FastPathDeclined)]
+    assert lines == done.declined and all(len(line.splitlines()) == 1 for line in lines)
+    got = train_alone(fast)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOLERANCE)  # whatever ran: the variant's own training
+    asked = PATHS[path]
+    if variant == "reference":  # nothing declines for the model the paths were written for
+        assert not lines and done.kernel == asked.get("kernel", False) and done.blas == asked["blas"]
+    elif asked.get("kernel"):  # the kernel implements the reference block only
+        assert not done.kernel and any("the CPU kernel" in line for line in lines), lines
+    assert done.blas == asked["blas"], "the GEMM convolution computes any CausalConv1d: it follows every variant"
+    assert done.recompute == asked.get("recompute", False), "recomputation re-runs the blocks as written"
+
+
+def test_an_edited_block_is_never_trained_as_the_old_one(monkeypatch):
+    """The issue's own case: GELU written into `TemporalAwareBlock.forward`. The CPU kernel (the default CPU path)
+    steps aside with one line naming itself, and the accelerated model computes the edited block, not the old one."""
+    x = batches()[0][0]
+    model = build("reference").eval()
+    with torch.no_grad():
+        old = model(x)
+    monkeypatch.setattr(network.TemporalAwareBlock, "forward", gelu_forward)
+    with torch.no_grad():
+        want = model(x)  # the edited reference
+    with pytest.warns(FastPathDeclined, match=r"^timnet: the CPU kernel steps aside: it computes .* away from"):
+        done = accelerate(model, blas="numpy", kernel=True)
+    assert not done.kernel and done.blas == "numpy"  # the GEMM convolutions still run: they follow the edit
+    with torch.no_grad():
+        got = model(x)
+    assert (want - old).abs().max() > 1e-4  # the edit matters
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_packed_units_train_the_variant_or_decline(variant):
+    model = build(variant)
+    reason = pack_declines(model, torch.device("cpu"))
+    if variant in ("reference", "kernel 3"):  # what `PackedTIMNet` implements (any kernel size)
+        assert reason is None
+        want = train_alone(copy.deepcopy(model))
+        for g, w in zip(train_packed(copy.deepcopy(model)), want, strict=True):
+            torch.testing.assert_close(g, w, **TOLERANCE)
+    else:
+        assert reason and len(reason.splitlines()) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="captured steps are CUDA graphs: no CUDA here")
+def test_captured_steps_follow_the_packed_check_on_cuda(variant):  # pragma: no cover (CUDA)
+    model = build(variant).cuda()
+    reason = pack_declines(model, torch.device("cuda"))
+    assert (reason is None) == (variant in ("reference", "kernel 3"))
