@@ -8,10 +8,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import pandas as pd
 import pytest
-import torch
 from conftest import REFERENCE, SHORT, assert_same_units, pool_workers_of, run_dirs, train, train_cli
 
 from timnet import load_config
@@ -143,11 +143,20 @@ def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_pat
 
 
 @pytest.mark.slow
-def test_compiled_training_matches_eager_and_falls_back_when_compiling_fails(tmp_path, mfcc):
-    runs = {
-        mode: train(tmp_path / mode, mfcc, settings={"model.levels": 2}, folds=2, epochs=2, compile=mode)
-        for mode in ("off", "on")
-    }
+def test_compiled_training_matches_eager_and_falls_back_when_compiling_fails(tmp_path, mfcc, monkeypatch):
+    import torch._dynamo
+
+    runs, said = {}, []  # every warning, whatever the filters (the helper silences them)
+    for mode in ("off", "on"):  # in this process: dynamo's counters show whether compiling happened
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        said.clear()
+        monkeypatch.setattr(warnings, "warn", lambda message, *args, **kwargs: said.append(str(message)))
+        runs[mode] = train(tmp_path / mode, mfcc, settings={"model.levels": 2}, folds=2, epochs=2, compile=mode)
+        monkeypatch.undo()
+        failed = [line for line in said if "torch.compile failed" in line]
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (graphs > 0, failed) == (mode == "on", []), (mode, graphs, failed)  # on: compiled, no fallback
     probs = {mode: run.predictions.filter(like="p_").to_numpy() for mode, run in runs.items()}
     assert abs(probs["on"] - probs["off"]).max() < 1e-4
 

@@ -192,22 +192,12 @@ results_dir: str = "Results"
     [
         SETUP
         + """
-from timnet.data.features import load_or_extract
-from timnet.training.runs import latest_run
-from timnet.analysis.tsne import embeddings_of, write_tsne
+from timnet.analysis.tsne import tsne_figure
 
-if weights:
-    cfg = timnet.load_config(dataset)
-    features, _ = load_or_extract(cfg, Path(data or f"MFCC/{cfg.dataset.name}.npy"))
-    t = embeddings_of(weights=Path(weights), config=cfg, features=features, results_root=Path(results_dir))
-else:
-    run_id = run_id or latest_run(Path(models_dir), dataset)
-    t = embeddings_of(run=run_id, models_root=Path(models_dir), results_root=Path(results_dir))
-png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, perplexity, tsne_seed, speaker_markers,
-                      t.notes)
-print(f"silhouette by emotion: {t.silhouette:.2f} ({t.notes['align']})")
-print(f"{len(t.features)} utterances -> {png}, {csv}")
-display(Image(filename=str(png)))
+figure = tsne_figure(dataset, run_id, weights, data, Path(models_dir), Path(results_dir), perplexity, tsne_seed,
+                     speaker_markers)
+print(f"{figure.summary} -> {figure.png}, {figure.csv}")
+display(Image(filename=str(figure.png)))
 """
     ],
 )

@@ -130,13 +130,21 @@ def in_place(make_fast: Callable[[nn.Module], object]) -> Callable:
 def difference(model: nn.Module, fast: Callable, device: torch.device, key=()) -> float:
     """How far `fast(copy, x)` (the `passes` list of a fast path run on a copy of `model`) is from the reference
     `model`'s `passes`: `largest_difference`, cached per (`signature`, key)."""
-    sig = signature(model, device.type, *key)
+
+    def compute() -> float:
+        reference, x = probe(model, device)
+        return largest_difference(passes(reference, x), fast(probe(model, device)[0], x))
+
+    return cached(signature(model, device.type, *key), compute)
+
+
+def cached(sig: tuple, compute: Callable[[], float]) -> float:
+    """compute() for `sig`, kept per process and on disk (`cache_file`, under `stable_key(sig)`)."""
     if sig in _known:
         return _known[sig]
     stable = stable_key(sig)
     if stable not in (saved := read_cache(cache_file())):
-        reference, x = probe(model, device)
-        saved[stable] = largest_difference(passes(reference, x), fast(probe(model, device)[0], x))
+        saved[stable] = compute()
         try:  # with what other processes wrote meanwhile
             write_json(cache_file(), {**read_cache(cache_file()), stable: saved[stable]})
         except OSError:  # a read-only home: checked again next time

@@ -13,12 +13,15 @@ Shapes: U units, B batch, T frames, C channels.
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from ..model.network import TemporalAwareBlock, TIMNet
-from .capture import Step
-from .check import difference, equal, loss_weights, seeded
+from .capture import CapturedSteps, Step
+from .check import TOLERANCE, cached, difference, equal, largest_difference, loss_weights, seeded, signature
 from .cpu_kernel import PARAMETERS
 
 # helpers
@@ -223,3 +226,42 @@ def packed_step(model: PackedTIMNet, adam: PackedAdam, label_smoothing: float) -
         return per_unit.detach().mean(dim=1), (logits.detach().argmax(-1) == y).sum(dim=1)
 
     return step
+
+
+def capture_declines(model: TIMNet, device: torch.device, steps: int = 3) -> str | None:
+    """Why a pack of `model`'s units cannot be captured as CUDA graphs on `device`, or None: a pack of two trained
+    `steps` Adam steps captured must end where the same pack trained eagerly ends (float32, as training runs;
+    checked once per machine, `check.cached`). Any failure of the check itself is a reason."""
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device, not {device.type}"
+    if reason := pack_declines(model, device):
+        return reason
+
+    def worst() -> float:
+        ends = [_trained_pack(model, device, steps, captured) for captured in (False, True)]
+        return largest_difference(*ends)
+
+    try:
+        diff = cached(signature(model, device.type, "captured", steps), worst)
+    except Exception as err:  # noqa: BLE001 — a check that cannot run is a reason not to capture
+        return f"the capture check failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    return None if diff <= TOLERANCE[torch.float32] else f"captured steps end {diff:.1e} away from eager ones"
+
+
+def _trained_pack(model: TIMNet, device: torch.device, steps: int, captured: bool) -> list[torch.Tensor]:
+    """The stacked weights of a pack of two copies of `model` after `steps` steps on fixed random batches."""
+    models = [copy.deepcopy(model).to(device).float() for _ in range(2)]
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
+    packed = PackedTIMNet(models)
+    adam = PackedAdam(packed.params, opts)
+    step = packed_step(packed, adam, 0.1)
+    if captured:
+        step = functools.partial(CapturedSteps(step, packed.state + adam.state, "capture check"), (0, 1))
+    draw = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 24, model.config.n_mfcc, generator=draw).to(device)
+    y = torch.randint(0, model.config.n_classes, (2, 4), generator=draw).to(device)
+    streams = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
+    units = torch.arange(2, device=device)
+    for _ in range(steps):
+        step(units, x, y, streams)
+    return [t.detach().cpu() for t in packed.params.values()]

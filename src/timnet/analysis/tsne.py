@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from ..core.atomic import atomic_path, unique_path, write_json
-from ..core.config import Config
+from ..core.config import Config, load_config
 from ..core.errors import TimnetError
 from ..data.features import FeatureSet, load_features, load_or_extract
 from ..serving.loading import load_model
 from ..serving.portable import PortableModel
-from ..training.runs import read_run_record, run_dir
+from ..training.runs import latest_run, read_run_record, run_dir
 from .evaluate import model_test_folds
 
 ALIGNMENTS = ("procrustes", "none")
@@ -289,3 +289,40 @@ def write_tsne(
         table.to_csv(tmp, index=False)
     write_json(csv.with_suffix(".json"), notes)
     return png, csv
+
+
+@dataclass
+class TsneFigure:
+    """A written t-SNE: the figure, its table, and the line that says what it shows."""
+
+    png: Path
+    csv: Path
+    summary: str
+
+
+def tsne_figure(
+    dataset: str,
+    run: str | None = None,
+    weights: Path | None = None,
+    data: Path | None = None,
+    models_root: Path = Path("Models"),
+    results_root: Path = Path("Results"),
+    perplexity: float = 30.0,
+    tsne_seed: int = 0,
+    speaker_markers: bool = False,
+) -> TsneFigure:
+    """tsne.ipynb in one call: the t-SNE of the authors' `weights` for `dataset` (features from `data`, a corpus
+    folder or MFCC .npy, default MFCC/<DATASET>.npy), or else of a training run (`run`, default the latest of
+    `dataset` under `models_root`)."""
+    if weights:
+        cfg = load_config(dataset)
+        features, _ = load_or_extract(cfg, Path(data or f"MFCC/{cfg.dataset.name}.npy"))
+        t = embeddings_of(weights=Path(weights), config=cfg, features=features, results_root=Path(results_root))
+    else:
+        run = run or latest_run(Path(models_root), dataset)
+        t = embeddings_of(run=run, models_root=Path(models_root), results_root=Path(results_root))
+    png, csv = write_tsne(
+        t.out_dir, t.config, t.features, t.embeddings, t.title, perplexity, tsne_seed, speaker_markers, t.notes
+    )
+    summary = f"{len(t.features)} utterances, silhouette by emotion {t.silhouette:.2f} ({t.notes['align']})"
+    return TsneFigure(png, csv, summary)

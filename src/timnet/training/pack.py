@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
+from ..accel.accelerate import FastPathDeclined
 from ..accel.capture import CapturedSteps, resolve_capture
-from ..accel.packed import PackedAdam, PackedTIMNet, packed_step
-from ..core.config import Config
+from ..accel.packed import PackedAdam, PackedTIMNet, capture_declines, packed_step
+from ..core.config import Config, TIMNetConfig
 from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..data.features import FeatureSet, load_features
+from ..model.network import TIMNet
 from .runs import FoldResult, load_result
 from .unit import FoldJob, FoldTrainer, Report
+
+
+def reference_model(cfg: Config, device: torch.device | str) -> TIMNet:
+    """A fresh reference model of cfg's architecture on `device`, for a fast path's check (torch's RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):  # building a model draws its initial weights
+        return TIMNet(TIMNetConfig.from_config(cfg)).to(device)
+
 
 # classes
 
@@ -39,6 +49,10 @@ class Pack:
             self.dropout.append(generator)
         self.device = self.trainers[0].device
         self.capture = resolve_capture(self.t.capture, str(self.device))
+        if self.capture and (reason := capture_declines(reference_model(cfg, self.device), self.device)):
+            line = f"timnet: captured steps step aside: {reason}; the pack steps eagerly"
+            warnings.warn(line, FastPathDeclined, stacklevel=2)
+            self.capture = False
         self.members: tuple = ()
 
     def active(self) -> list[int]:

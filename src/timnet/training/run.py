@@ -24,7 +24,7 @@ from ..accel.accelerate import FastPathDeclined
 from ..accel.blas import resolve_blas
 from ..accel.capture import resolve_capture
 from ..accel.packed import pack_declines, resolve_pack
-from ..core.config import Config, TIMNetConfig
+from ..core.config import Config
 from ..core.devices import pick_device
 from ..core.errors import TimnetError
 from ..core.locks import sole_writer
@@ -44,9 +44,9 @@ from ..data.corpora import canonical_stems, corpus_caveat
 from ..data.feature_cache import share_features, without_samples
 from ..data.features import FeatureSet, load_features
 from ..data.splits import make_folds, validation_split
-from ..model.network import TIMNet
 from .cluster import cluster_has_gpus, run_units_on_ray
 from .device_timing import auto_device
+from .pack import reference_model
 from .pool import plan_workers, run_units
 from .runs import FoldResult, Roots, RunPaths, create_run, new_run_id, open_run, unit_name
 from .unit import FoldJob, should_compile
@@ -140,9 +140,7 @@ def prepare_run(
 
 def packable(cfg: Config, device: str) -> str | None:
     """Why the units of cfg's model cannot be packed on `device` (`packed.pack_declines`), or None."""
-    with torch.random.fork_rng(devices=[]):  # building a model draws its initial weights
-        model = TIMNet(TIMNetConfig.from_config(cfg)).to(device)
-    return pack_declines(model, torch.device(device))
+    return pack_declines(reference_model(cfg, device), torch.device(device))
 
 
 def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> list[list[FoldJob]]:
