@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from timnet import load_config
-from timnet.core.config import Config, DatasetConfig, TIMNetConfig, known_datasets
+from timnet.core.config import Config, DatasetConfig, FeatureSettings, TIMNetConfig, TrainSettings, known_datasets
 from timnet.core.errors import TimnetError
 from timnet.core.validation import check_choice, check_range, invalid
 
@@ -129,13 +131,20 @@ def test_readers_named_by_configs_are_the_corpus_registry():
 
 
 def test_toml_comments_say_what_the_code_does():
-    """The compile comment quotes the thresholds the code uses (it once said 200 for every device)."""
+    """The compile setting's comment (beside its default, in core/config.py) quotes the thresholds the code uses (it
+    once said 200 for every device); the TOMLs hold only what differs for their corpus."""
+    import timnet.core.config
     from timnet.training.unit import COMPILE_MIN_EPOCHS
 
     cpu, cuda = COMPILE_MIN_EPOCHS["cpu"], COMPILE_MIN_EPOCHS["cuda"]
     said = f"auto (a worker's units together, of >= {cpu} epochs on CPU, >= {cuda} on CUDA)"
+    assert said in Path(timnet.core.config.__file__).read_text()
+    defaults = {"train": TrainSettings(), "features": FeatureSettings()}
     for toml in resources.files("timnet.configs").iterdir():
         if toml.name.endswith(".toml"):
             text = toml.read_text(encoding="utf-8")
-            assert said in text, toml.name
+            data = tomllib.loads(text)
+            for section, default in defaults.items():
+                same = [k for k, v in data.get(section, {}).items() if getattr(default, k) == v]
+                assert not same, f"{toml.name}: [{section}] {same} repeat the defaults"
             assert not re.search(r"^recipe\s*=", text, re.M), f"{toml.name}: `recipe` is now `reader`"

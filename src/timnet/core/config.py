@@ -1,7 +1,8 @@
 """Configuration: one dataclass per stage, filled from `configs/<dataset>.toml` plus overrides.
 
-The TOML files are the single source of per-dataset facts (class order, seed, signal length,
-levels); code never repeats them. A run saves its effective config, so results carry their settings.
+Every setting has its default here (the authors' values, EMO-DB's where corpora differ); `configs/<dataset>.toml`
+holds only what differs for that corpus (class order, KFold seed, signal length, levels, published numbers). A run
+saves its whole effective config, so results carry their settings, and older runs read as they were (INTRODUCED).
 """
 
 from __future__ import annotations
@@ -60,16 +61,16 @@ class FeatureSettings:
     """Arguments of the authors' recipe, all explicit so library default changes cannot move them.
     Names (res_type, window, pad_mode) stay free: librosa knows its own and says so."""
 
-    signal_length: int
-    sample_rate: int
-    res_type: str
-    n_mfcc: int
-    n_fft: int
-    hop_length: int
-    window: str
-    center: bool
-    pad_mode: str
-    n_mels: int
+    signal_length: int = 96000  # samples after centred pad/crop -> 188 MFCC frames
+    sample_rate: int = 22050
+    res_type: str = "soxr_hq"
+    n_mfcc: int = 39
+    n_fft: int = 2048
+    hop_length: int = 512
+    window: str = "hann"
+    center: bool = True
+    pad_mode: str = "constant"
+    n_mels: int = 128
 
     def __post_init__(self) -> None:
         for key in ("sample_rate", "signal_length", "n_mfcc", "n_fft", "hop_length", "n_mels"):
@@ -95,12 +96,12 @@ class TIMNetConfig:
     twice); a saved or exported model stores all six, so `TIMNetConfig(**saved)` rebuilds it alone.
     """
 
-    n_classes: int
-    n_mfcc: int
-    filters: int
-    kernel_size: int
-    levels: int
-    dropout: float
+    n_classes: int = 7
+    n_mfcc: int = 39
+    filters: int = 39
+    kernel_size: int = 2
+    levels: int = 8
+    dropout: float = 0.1
 
     def __post_init__(self) -> None:
         for key in ("n_classes", "n_mfcc", "filters", "kernel_size", "levels"):
@@ -122,25 +123,26 @@ class TrainSettings:
     (protocol, checkpoint policy, validation carve, early stopping, repeat seeds, compiling,
     how often the test fold's accuracy is logged)."""
 
-    seed: int
-    folds: int
-    epochs: int
-    batch_size: int
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    label_smoothing: float
-    protocol: str
-    checkpoint: str
-    val_fraction: float
-    patience: int
-    compile: str
-    test_every: int
-    recompute: str
-    pack: str
-    capture: str
-    blas: str
+    seed: int = 46  # KFold random_state of the authors
+    folds: int = 10
+    epochs: int = 500
+    batch_size: int = 64
+    lr: float = 0.001
+    beta1: float = 0.93
+    beta2: float = 0.98
+    eps: float = 1e-8
+    label_smoothing: float = 0.1
+    protocol: str = "random"  # random (authors' KFold) | speaker (speaker-independent)
+    checkpoint: str = "last"  # last | best-val | best-test (paper protocol, optimistic)
+    val_fraction: float = 0.1  # validation carved from the training part (best-val, early stopping)
+    patience: int = 0  # early stopping on validation accuracy; 0 = off
+    # torch.compile: auto (a worker's units together, of >= 1000 epochs on CPU, >= 200 on CUDA) | on | off
+    compile: str = "auto"
+    test_every: int = 10  # log the test fold's accuracy every N epochs and at the last (best-test: every epoch)
+    recompute: str = "auto"  # recompute block activations in backward: auto (> 1 GB saved per batch) | on | off
+    pack: str = "auto"  # units trained together as one batched model: auto (all on CUDA/MPS, 1 on CPU) | N
+    capture: str = "auto"  # packed steps as CUDA graphs: auto (on CUDA) | on | off
+    blas: str = "auto"  # CPU products: auto (the BLAS measured faster here, cached) | torch (MKL) | numpy (OpenBLAS)
     kernel: str = "auto"  # the CPU kernel (accel.cpu_kernel): auto = where the unit's products use numpy's BLAS
     seeds: list[int] = field(default_factory=list)  # extra training seeds; none = the KFold seed
 
@@ -216,9 +218,8 @@ class Published:
 # Settings that runs saved by earlier versions hold and that mean nothing now (the device is chosen when a
 # command runs: --device); reading such a run ignores them.
 RETIRED = {"train": ("device",)}
-# Settings added after runs were saved: what such a run did before they existed. (The TOML files hold every
-# setting; the dataclasses above have no defaults, so a missing one is an error, except these and [dataset]'s
-# optional keys, whose defaults are in DatasetConfig: the reader's own rules, which earlier runs used.)
+# Settings added after runs were saved: what such a run did before they existed (a saved run holds every setting
+# of its day; a TOML file holds only what differs from the defaults above, the authors' values).
 INTRODUCED = {
     "train": {"compile": "off", "test_every": 1, "recompute": "off", "pack": "1", "capture": "off", "blas": "torch"}
 }
@@ -271,8 +272,9 @@ class Config:
         """A Config from a TOML file's or a saved run's dict; what earlier versions saved reads too (RETIRED,
         INTRODUCED, RENAMED), and the model's n_classes and n_mfcc are derived when absent."""
         sections: dict[str, Any] = {}
+        saved = "n_classes" in data.get("model", {})  # a saved run's record: its config is whole, of its day
         for name, section_cls in SECTIONS.items():
-            raw = _section(name, data.get(name, {}), section_cls)
+            raw = _section(name, data.get(name, {}), section_cls, saved)
             if name == "model":
                 raw = {"n_classes": len(sections["dataset"].classes), "n_mfcc": sections["features"].n_mfcc, **raw}
             try:
@@ -297,13 +299,14 @@ class Config:
         return Config.from_dict(data)
 
 
-def _section(name: str, given: dict[str, Any], section_cls: type) -> dict[str, Any]:
-    """One section's settings as `section_cls` names them today; an unknown one is an error."""
+def _section(name: str, given: dict[str, Any], section_cls: type, saved: bool) -> dict[str, Any]:
+    """One section's settings as `section_cls` names them today; an unknown one is an error. A saved run's missing
+    settings are what it did before they existed (INTRODUCED); a TOML's, the defaults."""
     raw = {k: v for k, v in given.items() if k not in RETIRED.get(name, ())}
     for old, new in RENAMED.get(name, {}).items():
         if old in raw:
             raw.setdefault(new, raw.pop(old))
-    raw = {**INTRODUCED.get(name, {}), **raw}
+    raw = {**(INTRODUCED.get(name, {}) if saved else {}), **raw}
     known = {f.name for f in fields(section_cls)}
     unknown = set(raw) - known
     if unknown:
