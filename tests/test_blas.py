@@ -57,7 +57,7 @@ def test_numpy_products_train_like_torchs_and_a_unit_resumes_with_the_blas_it_st
     ]
     assert ((losses[0] - losses[1]).abs() / losses[1]).max() < 1e-3
 
-    original = fold.FoldTrainer.record_epoch
+    original = fold.UnitTrainer.record_epoch
 
     def stop_at_epoch_three(self, progress, *args):
         row = original(self, progress, *args)
@@ -65,10 +65,10 @@ def test_numpy_products_train_like_torchs_and_a_unit_resumes_with_the_blas_it_st
             raise KeyboardInterrupt
         return row
 
-    monkeypatch.setattr(fold.FoldTrainer, "record_epoch", stop_at_epoch_three)
+    monkeypatch.setattr(fold.UnitTrainer, "record_epoch", stop_at_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "cut", mfcc, blas="numpy", folds=2, epochs=4)
-    monkeypatch.setattr(fold.FoldTrainer, "record_epoch", original)
+    monkeypatch.setattr(fold.UnitTrainer, "record_epoch", original)
     models = next((tmp_path / "cut" / "Models").iterdir())
     state = torch.load(models / "in_progress" / "fold_1.pt", weights_only=True)
     assert state["blas"] == "numpy" and state["progress"]["epoch"] == 2

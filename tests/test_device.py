@@ -26,7 +26,7 @@ from timnet.data.features import load_features
 from timnet.model.network import TIMNet
 from timnet.training.run import prepare_run
 from timnet.training.runs import Roots
-from timnet.training.unit import train_fold
+from timnet.training.unit import train_unit
 
 pytestmark = pytest.mark.device
 
@@ -117,11 +117,11 @@ def test_an_interrupted_unit_resumes_where_it_stopped_on_the_device(tmp_path, mf
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             jobs[name] = prepare_run(cfg, mfcc, Roots(*(tmp_path / name / d for d in "MLR")), device=device).jobs[0]
-    whole = train_fold(jobs["whole"])
+    whole = train_unit(jobs["whole"])
     with pytest.raises(Stop):
-        train_fold(jobs["cut"], report=stop_after_2)
+        train_unit(jobs["cut"], report=stop_after_2)
     assert torch.load(jobs["cut"].state_path, weights_only=True)["progress"]["epoch"] == 2
-    cut = train_fold(jobs["cut"])
+    cut = train_unit(jobs["cut"])
     losses = [whole.history.loss.tolist(), cut.history.loss.tolist()]
     a, b = unit(jobs["whole"].paths.models), unit(jobs["cut"].paths.models)
     if device == "cpu":

@@ -138,7 +138,7 @@ def test_export_never_writes_a_graph_that_disagrees_with_torch(learned, monkeypa
             block.bn1, block.bn2 = nn.Identity(), nn.Identity()
         return wrong
 
-    monkeypatch.setattr(timnet.serving.onnx_export, "fold_batchnorm", dropped)
+    monkeypatch.setattr(timnet.serving.onnx_export, "absorb_batchnorm", dropped)
     out = root / "wrong"
     with pytest.raises(TimnetError, match="disagrees with the torch model"):
         export_run(result.run_id, out, root / "Models")

@@ -50,7 +50,7 @@ def test_a_flat_state_and_an_earlier_unflat_one_resume_to_the_uninterrupted_bits
     else:  # best-val: its own, shorter uninterrupted run
         settings = {"folds": 2, "epochs": 8, "checkpoint": checkpoint}
         whole = tmp_path / "whole" / "Models" / train(tmp_path / "whole", mfcc, **settings).run_id
-    original = fold.FoldTrainer.record_epoch
+    original = fold.UnitTrainer.record_epoch
 
     def stop_at_epoch_four(self, progress, *args):
         row = original(self, progress, *args)
@@ -58,10 +58,10 @@ def test_a_flat_state_and_an_earlier_unflat_one_resume_to_the_uninterrupted_bits
             raise KeyboardInterrupt
         return row
 
-    monkeypatch.setattr(fold.FoldTrainer, "record_epoch", stop_at_epoch_four)
+    monkeypatch.setattr(fold.UnitTrainer, "record_epoch", stop_at_epoch_four)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "cut", mfcc, **settings)
-    monkeypatch.setattr(fold.FoldTrainer, "record_epoch", original)
+    monkeypatch.setattr(fold.UnitTrainer, "record_epoch", original)
     models = next((tmp_path / "cut" / "Models").iterdir())
     state = models / "in_progress" / "fold_2.pt"
     with zipfile.ZipFile(state) as pt:

@@ -12,7 +12,7 @@ from torch import nn
 from timnet import load_config
 from timnet.core.config import known_datasets
 from timnet.model.network import TIMNet, TIMNetConfig, count_parameters
-from timnet.serving.onnx_export import fold_batchnorm
+from timnet.serving.onnx_export import absorb_batchnorm
 
 
 @pytest.mark.parametrize("name", known_datasets())
@@ -95,7 +95,7 @@ def test_folded_batchnorm_equals_the_model_in_eval_mode():
         bn.running_var.uniform_(0.5, 2.0)
         nn.init.normal_(bn.weight)
         nn.init.normal_(bn.bias)
-    folded = fold_batchnorm(model)
+    folded = absorb_batchnorm(model)
     x = torch.randn(4, 50, 39)
     with torch.no_grad():
         torch.testing.assert_close(folded.embed(x), model.embed(x), rtol=1e-5, atol=1e-5)

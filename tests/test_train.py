@@ -248,7 +248,7 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
     )
 
 
-def test_settings_live_in_the_toml_and_runs_of_earlier_versions_still_load():
+def test_settings_have_defaults_in_code_and_runs_of_earlier_versions_still_load():
     from timnet.core.config import Config
 
     data = load_config("EMODB").to_dict()
@@ -257,9 +257,11 @@ def test_settings_live_in_the_toml_and_runs_of_earlier_versions_still_load():
     data["train"]["device"] = "auto"  # retired: the device is chosen when a command runs
     earlier = Config.from_dict(data)
     assert earlier.train.compile == "off" and earlier.train.test_every == 1
-    del data["model"]["levels"]  # no default in code: the TOML must say it
-    with pytest.raises(TimnetError, match=r"incomplete \[model\] section"):
-        Config.from_dict(data)
+    toml = {"dataset": {"name": "MINE", "classes": ["a", "b"]}, "train": {"epochs": 3}}  # a TOML: the rest defaults
+    mine = Config.from_dict(toml)
+    assert (mine.train.epochs, mine.train.compile, mine.train.test_every, mine.model.levels) == (3, "auto", 10, 8)
+    with pytest.raises(TimnetError, match=r"incomplete \[dataset\] section"):
+        Config.from_dict({"dataset": {"name": "MINE"}})  # the classes have no default
 
 
 def test_recomputed_activations_train_to_the_same_bits(tmp_path, mfcc):

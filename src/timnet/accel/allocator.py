@@ -1,11 +1,11 @@
 """Keep freed memory in the process while a unit trains on the CPU, instead of handing it back to the OS.
 
-A training step allocates and frees the same few-megabyte buffers hundreds of times (a block's [B, T, 2C]
-products and gradients: 3.75 MB at EMO-DB's shape). glibc's malloc serves blocks over its mmap threshold with
-fresh pages and trims the heap top on free, so every such buffer is faulted in again: ~25,000 page faults per
-EMO-DB epoch, ~5 % of its time (1 process, 1 thread: 1.71 vs 1.61 s median of 3 interleaved pairs; 7 faults per
-epoch after). Raising both thresholds makes the buffers come back from the heap. The peak memory stays what the
-step needs: freed blocks are reused, not added to. glibc only (Linux); elsewhere nothing changes.
+A training step allocates and frees the same few-megabyte buffers hundreds of times (a block's [B, T, 2C] products
+and gradients: 3.75 MB at EMO-DB's shape). glibc's malloc serves blocks over its mmap threshold with fresh pages and
+trims the heap top on free, so every such buffer is faulted in again: tens of thousands of page faults per epoch
+(benchmarks/results/design_measurements.md). Raising both thresholds makes the buffers come back from the heap. The
+peak memory stays what the step needs: freed blocks are reused, not added to. glibc only (Linux); elsewhere nothing
+changes.
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
 """Which BLAS runs the causal convolution's products on the CPU: torch's own (MKL on x86) or numpy's (OpenBLAS).
 
-TIM-Net's products are tall and thin ([B*T, 39] x [39, 39]: 12,032 rows at EMO-DB's shape). MKL runs that shape at
-~38 GFLOP/s on a 2-core AMD EPYC (AVX2) where numpy's OpenBLAS runs ~56 (one thread each; a whole training epoch
-1.1x faster, benchmarks/bench_model.py), while on other CPUs MKL may be the faster one. So `train.blas = auto`
+TIM-Net's products are tall and thin ([B*T, 39] x [39, 39]: 12,032 rows at EMO-DB's shape). On some CPUs MKL runs
+that shape faster, on others numpy's OpenBLAS does (benchmarks/bench_model.py measures both). So `train.blas = auto`
 times both once per machine on that shape and caches the answer (`cache_file`); numpy's is used only by units that
 run on one thread (`unit_blas`). A run's record holds the choice (`train.prepare_run`), and a unit records the BLAS
 it started with in its per-epoch state, so a resumed unit continues with the same one (exact resume). A training
-unit's own evaluations use its BLAS, and with numpy's its blocks train and evaluate through `fused` (elementwise
-passes fused by numba); loaded models (predict, evaluate, export), packed units, compiled units and accelerators
-use torch's.
+unit's own evaluations use its BLAS (`accel.accelerate`); loaded models (predict, evaluate, export) run the
+reference model, packed units and compiled units torch's.
 """
 
 from __future__ import annotations
@@ -101,7 +99,7 @@ def resolve_blas(setting: str, device: str) -> str:
 
 def unit_blas(blas: str) -> str:
     """The BLAS a unit uses in this process: numpy's only on one thread. Beside torch's own OpenMP threads,
-    OpenBLAS's threads wait for cores: an epoch took 14.7 s instead of 2.0 s with 2 threads (bench_model.py)."""
+    OpenBLAS's threads wait for cores (benchmarks/results/design_measurements.md)."""
     return blas if torch.get_num_threads() == 1 else "torch"
 
 

@@ -28,8 +28,8 @@ from .cpu_kernel import PARAMETERS
 
 
 def resolve_pack(setting: str, device: str, units: int) -> int:
-    """`train.pack`: `auto` = every unit of the run on CUDA/MPS, 1 on CPU (measured there: a pack of 2 trains
-    ~1.7x fewer unit-steps per second than one unit at a time, see README); an integer = at most that many units
+    """`train.pack`: `auto` = every unit of the run on CUDA/MPS, 1 on CPU (a pack trains fewer unit-steps per
+    second there than units alone: `timnet devices` measures it); an integer = at most that many units
     per pack."""
     if setting == "auto":
         return units if device.split(":")[0] in ("cuda", "mps") else 1

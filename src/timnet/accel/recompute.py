@@ -13,10 +13,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..core.config import Config
 
-# `train.recompute = "auto"` recomputes when a batch's saved activations would exceed this: op by op (GPUs; one
-# unit on 2+ CPU threads) IEMOCAP (606 frames, 10 levels: ~1.1 GB) yes; EMO-DB (188 frames, 8 levels: ~0.27 GB) and
-# SAVEE (254: ~0.37 GB) no; through the CPU kernel (which saves 5 arrays per block) IEMOCAP is not recomputed either
-# (where it measured slower for little memory: benchmarks/results/).
+# `train.recompute = "auto"` recomputes when a batch's saved activations would exceed this: IEMOCAP's long
+# utterances op by op (GPUs; one unit on 2+ CPU threads), not EMO-DB's or SAVEE's, nor IEMOCAP through the CPU
+# kernel, which saves fewer arrays (benchmarks/results/design_measurements.md).
 RECOMPUTE_ABOVE_BYTES = 1e9
 
 

@@ -113,7 +113,7 @@ def append_summary(results_dir: Path, row: dict) -> Path:
 
 
 def fold_table(results) -> pd.DataFrame:
-    """One row per unit (`runs.FoldResult`): seed, fold, test size, chosen epoch, training time, WAR/UAR/F1."""
+    """One row per unit (`runs.UnitResult`): seed, fold, test size, chosen epoch, training time, WAR/UAR/F1."""
     rows = [
         {
             "seed": r.seed,

@@ -48,7 +48,7 @@ class SpatialDropout1d(nn.Module):
 
 def batch_norm(bn: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """BatchNorm over batch and time of channels-last [B, T, C] (BatchNorm1d normalises [N, C]); nothing where ONNX
-    export folded it into the conv before it (`onnx_export.fold_batchnorm`)."""
+    export folded it into the conv before it (`onnx_export.absorb_batchnorm`)."""
     if isinstance(bn, nn.Identity):
         return h
     return bn(h.reshape(-1, h.shape[-1])).view_as(h)

@@ -1,7 +1,7 @@
 """Fold models to ONNX graphs: trace, simplify the graph once, and check it against torch before it is kept.
 
-One graph per fold, not one graph of all folds: measured here (benchmarks/bench_vs_keras.py --inference),
-onnxruntime ran ten single-fold sessions 1.7x faster than one ten-fold graph. A graph that disagrees with its
+One graph per fold, not one graph of all folds: onnxruntime runs single-fold sessions faster than one graph of
+all folds (benchmarks/bench_vs_keras.py --inference). A graph that disagrees with its
 torch model by more than `ONNX_TOLERANCE` is never written (and so neither is its model folder).
 """
 
@@ -24,10 +24,10 @@ ONNX_TOLERANCE = 1e-5  # max |torch - onnx| over probabilities, and over embeddi
 
 
 @torch.no_grad()
-def fold_batchnorm(model: TIMNet) -> TIMNet:
+def absorb_batchnorm(model: TIMNet) -> TIMNet:
     """An inference copy with every BatchNorm folded into the conv before it (eval-mode BN is affine):
-    W' = W * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta. Fewer operations in an ONNX graph
-    (~1.1x faster in onnxruntime here); equal to the model to float rounding (checked at export)."""
+    W' = W * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta. Fewer operations in an ONNX graph;
+    equal to the model to float rounding (checked at export)."""
     folded = copy.deepcopy(model).eval()  # nn.Identity in BatchNorm's place: `batch_norm` then passes h through
     for block in [*folded.forward_blocks, *folded.backward_blocks]:
         for conv, name in ((block.conv1, "bn1"), (block.conv2, "bn2")):
@@ -79,7 +79,7 @@ def trace(model: TIMNet, path: Path, frames: int) -> None:
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated in favour of dynamo (onnxscript)
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            InferenceGraph(fold_batchnorm(model)).eval(),
+            InferenceGraph(absorb_batchnorm(model)).eval(),
             (torch.zeros(2, frames, model.config.n_mfcc),),
             str(path),
             input_names=[ONNX_INPUT],

@@ -1,6 +1,6 @@
 """The Ray backend: every unit (one fold of one seed of one run) is a Ray task on a cluster.
 
-The units are the same `train_fold(job)` the local executor runs, so the run folder, its files and its
+The units are the same `train_unit(job)` the local executor runs, so the run folder, its files and its
 numbers are those of a local run. What a cluster adds:
 - storage: units read the MFCC file and write the run folder by absolute path, so both must be on storage
   every node sees (NFS, a shared disk); a node that cannot gets one error naming it and the path;
@@ -26,8 +26,8 @@ import torch
 from ..core.errors import TimnetError
 from ..core.progress import ProgressView, drain
 from ..data.feature_cache import unit_features
-from .runs import FoldResult
-from .unit import FoldJob, train_fold
+from .runs import UnitResult
+from .unit import UnitJob, train_unit
 
 RETRIES = 3  # how often Ray restarts a unit whose worker process died
 INSTALL = "python3 -m pip install 'ray[default]'"
@@ -57,7 +57,7 @@ def cluster_has_gpus(address: str | None = None) -> bool:
     return connect(address).cluster_resources().get("GPU", 0) > 0
 
 
-def check_storage(job: FoldJob) -> None:
+def check_storage(job: UnitJob) -> None:
     """In the task, before any work: can this node read the features and write the run folder?"""
     node = socket.gethostname()
     if not os.access(job.mfcc_file, os.R_OK):
@@ -75,7 +75,7 @@ def check_storage(job: FoldJob) -> None:
         ) from None
 
 
-def train_unit(job: FoldJob, threads: int, events) -> FoldResult:
+def ray_unit(job: UnitJob, threads: int, events) -> UnitResult:
     """The Ray task: one unit, its progress events sent to the driver's queue."""
     check_storage(job)
     torch.set_num_threads(threads)
@@ -88,7 +88,7 @@ def train_unit(job: FoldJob, threads: int, events) -> FoldResult:
         except Exception:  # noqa: BLE001 — the queue unreachable: a missing bar update, the unit goes on
             pass
 
-    return train_fold(job, features, report)
+    return train_unit(job, features, report)
 
 
 def progress_queue(ray):
@@ -120,7 +120,7 @@ def cancel_running(ray, refs: list) -> None:
         ray.cancel(ref, force=True)
 
 
-def absolute(job: FoldJob) -> FoldJob:
+def absolute(job: UnitJob) -> UnitJob:
     """The job with absolute paths: a path relative to the driver's folder means nothing on another node."""
     return dataclasses.replace(
         job,
@@ -131,14 +131,14 @@ def absolute(job: FoldJob) -> FoldJob:
 
 
 def run_units_on_ray(
-    jobs: list[FoldJob], threads: int | None, address: str | None, progress: bool, desc: str
-) -> list[FoldResult]:
+    jobs: list[UnitJob], threads: int | None, address: str | None, progress: bool, desc: str
+) -> list[UnitResult]:
     """Submit every unit at once as a Ray task (CPUs = threads per unit, one GPU on CUDA) and wait for all;
     one progress bar over their epochs, fed through a Ray queue."""
     ray = connect(address)
     threads = threads or 1
     events = progress_queue(ray)
-    task = ray.remote(train_unit)
+    task = ray.remote(ray_unit)
     view = ProgressView(jobs, desc, progress)
     refs = {}
     for job in map(absolute, jobs):

@@ -87,7 +87,7 @@ def sync(device: torch.device) -> None:
 
 def train_step(cfg: Config, device: torch.device, pack: int, capture: bool) -> Callable[[], None]:
     """One training step of `pack` units on random batches of cfg's shape, as `timnet train` steps them: 1 = one
-    unit as `unit.FoldTrainer` steps it (recomputing where `train.recompute` says); more = packed
+    unit as `unit.UnitTrainer` steps it (recomputing where `train.recompute` says); more = packed
     (`packed.packed_step`), with `capture` recorded as a CUDA graph (`capture.CapturedSteps`)."""
     t, arch = cfg.train, TIMNetConfig.from_config(cfg)
     models = [TIMNet(arch).to(device).train() for _ in range(pack)]

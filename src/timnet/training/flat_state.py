@@ -1,9 +1,9 @@
 """A state of hundreds of small tensors (a model's and Adam's state dicts: ~640 for TIM-Net) as one flat buffer per
 dtype and device, for the per-epoch state file.
 
-torch.save pays ~40 µs of Python per tensor: ~25 ms for TIM-Net's state, written after every epoch. That was ~45 %
-of a small corpus' training time (the tests' 2-fold x 40-epoch run: 12.5 s, 6.7 s without the writes) and costs
-the CPU time of a thread beside every unit. Flattened, the same state serialises in ~2.5 ms, and the copy that
+torch.save pays tens of microseconds of Python per tensor, after every epoch: a large part of a small corpus'
+training time, and the CPU time of a thread beside every unit (benchmarks/results/design_measurements.md).
+Flattened, the same state serialises about ten times faster, and the copy that
 `flatten` makes (one `torch.cat` per buffer) is the snapshot the background writer needs. Values are copied
 bit for bit, so a resumed unit continues exactly; `unflatten` passes through what is not flat (files written
 before this format).

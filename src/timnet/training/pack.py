@@ -1,7 +1,7 @@
 """Training packed units (`train.pack`): the units of a run stepped together as one batched model
 (`accel.packed`), each keeping its data order, dropout stream, Adam step count, evaluation, checkpoint choice and
 early stopping (a stopped unit leaves the pack). Its numbers equal its training alone to float tolerance, and its
-per-epoch state file is a unit's own (`FoldTrainer.save`), so a packed unit resumes packed or alone
+per-epoch state file is a unit's own (`UnitTrainer.save`), so a packed unit resumes packed or alone
 (tests/test_packed.py)."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from ..core.config import Config, TIMNetConfig
 from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..data.features import FeatureSet, load_features
 from ..model.network import TIMNet
-from .runs import FoldResult, load_result
-from .unit import FoldJob, FoldTrainer, Report
+from .runs import UnitResult, load_result
+from .unit import ProgressReport, UnitJob, UnitTrainer
 
 
 def reference_model(cfg: Config, device: torch.device | str) -> TIMNet:
@@ -37,11 +37,11 @@ class Pack:
     """The live units of one pack: their trainers (data, evaluation, files), generators, and the stacked model,
     which lives as long as the same units train (a stopped unit leaves: the rest are stacked again)."""
 
-    def __init__(self, jobs: list[FoldJob], cfg: Config, features: FeatureSet):
+    def __init__(self, jobs: list[UnitJob], cfg: Config, features: FeatureSet):
         self.cfg, self.t = cfg, cfg.train
         self.trainers, self.progress, self.dropout = [], [], []
         for job in jobs:  # one after another: each unit's init and restore see the RNG as they do alone
-            trainer = FoldTrainer(job, cfg, features)
+            trainer = UnitTrainer(job, cfg, features)
             self.progress.append(trainer.restore())
             generator = torch.Generator(device=trainer.device)
             generator.set_state(device_rng_state(trainer.device))
@@ -112,9 +112,9 @@ class Pack:
 
 
 def train_pack(
-    jobs: list[FoldJob], features: FeatureSet | None = None, report: Report | None = None
-) -> list[FoldResult]:
-    """Train the units of one run together (see module doc); finished units are loaded, as `train_fold` does."""
+    jobs: list[UnitJob], features: FeatureSet | None = None, report: ProgressReport | None = None
+) -> list[UnitResult]:
+    """Train the units of one run together (see module doc); finished units are loaded, as `train_unit` does."""
     cfg = Config.from_dict(jobs[0].config)
     report = report or (lambda event: None)
     events = {j.key: {"key": j.key, "epochs": cfg.train.epochs, "pid": os.getpid()} for j in jobs}
@@ -131,7 +131,7 @@ def train_pack(
     return [results[j.key] for j in jobs]
 
 
-def _train(todo: list[FoldJob], cfg: Config, features: FeatureSet, report: Report, events: dict) -> dict:
+def _train(todo: list[UnitJob], cfg: Config, features: FeatureSet, report: ProgressReport, events: dict) -> dict:
     """The epochs of the unfinished units `todo`, packed; {key: result}."""
     results, pack = {}, Pack(todo, cfg, features)
     for job, progress in zip(todo, pack.progress):

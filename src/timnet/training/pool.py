@@ -22,8 +22,8 @@ from ..core.validation import check_range
 from ..data.feature_cache import unit_features
 from ..data.features import FeatureSet
 from .pack import train_pack
-from .runs import FoldResult
-from .unit import FoldJob, train_fold
+from .runs import UnitResult
+from .unit import UnitJob, train_unit
 
 # Per-process state of a pool worker, set once by `_worker_init` (a queue cannot travel with each task).
 _WORKER: dict = {}
@@ -37,7 +37,7 @@ def plan_workers(
 ) -> tuple[int, int | None]:
     """(worker processes, threads per worker). Default: one worker per GPU; on CPU one per core (up to the number
     of units) with the cores split between them — TIM-Net's small tensors keep one core busy but scale poorly over
-    threads, so separate processes run ~2x faster than one process with 2 threads."""
+    threads, so separate processes run faster than one process with several threads."""
     if workers is not None:
         check_range("workers", workers, 1, integer=True)
     if threads is not None:
@@ -78,12 +78,12 @@ def _worker_report(event: dict) -> None:
     _WORKER["messages"].put(event)
 
 
-def _train(pack: list[FoldJob], features: FeatureSet | None, report) -> list[FoldResult]:
-    """One unit (`fold.train_fold`), or a pack of several trained at once (`packed.train_pack`)."""
-    return train_pack(pack, features, report) if len(pack) > 1 else [train_fold(pack[0], features, report)]
+def _train(pack: list[UnitJob], features: FeatureSet | None, report) -> list[UnitResult]:
+    """One unit (`unit.train_unit`), or a pack of several trained at once (`pack.train_pack`)."""
+    return train_pack(pack, features, report) if len(pack) > 1 else [train_unit(pack[0], features, report)]
 
 
-def _worker_train(pack: list[FoldJob]) -> list[FoldResult]:
+def _worker_train(pack: list[UnitJob]) -> list[UnitResult]:
     job = pack[0]
     return _train(pack, unit_features(job.mfcc_file, job.classes, _WORKER["shared"].get(job.mfcc_file)), _worker_report)
 
@@ -107,7 +107,7 @@ def _died(view: ProgressView, processes: dict) -> str:
     return f"a worker process died while training {running}; finished units are kept — resume the run with --resume"
 
 
-def _collect(future, pack: list[FoldJob], view: ProgressView, processes: dict) -> list[FoldResult]:
+def _collect(future, pack: list[UnitJob], view: ProgressView, processes: dict) -> list[UnitResult]:
     """A finished unit's (or pack's) results, or its failure as one line naming it."""
     label = " + ".join(view.label(j.key) for j in pack)
     try:
@@ -120,8 +120,8 @@ def _collect(future, pack: list[FoldJob], view: ProgressView, processes: dict) -
         raise TimnetError(f"{label} failed in its worker: {type(err).__name__}: {err}") from err
 
 
-def _run_serially(packs: list[list[FoldJob]], threads: int | None, features: FeatureSet | None, view: ProgressView):
-    """Units one after another in this process; a pack of several (`packed.train_pack`) trains them at once."""
+def _run_serially(packs: list[list[UnitJob]], threads: int | None, features: FeatureSet | None, view: ProgressView):
+    """Units one after another in this process; a pack of several (`pack.train_pack`) trains them at once."""
     if threads:
         torch.set_num_threads(threads)
     results = {}
@@ -134,8 +134,8 @@ def _run_serially(packs: list[list[FoldJob]], threads: int | None, features: Fea
 
 
 def _run_in_pool(
-    packs: list[list[FoldJob]], workers: int, threads: int | None, view: ProgressView, shared: dict[str, str]
-) -> dict[str, FoldResult]:
+    packs: list[list[UnitJob]], workers: int, threads: int | None, view: ProgressView, shared: dict[str, str]
+) -> dict[str, UnitResult]:
     """Each unit, or pack of units, in the next free worker process."""
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads is not safe
     messages = context.Queue()
@@ -144,7 +144,7 @@ def _run_in_pool(
     )
     futures = {pool.submit(_worker_train, pack): pack for pack in packs}
     processes: dict = {}
-    results: dict[str, FoldResult] = {}
+    results: dict[str, UnitResult] = {}
     try:
         while len(results) < sum(map(len, packs)):
             processes.update(getattr(pool, "_processes", None) or {})  # pid -> Process, to tell which one died
@@ -171,15 +171,15 @@ def _run_in_pool(
 
 
 def run_units(
-    jobs: list[FoldJob],
+    jobs: list[UnitJob],
     workers: int = 1,
     threads: int | None = None,
     features: FeatureSet | None = None,
     progress: bool = True,
     desc: str = "",
     shared: dict[str, str] | None = None,
-    packs: list[list[FoldJob]] | None = None,
-) -> list[FoldResult]:
+    packs: list[list[UnitJob]] | None = None,
+) -> list[UnitResult]:
     """Run units, one unit or one pack of units (`packs`, whose units are `jobs`) at a time per process: in
     parallel worker processes when workers > 1 (each reads the features from `shared`, see
     `feature_cache.share_features`; one per GPU on CUDA, each with its GPU's pack), else in this process on

@@ -4,7 +4,7 @@ it: the run workbook, the summary row, the confusion heatmap and the curves grid
 
     run_training(cfg, mfcc_file)  ==  finish_run(*execute([prepare_run(cfg, mfcc_file, roots)], device))
 
-One unit is `fold.train_fold(FoldJob)`; its files and resume rules are in `fold`, the run store in `runs`.
+One unit is `unit.train_unit(UnitJob)`; its files and resume rules are in `unit`, the run store in `runs`.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from .cluster import cluster_has_gpus, run_units_on_ray
 from .device_timing import auto_device
 from .pack import reference_model
 from .pool import plan_workers, run_units
-from .runs import FoldResult, Roots, RunPaths, create_run, new_run_id, open_run, unit_name
-from .unit import FoldJob, should_compile
+from .runs import Roots, RunPaths, UnitResult, create_run, new_run_id, open_run, unit_name
+from .unit import UnitJob, should_compile
 
 
-def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPaths, device: str) -> list[FoldJob]:
+def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPaths, device: str) -> list[UnitJob]:
     """All (seed, fold) units of a run, with their index sets fixed up front (and saved with the run)."""
     t = cfg.train
     seeds = t.run_seeds
@@ -70,7 +70,7 @@ def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPath
                 train, val = validation_split(train, features.y, speakers, t.val_fraction, seed)
             unit_device = f"cuda:{len(jobs) % gpus}" if gpus > 1 else device  # units spread over the GPUs
             jobs.append(
-                FoldJob(
+                UnitJob(
                     cfg.to_dict(),
                     str(mfcc_file),
                     k,
@@ -94,7 +94,7 @@ class PreparedRun:
     cfg: Config
     paths: RunPaths
     features: FeatureSet
-    jobs: list[FoldJob]
+    jobs: list[UnitJob]
 
 
 def prepare_run(
@@ -143,14 +143,14 @@ def packable(cfg: Config, device: str) -> str | None:
     return pack_declines(reference_model(cfg, device), torch.device(device))
 
 
-def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> list[list[FoldJob]]:
+def plan_packs(runs: list[PreparedRun], pending: list[UnitJob], device: str) -> list[list[UnitJob]]:
     """Each run's `pending` units in packs of `train.pack` (`packed.resolve_pack`: auto = all of a run's units on
     a GPU or MPS, one on CPU), a pack's units on one device (with several GPUs: one pack per GPU), its finished
     ones alone (they are only loaded); runs never share a pack."""
     keys, packs = {j.key for j in pending}, []
     for run in runs:
         packs += [[j] for j in run.jobs if j.key not in keys]
-        on_device: dict[str, list[FoldJob]] = {}
+        on_device: dict[str, list[UnitJob]] = {}
         for job in run.jobs:
             if job.key in keys:
                 on_device.setdefault(job.device, []).append(job)
@@ -166,7 +166,7 @@ def plan_packs(runs: list[PreparedRun], pending: list[FoldJob], device: str) -> 
     return packs
 
 
-def decide_execution(jobs: list[FoldJob], workers: int, packed: frozenset[str] = frozenset()) -> None:
+def decide_execution(jobs: list[UnitJob], workers: int, packed: frozenset[str] = frozenset()) -> None:
     """Whether each unit compiles and whose BLAS it uses, decided by its executor, the one place. `compile = auto`
     counts the epochs of a process, not of a unit — the units a worker trains one after another reuse its compiled
     code, so 10 folds x 500 epochs on 2 workers compile where one 500-epoch fold would not (Ray: each unit counts
@@ -182,7 +182,7 @@ def decide_execution(jobs: list[FoldJob], workers: int, packed: frozenset[str] =
         job.blas = "torch" if job.key in packed else blas
 
 
-def _execute_local(runs, jobs, device, workers, threads, progress, desc, address) -> list[FoldResult]:
+def _execute_local(runs, jobs, device, workers, threads, progress, desc, address) -> list[UnitResult]:
     """This process (one unit after another) or a spawn pool sharing one memory-mapped copy of the features."""
     pending = [j for j in jobs if not j.final_path.exists()]
     packs = plan_packs(runs, pending, device)
@@ -201,7 +201,7 @@ def _execute_local(runs, jobs, device, workers, threads, progress, desc, address
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _execute_ray(runs, jobs, device, workers, threads, progress, desc, address) -> list[FoldResult]:
+def _execute_ray(runs, jobs, device, workers, threads, progress, desc, address) -> list[UnitResult]:
     """One Ray task per unit; each node reads the features from the MFCC file itself."""
     for run in runs:
         run.features = without_samples(run.features)
@@ -222,7 +222,7 @@ def execute(
     progress: bool = True,
     desc: str = "",
     address: str | None = None,
-) -> list[list[FoldResult]]:
+) -> list[list[UnitResult]]:
     """Train the units of one or more runs at once with a backend (`BACKENDS`); returns each run's results."""
     check_choice("backend", backend, BACKENDS)
     jobs = [j for run in runs for j in run.jobs]
@@ -286,7 +286,7 @@ class RunResult:
     curves_png: Path
 
 
-def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list[FoldResult]) -> RunResult:
+def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list[UnitResult]) -> RunResult:
     """The run's outputs from its units' results: workbook, summary row, confusion heatmap, curves grid."""
     classes = cfg.dataset.classes
     folds = fold_table(results)

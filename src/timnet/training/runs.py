@@ -179,7 +179,7 @@ def save_unit(path: Path, unit: dict) -> None:
 
 
 @dataclass
-class FoldResult:
+class UnitResult:
     fold: int
     seed: int
     metrics: dict
@@ -190,9 +190,9 @@ class FoldResult:
     history: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
 
 
-def load_result(path: Path) -> FoldResult:
+def load_result(path: Path) -> UnitResult:
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    return FoldResult(
+    return UnitResult(
         saved["fold"],
         saved["seed"],
         saved["metrics"],

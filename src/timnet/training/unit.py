@@ -1,4 +1,4 @@
-"""One unit of work: one fold of one seed of one run, `train_fold(FoldJob)`. Pure: it reads the MFCC file named
+"""One unit of work: one fold of one seed of one run, `train_unit(UnitJob)`. Pure: it reads the MFCC file named
 in its job, trains, and writes only its own files (layout: `runs`):
 
     Models/<run>/in_progress/<unit>.pt   everything needed to continue (model, optimiser, RNG, progress),
@@ -44,22 +44,19 @@ from ..data.features import FeatureSet, load_features
 from ..model.inference import accuracy, infer
 from ..model.network import TIMNet, TIMNetConfig
 from .flat_state import flatten, unflatten
-from .runs import FoldResult, RunPaths, load_result, save_pt, save_unit
+from .runs import RunPaths, UnitResult, load_result, save_pt, save_unit
 from .state_writer import StateWriter
 
 # `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
-# units one after another: the next unit reuses the compiled code, measured: no second compile). Measured on
-# 2-core CPUs: the first compile takes 110-140 s (~30 s once inductor's on-disk cache holds the graphs; 274 s
-# on a loaded machine) and an epoch gets 1.05x (AVX-512 EPYC) to 1.23-1.3x (AVX2) faster, ~0.1-0.35 s: it repays
-# itself only after several hundred epochs. The paper protocol (10 folds x 500 epochs, 5 units per worker on 2
-# cores) compiles. On CUDA the many small elementwise kernels are what compiling fuses. `auto` never compiles where
-# the CPU's products go through numpy's BLAS (`train.blas`): compiling puts them back on torch's, and measured on a
-# 2-core AMD EPYC (AVX2, 2026-12-03; `timnet train`, 2 workers, 2 folds x 10 and 40 epochs, two interleaved
-# rounds) eager training with numpy's BLAS took 1.075-1.113 s per fold-epoch, compiled training 1.275-1.295 s.
+# units one after another: the next unit reuses the compiled code). The first compile costs minutes on a CPU and
+# an epoch gains a little: it repays itself only after several hundred epochs. On CUDA the many small elementwise
+# kernels are what compiling fuses. `auto` never compiles where the CPU's products go through numpy's BLAS
+# (`train.blas`): compiling puts them back on torch's, and eager training with numpy's BLAS and the CPU kernel
+# measured faster (benchmarks/results/design_measurements.md).
 COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
 # A progress event: {"key", "event": "start" | "epoch" | "done", "epoch", "epochs", "pid", and for "epoch" the
 # history row}. Executors turn them into one progress bar (`progress.ProgressView`); `None` reports nothing.
-Report = Callable[[dict], None]
+ProgressReport = Callable[[dict], None]
 
 
 # helpers
@@ -87,7 +84,7 @@ def should_compile(setting: str, epochs: int, device: str, units: int = 1, blas:
 
 def unit_adam(model: TIMNet, t: TrainSettings, device: torch.device) -> torch.optim.Adam:
     """The unit's optimiser. On the CPU torch's fused Adam: one kernel over TIM-Net's 135 tensors instead of a loop
-    of small ones (0.75 vs 4.6 ms per step, ~2 % of an EMO-DB epoch). A resumed unit keeps the kind it started with
+    of small ones. A resumed unit keeps the kind it started with
     (`load_state_dict` restores the saved group's `fused`), so its resume stays exact."""
     fused = True if device.type == "cpu" else None
     return torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=fused)
@@ -105,7 +102,7 @@ def compiled(model: TIMNet):
 
 
 @dataclass
-class FoldJob:
+class UnitJob:
     """Everything one unit needs; picklable, so it can run in any process (or on any node)."""
 
     config: dict
@@ -160,10 +157,10 @@ class Progress:
     stopped: bool = False  # early stop: nothing left to run on resume
 
 
-class FoldTrainer:
+class UnitTrainer:
     """The live objects of one unit: data on the device, model, optimiser, shuffling RNG."""
 
-    def __init__(self, job: FoldJob, cfg: Config, features: FeatureSet):
+    def __init__(self, job: UnitJob, cfg: Config, features: FeatureSet):
         self.job, self.cfg, self.t = job, cfg, cfg.train
         self.device = torch.device(job.device)
         if self.device.type == "cpu":
@@ -279,7 +276,7 @@ class FoldTrainer:
         return self.record_epoch(progress, loss, train_acc, started)
 
     def record_epoch(self, progress: Progress, loss: float, train_acc: float, started: float) -> dict:
-        """After an epoch's training (here or in a pack: `packed.train_pack`): evaluate, log, pick, stop."""
+        """After an epoch's training (here or in a pack: `pack.train_pack`): evaluate, log, pick, stop."""
         t = self.t
         progress.epoch += 1
         test_due = (
@@ -309,7 +306,7 @@ class FoldTrainer:
         progress.stopped = bool(t.patience > 0 and len(self.va) and progress.stale >= t.patience)
         return row
 
-    def finish(self, progress: Progress, features: FeatureSet) -> FoldResult:
+    def finish(self, progress: Progress, features: FeatureSet) -> UnitResult:
         job, cfg = self.job, self.cfg
         self.writer.close()  # the last epoch's state is on disk before the unit's file replaces it
         chosen_epoch = progress.best_epoch if self.watch else len(progress.history)
@@ -342,10 +339,10 @@ class FoldTrainer:
         history = pd.DataFrame(progress.history)
         title = f"{cfg.dataset.name} {job.unit} ({self.t.checkpoint})"
         plot_history(history, Path(job.logs_dir) / f"{job.unit}.png", title, chosen_epoch)
-        return FoldResult(job.fold, job.seed, metrics, chosen_epoch, progress.seconds, list(job.test), probs, history)
+        return UnitResult(job.fold, job.seed, metrics, chosen_epoch, progress.seconds, list(job.test), probs, history)
 
 
-def train_fold(job: FoldJob, features: FeatureSet | None = None, report: Report | None = None) -> FoldResult:
+def train_unit(job: UnitJob, features: FeatureSet | None = None, report: ProgressReport | None = None) -> UnitResult:
     """Train one unit: restore its state (if any) -> epochs, each saved -> evaluate the chosen weights, write them."""
     cfg = Config.from_dict(job.config)
     report = report or (lambda event: None)
@@ -358,8 +355,8 @@ def train_fold(job: FoldJob, features: FeatureSet | None = None, report: Report 
         return _train(job, cfg, features, report, event)
 
 
-def _train(job: FoldJob, cfg: Config, features: FeatureSet, report: Report, event: dict) -> FoldResult:
-    trainer = FoldTrainer(job, cfg, features)
+def _train(job: UnitJob, cfg: Config, features: FeatureSet, report: ProgressReport, event: dict) -> UnitResult:
+    trainer = UnitTrainer(job, cfg, features)
     progress = trainer.restore()
     report({**event, "event": "start", "epoch": progress.epoch})
     try:
