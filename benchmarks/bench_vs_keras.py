@@ -235,7 +235,18 @@ def competitors(args, mfcc: Path) -> dict[str, tuple[str, callable]]:
         folders = [arg for flag in ("models", "logs", "results") for arg in (f"--{flag}", str(out / flag))]
         return [*timnet, "--epochs", str(e), *folders]
 
-    return {"A": (a_name, a_argv), "B": (f"B: timnet train (defaults){settings}", b_argv)}
+    found = {"A": (a_name, a_argv), "B": (f"B: timnet train (defaults){settings}", b_argv)}
+    if args.before:  # the same command on the code before a change (a checkout's src/), interleaved with B
+
+        def b0_argv(e: int, out: Path) -> list[str]:
+            return ["env", f"PYTHONPATH={args.before.resolve()}", *b_argv(e, out)]
+
+        found = {
+            "A": found["A"],
+            "B0": (f"B0: timnet train from {args.before} (before){settings}", b0_argv),
+            "B": found["B"],
+        }
+    return found
 
 
 def timed(argv: list[str]) -> dict[str, float]:
@@ -304,7 +315,7 @@ def derive(rows: list[dict], e1: int, e2: int, folds: int) -> dict[str, float]:
     """One round's numbers per competitor (keys like "A.steady") and A/B ratios (keys like "ratio.steady")."""
     got = {(row["key"], row["epochs"]): row for row in rows}
     d = {}
-    for key in "AB":
+    for key in sorted({row["key"] for row in rows}):  # A, B, and B0 where --before ran
         w1, w2 = got[key, e1]["wall_s"], got[key, e2]["wall_s"]
         steady = (w2 - w1) / (folds * (e2 - e1))
         fixed = w1 - steady * folds * e1
@@ -328,6 +339,9 @@ def derive(rows: list[dict], e1: int, e2: int, folds: int) -> dict[str, float]:
     for metric in {k.split(".", 1)[1] for k in d}:
         d[f"ratio.{metric}"] = d[f"A.{metric}"] / d[f"B.{metric}"] if d[f"B.{metric}"] else float("nan")
     d["ratio.paper_pf_h"] = d["A.paper_h"] / d["B.paper_pf_h"]  # B's fixed cost per fold too: B's upper bound
+    if "B0.paper_h" in d:  # the code before a change: A / B0, and B0 / B (above 1: the change made B faster)
+        d |= {f"ratio0.{m}": d[f"A.{m}"] / d[f"B0.{m}"] for m in ("steady", "paper_h")}
+        d |= {f"change.{m}": d[f"B0.{m}"] / d[f"B.{m}"] for m in ("steady", "paper_h")}
     return d
 
 
@@ -472,6 +486,13 @@ def table(rounds: list[dict], names: dict[str, str], e1: int, e2: int, folds: in
         ratio = spread([r[f"ratio.{key}"] for r in rounds], 2, "×") if key != "startup" else "—"
         ratio = f"**{ratio}**" if key == "paper_h" else ratio
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
+    if "B0" in names:
+        for label, key, digits in metrics[4:5] + metrics[7:9]:
+            cells = spread([r[f"B0.{key}"] for r in rounds], digits)
+            ratio = spread([r[f"ratio0.{key}"] for r in rounds], 2, "×") if f"ratio0.{key}" in rounds[0] else "—"
+            lines.append(f"| {label}, {names['B0']} | — | {cells} | A / B0: {ratio} |")
+        change = [spread([r[f"change.{m}"] for r in rounds], 3, "×") for m in ("steady", "paper_h")]
+        lines.append(f"| B0 / B (before / after the change): steady, projected | — | — | {change[0]}, {change[1]} |")
     pf = [r["B.paper_pf_h"] for r in rounds]
     lines.append(
         f"| projected {paper} if B's fixed cost were per fold too (h) | — | {spread(pf, 2)} | "
@@ -638,6 +659,9 @@ def main() -> None:
     ap.add_argument("--mfcc", type=Path, help="features from `timnet preprocess` (default: random features)")
     ap.add_argument("--authors-code", type=Path, default=AUTHORS_CODE, help="the authors' Code/ folder")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for timnet's runs")
+    ap.add_argument(
+        "--before", type=Path, help="also time timnet from this src/ folder (the code before a change) as B0"
+    )
     ap.add_argument("--a-worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--inference", action="store_true", help="inference speed instead of training")
     ap.add_argument("--samples", type=int, default=2048, help="--inference: samples per predict call")
