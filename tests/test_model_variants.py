@@ -19,7 +19,7 @@ from conftest import model_config
 from torch import nn
 
 from timnet.accel.accelerate import FastPathDeclined, accelerate
-from timnet.accel.packed import PackedAdam, PackedTIMNet, pack_declines
+from timnet.accel.packed import PackedAdam, PackedTIMNet, capture_declines, pack_declines
 from timnet.model import network
 from timnet.model.network import TemporalAwareBlock, TIMNet, batch_norm
 
@@ -186,7 +186,10 @@ def test_packed_units_train_the_variant_or_decline(variant):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="captured steps are CUDA graphs: no CUDA here")
-def test_captured_steps_follow_the_packed_check_on_cuda(variant):  # pragma: no cover (CUDA)
-    model = build(variant).cuda()
-    reason = pack_declines(model, torch.device("cuda"))
-    assert (reason is None) == (variant in ("reference", "kernel 3"))
+def test_packed_and_captured_steps_earn_their_place_on_cuda(variant):  # pragma: no cover (CUDA)
+    """On the GPU: the pack check runs there (float64), and captured steps end where eager packed steps end."""
+    device = torch.device("cuda")
+    model = build(variant).to(device)
+    packable = variant in ("reference", "kernel 3")
+    assert (pack_declines(model, device) is None) == packable
+    assert (capture_declines(model, device) is None) == packable, capture_declines(model, device)

@@ -15,6 +15,8 @@ python3 -m pip install -q --no-deps -e . 2>&1 | tail -1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), 'mps', torch.backends.mps.is_available())" | tee "$OUT/torch.txt"
 nvidia-smi 2>/dev/null | head -15 | tee "$OUT/nvidia-smi.txt"
 timeout 300 python3 -m pytest -q -m device --device "$DEVICE" -p no:cacheprovider 2>&1 | tail -40 | tee "$OUT/selftest.txt"
+# every fast path against the reference model, the packed and captured checks on this device included
+timeout 300 python3 -m pytest -q -n 0 -p no:cacheprovider tests/test_model_variants.py 2>&1 | tail -20 | tee "$OUT/variants.txt"
 for dataset in EMODB IEMOCAP; do
   timeout 120 timnet devices --dataset "$dataset" --seconds 3 2>&1 | tee "$OUT/devices_$dataset.txt"
 done
