@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..core.atomic import write_json
-from ..core.devices import cache_root, read_cache
+from ..core.devices import cache_root, cached_on_disk
 
 CHOICES = ("torch", "numpy")
 # numpy's BLAS is chosen only when clearly faster (median of interleaved products), so that a machine under load
@@ -87,14 +86,7 @@ def resolve_blas(setting: str, device: str) -> str:
         return "torch"
     if setting != "auto":
         return setting
-    key, cache = machine_key(), read_cache(cache_file())
-    if key not in cache:
-        cache[key] = measure()
-        try:
-            write_json(cache_file(), {**read_cache(cache_file()), key: cache[key]})  # and what others wrote meanwhile
-        except OSError:  # a read-only home: measured again next time
-            pass
-    return cache[key]
+    return cached_on_disk(cache_file(), machine_key(), measure)
 
 
 def unit_blas(blas: str) -> str:

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.atomic import write_json
-from ..core.devices import cache_root, read_cache
+from ..core.devices import cache_root, cached_on_disk
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 SHAPE = (4, 24)  # utterances, frames: longer than the first dilations, shorter than the last (both cases run)
@@ -142,14 +141,7 @@ def cached(sig: tuple, compute: Callable[[], float]) -> float:
     """compute() for `sig`, kept per process and on disk (`cache_file`, under `stable_key(sig)`)."""
     if sig in _known:
         return _known[sig]
-    stable = stable_key(sig)
-    if stable not in (saved := read_cache(cache_file())):
-        saved[stable] = compute()
-        try:  # with what other processes wrote meanwhile
-            write_json(cache_file(), {**read_cache(cache_file()), stable: saved[stable]})
-        except OSError:  # a read-only home: checked again next time
-            pass
-    _known[sig] = saved[stable]
+    _known[sig] = cached_on_disk(cache_file(), stable_key(sig), compute)
     return _known[sig]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_json
 from .errors import TimnetError
 
 
@@ -29,6 +30,19 @@ def read_cache(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def cached_on_disk(path: Path, key: str, compute):
+    """`path`'s value for `key` (a cache under cache_root()), computed and added where missing, keeping what other
+    processes wrote meanwhile; a read-only home keeps nothing (computed again next time)."""
+    cache = read_cache(path)
+    if key not in cache:
+        cache[key] = compute()
+        try:
+            write_json(path, {**read_cache(path), key: cache[key]})
+        except OSError:
+            pass
+    return cache[key]
 
 
 def pick_device(name: str = "auto") -> str:
