@@ -5,24 +5,30 @@ is one step's worth of operations on U-times larger tensors: on a GPU, where a T
 launches (~800 tiny kernels), U units cost about what one does. Each unit keeps what it has alone: its data order,
 its dropout stream (a generator holding the RNG state it would have alone), its Adam step count.
 
-`PackedTIMNet` is written for the reference TIM-Net as `model/network.py` defines it. `pack_declines` checks, on the
-device that will train, that it computes what the reference computes for the model at hand (`check`): a changed
-model trains unit by unit through the reference instead, with one line saying so.
-Shapes: U units, B batch, T frames, C channels.
+There is no packed copy of the network: `PackedTIMNet` runs the model's own forward (`model/network.py`, or
+whatever the model at hand defines) on each unit's stacked weights with `torch.func.functional_call` under
+`torch.vmap`. Dropout is the one thing vmap cannot draw per unit from the unit's own stream, so each
+`SpatialDropout1d`'s masks are drawn before the forward by its own `keep`, from each unit's generator in the order
+the unit draws alone, and fed in. A model with other random draws, or anything vmap cannot batch, is caught by
+`pack_declines` (which also checks the packed pass against the reference on the device that will train) and trains
+unit by unit, with one line saying so.
+Shapes: U units (G of them stepping), B batch, T frames, C channels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
-from ..model.network import TemporalAwareBlock, TIMNet
+from ..model.network import SpatialDropout1d, TIMNet
+from .accelerate import reference
 from .capture import CapturedSteps, Step
 from .check import TOLERANCE, cached, difference, equal, largest_difference, loss_weights, seeded, signature
-from .cpu_kernel import PARAMETERS
 
 # helpers
 
@@ -37,14 +43,12 @@ def resolve_pack(setting: str, device: str, units: int) -> int:
 
 
 def pack_declines(model: TIMNet, device: torch.device) -> str | None:
-    """Why units of `model` cannot be packed on `device`, or None: the reference TIM-Net's structure, and the same
-    training pass as the reference's on that device (float64 where it has it), checked once per machine."""
-    blocks = [*getattr(model, "forward_blocks", []), *getattr(model, "backward_blocks", [])]
-    if type(model) is not TIMNet or not blocks or any(type(b) is not TemporalAwareBlock for b in blocks):
-        return "the model is not the reference TIMNet with its temporal-aware blocks"
-    if any({n for n, _ in b.named_parameters()} != PARAMETERS for b in blocks):
-        return "a block's parameters differ from the reference's"
-    diff = difference(model, _packed_passes, device, ("packed",))
+    """Why units of `model` cannot be packed on `device`, or None: the packed training pass must be the reference's
+    on that device (float64 where it has it), checked once per machine; a pass that cannot run is a reason."""
+    try:
+        diff = difference(model, _packed_passes, device, ("packed",))
+    except Exception as err:  # noqa: BLE001 — what vmap cannot batch (another random draw, data-dependent code)
+        return f"the packed pass cannot run ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
     return None if equal(diff, device) else f"it computes {diff:.1e} away from the reference on {device} (relative)"
 
 
@@ -63,36 +67,36 @@ def _packed_passes(model: TIMNet, x: torch.Tensor) -> list:
     return [logits.detach(), *grads, *(b.detach().clone() for b in model.buffers()), evaluated]
 
 
-def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
-    """`model.CausalConv1d` per unit: [U, B, T, C_in] x weights [U, C_out, C_in, k] -> [U, B, T, C_out]."""
-    U, B, T, c_in = x.shape
-    k = weight.shape[-1]
-    current = weight[..., k - 1].transpose(1, 2)  # [U, C_in, C_out]
-    y = torch.baddbmm(bias[:, None, :], x.reshape(U, B * T, c_in), current).view(U, B, T, -1)
-    for j in range(k - 1):
-        shift = (k - 1 - j) * dilation
-        if shift < T:  # taps further back than the sequence see only causal zero padding
-            y[:, :, shift:] += x[:, :, :-shift] @ weight[..., j].transpose(1, 2)[:, None]
-    return y
-
-
 def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in tensors]).clone()
+
+
+@contextlib.contextmanager
+def _keeps(dropouts: list[SpatialDropout1d], keep):
+    """Every dropout layer's `keep(x)` answered by `keep(layer, x)` for the duration."""
+    for layer in dropouts:
+        layer.keep = functools.partial(keep, layer)
+    try:
+        yield
+    finally:
+        for layer in dropouts:
+            del layer.keep
 
 
 # classes
 
 
 class PackedTIMNet:
-    """The U models of a pack as stacked tensors named like `TIMNet.state_dict()`, and their training forward."""
+    """The U models of a pack as stacked tensors named like `TIMNet.state_dict()`, trained by one of them (its
+    structure and code, not its weights) under vmap."""
 
     def __init__(self, models: list[TIMNet]):
-        self.config = models[0].config
-        self.eps, self.momentum = models[0].forward_blocks[0].bn1.eps, models[0].forward_blocks[0].bn1.momentum
-        self.dropout = models[0].forward_blocks[0].drop.p
+        self.template = reference(copy.deepcopy(models[0])).train()  # the model as defined, no fast path
+        self.dropouts = [m for m in self.template.modules() if isinstance(m, SpatialDropout1d)]
         params, buffers = [dict(m.named_parameters()) for m in models], [dict(m.named_buffers()) for m in models]
         self.params = {n: _stacked([p[n] for p in params]).requires_grad_() for n in params[0]}
         self.buffers = {n: _stacked([b[n] for b in buffers]) for n in buffers[0]}
+        self.draws: dict[tuple, list] = {}  # per input shape: [(dropout layer, the x its keep sees)] in call order
 
     @property
     def state(self) -> list[torch.Tensor]:
@@ -104,59 +108,44 @@ class PackedTIMNet:
         return {n: t[u].detach().clone() for n, t in {**self.params, **self.buffers}.items()}
 
     def forward(self, x: torch.Tensor, units: torch.Tensor, dropout: list[torch.Generator]) -> torch.Tensor:
-        """Training forward of the units `units` ([G] indices): MFCCs [G, B, T, F] -> logits [G, B, K]."""
-        whole = len(units) == len(self.params["level_weights"])  # every unit steps: no gather (the usual case)
-        p = self.params if whole else {n: t[units] for n, t in self.params.items()}
-        drawn = _Masks(dropout, self.dropout)
-        fwd = causal_conv(x, p["forward_in.weight"], p["forward_in.bias"], 1)  # [G, B, T, C]
-        bwd = causal_conv(x.flip(2), p["backward_in.weight"], p["backward_in.bias"], 1)  # time reversed
-        pooled = []
-        for level in range(self.config.levels):
-            d = 2**level
-            fwd = self._block(p, f"forward_blocks.{level}.", fwd, d, units, drawn)
-            bwd = self._block(p, f"backward_blocks.{level}.", bwd, d, units, drawn)
-            pooled.append((fwd + bwd).mean(dim=2))  # [G, B, C]
-        embedding = torch.stack(pooled, dim=-1) @ p["level_weights"][:, None, :, None]  # [G, B, C, 1]
-        return torch.baddbmm(
-            p["classifier.bias"][:, None, :], embedding[..., 0], p["classifier.weight"].transpose(1, 2)
-        )
+        """Training forward of the units `units` ([G] indices): MFCCs [G, B, T, F] -> logits [G, B, K]; the units'
+        BatchNorm statistics move as they do alone."""
+        whole = len(units) == len(self.params[next(iter(self.params))])  # every unit steps: no gather (usual)
+        params = self.params if whole else {n: t[units] for n, t in self.params.items()}
+        buffers = self.buffers if whole else {n: t[units] for n, t in self.buffers.items()}  # copies
+        masks = self._masks(x, dropout)
+        logits = torch.vmap(self._unit, randomness="error")(params, buffers, x, masks)  # updates `buffers`
+        if not whole:
+            for name, stat in buffers.items():
+                self.buffers[name][units] = stat
+        return logits
 
-    def _block(self, p: dict, prefix: str, x: torch.Tensor, d: int, units: torch.Tensor, drawn: "_Masks"):
-        """`model.TemporalAwareBlock`: 2 x (conv -> BatchNorm -> ReLU -> SpatialDropout), then x * sigmoid(h)."""
-        h = x
-        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
-            h = causal_conv(h, p[f"{prefix}{conv}.weight"], p[f"{prefix}{conv}.bias"], d)
-            h = F.relu(self._batch_norm(h, p, f"{prefix}{bn}.", units)) * drawn.next(h)
-        return x * torch.sigmoid(h)
+    def _unit(self, params: dict, buffers: dict, x: torch.Tensor, masks: list) -> torch.Tensor:
+        """One unit's training forward (vmap gives each unit's slice): the model's own, its dropout masks fed in."""
+        fed = iter(masks)
+        with _keeps(self.dropouts, lambda layer, h: next(fed)):
+            return functional_call(self.template, (params, buffers), (x,))
 
-    def _batch_norm(self, h: torch.Tensor, p: dict, prefix: str, units: torch.Tensor) -> torch.Tensor:
-        """Training BatchNorm per unit over batch and time of [G, B, T, C]; updates those units' running stats."""
-        mean = h.mean(dim=(1, 2), keepdim=True)  # [G, 1, 1, C]
-        centred = h - mean
-        var = (centred * centred).mean(dim=(1, 2), keepdim=True)
-        scale = torch.rsqrt(var + self.eps) * p[f"{prefix}weight"][:, None, None]
-        with torch.no_grad():
-            n = h.shape[1] * h.shape[2]
-            m, stats = self.momentum, self.buffers
-            running_mean, running_var = stats[f"{prefix}running_mean"], stats[f"{prefix}running_var"]
-            running_mean[units] = (1 - m) * running_mean[units] + m * mean[:, 0, 0]
-            running_var[units] = (1 - m) * running_var[units] + m * var[:, 0, 0] * (n / (n - 1))
-            stats[f"{prefix}num_batches_tracked"][units] += 1
-        return centred * scale + p[f"{prefix}bias"][:, None, None]
+    def _masks(self, x: torch.Tensor, dropout: list[torch.Generator]) -> list[torch.Tensor]:
+        """Each dropout call's masks [G, ...], drawn by the layer's own `keep` from each unit's generator, in the
+        order a unit alone draws them (found once per input shape by a forward that draws nothing)."""
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        if key not in self.draws:
+            self.draws[key] = self._calls(x[0])
+        return [torch.stack([layer.keep(h, generator=g) for g in dropout]) for layer, h in self.draws[key]]
 
+    def _calls(self, x: torch.Tensor) -> list:
+        """[(layer, a stand-in for the x its keep sees)] of one training forward of unit 0, in call order."""
+        calls = []
 
-class _Masks:
-    """SpatialDropout1d masks [G, B, 1, C], each unit's drawn from its own generator in the order it draws alone."""
+        def record(layer, h):
+            calls.append((layer, h.new_empty(()).expand(h.shape)))  # shape, dtype and device: no memory
+            return torch.ones((), dtype=h.dtype, device=h.device)
 
-    def __init__(self, generators: list[torch.Generator], p: float):
-        self.generators, self.p = generators, p
-
-    def next(self, h: torch.Tensor) -> torch.Tensor | float:
-        if self.p == 0:
-            return 1.0
-        _, B, _, C = h.shape
-        keep = [h.new_empty(B, 1, C).bernoulli_(1 - self.p, generator=g) for g in self.generators]
-        return torch.stack(keep).div_(1 - self.p)
+        buffers = {n: t[0].clone() for n, t in self.buffers.items()}  # the real statistics stay as they are
+        with torch.no_grad(), _keeps(self.dropouts, record):
+            functional_call(self.template, ({n: t[0] for n, t in self.params.items()}, buffers), (x,))
+        return calls
 
 
 class PackedAdam:

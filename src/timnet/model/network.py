@@ -41,9 +41,9 @@ class SpatialDropout1d(nn.Module):
             return x
         return x * self.keep(x)
 
-    def keep(self, x: torch.Tensor) -> torch.Tensor:
-        """The keep mask [B, 1, C]: 0 or 1 / (1 - p), drawn from torch's generator."""
-        return x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - self.p).div_(1 - self.p)
+    def keep(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The keep mask [B, 1, C]: 0 or 1 / (1 - p), drawn from `generator` (torch's own when None)."""
+        return x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - self.p, generator=generator).div_(1 - self.p)
 
 
 def batch_norm(bn: nn.Module, h: torch.Tensor) -> torch.Tensor:
