@@ -107,13 +107,19 @@ def test_saved_configs_and_architectures_of_earlier_versions_still_read():
         "kernel_size": 2,
         "levels": 8,
         "dropout": 0.1,
+        "directions": "both",  # the paper's ablations, since issue 37: TIM-Net itself by default
+        "fusion": "dynamic",
+        "gate": True,
     }
-    assert Config.from_dict(saved) == cfg  # run records and exported folders: the six-field [model]
+    assert Config.from_dict(saved) == cfg  # run records and exported folders: the whole [model]
+    six = {k: v for k, v in saved["model"].items() if k not in ("directions", "fusion", "gate")}
+    assert TIMNetConfig(**six) == cfg.model  # models saved before the ablations were settings: TIM-Net itself
     earlier = dataclasses.replace(cfg).to_dict()
     earlier["dataset"]["recipe"] = earlier["dataset"].pop("reader")  # `recipe` until the reader was named so
     del earlier["model"]["n_classes"], earlier["model"]["n_mfcc"]  # the four-field [model] of earlier versions
     assert Config.from_dict(earlier) == cfg
-    assert cfg.settings()["model"] == {"filters": 39, "kernel_size": 2, "levels": 8, "dropout": 0.1}  # as typed
+    typed = {"filters": 39, "kernel_size": 2, "levels": 8, "dropout": 0.1, "directions": "both", "fusion": "dynamic"}
+    assert cfg.settings()["model"] == typed | {"gate": True}  # as typed
     assert Config.from_dict(cfg.settings()) == cfg
     assert TIMNetConfig(**saved["model"]) == cfg.model  # fold checkpoints' model_config, exports' architecture
     assert load_config("EMODB", {"dataset.recipe": "folders"}).dataset.reader == "folders"

@@ -208,3 +208,61 @@ def test_packed_and_captured_steps_earn_their_place_on_cuda(variant):  # pragma:
     model = build(variant).to(device)
     assert pack_declines(model, device) is None
     assert capture_declines(model, device) is None, capture_declines(model, device)
+
+
+# The paper's ablations, set in the config: the one reference model, built without a part.
+ABLATIONS = {
+    "w/o BD (forward only)": dict(directions="forward"),
+    "w/o DF (levels averaged)": dict(fusion="mean"),
+    "w/o MS (last level)": dict(fusion="last"),
+    "w/o TAB (no gate)": dict(gate=False),
+}
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_the_papers_ablations_train_through_every_path_or_decline(ablation):
+    torch.manual_seed(0)
+    model = TIMNet(model_config(n_classes=4, levels=3, **ABLATIONS[ablation])).double()
+    want = train_alone(copy.deepcopy(model))
+    for path, asked in PATHS.items():
+        fast = copy.deepcopy(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            done = accelerate(fast, **asked)
+        lines = [str(w.message) for w in caught if issubclass(w.category, FastPathDeclined)]
+        for g, w in zip(train_alone(fast), want, strict=True):
+            torch.testing.assert_close(g, w, **TOLERANCE)
+        if ablation.startswith("w/o TAB") and asked.get("kernel"):  # the kernel computes the gated block only
+            assert not done.kernel and any("without its gate" in line for line in lines), lines
+        else:  # one direction, another fusion: the kernel runs the blocks, the model fuses as it says
+            assert not lines and done.kernel == asked.get("kernel", False), (path, lines)
+    assert pack_declines(model, torch.device("cpu")) is None
+    for g, w in zip(train_packed(copy.deepcopy(model)), want, strict=True):
+        torch.testing.assert_close(g, w, **TOLERANCE)
+
+
+def test_ablations_change_only_what_they_name():
+    full = TIMNet(model_config())
+    names = {n for n, _ in full.named_parameters()}
+    forward = {n for n, _ in TIMNet(model_config(directions="forward")).named_parameters()}
+    assert forward == {n for n in names if not n.startswith(("backward_in", "backward_blocks"))}
+    assert {n for n, _ in TIMNet(model_config(fusion="mean")).named_parameters()} == names - {"level_weights"}
+    assert {n for n, _ in TIMNet(model_config(gate=False)).named_parameters()} == names
+    with pytest.raises(Exception, match=r"model\.fusion: must be one of dynamic, mean, last \(got 'sum'\)"):
+        model_config(fusion="sum")
+
+
+@pytest.mark.parametrize("setting", ["model.directions=forward", "model.fusion=last", "model.gate=false"])
+def test_an_ablation_set_on_the_command_line_trains_saves_and_loads(tmp_path, mfcc, setting):
+    from conftest import train
+
+    import timnet
+
+    key, value = setting.split("=")
+    run = train(tmp_path, mfcc, folds=2, epochs=2, settings={key: value})
+    loaded = timnet.load_model(run.run_id, models_root=tmp_path / "Models", engine="torch", device="cpu")
+    assert str(getattr(loaded.config.model, key.split(".")[1])).lower() == value
+    for model in loaded.fold_models.values():
+        assert str(getattr(model.config, key.split(".")[1])).lower() == value
+    probs = loaded.predict_proba(torch.randn(3, 32, 39).numpy())
+    assert probs.shape == (3, 7) and torch.allclose(torch.as_tensor(probs).sum(-1).double(), torch.ones(3).double())

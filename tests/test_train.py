@@ -51,7 +51,14 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
     assert pixels_of(logs / "curves.png", "C0") > 200, "curves.png (every fold's curves): train accuracy not drawn"
 
     book = pd.read_excel(run.workbook, sheet_name=None)
-    assert set(book) == {"folds", "predictions", "confusion", "confusion_per_fold", "config"}
+    assert list(book) == [
+        *("folds", "predictions", "confusion", "confusion_per_fold"),
+        *("leakage", "calibration", "reliability", "config"),  # the audit and calibration of every run (issue 37)
+    ]
+    leakage = book["leakage"]  # the authors' random folds: every test utterance's speaker and text are in training
+    assert leakage.iloc[-1].fold == "total" and leakage.iloc[-1].shared_speaker == leakage.iloc[-1].n_test == 84
+    assert leakage.iloc[-1].shared_sentence == 84 and leakage.iloc[-1].identical_audio == 0
+    assert run.summary["leakage"].endswith("84/84 share a speaker, 84/84 a sentence, 0/84 identical audio")
     folds = book["folds"]
     assert list(folds.fold[:2]) == [1, 2] and list(folds.fold[2:]) == ["mean", "std"]
     assert folds.war[2] == pytest.approx(folds.war[:2].mean())

@@ -123,6 +123,35 @@ def cmd_corpus_check(args) -> None:
     print("\n".join(check_corpus(cfg, args.data or Path("Datasets") / cfg.dataset.name).lines()))
 
 
+def cmd_audit(args) -> None:
+    from .data.leakage import audit_corpus, audit_lines
+
+    _refuse_existing(args.csv)
+    cfg = _config(args, **shortcut_overrides({"protocol": args.protocol, "folds": args.folds}))
+    table, source = audit_corpus(cfg, args.data, args.mfcc, args.trust_pickle)
+    print("\n".join(audit_lines(cfg, table, source)))
+    _write_csv(table, args.csv)
+
+
+def _write_csv(table, path: Path | None) -> None:
+    """A table as CSV, written whole or not at all (the path was refused before any work if it existed)."""
+    if path is not None:
+        from .core.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"wrote {path}")
+
+
+def cmd_compare(args) -> None:
+    from .analysis.compare import compare_runs, comparison_lines
+
+    _refuse_existing(args.csv)
+    table = compare_runs(args.run_a, args.run_b, args.models)
+    print("\n".join(comparison_lines(table)))
+    _write_csv(table, args.csv)
+
+
 def _training_overrides(args) -> dict:
     """The training options given (`--folds 2` -> train.folds = 2); those left out keep the dataset's settings."""
     return shortcut_overrides({name: getattr(args, name) for name in TRAIN_SHORTCUTS})
@@ -185,6 +214,19 @@ def cmd_sweep(args) -> None:
     )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"sweep {record['sweep']}: {len(table)} runs; wrote {workbook} and {len(table)} rows of the summary workbook")
+
+
+def cmd_study(args) -> None:
+    from .studies.study import run_study
+    from .studies.study_report import study_lines
+    from .training.runs import Roots
+
+    if (args.study is None) == (args.resume is None):
+        raise TimnetError("give a study file (timnet study studies/paper.toml) or --resume ID")
+    roots = Roots(args.models, args.logs, args.results)
+    record, report = run_study(args.study, args.resume, args.quick, roots, args.backend, args.address, args.device,
+                               args.workers, args.threads, not args.quiet, vars(args))  # fmt: skip
+    print("\n".join(study_lines(record, report)))
 
 
 def cmd_run(args) -> None:
@@ -326,9 +368,12 @@ COMMANDS = {
     "example-data": cmd_example_data,
     "preprocess": cmd_preprocess,
     "corpus-check": cmd_corpus_check,
+    "audit": cmd_audit,
+    "compare": cmd_compare,
     "evaluate": cmd_evaluate,
     "train": cmd_train,
     "sweep": cmd_sweep,
+    "study": cmd_study,
     "run": cmd_run,
     "tsne": cmd_tsne,
     "predict": cmd_predict,

@@ -81,7 +81,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--protocol",
         choices=TrainSettings.PROTOCOLS,
-        help=f"random = authors' KFold; speaker = speaker-independent ({_from_toml('train.protocol')})",
+        help="random = authors' KFold; speaker = speaker-independent; sentence = text-independent; "
+        f"speaker-sentence = both ({_from_toml('train.protocol')})",
     )
     p.add_argument(
         "--checkpoint",
@@ -223,6 +224,46 @@ def _add_training_commands(sub) -> None:
     _backend_args(p)
 
 
+def _add_study_commands(sub) -> None:
+    """audit, compare, study: the paper's study and what it is made of."""
+    p = sub.add_parser(
+        "audit", help="leakage per fold: test utterances sharing a speaker, a sentence or identical audio with training"
+    )
+    _config_args(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, help="the corpus folder (identical audio: the decoded samples)")
+    source.add_argument(
+        "--mfcc", type=Path, help="a feature file (identical audio: identical features; default MFCC/<DATASET>.npy)"
+    )
+    p.add_argument("--protocol", choices=TrainSettings.PROTOCOLS, help=f"({_from_toml('train.protocol')})")
+    p.add_argument("--folds", type=int, help=f"number of folds ({_from_toml('train.folds')})")
+    p.add_argument("--csv", type=Path, help="also write the table here: fold, n_test, shared_speaker, ...")
+    p.add_argument("--trust-pickle", action="store_true", help="allow reading a pickled .npy not written by timnet")
+
+    p = sub.add_parser(
+        "compare", help="two runs on the folds they share: paired differences, CIs, t, Wilcoxon, McNemar"
+    )
+    p.add_argument("run_a", help="run id (folder under --models) or run folder: A")
+    p.add_argument("run_b", help="run id or folder: B (differences are B − A)")
+    p.add_argument("--csv", type=Path, help="also write the table here: metric, mean_a, mean_b, diff, ci_low, ...")
+    _roots_args(p, "models")
+
+    p = sub.add_parser("study", help="the paper's study: corpora x protocols x variants, its tables beside the paper's")
+    p.add_argument("study", nargs="?", type=Path, help="the study file (TOML), e.g. studies/paper.toml")
+    p.add_argument("--quick", action="store_true", help="few folds and epochs ([quick] of the file): a first look")
+    for key in ("datasets", "protocols"):
+        p.add_argument(
+            f"--{key}", type=lambda v: v.split(","), help=f"only these of the file's {key}, e.g. EMODB,SAVEE"
+        )
+    p.add_argument("--resume", metavar="ID", help="continue a study (Results/studies/ID.json) and write its report")
+    _device_arg(p)
+    p.add_argument("--threads", type=int, help="CPU threads per unit (default: the cores divided among the workers)")
+    _workers_arg(p)
+    _backend_args(p)
+    _roots_args(p, "models", "logs", "results")
+    _quiet_arg(p)
+
+
 def _add_tsne_command(sub) -> None:
     p = sub.add_parser("tsne", help="t-SNE of the penultimate layer (each utterance from its test-fold model)")
     _config_args(p)
@@ -323,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
     _add_training_commands(sub)
+    _add_study_commands(sub)
     _add_tsne_command(sub)
     _add_predict_command(sub)
     _add_export_command(sub)

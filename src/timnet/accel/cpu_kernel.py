@@ -178,6 +178,8 @@ def block_declines(block: torch.nn.Module) -> str | None:
     running both (`accel.check`)."""
     if type(block) is not TemporalAwareBlock:
         return f"{type(block).__name__} is not the reference TemporalAwareBlock"
+    if not block.gate:
+        return "the block without its gate: the kernel implements the gated block"
     names = {n for n, _ in block.named_parameters()}
     if names != PARAMETERS:
         return f"the block's parameters differ from the reference's ({', '.join(sorted(names ^ PARAMETERS))})"

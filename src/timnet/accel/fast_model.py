@@ -5,6 +5,8 @@ changed block, is never trained through it)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -26,23 +28,28 @@ class AcceleratedTIMNet(TIMNet):
     recompute = False
 
     def levels(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, F] MFCCs -> [B, C, L], as `TIMNet.levels`."""
-        fwd = self.forward_in(x)  # [B, T, C]
-        bwd = self.backward_in(x.flip(1))  # [B, T, C], time reversed
-        blocks = [*self.forward_blocks, *self.backward_blocks]
-        kernel = self.kernel and all(cpu_kernel.runs_on(b, fwd) for b in blocks)
+        """[B, T, F] MFCCs -> [B, C, L], as `TIMNet.levels` (both directions, or the forward one)."""
+        streams = [self.forward_in(x)]  # [B, T, C] per direction
+        chains = [self.forward_blocks]
+        if self.backward_in is not None:
+            streams.append(self.backward_in(x.flip(1)))  # time reversed
+            chains.append(self.backward_blocks)
+        kernel = self.kernel and all(cpu_kernel.runs_on(b, streams[0]) for chain in chains for b in chain)
         run = cpu_kernel.run if kernel else _as_defined
-        C = fwd.shape[-1]
+        C = streams[0].shape[-1]
         if kernel:  # the kernel's channels, padded with zeros once for all levels: [B, T, W]
-            fwd, bwd = (F.pad(h, (0, cpu_kernel.width(C) - C)) for h in (fwd, bwd))
+            streams = [F.pad(h, (0, cpu_kernel.width(C) - C)) for h in streams]
         pooled = []
-        for f_block, b_block in zip(self.forward_blocks, self.backward_blocks):
-            if self.recompute and self.training:
-                (fwd, f_mean), (bwd, b_mean) = recomputed(run, f_block, fwd), recomputed(run, b_block, bwd)
-            else:
-                (fwd, f_mean), (bwd, b_mean) = run(f_block, fwd), run(b_block, bwd)
+        for level in range(len(self.forward_blocks)):
+            means = []
+            for i, chain in enumerate(chains):
+                if self.recompute and self.training:
+                    streams[i], mean = recomputed(run, chain[level], streams[i])
+                else:
+                    streams[i], mean = run(chain[level], streams[i])
+                means.append(mean)
             if kernel:  # the kernel's own means: no [B, T, C] sum, and backward adds no broadcast gradient
-                pooled.append((f_mean + b_mean)[:, :C])
+                pooled.append(functools.reduce(torch.add, means)[:, :C])
             else:
-                pooled.append((fwd + bwd).mean(dim=1))  # [B, C]
+                pooled.append(functools.reduce(torch.add, streams).mean(dim=1))  # [B, C]
         return torch.stack(pooled, dim=-1)  # [B, C, L]

@@ -33,10 +33,11 @@ class DatasetConfig:
     classes: list[str]
     reader: str = "folders"
     expected_count: int | None = None
-    # reader "pattern" (your own corpus; README "Your own corpus"): where label and speaker come from
-    pattern: str = ""  # regex searched in the path relative to the corpus root, groups (?P<label>) (?P<speaker>)
+    # reader "pattern" (your own corpus; README "Your own corpus"): where label, speaker and sentence come from
+    pattern: str = ""  # regex searched in the path under the corpus root: (?P<label>) (?P<speaker>) (?P<sentence>)
     label_level: int | None = None  # or: the folder at this depth is the label (0 = top, -1 = the file's folder)
     speaker_level: int | None = None  # the folder at this depth is the speaker
+    sentence_level: int | None = None  # the folder at this depth is the sentence (text) id
     label_map: dict[str, str] = field(default_factory=dict)  # code in names -> class name, e.g. ps = "surprise"
     drop: list[str] = field(default_factory=list)  # labels (codes or classes) left out of the task
 
@@ -93,7 +94,9 @@ class TIMNetConfig:
     """The architecture, one description for the [model] section and the network (`timnet.model.network.TIMNet`).
 
     In a Config, n_classes and n_mfcc are derived from dataset.classes and features.n_mfcc (never typed
-    twice); a saved or exported model stores all six, so `TIMNetConfig(**saved)` rebuilds it alone.
+    twice); a saved or exported model stores them all, so `TIMNetConfig(**saved)` rebuilds it alone. The last
+    three are the paper's ablations (its Table 3); the defaults are TIM-Net itself, the model the authors' weights
+    load into.
     """
 
     n_classes: int = 7
@@ -102,11 +105,21 @@ class TIMNetConfig:
     kernel_size: int = 2
     levels: int = 8
     dropout: float = 0.1
+    directions: str = "both"  # both (bi-direction: as recorded and time-reversed) | forward (w/o BD)
+    fusion: str = "dynamic"  # dynamic (learnt weight per level) | mean (levels averaged, w/o DF) | last (w/o MS)
+    gate: bool = True  # the temporal-aware gate x * sigmoid(h) in every block; false: the block gives h (w/o TAB)
+
+    DIRECTIONS = ("both", "forward")
+    FUSIONS = ("dynamic", "mean", "last")
 
     def __post_init__(self) -> None:
         for key in ("n_classes", "n_mfcc", "filters", "kernel_size", "levels"):
             check_range(f"model.{key}", getattr(self, key), 1, integer=True)
         check_range("model.dropout", self.dropout, 0, 1, high_open=True)
+        check_choice("model.directions", self.directions, self.DIRECTIONS)
+        check_choice("model.fusion", self.fusion, self.FUSIONS)
+        if not isinstance(self.gate, bool):
+            raise invalid("model.gate", "true or false", self.gate)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,7 +145,8 @@ class TrainSettings:
     beta2: float = 0.98
     eps: float = 1e-8
     label_smoothing: float = 0.1
-    protocol: str = "random"  # random (authors' KFold) | speaker (speaker-independent)
+    # random (authors' KFold) | speaker (speaker-independent) | sentence (text-independent) | speaker-sentence (both)
+    protocol: str = "random"
     checkpoint: str = "last"  # last | best-val | best-test (paper protocol, optimistic)
     val_fraction: float = 0.1  # validation carved from the training part (best-val, early stopping)
     patience: int = 0  # early stopping on validation accuracy; 0 = off
@@ -145,8 +159,9 @@ class TrainSettings:
     blas: str = "auto"  # CPU products: auto (the BLAS measured faster here, cached) | torch (MKL) | numpy (OpenBLAS)
     kernel: str = "auto"  # the CPU kernel (accel.cpu_kernel): auto = where the unit's products use numpy's BLAS
     seeds: list[int] = field(default_factory=list)  # extra training seeds; none = the KFold seed
+    calibrate: bool = False  # temperature scaling fitted on the validation part; reports before and after
 
-    PROTOCOLS = ("random", "speaker")
+    PROTOCOLS = ("random", "speaker", "sentence", "speaker-sentence")
     CHECKPOINTS = ("last", "best-val", "best-test")
     SWITCHES = ("auto", "on", "off")  # compile, recompute, capture, kernel
     BLAS = ("auto", "torch", "numpy")
@@ -177,6 +192,8 @@ class TrainSettings:
         for key in ("beta1", "beta2", "label_smoothing"):
             check_range(f"train.{key}", getattr(self, key), 0, 1, high_open=True)
         check_range("train.val_fraction", self.val_fraction, 0, 0.5, low_open=True, high_open=True)
+        if not isinstance(self.calibrate, bool):
+            raise invalid("train.calibrate", "true or false", self.calibrate)
         if not isinstance(self.seeds, (list, tuple)):
             raise invalid("train.seeds", "a list of seeds", self.seeds)
         for i, seed in enumerate(self.seeds):

@@ -1,9 +1,10 @@
 """Folder layouts: what a corpus reader finds (`Row`, `Scan`), and the two readers whose labels and speakers come
 from where files lie rather than from a naming scheme: CASIA as released, and your own corpus (`reader = "pattern"`).
 
-Your own corpus says in its `[dataset]` section where the label and the speaker come from (README, "Your own
-corpus"): a regular expression searched in the file's path relative to the corpus root, with named groups
-`(?P<label>…)` and `(?P<speaker>…)`, or a folder level (`label_level = 0`: the top folder; -1: the file's folder);
+Your own corpus says in its `[dataset]` section where the label, the speaker and the sentence (the text spoken,
+which the leakage audit and the sentence protocols need) come from (README, "Your own corpus"): a regular
+expression searched in the file's path relative to the corpus root, with named groups `(?P<label>…)`,
+`(?P<speaker>…)` and `(?P<sentence>…)`, or a folder level (`label_level = 0`: the top folder; -1: the file's folder);
 `label_map` turns codes in names into class names (`ps = "surprise"`), `drop` leaves labels out of the task.
 Its stems are the relative path without the extension, `/` -> `_`, so names repeating in several folders stay
 distinct utterances. This module does not read the config module (which checks the keys with `check_layout`).
@@ -19,7 +20,7 @@ from .errors import TimnetError
 from .validation import check_range, invalid
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64"}
-PATTERN_GROUPS = ("label", "speaker")
+PATTERN_GROUPS = ("label", "speaker", "sentence")
 CASIA_GENDER = {"liuchanhg": "f", "zhaoquanyin": "f", "wangzhe": "m", "zhaozuoxiang": "m"}
 CASIA_EXAMPLE = "liuchanhg/angry/201.wav or angry/liuchanhg/201.wav"
 
@@ -34,6 +35,7 @@ class Row:
     gender: str = ""
     session: str = ""
     stem: str = ""
+    sentence: str = ""  # the text spoken ("" when unknown): the same id wherever the same words are said
 
 
 @dataclass
@@ -56,6 +58,7 @@ def _layout_keys(dataset) -> dict:
         "pattern": dataset.pattern,
         "label_level": dataset.label_level,
         "speaker_level": dataset.speaker_level,
+        "sentence_level": dataset.sentence_level,
         "label_map": dataset.label_map,
         "drop": dataset.drop,
     }
@@ -77,9 +80,11 @@ def check_layout(dataset) -> None:
         raise invalid("dataset.pattern", f"a valid regular expression ({err})", dataset.pattern) from None
     if groups - set(PATTERN_GROUPS):
         raise invalid(
-            "dataset.pattern", "a regex with no named groups but (?P<label>…) and (?P<speaker>…)", keys["pattern"]
+            "dataset.pattern",
+            "a regex with no named groups but (?P<label>…), (?P<speaker>…) and (?P<sentence>…)",
+            keys["pattern"],
         )
-    for key in ("label_level", "speaker_level"):
+    for key in ("label_level", "speaker_level", "sentence_level"):
         if keys[key] is not None:
             check_range(f"dataset.{key}", keys[key], integer=True)
     if (dataset.label_level is None) == ("label" not in groups):
@@ -101,8 +106,8 @@ def _level(folders: tuple[str, ...], level: int) -> str | None:
     return folders[level] if -len(folders) <= level < len(folders) else None
 
 
-def label_of(relative: Path, dataset) -> tuple[str, str] | str:
-    """(label after label_map, speaker) of a path relative to the corpus root, or why it has no label."""
+def label_of(relative: Path, dataset) -> tuple[str, str, str] | str:
+    """(label after label_map, speaker, sentence) of a path relative to the corpus root, or why it has no label."""
     rel, folders = relative.as_posix(), relative.parts[:-1]
     match = re.search(dataset.pattern, rel) if dataset.pattern else None
     if dataset.pattern and match is None:
@@ -111,12 +116,15 @@ def label_of(relative: Path, dataset) -> tuple[str, str] | str:
     label = found.get("label") if dataset.label_level is None else _level(folders, dataset.label_level)
     if not label:
         return f"no folder at dataset.label_level = {dataset.label_level} (the file lies in {len(folders)})"
-    speaker = found.get("speaker") or ""
-    if dataset.speaker_level is not None:
-        speaker = _level(folders, dataset.speaker_level)
-        if speaker is None:
-            return f"no folder at dataset.speaker_level = {dataset.speaker_level} (the file lies in {len(folders)})"
-    return (label if label in dataset.drop else dataset.label_map.get(label, label)), speaker
+    named = {key: found.get(key) or "" for key in ("speaker", "sentence")}
+    for key in named:
+        level = getattr(dataset, f"{key}_level")
+        if level is not None:
+            named[key] = _level(folders, level)
+            if named[key] is None:
+                return f"no folder at dataset.{key}_level = {level} (the file lies in {len(folders)})"
+    label = label if label in dataset.drop else dataset.label_map.get(label, label)
+    return label, named["speaker"], named["sentence"]
 
 
 def scan_pattern(root: Path, dataset) -> Scan:
@@ -130,7 +138,7 @@ def scan_pattern(root: Path, dataset) -> Scan:
             skipped.append((relative.as_posix(), found))
             continue
         stem = relative.with_suffix("").as_posix().replace("/", "_")
-        rows.append(Row(path, found[0], found[1], stem=stem))
+        rows.append(Row(path, found[0], found[1], stem=stem, sentence=found[2]))
     return Scan(rows, skipped)
 
 
@@ -152,7 +160,7 @@ def scan_casia(root: Path, dataset) -> Scan:
         label = labels[0]
         speaker = next((f for f in folders if f != label), "")
         stem = "_".join(p for p in (speaker, label, path.stem) if p)
-        rows.append(Row(path, label, speaker, CASIA_GENDER.get(speaker.lower(), ""), stem=stem))
+        rows.append(Row(path, label, speaker, CASIA_GENDER.get(speaker.lower(), ""), stem=stem, sentence=path.stem))
     if not rows and skipped:
         raise TimnetError(f"{root}: no CASIA audio in <speaker>/<emotion>/<file>.wav folders (e.g. {CASIA_EXAMPLE})")
     return Scan(rows, skipped)

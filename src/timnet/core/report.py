@@ -83,11 +83,13 @@ def summary_row(run_id: str, cfg: Config, folds: pd.DataFrame, seeds: list[int])
 
 
 def summary_lines(run_id: str, summary: dict) -> list[str]:
-    """A run's result as the CLI and train.ipynb print it; published numbers only where the dataset has them."""
+    """A run's result as the CLI and train.ipynb print it; published numbers only where the dataset has them and
+    only beside the protocol they were measured with (the authors' random folds)."""
     s = summary
+    protocol = s.get("protocol", "random")
     lines = [
-        f"run {run_id}, checkpoint {s['checkpoint']}: WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}  "
-        f"UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f} "
+        f"run {run_id}, protocol {protocol}, checkpoint {s['checkpoint']}: WAR {s['war_mean']:.2f} ± {s['war_std']:.2f}"
+        f"  UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f} "
         "(mean ± sample std over folds)"
     ]
     published = [
@@ -98,7 +100,10 @@ def summary_lines(run_id: str, summary: dict) -> list[str]:
         )
         if s.get(key) is not None and not np.isnan(s[key])
     ]
-    return lines + ([" · ".join(published)] if published else [])
+    if published and protocol != "random":
+        published = [f"published numbers are for the authors' random folds, not comparable to protocol {protocol}"]
+    notes = [s[key] for key in ("leakage", "calibration") if s.get(key)]
+    return lines + ([" · ".join(published)] if published else []) + notes
 
 
 def append_summary(results_dir: Path, row: dict) -> Path:
@@ -141,10 +146,16 @@ def run_predictions(manifest: pd.DataFrame, results, classes: list[str]) -> pd.D
 
 
 def run_sheets(
-    run_id: str, cfg: Config, folds: pd.DataFrame, predictions: pd.DataFrame, caveat: str = ""
+    run_id: str,
+    cfg: Config,
+    folds: pd.DataFrame,
+    predictions: pd.DataFrame,
+    caveat: str = "",
+    extra: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """The run workbook's sheets: folds (+ mean and std rows), predictions, confusion (pooled, per fold), config
-    (with the corpus' `caveat` first, e.g. that CASIA's folds are not the authors')."""
+    """The run workbook's sheets: folds (+ mean and std rows), predictions, confusion (pooled, per fold), the
+    `extra` sheets (leakage, calibration), config (with the corpus' `caveat` first, e.g. that CASIA's folds are not
+    the authors')."""
     classes = cfg.dataset.classes
     per_fold = pd.concat(
         [
@@ -175,6 +186,7 @@ def run_sheets(
         "predictions": predictions,
         "confusion": table_confusion(predictions, classes),
         "confusion_per_fold": per_fold[["seed", "fold", "true", "predicted", "count"]],
+        **(extra or {}),
         "config": pd.concat([meta, config_sheet(cfg)], ignore_index=True),
     }
 
@@ -261,6 +273,27 @@ def plot_curves_grid(histories: dict[str, pd.DataFrame], path: Path, title: str)
     axes[0, 0].set_ylabel("accuracy %")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_reliability(bins: pd.DataFrame, path: Path, title: str) -> Path:
+    """Reliability diagram: accuracy against mean confidence per bin (before and, if fitted, after temperature
+    scaling), the diagonal where they agree, and how many utterances each bin holds."""
+    plt = pyplot()
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5, 5.6), height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for when, group in bins.groupby("probabilities", sort=False):
+        used = group[group["count"] > 0]
+        ax.plot(used.confidence, used.accuracy, marker="o", label=f"{when} temperature scaling")
+        ax_n.bar((group.lower + group.upper) / 2, group["count"], width=(group.upper - group.lower) * 0.9, alpha=0.5)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax_n.set_xlabel("confidence (top probability)")
+    ax_n.set_ylabel("utterances")
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -8,6 +8,8 @@ the config's class order; inside a class, natsort of `<stem>_raw.csv`, the names
     stem         file name without extension (the key that ties features, folds and weights together)
     label        class name;   class_index: position in the class order
     speaker      speaker id ("" when unknown); gender "m"/"f"/""; session ("" when none)
+    sentence     the text spoken ("" when unknown): EMO-DB's 10 texts, RAVDESS's 2 statements, SAVEE's sentence
+                 lists, EMOVO's 14 sentences, CASIA's 50 texts; what the leakage audit and the sentence protocols use
 
 Labels come from file names (or IEMOCAP's EmoEvaluation files), never from hand-sorted folders; the readers
 whose labels come from folders or your own pattern (CASIA as released, `reader = "pattern"`) are in
@@ -30,7 +32,7 @@ from ..core.config import DatasetConfig
 from ..core.corpus_layout import AUDIO_SUFFIXES, Row, Scan, audio_files, scan_casia, scan_pattern
 from ..core.errors import TimnetError
 
-COLUMNS = ["file", "path", "stem", "label", "class_index", "speaker", "gender", "session"]
+COLUMNS = ["file", "path", "stem", "label", "class_index", "speaker", "gender", "session", "sentence"]
 CASIA_ORDER = (
     "CASIA from audio: the authors' sample order is unknown (their MFCC file is the reference), so the folds are "
     "not the authors' and the numbers do not compare to the paper's"
@@ -57,6 +59,7 @@ def to_manifest(rows: list[Row], root: Path, classes: list[str]) -> pd.DataFrame
             "speaker": [r.speaker for r in rows],
             "gender": [r.gender for r in rows],
             "session": [r.session for r in rows],
+            "sentence": [r.sentence for r in rows],
         },
         columns=COLUMNS,
     )
@@ -245,6 +248,7 @@ def build_manifest(
     if corpus.stem is not None:
         manifest["stem"] = [corpus.stem(s, spk) for s, spk in zip(manifest.stem, manifest.speaker)]
         manifest = authors_order(manifest, dataset.classes)
+    manifest["sentence"] = sentences(manifest, dataset)
     duplicated = manifest.stem[manifest.stem.duplicated()].tolist()
     if duplicated:
         raise TimnetError(f"{root}: the same utterance appears twice ({duplicated[0]}) — keep one copy")
@@ -305,12 +309,39 @@ def _savee_files() -> tuple[list[str], list[str]]:
     return stems, [SAVEE_EMOTIONS[s.split("_")[1].rstrip("0123456789")] for s in stems]
 
 
+# --- the sentence (text) of an utterance, from its stem ("" for a stem not in the corpus's naming) ----
+def _matched(pattern: re.Pattern, group: str) -> Callable[[str], str]:
+    def sentence(stem: str) -> str:
+        m = pattern.match(stem)
+        return m[group] if m else ""
+
+    return sentence
+
+
+# SAVEE: each emotion has its own list of 15 sentences (neutral 30), read by all four speakers (DC_sa03 -> sa03);
+# the three sentences common to every list are not linked across emotions (their numbering is not published).
+_SAVEE_STEM = re.compile(r"^(?:DC|JE|JK|KL)_(?P<sentence>(?:sa|su|a|d|f|h|n)\d\d)$")
+# IEMOCAP: a scripted turn is a line of one of the scripts every session performs (Ses01F_script01_1_F000 ->
+# script01_1_F000, the same id in every session: an approximation, as turns follow the script); an improvised turn's
+# words are its own (its id).
+_IEMOCAP_STEM = re.compile(r"^Ses\d\d[FM]_(?:(?P<script>script\w+_[FM]\d+)|impro.*)$")
+
+
+def _iemocap_sentence(stem: str) -> str:
+    m = _IEMOCAP_STEM.match(stem)
+    return "" if m is None else m["script"] or stem
+
+
+_CASIA_STEM = re.compile(r"^.+_(?P<sentence>\d+)$")  # liuchanhg_angry_201 -> 201: the 50 texts of every emotion
+
+
 @dataclass(frozen=True)
 class Corpus:
     """Everything the project knows about one corpus: how to read its distributed layout (`scan`), its
     complete file list in the authors' terms (`files`: stems and labels; None when unknown), and the rule
     that turns a found file into that list's stem (`stem`, from the file's stem and speaker); `strict`: labels that
-    are not classes are flagged (else quietly left out); `caveat`: what every run on it must say (a warning)."""
+    are not classes are flagged (else quietly left out); `caveat`: what every run on it must say (a warning);
+    `sentence`: the text id of a stem (None: the reader's own, or unknown)."""
 
     name: str
     scan: Callable[[Path, DatasetConfig], Scan]
@@ -318,16 +349,17 @@ class Corpus:
     stem: Callable[[str, str], str] | None = None
     strict: bool = False
     caveat: str = ""
+    sentence: Callable[[str], str] | None = None
 
 
 # Keyed by the config's `dataset.reader` (DatasetConfig.READERS names these keys, so a config is checked on load).
 CORPORA: dict[str, Corpus] = {
-    "emodb": Corpus("EMODB", scan_emodb, _emodb_files),
-    "ravdess": Corpus("RAVDESS", scan_ravdess, _ravdess_files),
-    "savee": Corpus("SAVEE", scan_savee, _savee_files, savee_stem),
-    "emovo": Corpus("EMOVO", scan_emovo, _emovo_files),
-    "iemocap": Corpus("IEMOCAP", scan_iemocap),
-    "casia": Corpus("CASIA", scan_casia, caveat=CASIA_ORDER),
+    "emodb": Corpus("EMODB", scan_emodb, _emodb_files, sentence=_matched(_EMODB, "text")),
+    "ravdess": Corpus("RAVDESS", scan_ravdess, _ravdess_files, sentence=_matched(_RAVDESS, "stmt")),
+    "savee": Corpus("SAVEE", scan_savee, _savee_files, savee_stem, sentence=_matched(_SAVEE_STEM, "sentence")),
+    "emovo": Corpus("EMOVO", scan_emovo, _emovo_files, sentence=_matched(_EMOVO, "sent")),
+    "iemocap": Corpus("IEMOCAP", scan_iemocap, sentence=_iemocap_sentence),
+    "casia": Corpus("CASIA", scan_casia, caveat=CASIA_ORDER, sentence=_matched(_CASIA_STEM, "sentence")),
     "folders": Corpus("", scan_folders),
     "pattern": Corpus("", scan_pattern, strict=True),
 }
@@ -335,6 +367,16 @@ CORPORA: dict[str, Corpus] = {
 
 def corpus_of(dataset: DatasetConfig) -> Corpus:
     return CORPORA[dataset.reader]  # checked once, when the DatasetConfig was made (READERS == CORPORA: a test)
+
+
+def sentences(manifest: pd.DataFrame, dataset: DatasetConfig) -> pd.Series:
+    """The sentence (text) id of every utterance, "" where unknown: the corpus's own from its stems, else the
+    manifest's (your own corpus's pattern); feature files written before sentences were recorded get them too."""
+    corpus = CORPORA.get(dataset.reader)
+    if corpus is not None and corpus.sentence is not None and "stem" in manifest:
+        return pd.Series([corpus.sentence(str(s)) for s in manifest.stem], index=manifest.index, dtype=str)
+    given = manifest["sentence"] if "sentence" in manifest else pd.Series("", index=manifest.index)
+    return given.fillna("").astype(str)
 
 
 def canonical_stems(dataset: DatasetConfig) -> pd.DataFrame | None:

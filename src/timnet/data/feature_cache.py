@@ -15,7 +15,8 @@ from .features import FeatureSet, load_features
 
 def without_samples(features: FeatureSet) -> FeatureSet:
     """The features' labels and manifest without the MFCC array (x keeps its frame and coefficient shape)."""
-    return dataclasses.replace(features, x=np.empty((0, *features.x.shape[1:]), np.float32))
+    digests = features.fingerprints()  # while the samples are here: the run's leakage audit compares them
+    return dataclasses.replace(features, x=np.empty((0, *features.x.shape[1:]), np.float32), digests=digests)
 
 
 def share_features(runs: list, folder: Path) -> dict[str, str]:

@@ -33,9 +33,16 @@ class FeatureSet:
     y: np.ndarray
     manifest: pd.DataFrame
     classes: list[str]
+    digests: np.ndarray | None = None  # per utterance, of its features (kept when x is dropped: `feature_cache`)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def fingerprints(self) -> np.ndarray:
+        """One SHA-256 per utterance of its features [T, F]: equal for identical audio (the leakage audit)."""
+        if self.digests is None:
+            self.digests = np.array([hashlib.sha256(np.ascontiguousarray(u).tobytes()).hexdigest() for u in self.x])
+        return self.digests
 
 
 def sidecars(npy: Path) -> tuple[Path, Path]:

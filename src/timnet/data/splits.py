@@ -1,8 +1,12 @@
-"""Fold construction: the authors' random KFold and speaker-independent folds. Pure functions.
+"""Fold construction: the authors' random KFold, and folds that keep speakers, sentences or both apart. Pure
+functions.
 
 A fold is (train indices, test indices) into the feature set. `random` reproduces the authors' test
 sets exactly: KFold(n_splits, shuffle=True, random_state=seed) over the COMPLETE corpus in their
 order, then restricted to the files present, so a partial corpus keeps the authors' test sets.
+`speaker` (speaker-independent) and `sentence` (text-independent) put every speaker / sentence in one test part;
+`speaker-sentence` tests each fold's speakers on its sentences and trains on the other speakers' other sentences
+(the utterances of its speakers' other sentences and of other speakers' its sentences are in neither part).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import natsort
 import numpy as np
 import pandas as pd
 
+from ..core.config import TrainSettings
 from ..core.errors import TimnetError
 from ..core.validation import invalid
 
@@ -48,39 +53,65 @@ def random_folds(stems: pd.Series, canonical: pd.DataFrame | None, n_splits: int
     return folds
 
 
-def speaker_folds(groups: pd.Series, n_splits: int, seed: int) -> list[Fold]:
-    """Folds that share no group (speaker, or IEMOCAP session): leave-one-group-out when there are
-    no more groups than folds, else groups shuffled with `seed` and dealt into n_splits folds."""
+def group_chunks(groups: pd.Series, n_splits: int, seed: int, what: str) -> list[list[str]]:
+    """The groups (speakers, sessions, sentences) of each fold's test part: one each when there are no more groups
+    than folds, else shuffled with `seed` and dealt into n_splits."""
     groups = groups.astype(str)
     if (groups == "").any():
         raise TimnetError(
-            "speaker-independent folds need a speaker for every utterance, and this feature set has none "
-            "(e.g. the authors' CASIA npy) — use --protocol random"
+            f"{what}-independent folds need a {what} for every utterance, and this feature set has none for "
+            f"{int((groups == '').sum())} of them (e.g. the authors' CASIA npy, or your corpus without a {what} in "
+            "its pattern) — use --protocol random"
         )
     names = natsort.natsorted(groups.unique())
     if len(names) < 2:
-        raise TimnetError(f"only one speaker/session ({names[0]}) — speaker-independent folds need at least two")
+        raise TimnetError(f"only one {what} ({names[0]}) — {what}-independent folds need at least two")
     if n_splits >= len(names):
-        chunks = [[g] for g in names]
-    else:
-        rng = np.random.default_rng(seed)
-        chunks = [list(c) for c in np.array_split(rng.permutation(names), n_splits)]
-    values = groups.to_numpy()
+        return [[g] for g in names]
+    rng = np.random.default_rng(seed)
+    return [list(c) for c in np.array_split(rng.permutation(names), n_splits)]
+
+
+def group_folds(groups: pd.Series, n_splits: int, seed: int, what: str = "speaker") -> list[Fold]:
+    """Folds that share no group (speaker, IEMOCAP session, sentence): leave-one-group-out when there are no more
+    groups than folds, else groups dealt into n_splits folds (`group_chunks`)."""
+    values = groups.astype(str).to_numpy()
+    chunks = group_chunks(groups, n_splits, seed, what)
     return [(np.flatnonzero(~np.isin(values, c)), np.flatnonzero(np.isin(values, c))) for c in chunks]
 
 
+def speaker_sentence_folds(speakers: pd.Series, sentences: pd.Series, n_splits: int, seed: int) -> list[Fold]:
+    """Fold k tests the speakers of speaker chunk k on the sentences of sentence chunk k, and trains on every other
+    speaker's other sentences: neither a voice nor a text of the test part is heard in training."""
+    by_speaker = group_chunks(speakers, n_splits, seed, "speaker")
+    by_sentence = group_chunks(sentences, n_splits, seed, "sentence")
+    k = min(len(by_speaker), len(by_sentence))
+    spk, sen = speakers.astype(str).to_numpy(), sentences.astype(str).to_numpy()
+    folds = []
+    for speaker_chunk, sentence_chunk in zip(by_speaker[:k], by_sentence[:k]):
+        heard, said = np.isin(spk, speaker_chunk), np.isin(sen, sentence_chunk)
+        folds.append((np.flatnonzero(~heard & ~said), np.flatnonzero(heard & said)))
+    return folds
+
+
+def speaker_folds(groups: pd.Series, n_splits: int, seed: int) -> list[Fold]:
+    """Speaker-independent folds (`group_folds` over speakers or IEMOCAP sessions)."""
+    return group_folds(groups, n_splits, seed, "speaker")
+
+
 def validation_split(
-    train: np.ndarray, labels: np.ndarray, speakers: pd.Series | None, fraction: float, seed: int
+    train: np.ndarray, labels: np.ndarray, groups: pd.Series | None, fraction: float, seed: int
 ) -> Fold:
     """Carve validation out of a fold's TRAINING part (never the test part).
 
-    With speakers: whole speakers are held out (speaker-disjoint); without: stratified by class.
+    With groups (speakers, or sentences under the sentence protocol): whole groups are held out, as the protocol
+    holds them out of the test part; without: stratified by class.
     """
-    if speakers is not None:
-        spk = speakers.to_numpy()[train].astype(str)
+    if groups is not None:
+        spk = groups.to_numpy()[train].astype(str)
         names = natsort.natsorted(set(spk))
         if len(names) < 2:
-            raise TimnetError("cannot hold out a validation speaker: the training part has only one speaker")
+            raise TimnetError("cannot hold out a validation group: the training part has only one speaker (sentence)")
         rng = np.random.default_rng(seed)
         held, count = [], 0
         for name in rng.permutation(names):
@@ -106,10 +137,16 @@ def validation_split(
 def make_folds(
     protocol: str, manifest: pd.DataFrame, canonical: pd.DataFrame | None, n_splits: int, seed: int
 ) -> list[Fold]:
-    """Folds for a protocol; IEMOCAP's speaker protocol is leave-one-session-out."""
+    """Folds for a protocol (`TrainSettings.PROTOCOLS`); IEMOCAP's speaker protocol is leave-one-session-out. The
+    sentence protocols need the manifest's `sentence` column (`corpora.sentences`)."""
     if protocol == "random":
         return random_folds(manifest.stem, canonical, n_splits, seed)
+    sentence = manifest["sentence"] if "sentence" in manifest else pd.Series("", index=manifest.index)
     if protocol == "speaker":
         use_sessions = "session" in manifest and (manifest.session.astype(str) != "").all()
         return speaker_folds(manifest.session if use_sessions else manifest.speaker, n_splits, seed)
-    raise invalid("train.protocol", "one of random, speaker", protocol)
+    if protocol == "sentence":
+        return group_folds(sentence, n_splits, seed, "sentence")
+    if protocol == "speaker-sentence":
+        return speaker_sentence_folds(manifest.speaker, sentence, n_splits, seed)
+    raise invalid("train.protocol", f"one of {', '.join(TrainSettings.PROTOCOLS)}", protocol)

@@ -55,10 +55,12 @@ def batch_norm(bn: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 
 class TemporalAwareBlock(nn.Module):
-    """2 x (causal dilated conv -> BatchNorm -> ReLU -> SpatialDropout), then the gate: x * sigmoid(h)."""
+    """2 x (causal dilated conv -> BatchNorm -> ReLU -> SpatialDropout), then the gate: x * sigmoid(h) (without the
+    gate, the paper's ablation: h)."""
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, dropout: float):
+    def __init__(self, channels: int, kernel_size: int, dilation: int, dropout: float, gate: bool = True):
         super().__init__()
+        self.gate = gate
         self.conv1 = CausalConv1d(channels, channels, kernel_size, dilation=dilation)
         self.bn1 = nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
         self.conv2 = CausalConv1d(channels, channels, kernel_size, dilation=dilation)
@@ -68,7 +70,10 @@ class TemporalAwareBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, T, C]
         h = self.drop(F.relu(batch_norm(self.bn1, self.conv1(x))))
         h = self.drop(F.relu(batch_norm(self.bn2, self.conv2(h))))
-        return x * torch.sigmoid(h)
+        return x * torch.sigmoid(h) if self.gate else h
+
+    def extra_repr(self) -> str:
+        return f"gate={self.gate}"
 
 
 class TIMNet(nn.Module):
@@ -78,22 +83,25 @@ class TIMNet(nn.Module):
     `levels` temporal-aware blocks of dilation 1, 2, 4, ...; after every level the two directions are added and
     averaged over time. A learnt weight per level sums the levels into the [B, C] embedding (`embed`: the
     penultimate layer that t-SNE shows), and one dense layer gives the logits (`classify`: probabilities too).
-    `config` stays on the module because saved models store it to rebuild the network.
+    `config` stays on the module because saved models store it to rebuild the network. The paper's ablations
+    (`config.directions`, `fusion`, `gate`) read one direction, fuse the levels by their mean or take the last,
+    and leave the gate out of the blocks.
     """
 
     def __init__(self, config: TIMNetConfig):
         super().__init__()
         self.config = c = config
+        both = c.directions == "both"
         self.forward_in = CausalConv1d(c.n_mfcc, c.filters, 1)
-        self.backward_in = CausalConv1d(c.n_mfcc, c.filters, 1)
+        self.backward_in = CausalConv1d(c.n_mfcc, c.filters, 1) if both else None
         dilations = [2**i for i in range(c.levels)]
         self.forward_blocks = nn.ModuleList(
-            TemporalAwareBlock(c.filters, c.kernel_size, d, c.dropout) for d in dilations
+            TemporalAwareBlock(c.filters, c.kernel_size, d, c.dropout, c.gate) for d in dilations
         )
         self.backward_blocks = nn.ModuleList(
-            TemporalAwareBlock(c.filters, c.kernel_size, d, c.dropout) for d in dilations
+            TemporalAwareBlock(c.filters, c.kernel_size, d, c.dropout, c.gate) for d in (dilations if both else [])
         )
-        self.level_weights = nn.Parameter(torch.empty(c.levels))
+        self.level_weights = nn.Parameter(torch.empty(c.levels)) if c.fusion == "dynamic" else None
         self.classifier = nn.Linear(c.filters, c.n_classes)
         self.reset_parameters()
 
@@ -105,25 +113,40 @@ class TIMNet(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm1d):
                 m.reset_parameters()
-        nn.init.uniform_(self.level_weights, -0.05, 0.05)
+        if self.level_weights is not None:
+            nn.init.uniform_(self.level_weights, -0.05, 0.05)
 
     def levels(self, x: torch.Tensor) -> torch.Tensor:
         """Per-level features: [B, T, F] MFCCs -> [B, C, L] (forward + backward, averaged over time)."""
         fwd = self.forward_in(x)  # [B, T, C]
-        bwd = self.backward_in(x.flip(1))  # [B, T, C], time reversed
+        bwd = self.backward_in(x.flip(1)) if self.backward_in is not None else None  # time reversed (or none)
         pooled = []
-        for f_block, b_block in zip(self.forward_blocks, self.backward_blocks):
-            fwd, bwd = f_block(fwd), b_block(bwd)
-            pooled.append((fwd + bwd).mean(dim=1))  # [B, C]
+        for level, f_block in enumerate(self.forward_blocks):
+            fwd = f_block(fwd)
+            if bwd is None:  # one direction (ablation)
+                pooled.append(fwd.mean(dim=1))  # [B, C]
+            else:
+                bwd = self.backward_blocks[level](bwd)
+                pooled.append((fwd + bwd).mean(dim=1))  # [B, C]
         return torch.stack(pooled, dim=-1)  # [B, C, L]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate embedding (t-SNE, prediction): learned weighted sum over levels, [B, C]."""
-        return self.levels(x) @ self.level_weights
+        """Penultimate embedding (t-SNE, prediction), [B, C]: the learnt weighted sum over levels (ablations: their
+        mean, or the last level)."""
+        levels = self.levels(x)  # [B, C, L]
+        if self.config.fusion == "mean":
+            return levels.mean(dim=-1)
+        if self.config.fusion == "last":
+            return levels[..., -1]
+        return levels @ self.level_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, F] MFCCs -> [B, K] logits (softmax gives the Keras model's output)."""
         return self.classifier(self.embed(x))
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"directions={c.directions}, fusion={c.fusion}, gate={c.gate}"
 
     def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, T, F] MFCCs -> (probabilities [B, K], embedding [B, C]): what every inference path returns."""

@@ -24,6 +24,7 @@ from ..accel.accelerate import FastPathDeclined
 from ..accel.blas import resolve_blas
 from ..accel.capture import resolve_capture
 from ..accel.packed import pack_declines, resolve_pack
+from ..core.calibration import calibration_line, calibration_sheets
 from ..core.config import Config
 from ..core.devices import pick_device
 from ..core.errors import TimnetError
@@ -34,15 +35,17 @@ from ..core.report import (
     fold_table,
     plot_confusion,
     plot_curves_grid,
+    plot_reliability,
     run_predictions,
     run_sheets,
     summary_row,
     write_workbook,
 )
 from ..core.validation import check_choice
-from ..data.corpora import canonical_stems, corpus_caveat
+from ..data.corpora import canonical_stems, corpus_caveat, sentences
 from ..data.feature_cache import share_features, without_samples
 from ..data.features import FeatureSet, load_features
+from ..data.leakage import audit, leakage_line
 from ..data.splits import make_folds, validation_split
 from .cluster import cluster_has_gpus, run_units_on_ray
 from .device_timing import auto_device
@@ -58,16 +61,18 @@ def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPath
     seeds = t.run_seeds
     # Folds always come from the dataset's seed (for `random`: the authors' exact test sets);
     # several seeds repeat the training (init, shuffling, dropout, validation carve) on the same folds.
-    folds = make_folds(t.protocol, features.manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
-    need_val = t.checkpoint == "best-val" or t.patience > 0
-    speakers = features.manifest.speaker if t.protocol == "speaker" else None
+    manifest = features.manifest.assign(sentence=sentences(features.manifest, cfg.dataset))
+    folds = make_folds(t.protocol, manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
+    need_val = t.checkpoint == "best-val" or t.patience > 0 or t.calibrate
+    held_out = {"speaker": manifest.speaker, "speaker-sentence": manifest.speaker, "sentence": manifest.sentence}
+    groups = held_out.get(t.protocol)  # validation holds out what the protocol holds out of the test part
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     jobs = []
     for seed in seeds:
         for k, (train, test) in enumerate(folds, start=1):
             val = np.array([], dtype=np.int64)
             if need_val:
-                train, val = validation_split(train, features.y, speakers, t.val_fraction, seed)
+                train, val = validation_split(train, features.y, groups, t.val_fraction, seed)
             unit_device = f"cuda:{len(jobs) % gpus}" if gpus > 1 else device  # units spread over the GPUs
             jobs.append(
                 UnitJob(
@@ -292,9 +297,14 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
     folds = fold_table(results)
     predictions = run_predictions(features.manifest, results, classes)
     caveat = corpus_caveat(cfg.dataset, features.manifest)
-    sheets = run_sheets(paths.run_id, cfg, folds, predictions, caveat)
+    leakage = audit(cfg, features.manifest, features.fingerprints())
+    calibration = calibration_sheets(results, features.y)
+    sheets = run_sheets(paths.run_id, cfg, folds, predictions, caveat, {"leakage": leakage, **calibration})
     workbook = write_workbook(paths.workbook, sheets, overwrite=True)
     summary = summary_row(paths.run_id, cfg, folds, cfg.train.run_seeds)
+    pooled = calibration["calibration"].iloc[-1]
+    summary |= {"ece": pooled.ece_before, "ece_calibrated": pooled.ece_after}
+    summary |= {"leakage": leakage_line(leakage), "calibration": calibration_line(calibration)}
     summary["complete"] = len({(r.seed, r.fold) for r in results}) == cfg.train.folds * len(cfg.train.run_seeds)
     append_summary(paths.results, summary)
     what = f"{cfg.dataset.name} run {paths.run_id}"
@@ -304,6 +314,9 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
         f"{what}\n{len(predictions)} test utterances, checkpoint {cfg.train.checkpoint_label}",
     )
     several = len(cfg.train.run_seeds) > 1
+    plot_reliability(
+        calibration["reliability"], paths.results / paths.run_id / "reliability.png", f"{what}: reliability"
+    )
     curves_png = plot_curves_grid(
         {f"fold {r.fold}" + (f" seed {r.seed}" if several else ""): r.history for r in results},
         paths.logs / "curves.png",

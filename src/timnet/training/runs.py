@@ -50,6 +50,8 @@ UNIT_KEYS = frozenset(
         "test_stems",
         "test_probs",
         "history",
+        "temperature",  # train.calibrate: T fitted on the validation part, else None (absent in older files)
+        "also",  # {policy: {metrics, epoch, test_probs}}: the last epoch where best-val/best-test chose another
     }
 )
 
@@ -188,6 +190,7 @@ class UnitResult:
     test_index: list[int]
     probs: np.ndarray
     history: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    temperature: float | None = None  # train.calibrate's T; the calibrated probabilities are calibration.scaled
 
 
 def load_result(path: Path) -> UnitResult:
@@ -201,6 +204,7 @@ def load_result(path: Path) -> UnitResult:
         saved["test_index"],
         saved["test_probs"].numpy(),
         pd.DataFrame(saved["history"]),
+        saved.get("temperature"),
     )
 
 

@@ -35,6 +35,7 @@ from ..accel.allocator import keep_freed_memory
 from ..accel.blas import limit_threads, unit_blas
 from ..accel.recompute import should_recompute
 from ..core.atomic import atomic_path
+from ..core.calibration import fit_temperature
 from ..core.config import Config, TrainSettings
 from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..core.errors import TimnetError
@@ -310,9 +311,21 @@ class UnitTrainer:
         job, cfg = self.job, self.cfg
         self.writer.close()  # the last epoch's state is on disk before the unit's file replaces it
         chosen_epoch = progress.best_epoch if self.watch else len(progress.history)
+        also = {}  # the last epoch too, where another was chosen: a study reports both policies from one training
         if self.watch:
+            last, _ = infer(self.model, features.x[job.test], device=str(self.device))
+            last_metrics = scores(features.y[job.test], last.argmax(1))
+            also["last"] = {
+                "metrics": last_metrics,
+                "epoch": len(progress.history),
+                "test_probs": torch.from_numpy(last),
+            }
             self.model.load_state_dict(progress.best)
         probs, _ = infer(self.model, features.x[job.test], device=str(self.device))
+        temperature = None
+        if self.t.calibrate and len(job.val):  # fitted on the validation part: the test part stays unseen
+            val_probs, _ = infer(self.model, features.x[job.val], device=str(self.device))
+            temperature = fit_temperature(val_probs, features.y[job.val])
         predicted = probs.argmax(1)
         metrics = scores(features.y[job.test], predicted)
         save_unit(
@@ -333,13 +346,17 @@ class UnitTrainer:
                 "test_stems": [str(s) for s in features.manifest.stem.iloc[job.test]],
                 "test_probs": torch.from_numpy(probs),
                 "history": progress.history,
+                "temperature": temperature,
+                "also": also,
             },
         )
         job.state_path.unlink(missing_ok=True)
         history = pd.DataFrame(progress.history)
         title = f"{cfg.dataset.name} {job.unit} ({self.t.checkpoint})"
         plot_history(history, Path(job.logs_dir) / f"{job.unit}.png", title, chosen_epoch)
-        return UnitResult(job.fold, job.seed, metrics, chosen_epoch, progress.seconds, list(job.test), probs, history)
+        return UnitResult(
+            job.fold, job.seed, metrics, chosen_epoch, progress.seconds, list(job.test), probs, history, temperature
+        )
 
 
 def train_unit(job: UnitJob, features: FeatureSet | None = None, report: ProgressReport | None = None) -> UnitResult:

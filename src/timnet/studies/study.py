@@ -1,0 +1,193 @@
+"""The paper's study in one command: every corpus x protocol (x model variant) trained at once, reported the way
+the paper reports it, with honest statistics beside it (`study_report`).
+
+    timnet study studies/paper.toml [--quick] [--backend local|ray] [--resume ID]
+
+A study file (TOML):
+    name = "paper"
+    datasets = ["EMODB", "RAVDESS", ...]       # a corpus without features (MFCC/<NAME>.npy) is listed as missing
+    protocols = ["random", "speaker"]
+    checkpoints = ["best-test", "last"]        # policies reported; one training per unit gives both (best-test's
+                                               # units also evaluate their last epoch)
+    baseline = "TIM-Net"                       # the variant every other is compared with (paired, on the same folds)
+    [variants]                                 # name -> settings; default: TIM-Net alone
+    "TIM-Net" = {}
+    "w/o TAB" = { "model.gate" = false }
+    [set]                                      # settings of every run, e.g. { "train.epochs" = 500 }
+    [quick]                                    # what --quick sets on top (default: 2 folds x 3 epochs)
+    [mfcc]                                     # where a corpus's features are, if not MFCC/<NAME>.npy
+
+The study's record, `Results/studies/<id>.json`, names its runs; `--resume ID` trains what is left of them and
+writes the report again: `Results/studies/<id>.xlsx` and `<id>.html`.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from ..core.atomic import write_json
+from ..core.config import TrainSettings, load_config
+from ..core.errors import TimnetError
+from ..core.locks import sole_writer_of_all
+from ..training.run import execute, finish_run, prepare_run, resolve_device
+from ..training.runs import Roots
+from .study_report import write_report
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+QUICK = {"train.folds": 2, "train.epochs": 3}
+KEYS = {"name", "datasets", "protocols", "checkpoints", "baseline", "variants", "set", "quick", "mfcc"}
+
+
+def _strings(path: Path, key: str, value, allowed=None) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise TimnetError(f"{path}: {key} must be a non-empty list of names, got {value!r}")
+    wrong = [v for v in value if allowed is not None and v not in allowed]
+    if wrong:
+        raise TimnetError(f"{path}: {key}: {wrong[0]!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def load_study(path: Path) -> dict:
+    """The study file, checked: every key known, every value of its kind (one line naming what is wrong)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TimnetError(f"{path}: no such study file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise TimnetError(f"{path}: not valid TOML ({err})") from None
+    if unknown := sorted(set(data) - KEYS):
+        raise TimnetError(f"{path}: unknown key(s) {unknown}; a study file has {', '.join(sorted(KEYS))}")
+    variants = data.get("variants", {"TIM-Net": {}})
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()) or not variants:
+        raise TimnetError(f'{path}: [variants] must be a table of name = {{ "model.gate" = false }} entries')
+    for key in ("set", "quick", "mfcc"):
+        if not isinstance(data.get(key, {}), dict):
+            raise TimnetError(f"{path}: [{key}] must be a table, got {data[key]!r}")
+    baseline = data.get("baseline", next(iter(variants)))
+    if baseline not in variants:
+        raise TimnetError(f"{path}: baseline {baseline!r} is not one of the variants ({', '.join(variants)})")
+    return {
+        "name": str(data.get("name", path.stem)),
+        "datasets": _strings(path, "datasets", data.get("datasets")),
+        "protocols": _strings(path, "protocols", data.get("protocols", ["random"]), TrainSettings.PROTOCOLS),
+        "checkpoints": _strings(path, "checkpoints", data.get("checkpoints", ["last"]), TrainSettings.CHECKPOINTS),
+        "baseline": baseline,
+        "variants": variants,
+        "set": data.get("set", {}),
+        "quick": data.get("quick", QUICK),
+        "mfcc": data.get("mfcc", {}),
+    }
+
+
+def restrict(study: dict, only: dict[str, list[str]] | None) -> dict:
+    """The study with its datasets / protocols restricted to `only`'s (which must be among the file's)."""
+    study = dict(study)
+    for key in ("datasets", "protocols"):
+        if chosen := (only or {}).get(key):
+            if wrong := [c for c in chosen if c not in study[key]]:
+                raise TimnetError(f"--{key} {wrong[0]}: not among the study's {key} ({', '.join(study[key])})")
+            study[key] = [c for c in study[key] if c in chosen]
+    return study
+
+
+def trained_policy(checkpoints: list[str]) -> str:
+    """The checkpoint a unit trains for: one that also gives the others (best-test or best-val evaluate the last
+    epoch too)."""
+    watched = [c for c in checkpoints if c != "last"]
+    if len(watched) > 1:
+        raise TimnetError(f"checkpoints {checkpoints}: one training gives `last` and ONE of best-val, best-test")
+    return watched[0] if watched else "last"
+
+
+def plan_study(study: dict, quick: bool) -> list[dict]:
+    """One spec per dataset x protocol x variant: {dataset, protocol, variant, overrides}."""
+    policy = trained_policy(study["checkpoints"])
+    specs = []
+    for dataset in study["datasets"]:
+        for protocol in study["protocols"]:
+            for variant, settings in study["variants"].items():
+                overrides = {**study["set"], **settings, "train.protocol": protocol, "train.checkpoint": policy}
+                overrides |= study["quick"] if quick else {}
+                specs.append({"dataset": dataset, "protocol": protocol, "variant": variant, "overrides": overrides})
+    return specs
+
+
+def _record_path(roots: Roots, study_id: str) -> Path:
+    return roots.results / "studies" / f"{study_id}.json"
+
+
+def start_study(study_file: Path, roots: Roots, device: str, quick: bool, only: dict | None = None) -> tuple:
+    """Create every run the machine has features for (the others are listed as missing) -> (record, runs)."""
+    study = restrict(load_study(study_file), only)
+    specs = plan_study(study, quick)
+    configs = [load_config(s["dataset"], s["overrides"]) for s in specs]  # every error before any run exists
+    study_id = f"{study['name']}{'_quick' if quick else ''}_{datetime.now():%Y%m%d-%H%M%S}"
+    while _record_path(roots, study_id).exists():
+        study_id += "_2"
+    record = {"study": study_id, "study_file": str(study_file), "quick": quick, "created": datetime.now().isoformat()}
+    record |= {"definition": study, "runs": [], "missing": []}
+    runs = []
+    for spec, cfg in zip(specs, configs):
+        name = cfg.dataset.name
+        mfcc = Path(study["mfcc"].get(name, Path("MFCC") / f"{name}.npy"))
+        if not mfcc.is_file():
+            if name not in [m["dataset"] for m in record["missing"]]:
+                why = f"no features at {mfcc} (timnet preprocess --dataset {name}, or [mfcc] {name} = ...)"
+                record["missing"].append({"dataset": name, "reason": why})
+            continue
+        run = prepare_run(cfg, mfcc, roots, device=device)
+        runs.append(run)
+        record["runs"].append({"run_id": run.paths.run_id, **{k: spec[k] for k in ("dataset", "protocol", "variant")}})
+        write_json(_record_path(roots, study_id), record)
+    if not runs:
+        missing = "; ".join(m["reason"] for m in record["missing"])
+        raise TimnetError(f"{study_file}: nothing to train on this machine — {missing}")
+    return record, runs
+
+
+def resume_study(study_id: str, roots: Roots, device: str) -> tuple[dict, list]:
+    import json
+
+    path = _record_path(roots, study_id)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.json"))) or "none yet"
+        raise TimnetError(f"{path}: no such study (studies in {path.parent}: {known})")
+    record = json.loads(path.read_text())
+    return record, [prepare_run(None, None, roots, r["run_id"], device) for r in record["runs"]]
+
+
+def run_study(
+    study_file: Path | None = None,
+    resume: str | None = None,
+    quick: bool = False,
+    roots: Roots | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    only: dict[str, list[str]] | None = None,
+) -> tuple[dict, dict]:
+    """Start (or resume) a study, train every unit of every run at once, then write each run's outputs and the
+    study's report -> (record, {"xlsx": path, "html": path, "tables": {...}}); `only`: {"datasets": [...],
+    "protocols": [...]} restricts the file's lists."""
+    roots = roots or Roots()
+    device = resolve_device(device, backend, address)
+    if resume:
+        record, runs = resume_study(resume, roots, device)
+    else:
+        record, runs = start_study(study_file, roots, device, quick, only)
+    writers = [(run.paths.models, f"run {run.paths.run_id} of study {record['study']}") for run in runs]
+    with sole_writer_of_all(writers):
+        results = execute(runs, device, backend, workers, threads, progress, record["study"], address)
+        for run, units in zip(runs, results):
+            finish_run(run.cfg, run.features, run.paths, units)
+    return record, write_report(record, roots)

@@ -1,0 +1,224 @@
+"""A study's report: its tables and figures, as a workbook and one self-contained HTML page (figures embedded, no
+network needed to open it).
+
+Per corpus, protocol, variant and checkpoint policy: WAR and UAR as the mean of the per-fold values (the authors'
+way) with its 95 % confidence interval (Student's t over folds), and pooled over every test prediction (another
+number: folds of different sizes weigh differently); the paper's number (best epoch on the test fold) and the
+authors' 2023 update (last epoch) beside the policy they were measured with, only under the random protocol they
+used, with the difference. Each variant against the baseline on the same folds: `analysis.compare`'s paired
+statistics. A quick study says so on every table and at the top of the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.compare import RunUnits, compare_units, read_units
+from ..core.atomic import write_bytes
+from ..core.config import Config
+from ..core.errors import TimnetError
+from ..core.metrics import scores
+from ..core.report import pyplot, write_workbook
+from ..training.runs import Roots
+
+PUBLISHED = {"best-test": ("paper", "paper"), "last": ("authors' 2023 update", "update_2023")}
+POLICY_LABELS = {
+    "best-test": "best-test (epoch picked on the test fold: the paper's, optimistic)",
+    "best-val": "best-val (epoch picked on validation carved from training)",
+    "last": "last (the last epoch: the authors' 2023 update)",
+}
+
+
+def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
+    """(mean, 95 % CI low, high) of per-fold values: Student's t over folds (NaN interval for one fold)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2 or np.all(v == v[0]):
+        return float(v.mean()), (float(v[0]) if len(v) > 1 else math.nan), (float(v[0]) if len(v) > 1 else math.nan)
+    low, high = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+    return float(v.mean()), float(low), float(high)
+
+
+def mode_label(record: dict) -> str:
+    """What every table and the page say about how the study was run."""
+    if not record.get("quick"):
+        return "full"
+    quick = record["definition"]["quick"]
+    folds, epochs = quick.get("train.folds", "?"), quick.get("train.epochs", "?")
+    return f"QUICK ({folds} folds x {epochs} epochs): a first look, not the paper's protocol — do not compare"
+
+
+def _read(roots: Roots, entry: dict, policy: str) -> RunUnits | None:
+    try:
+        return read_units(roots.models / entry["run_id"], roots.models, policy)
+    except TimnetError:  # not trained yet (an interrupted study): its row says so
+        return None
+
+
+def result_row(entry: dict, units: RunUnits | None, policy: str) -> dict:
+    """One run at one checkpoint policy: per-fold mean with CI, pooled, and the published number it compares to."""
+    row = {"dataset": entry["dataset"], "protocol": entry["protocol"], "variant": entry["variant"]}
+    row |= {"checkpoint": POLICY_LABELS[policy], "run": entry["run_id"]}
+    if units is None:
+        return row | {"units": 0, "note": "not trained yet (resume the study)"}
+    row["units"] = len(units.metrics)
+    pooled = pd.concat(units.tests.values(), ignore_index=True)
+    overall = scores(pooled.label.to_numpy(), pooled.predicted.to_numpy())
+    for metric in ("war", "uar"):
+        mean, low, high = mean_ci(np.array([m[metric] for m in units.metrics.values()]))
+        row |= {f"{metric}_per_fold_mean": mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high}
+        row[f"{metric}_pooled"] = overall[metric]
+    published = Config.from_dict(units.config).published
+    if policy in PUBLISHED and entry["protocol"] == "random":
+        name, key = PUBLISHED[policy]
+        row["published"] = name
+        for metric in ("war", "uar"):
+            row[f"published_{metric}"] = getattr(published, f"{key}_{metric}")
+            row[f"{metric}_minus_published"] = row[f"{metric}_per_fold_mean"] - row[f"published_{metric}"]
+    elif policy in PUBLISHED:
+        row["published"] = f"none for protocol {entry['protocol']} (the published numbers use random folds)"
+    return row
+
+
+def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
+    """results (one row per run x policy), ablations (each variant against the baseline), missing, runs."""
+    definition = record["definition"]
+    policies, baseline = definition["checkpoints"], definition["baseline"]
+    results, ablations = [], []
+    for policy in policies:
+        read = {e["run_id"]: _read(roots, e, policy) for e in record["runs"]}
+        results += [result_row(e, read[e["run_id"]], policy) for e in record["runs"]]
+        for entry in record["runs"]:
+            base = next(
+                (b for b in record["runs"] if b["variant"] == baseline and b["dataset"] == entry["dataset"]
+                 and b["protocol"] == entry["protocol"]), None,
+            )  # fmt: skip
+            if entry["variant"] == baseline or base is None or None in (read[base["run_id"]], read[entry["run_id"]]):
+                continue
+            compared = compare_units(read[base["run_id"]], read[entry["run_id"]])
+            where = {k: entry[k] for k in ("dataset", "protocol")} | {"checkpoint": POLICY_LABELS[policy]}
+            for row in compared.to_dict("records"):
+                ablations.append({**where, "variant": entry["variant"], "against": baseline, **row})
+    mode = mode_label(record)
+    out = {
+        "results": pd.DataFrame(results),
+        "ablations": pd.DataFrame(ablations),
+        "missing": pd.DataFrame(record["missing"], columns=["dataset", "reason"]),
+        "runs": pd.DataFrame(record["runs"]),
+    }
+    return {name: t.assign(mode=mode) for name, t in out.items()}
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def results_figure(results: pd.DataFrame, baseline: str) -> bytes | None:
+    """WAR per corpus (baseline variant) with its 95 % CI, one panel per protocol x policy; published: x."""
+    if "war_per_fold_mean" not in results:  # nothing trained yet
+        return None
+    shown = results[(results.variant == baseline) & results.war_per_fold_mean.notna()]
+    if shown.empty:
+        return None
+    panels = list(shown.groupby(["protocol", "checkpoint"], sort=False))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, ((protocol, checkpoint), group) in zip(axes[0], panels):
+        x = np.arange(len(group))
+        mean = group.war_per_fold_mean.to_numpy()
+        err = np.vstack([mean - group.war_ci_low.to_numpy(), group.war_ci_high.to_numpy() - mean])
+        ax.bar(x, mean, yerr=np.nan_to_num(err), capsize=4, color="C0", label="ours (95 % CI)")
+        if "published_war" in group:
+            ax.plot(x, group.published_war, "x", color="C3", markersize=9, label="published")
+        ax.set_xticks(x, group.dataset, rotation=30)
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{protocol} · {checkpoint.split(' (')[0]}", fontsize=9)
+        ax.set_ylabel("WAR % (per-fold mean)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def ablations_figure(ablations: pd.DataFrame) -> bytes | None:
+    """Each variant's WAR minus the baseline's, with its paired 95 % CI, per corpus; one panel per protocol x policy."""
+    war = ablations[ablations.metric == "WAR"] if len(ablations) else ablations
+    if war.empty:
+        return None
+    panels = list(war.groupby(["protocol", "checkpoint"], sort=False))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, ((protocol, checkpoint), group) in zip(axes[0], panels):
+        labels = [f"{d}\n{v}" for d, v in zip(group.dataset, group.variant)]
+        err = np.vstack([group["diff"] - group.ci_low, group.ci_high - group["diff"]])
+        ax.bar(range(len(group)), group["diff"], yerr=np.nan_to_num(err), capsize=4, color="C1")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(group)), labels, fontsize=7)
+        ax.set_ylabel("WAR difference, points")
+        ax.set_title(f"{protocol} · {checkpoint.split(' (')[0]}", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes | None]) -> str:
+    """The HTML report: the mode at the top and on every section, tables, figures inline."""
+    mode = mode_label(record)
+    banner = f'<p class="mode {"quick" if record.get("quick") else ""}">{html.escape(mode)}</p>'
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px} .mode{font-weight:bold} .quick{color:#b00;font-size:1.2em}"
+    )
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>study {record['study']}</title>"]
+    parts += [f"<style>{style}</style></head><body><h1>Study {html.escape(record['study'])}</h1>", banner]
+    parts.append(
+        "<p>WAR/UAR: mean of the per-fold values (the authors' way) with a 95 % confidence interval (Student's t over "
+        "folds); pooled: over every test prediction at once. Published numbers only beside the protocol and "
+        "checkpoint policy they were measured with.</p>"
+    )
+    sections = [
+        ("Results", "results", "results"),
+        ("Ablations against the baseline (paired: B − A)", "ablations", "ablations"),
+        ("Corpora missing on this machine", "missing", None),
+        ("Runs", "runs", None),
+    ]
+    for title, sheet, figure in sections:
+        parts += [f"<h2 id='{sheet}'>{title}</h2>", banner]
+        if figure and figures.get(figure):
+            data = base64.b64encode(figures[figure]).decode()
+            parts.append(f"<img id='figure-{figure}' alt='{title}' src='data:image/png;base64,{data}'>")
+        table = sheets[sheet].drop(columns="mode")
+        parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="", table_id=sheet))
+    return "\n".join(parts + ["</body></html>"])
+
+
+def write_report(record: dict, roots: Roots) -> dict:
+    """Results/studies/<id>.xlsx and <id>.html, rewritten whole (a resumed study refreshes its report)."""
+    sheets = tables(record, roots)
+    baseline = record["definition"]["baseline"]
+    figures = {
+        "results": results_figure(sheets["results"], baseline),
+        "ablations": ablations_figure(sheets["ablations"]),
+    }
+    folder = roots.results / "studies"
+    xlsx = write_workbook(folder / f"{record['study']}.xlsx", sheets, overwrite=True)
+    html_path = folder / f"{record['study']}.html"
+    write_bytes(html_path, page(record, sheets, figures).encode("utf-8"))
+    return {"xlsx": xlsx, "html": html_path, "tables": sheets}
+
+
+def study_lines(record: dict, report: dict) -> list[str]:
+    """The study as the CLI prints it: the numbers per run and policy, what is missing, where the report is."""
+    results = report["tables"]["results"]
+    shown = ("dataset", "protocol", "variant", "checkpoint", "war_per_fold_mean", "uar_per_fold_mean")
+    lines = [results[[c for c in shown if c in results]].to_string(index=False, float_format=lambda v: f"{v:.2f}")]
+    lines += [f"missing: {m['dataset']}: {m['reason']}" for m in record["missing"]]
+    return lines + [f"study {record['study']} ({mode_label(record)}): wrote {report['xlsx']} and {report['html']}"]

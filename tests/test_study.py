@@ -1,0 +1,154 @@
+"""`timnet study`: a study grid end to end in quick mode, its report's tables checked against the runs' own units
+and scipy, the quick label on every table and at the top of the page, missing corpora listed, and the page itself
+in headless Chromium (skips without it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+from scipy import stats
+
+from timnet.analysis.compare import compare_runs
+from timnet.core.errors import TimnetError
+from timnet.studies.study import load_study, plan_study, restrict, run_study, trained_policy
+from timnet.training.runs import Roots
+
+
+def study_file(tmp_path, mfcc, protocols='["random", "sentence"]') -> object:
+    path = tmp_path / "mini.toml"
+    path.write_text(
+        f'name = "mini"\ndatasets = ["EMODB", "RAVDESS"]\nprotocols = {protocols}\n'
+        'checkpoints = ["best-test", "last"]\nbaseline = "TIM-Net"\n'
+        '[variants]\n"TIM-Net" = {}\n"w/o TAB" = { "model.gate" = false }\n'
+        '[set]\n"features.signal_length" = 16000\n'
+        '[quick]\n"train.folds" = 2\n"train.epochs" = 3\n'
+        f'[mfcc]\nEMODB = "{mfcc}"\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def quick_study(mfcc, tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    roots = Roots(root / "Models", root / "logs", root / "Results")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record, report = run_study(study_file(root, mfcc), quick=True, roots=roots, device="cpu", workers=2,
+                                   threads=1, progress=False)  # fmt: skip
+    return roots, record, report
+
+
+def test_a_quick_study_reports_every_run_at_both_policies(quick_study):
+    roots, record, report = quick_study
+    assert len(record["runs"]) == 4  # EMODB x (random, sentence) x (TIM-Net, w/o TAB); RAVDESS has no features
+    results = report["tables"]["results"]
+    assert len(results) == 8 and results["mode"].str.startswith("QUICK (2 folds x 3 epochs)").all()
+    for row in results.itertuples():
+        units = [torch.load(p, weights_only=True) for p in sorted((roots.models / row.run).glob("fold_*.pt"))]
+        chosen = [
+            u["metrics"] if row.checkpoint.startswith("best-test") else u["also"]["last"]["metrics"] for u in units
+        ]
+        war = np.array([m["war"] for m in chosen])
+        assert row.units == 2 and row.war_per_fold_mean == pytest.approx(war.mean())
+        low, high = (
+            stats.t.interval(0.95, 1, loc=war.mean(), scale=stats.sem(war)) if war[0] != war[1] else (war[0],) * 2
+        )
+        assert (row.war_ci_low, row.war_ci_high) == pytest.approx((low, high))
+        assert 0 <= row.war_pooled <= 100 and 0 <= row.uar_pooled <= 100
+    random_best = results[(results.protocol == "random") & results.checkpoint.str.startswith("best-test")]
+    assert (random_best.published == "paper").all() and random_best.published_war.notna().all()
+    assert results[results.protocol == "sentence"].published.str.startswith("none for protocol sentence").all()
+    missing = report["tables"]["missing"]
+    assert missing.dataset.tolist() == ["RAVDESS"] and "no features" in missing.reason.iat[0]
+
+
+def test_ablations_are_the_paired_comparison_of_the_same_folds(quick_study):
+    roots, record, report = quick_study
+    ablations = report["tables"]["ablations"]
+    assert len(ablations) == 2 * 2 * 2  # protocols x policies x (WAR, UAR) for the one variant
+    runs = {(r["protocol"], r["variant"]): r["run_id"] for r in record["runs"]}
+    for policy, label in (("best-test", "best-test"), ("last", "last")):
+        direct = compare_runs(roots.models / runs[("random", "TIM-Net")], roots.models / runs[("random", "w/o TAB")],
+                              roots.models, policy)  # fmt: skip
+        mine = ablations[(ablations.protocol == "random") & ablations.checkpoint.str.startswith(label)]
+        for metric in ("WAR", "UAR"):
+            got, want = mine[mine.metric == metric].iloc[0], direct[direct.metric == metric].iloc[0]
+            assert got["diff"] == pytest.approx(want["diff"]) and got.mean_a == pytest.approx(want.mean_a)
+
+
+def test_the_workbook_and_page_say_quick_everywhere(quick_study):
+    roots, record, report = quick_study
+    sheets = pd.read_excel(report["xlsx"], sheet_name=None)
+    assert set(sheets) == {"results", "ablations", "missing", "runs"}
+    assert all(s["mode"].str.startswith("QUICK").all() for s in sheets.values() if len(s))
+    page = report["html"].read_text()
+    assert page.count("QUICK (2 folds x 3 epochs)") == 1 + 4  # the top, and every section
+    assert page.count("data:image/png;base64,") == 2 and "<table" in page and "http" not in page.split("<body>")[1]
+
+
+def test_a_resumed_study_writes_its_report_again(quick_study, tmp_path):
+    roots, record, report = quick_study
+    before = report["html"].stat().st_mtime_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again, second = run_study(resume=record["study"], roots=roots, device="cpu", workers=1, progress=False)
+    assert again["runs"] == record["runs"] and second["html"].stat().st_mtime_ns > before
+    pd.testing.assert_frame_equal(second["tables"]["results"], report["tables"]["results"])
+
+
+def test_study_files_are_checked_in_one_line(tmp_path, mfcc):
+    for text, message in [
+        ('datasets = ["EMODB"]\nprotocols = ["randm"]', "'randm' is not one of random, speaker, sentence"),
+        ('datasets = "EMODB"', "datasets must be a non-empty list"),
+        ('datasets = ["EMODB"]\nbaseline = "full"', "baseline 'full' is not one of the variants"),
+        ('datasets = ["EMODB"]\nepochs = 3', "unknown key(s) ['epochs']"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(TimnetError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            load_study(bad)
+    with pytest.raises(TimnetError, match="ONE of best-val, best-test"):
+        trained_policy(["best-val", "best-test"])
+    paper = load_study(REPO / "studies" / "paper.toml")
+    only = restrict(paper, {"datasets": ["EMODB"], "protocols": ["random"], "quick": True})
+    assert (only["datasets"], only["protocols"]) == (["EMODB"], ["random"]) and len(plan_study(only, False)) == 1
+    with pytest.raises(TimnetError, match=r"^--datasets EMO: not among the study's datasets \(CASIA, EMODB"):
+        restrict(paper, {"datasets": ["EMO"]})
+    for shipped in ("studies/paper.toml", "studies/ablations.toml"):
+        study = load_study(REPO / shipped)
+        assert plan_study(study, quick=True) and study["baseline"] == "TIM-Net"
+
+
+def test_nothing_to_train_is_one_line(tmp_path):
+    path = tmp_path / "none.toml"
+    path.write_text('datasets = ["RAVDESS"]\n')
+    done = subprocess.run([sys.executable, "-m", "timnet.cli", "study", str(path), "--quick"], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nothing to train" in done.stderr
+
+
+@pytest.mark.browser
+def test_the_report_shows_its_tables_and_figures_in_chromium(quick_study):
+    from test_browser import _browser, _needs
+
+    roots, record, report = quick_study
+    driver = _browser(*_needs())
+    try:
+        driver.get(report["html"].as_uri())
+        shown = driver.execute_script(
+            "return {tables: [...document.querySelectorAll('table')].map(t => t.rows.length),"
+            " images: [...document.querySelectorAll('img')].map(i => [i.naturalWidth, i.naturalHeight]),"
+            " banner: document.querySelector('.mode').innerText}"
+        )
+    finally:
+        driver.quit()
+    assert shown["tables"][:2] == [9, 9]  # header + 8 result rows; header + 8 ablation rows
+    assert len(shown["images"]) == 2 and all(w > 100 and h > 100 for w, h in shown["images"])
+    assert shown["banner"].startswith("QUICK")
