@@ -527,12 +527,7 @@ def summary(args, rows: list[dict], names: dict[str, str], say) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
-        cpu += ", AVX-512" if " avx512f" in info else ", AVX2" if " avx2" in info else ""
-    return f"{cpu}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def versions() -> str:
@@ -559,6 +554,7 @@ def _has(dist: str) -> bool:
 
 
 def cpu_model() -> str:
+    """The CPU's model name and its widest vector extension (AVX-512, AVX2): every result row names it."""
     if Path("/proc/cpuinfo").is_file():
         info = Path("/proc/cpuinfo").read_text()
         name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")

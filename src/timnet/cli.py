@@ -116,6 +116,13 @@ def _cross_corpus(args) -> None:
     print(f"wrote {workbook} and its row of {args.results / 'Accuracy Analysis Summary.xlsx'}")
 
 
+def cmd_download(args) -> None:
+    from .data.download import download
+
+    folder = download(args.name, args.data, args.url, progress=not args.quiet)
+    print(f"{folder.name} is in {folder}; next: timnet preprocess --dataset {folder.name} --data {folder}")
+
+
 def cmd_corpus_check(args) -> None:
     from .data.corpus_check import check_corpus
 
@@ -201,17 +208,8 @@ def cmd_sweep(args) -> None:
         return
     if (args.grid is None) == (args.resume is None):
         raise TimnetError("give a grid file (timnet sweep GRID.toml) or --resume SWEEP (or --status SWEEP)")
-    record, table, workbook = run_sweep(
-        args.grid,
-        args.resume,
-        roots,
-        args.backend,
-        args.address,
-        args.device,
-        args.workers,
-        args.threads,
-        progress=not args.quiet,
-    )
+    record, table, workbook = run_sweep(args.grid, args.resume, roots, args.backend, args.address, args.device,
+                                        args.workers, args.threads, progress=not args.quiet)  # fmt: skip
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"sweep {record['sweep']}: {len(table)} runs; wrote {workbook} and {len(table)} rows of the summary workbook")
 
@@ -314,12 +312,7 @@ def cmd_predict(args) -> None:
     else:
         table = model.predict(files, None, args.workers, args.skip_bad, progress=not args.quiet and len(files) > 1)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    if args.csv:
-        from .core.atomic import atomic_path
-
-        with atomic_path(args.csv) as tmp:
-            table.to_csv(tmp, index=False)
-        print(f"wrote {args.csv}")
+    _write_csv(table, args.csv)
 
 
 def cmd_export(args) -> None:
@@ -368,6 +361,7 @@ COMMANDS = {
     "example-data": cmd_example_data,
     "preprocess": cmd_preprocess,
     "corpus-check": cmd_corpus_check,
+    "download": cmd_download,
     "audit": cmd_audit,
     "compare": cmd_compare,
     "evaluate": cmd_evaluate,

@@ -224,6 +224,16 @@ def _add_training_commands(sub) -> None:
     _backend_args(p)
 
 
+def _add_download_command(sub) -> None:
+    from .data.download import FREE, LICENSED
+
+    p = sub.add_parser("download", help=f"a free corpus ({', '.join(FREE)}) from its official archive, checked")
+    p.add_argument("name", help=f"{', '.join(FREE)} (licensed, where to ask: {', '.join(LICENSED)})")
+    p.add_argument("--data", type=Path, default=Path("Datasets"), help="where <NAME>/ goes (default: %(default)s)")
+    p.add_argument("--url", help="another address of the same archive (a mirror)")
+    _quiet_arg(p)
+
+
 def _add_study_commands(sub) -> None:
     """audit, compare, study: the paper's study and what it is made of."""
     p = sub.add_parser(
@@ -365,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_training_commands(sub)
     _add_study_commands(sub)
+    _add_download_command(sub)
     _add_tsne_command(sub)
     _add_predict_command(sub)
     _add_export_command(sub)

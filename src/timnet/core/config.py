@@ -232,6 +232,19 @@ class Published:
             check_range(f"published.{f.name}", getattr(self, f.name), 0, 100)  # NaN (none published) passes
 
 
+@dataclass
+class LogSettings:
+    """[log]: where training curves go besides each unit's CSV and PNG (`training.trackers`)."""
+
+    tensorboard: bool = True  # scalars per epoch under logs/<run>/<unit>/: `tensorboard --logdir logs`
+    mlflow: bool = False  # also an MLflow run per unit, in a local store (logs/mlruns); needs the mlflow extra
+
+    def __post_init__(self) -> None:
+        for key in ("tensorboard", "mlflow"):
+            if not isinstance(getattr(self, key), bool):
+                raise invalid(f"log.{key}", "true or false", getattr(self, key))
+
+
 # Settings that runs saved by earlier versions hold and that mean nothing now (the device is chosen when a
 # command runs: --device); reading such a run ignores them.
 RETIRED = {"train": ("device",)}
@@ -251,6 +264,7 @@ SECTIONS = {
     "model": TIMNetConfig,
     "train": TrainSettings,
     "published": Published,
+    "log": LogSettings,
 }
 
 
@@ -261,6 +275,7 @@ class Config:
     model: TIMNetConfig
     train: TrainSettings
     published: Published = field(default_factory=Published)
+    log: LogSettings = field(default_factory=LogSettings)
 
     def __post_init__(self) -> None:
         for key, value in (("n_classes", self.n_classes), ("n_mfcc", self.features.n_mfcc)):

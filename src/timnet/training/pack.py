@@ -149,5 +149,5 @@ def _train(todo: list[UnitJob], cfg: Config, features: FeatureSet, report: Progr
             report({**events[job.key], "event": "done", "epoch": cfg.train.epochs})
     finally:  # interrupted: every unit's last epoch still lands on disk
         for trainer in pack.trainers:
-            trainer.writer.close()
+            trainer.close()
     return results

@@ -47,6 +47,7 @@ from ..model.network import TIMNet, TIMNetConfig
 from .flat_state import flatten, unflatten
 from .runs import RunPaths, UnitResult, load_result, save_pt, save_unit
 from .state_writer import StateWriter
+from .trackers import Trackers
 
 # `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
 # units one after another: the next unit reuses the compiled code). The first compile costs minutes on a CPU and
@@ -182,6 +183,7 @@ class UnitTrainer:
         self.shuffle = torch.Generator().manual_seed(job.seed * 1000 + job.fold)
         self.watch = {"best-val": "val_acc", "best-test": "test_acc"}.get(t.checkpoint)
         self.writer = StateWriter()
+        self.trackers = Trackers(cfg, Path(job.logs_dir), job.unit, Path(job.logs_dir).name)
 
     def use_blas(self, blas: str) -> None:
         self.blas, self.acceleration = accelerate_unit(self.model, blas, self.cfg)
@@ -226,6 +228,12 @@ class UnitTrainer:
         save_pt(self.job.state_path, state)
         with atomic_path(Path(self.job.logs_dir) / f"{self.job.unit}.csv") as tmp:
             pd.DataFrame(state["progress"]["history"]).to_csv(tmp, index=False)
+        self.trackers.epoch(state["progress"]["history"][-1])
+
+    def close(self) -> None:
+        """The last epoch's state on disk, the trackers' files closed (also when interrupted)."""
+        self.writer.close()
+        self.trackers.close()
 
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the shuffled training part: (mean loss, accuracy %). One device sync per epoch."""
@@ -309,7 +317,7 @@ class UnitTrainer:
 
     def finish(self, progress: Progress, features: FeatureSet) -> UnitResult:
         job, cfg = self.job, self.cfg
-        self.writer.close()  # the last epoch's state is on disk before the unit's file replaces it
+        self.close()  # the last epoch's state is on disk before the unit's file replaces it
         chosen_epoch = progress.best_epoch if self.watch else len(progress.history)
         also = {}  # the last epoch too, where another was chosen: a study reports both policies from one training
         if self.watch:
@@ -383,6 +391,6 @@ def _train(job: UnitJob, cfg: Config, features: FeatureSet, report: ProgressRepo
             report({**event, "event": "epoch", "epoch": progress.epoch, "row": row})
         result = trainer.finish(progress, features)
     finally:  # interrupted (Ctrl-C, an error): the last epoch's state still lands on disk
-        trainer.writer.close()
+        trainer.close()
     report({**event, "event": "done", "epoch": cfg.train.epochs})
     return result

@@ -1,0 +1,100 @@
+"""Training curves where researchers watch them: TensorBoard scalars per epoch for every unit (`log.tensorboard`,
+on by default: `tensorboard --logdir logs` shows every unit of every run), and an MLflow run per unit in a local
+store (`log.mlflow`, with the `mlflow` extra). The CSV and PNG beside them stay the record.
+
+Scalars per epoch: loss, accuracy/train, accuracy/validation (where a validation part is carved), accuracy/test
+(the epochs it is logged), learning_rate. A resumed unit continues its curves: events of the epochs after the state
+it resumed from are purged first, so no epoch is drawn twice.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..core.config import Config
+from ..core.errors import TimnetError
+
+SCALARS = {"loss": "loss", "train_acc": "accuracy/train", "val_acc": "accuracy/validation", "test_acc": "accuracy/test"}
+
+
+class Trackers:
+    """The trackers of one unit, opened on its first logged epoch (in the thread that writes its state)."""
+
+    def __init__(self, cfg: Config, logs_dir: Path, unit: str, run_id: str):
+        self.cfg, self.folder, self.unit, self.run_id = cfg, Path(logs_dir), unit, run_id
+        self.tensorboard = None
+        self.mlflow_run = None
+        if cfg.log.mlflow:
+            try:
+                import mlflow  # noqa: F401
+            except ImportError:
+                raise TimnetError(
+                    "log.mlflow = true needs MLflow: python3 -m pip install 'timnet[mlflow]' (or set log.mlflow=false)"
+                ) from None
+
+    def epoch(self, row: dict) -> None:
+        """One epoch's row of the history (`unit.UnitTrainer.record_epoch`)."""
+        step = int(row["epoch"])
+        logged = {key: row.get(key) for key in SCALARS}
+        values = {SCALARS[k]: float(v) for k, v in logged.items() if v is not None and not math.isnan(float(v))}
+        values["learning_rate"] = self.cfg.train.lr
+        if self.cfg.log.tensorboard:
+            self._write_tensorboard(values, step)
+        if self.cfg.log.mlflow:
+            self._mlflow().log_metrics({tag.replace("/", "_"): v for tag, v in values.items()}, step=step)
+
+    def _write_tensorboard(self, values: dict, step: int) -> None:
+        if self.tensorboard is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(self.folder / self.unit), purge_step=step)
+        for tag, value in values.items():
+            self.tensorboard.add_scalar(tag, value, step)
+        self.tensorboard.flush()
+
+    def _mlflow(self) -> "_Logger":
+        """This unit's MLflow run in the local store logs/mlruns (found again on resume, by its tag)."""
+        if self.mlflow_run is None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=(self.folder.parent / "mlruns").resolve().as_uri())
+            name, tag = f"timnet {self.cfg.dataset.name}", f"{self.run_id}/{self.unit}"
+            experiment = client.get_experiment_by_name(name)
+            experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+            found = client.search_runs([experiment_id], f"tags.timnet_unit = '{tag}'")
+            run = found[0] if found else client.create_run(experiment_id, run_name=tag, tags={"timnet_unit": tag})
+            if not found:
+                settings = self.cfg.settings().items()
+                params = {f"{s}.{k}": str(v)[:500] for s, section in settings for k, v in section.items()}
+                client.log_batch(run.info.run_id, params=[_param(k, v) for k, v in params.items()])
+            self.mlflow_run = (client, run.info.run_id)
+        return _Logger(*self.mlflow_run)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.mlflow_run is not None:
+            client, run_id = self.mlflow_run
+            client.set_terminated(run_id)
+
+
+def _param(key: str, value: str):
+    from mlflow.entities import Param
+
+    return Param(key, value)
+
+
+class _Logger:
+    """log_metrics on one MLflow run through the client (no global active run: units train in parallel)."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
