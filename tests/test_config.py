@@ -137,14 +137,14 @@ def test_readers_named_by_configs_are_the_corpus_registry():
 
 
 def test_toml_comments_say_what_the_code_does():
-    """The compile setting's comment (beside its default, in core/config.py) quotes the thresholds the code uses (it
-    once said 200 for every device); the TOMLs hold only what differs for their corpus."""
-    import timnet.core.config
+    """The compile setting's comment (beside its default, in core/train_settings.py) quotes the thresholds the code
+    uses (it once said 200 for every device); the TOMLs hold only what differs for their corpus."""
+    import timnet.core.train_settings
     from timnet.training.unit import COMPILE_MIN_EPOCHS
 
     cpu, cuda = COMPILE_MIN_EPOCHS["cpu"], COMPILE_MIN_EPOCHS["cuda"]
     said = f"auto (a worker's units together, of >= {cpu} epochs on CPU, >= {cuda} on CUDA)"
-    assert said in Path(timnet.core.config.__file__).read_text()
+    assert said in Path(timnet.core.train_settings.__file__).read_text()
     defaults = {"train": TrainSettings(), "features": FeatureSettings()}
     for toml in resources.files("timnet.configs").iterdir():
         if toml.name.endswith(".toml"):

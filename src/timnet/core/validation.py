@@ -23,6 +23,13 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     return value
 
 
+def check_bool(name: str, value: Any) -> Any:
+    """`value` if it is true or false (not 1 or "yes": a TOML or `--set` says true), else one line."""
+    if not isinstance(value, bool):
+        raise invalid(name, "true or false", value)
+    return value
+
+
 def check_range(
     name: str,
     value: Any,
