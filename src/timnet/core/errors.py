@@ -12,3 +12,13 @@ class BadAudioError(TimnetError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{path}: {problem} — {fix}")
+
+
+def require(module: str, extra: str, what: str):
+    """`module` imported, or one line saying which extra of `pip install` brings it (pyproject.toml)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise TimnetError(f"{what} needs {module.split('.')[0]}: python3 -m pip install 'timnet[{extra}]'") from None

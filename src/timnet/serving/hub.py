@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..core.errors import TimnetError
+from ..core.errors import TimnetError, require
 from .folder_check import read_checked_card
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -21,7 +21,7 @@ def is_hub_id(source: str | Path) -> bool:
 
 def download(repo_id: str) -> Path:
     """The model repo's snapshot folder (downloaded once, then read from the hub cache)."""
-    from huggingface_hub import snapshot_download
+    snapshot_download = require("huggingface_hub", "export", "a model from the Hugging Face Hub").snapshot_download
 
     try:
         return Path(snapshot_download(repo_id=str(repo_id), repo_type="model"))
@@ -33,7 +33,7 @@ def download(repo_id: str) -> Path:
 
 def push_to_hub(folder: Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
     """Upload an exported folder to the Hugging Face Hub (creating the model repo); returns its URL."""
-    from huggingface_hub import HfApi
+    HfApi = require("huggingface_hub", "export", "--push-to-hub").HfApi  # noqa: N806 (the library's class)
 
     folder = Path(folder)
     try:

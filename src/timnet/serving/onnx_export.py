@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import TimnetError
+from ..core.errors import TimnetError, require
 from ..model.network import TIMNet
 from .model_folder import ONNX_DIR, ONNX_INPUT, ONNX_OUTPUTS
 
@@ -53,7 +53,8 @@ class InferenceGraph(nn.Module):
 def write_onnx(models: dict[str, TIMNet], folder: Path, frames: int) -> dict:
     """Export each fold model (BatchNorm folded) to `onnx/<unit>.onnx`, check each against the torch model,
     and return what the check found (config.json's `onnx`)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "ONNX export (or --no-onnx)")
+    require("onnx", "export", "ONNX export (or --no-onnx)")
 
     (folder / ONNX_DIR).mkdir()
     files, worst = {}, 0.0
