@@ -115,6 +115,16 @@ def _workers_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _many_runs_args(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that train many runs at once (sweep, study)."""
+    _device_arg(p)
+    p.add_argument("--threads", type=int, help="CPU threads per unit (default: the cores divided among the workers)")
+    _workers_arg(p)
+    _backend_args(p)
+    _roots_args(p, "models", "logs", "results")
+    _quiet_arg(p)
+
+
 def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
@@ -203,12 +213,7 @@ def _add_training_commands(sub) -> None:
     p.add_argument("grid", nargs="?", type=Path, help="the grid file (TOML), e.g. examples/sweep_emodb.toml")
     p.add_argument("--resume", metavar="SWEEP", help="continue a sweep (Results/sweeps/SWEEP.json)")
     p.add_argument("--status", metavar="SWEEP", help="only show how far each run of a sweep is")
-    _device_arg(p)
-    p.add_argument("--threads", type=int, help="CPU threads per unit (default: the cores divided among the workers)")
-    _workers_arg(p)
-    _backend_args(p)
-    _roots_args(p, "models", "logs", "results")
-    _quiet_arg(p)
+    _many_runs_args(p)
 
     p = sub.add_parser(
         "run",
@@ -266,12 +271,7 @@ def _add_study_commands(sub) -> None:
             f"--{key}", type=lambda v: v.split(","), help=f"only these of the file's {key}, e.g. EMODB,SAVEE"
         )
     p.add_argument("--resume", metavar="ID", help="continue a study (Results/studies/ID.json) and write its report")
-    _device_arg(p)
-    p.add_argument("--threads", type=int, help="CPU threads per unit (default: the cores divided among the workers)")
-    _workers_arg(p)
-    _backend_args(p)
-    _roots_args(p, "models", "logs", "results")
-    _quiet_arg(p)
+    _many_runs_args(p)
 
 
 def _add_tsne_command(sub) -> None:

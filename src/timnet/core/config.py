@@ -302,6 +302,17 @@ def known_datasets() -> list[str]:
     return sorted(p.name[:-5].upper() for p in resources.files("timnet.configs").iterdir() if p.name.endswith(".toml"))
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file (a grid, a study) as a dict, or one line: missing, not TOML."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TimnetError(f"{path}: no such {what}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise TimnetError(f"{path}: not valid TOML ({err})") from None
+
+
 def load_config(source: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Load a config by dataset name (`EMODB`) or TOML path (`configs/emodb.toml`)."""
     path = Path(source)

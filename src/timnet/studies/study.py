@@ -23,22 +23,16 @@ writes the report again: `Results/studies/<id>.xlsx` and `<id>.html`.
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from pathlib import Path
 
 from ..core.atomic import write_json
-from ..core.config import TrainSettings, load_config
+from ..core.config import TrainSettings, load_config, read_toml
 from ..core.errors import TimnetError
 from ..core.locks import sole_writer_of_all
 from ..training.run import execute, finish_run, prepare_run, resolve_device
 from ..training.runs import Roots
 from .study_report import write_report
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 QUICK = {"train.folds": 2, "train.epochs": 3}
 KEYS = {"name", "datasets", "protocols", "checkpoints", "baseline", "variants", "set", "quick", "mfcc"}
@@ -56,12 +50,7 @@ def _strings(path: Path, key: str, value, allowed=None) -> list[str]:
 def load_study(path: Path) -> dict:
     """The study file, checked: every key known, every value of its kind (one line naming what is wrong)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TimnetError(f"{path}: no such study file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise TimnetError(f"{path}: not valid TOML ({err})") from None
+    data = read_toml(path, "study file")
     if unknown := sorted(set(data) - KEYS):
         raise TimnetError(f"{path}: unknown key(s) {unknown}; a study file has {', '.join(sorted(KEYS))}")
     variants = data.get("variants", {"TIM-Net": {}})

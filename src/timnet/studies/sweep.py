@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -36,18 +35,13 @@ import torch
 
 from ..analysis.cross_corpus import grid_targets, sweep_cells
 from ..core.atomic import write_json
-from ..core.config import TRAIN_SHORTCUTS, load_config
+from ..core.config import TRAIN_SHORTCUTS, load_config, read_toml
 from ..core.errors import TimnetError
 from ..core.locks import sole_writer_of_all
 from ..core.metrics import METRICS
 from ..core.report import write_workbook
 from ..training.run import execute, finish_run, prepare_run, resolve_device
 from ..training.runs import Roots, read_run_record
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ALIASES = TRAIN_SHORTCUTS  # grid keys such as protocol = [...] stand for train.protocol
 
@@ -80,12 +74,7 @@ def _check_types(path: Path, data: dict) -> None:
 def load_grid(path: Path) -> dict:
     """The parsed grid file, its keys checked: {name, dataset, mfcc, set, grid: {setting: [values]}}."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TimnetError(f"{path}: no such grid file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise TimnetError(f"{path}: not valid TOML ({err})") from None
+    data = read_toml(path, "grid file")
     unknown = set(data) - {"name", "runs", "grid"}
     if unknown:
         raise TimnetError(f"{path}: unknown section(s) {sorted(unknown)}; a grid file has name, [runs] and [grid]")
