@@ -83,7 +83,7 @@ def test_compare_cli_writes_the_csv(runs, tmp_path):
     argv = [sys.executable, "-m", "timnet.cli", "compare", str(a_dir), str(b_dir), "--csv", str(csv)]
     done = subprocess.run(argv, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "2 shared units, 84 test predictions each" in done.stdout
+    assert "2 shared folds, 84 test predictions each" in done.stdout
     assert list(pd.read_csv(csv).columns) == COLUMNS
     refused = subprocess.run(argv[:5] + [str(c_dir)], capture_output=True, text=True)
     assert refused.returncode == 2 and refused.stderr.startswith("timnet: error: cannot compare")

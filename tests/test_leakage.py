@@ -147,3 +147,14 @@ def test_audit_cli_prints_the_table_writes_the_csv_and_never_overwrites(tmp_path
     assert list(table.columns) == COLUMNS and table.iloc[-1].n_test == 84 and table.iloc[-1].shared_sentence == 0
     again = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
+
+
+def test_speaker_sentence_folds_test_every_speaker_where_sentences_are_few():
+    """RAVDESS has 2 statements: 4 speaker folds take the 2 sentence groups in turn, so every speaker is tested."""
+    manifest = grid_manifest().assign(sentence=lambda m: np.where(m.stem.str[2:5] < "a03", "01", "02"))
+    folds = make_folds("speaker-sentence", manifest, None, 4, seed=3)
+    assert len(folds) == 4
+    assert sorted(s for _, te in folds for s in set(manifest.speaker.iloc[te])) == sorted(SPEAKERS)
+    for train, test in folds:
+        assert not set(manifest.speaker.iloc[train]) & set(manifest.speaker.iloc[test])
+        assert not set(manifest.sentence.iloc[train]) & set(manifest.sentence.iloc[test])

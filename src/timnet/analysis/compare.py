@@ -1,9 +1,10 @@
 """Two runs (or two variants) on the same folds, compared the way a paper should: paired over the units they share.
 
-Per metric (WAR, UAR, in % as in the workbooks): the mean over the shared units of each run, the paired difference
-B − A with its 95 % confidence interval (Student's t over units), the paired t-test and the Wilcoxon signed-rank
-test over units, and, for WAR (accuracy), McNemar's exact test on the pooled test predictions (the utterances both
-runs predicted wrong/right differently). Statistics from scipy. Runs are comparable only when they split the same
+Per metric (WAR, UAR, in % as in the workbooks): the mean over the shared folds of each run (a fold trained with
+several seeds counts once, its seeds averaged), the paired difference B − A with its 95 % confidence interval
+(Student's t over folds), the paired t-test and the Wilcoxon signed-rank test over folds, and, for WAR (accuracy),
+McNemar's exact test on the pooled test predictions of the first shared seed (the utterances one run got right and
+the other wrong; each utterance once). Statistics from scipy. Runs are comparable only when they split the same
 corpus the same way: same dataset, protocol and, per shared unit, the same test utterances.
 """
 
@@ -98,7 +99,8 @@ def shared_units(a: RunUnits, b: RunUnits) -> list[tuple[tuple, tuple]]:
 
 def paired_statistics(a: np.ndarray, b: np.ndarray) -> dict:
     """diff (mean of B − A), its 95 % t interval, the paired t-test's and Wilcoxon's two-sided p; NaN with fewer
-    than two pairs. Differences all equal have no spread: the interval is the point, t's p is 1 (all zero) or 0."""
+    than two pairs. Differences all equal have no spread: the interval is the point, and t's p is 1 where they are
+    all zero, else undefined (NaN): no spread to test against, not "significant"."""
     from scipy import stats
 
     d = np.asarray(b, float) - np.asarray(a, float)
@@ -109,7 +111,7 @@ def paired_statistics(a: np.ndarray, b: np.ndarray) -> dict:
         return row | {"ci_low": 0.0, "ci_high": 0.0, "t_p": 1.0, "wilcoxon_p": 1.0}
     row["wilcoxon_p"] = float(stats.wilcoxon(b, a).pvalue)
     if np.all(d == d[0]):
-        return row | {"ci_low": float(d[0]), "ci_high": float(d[0]), "t_p": 0.0}
+        return row | {"ci_low": float(d[0]), "ci_high": float(d[0])}
     t = stats.ttest_rel(b, a)
     ci = t.confidence_interval(0.95)
     return row | {"ci_low": float(ci.low), "ci_high": float(ci.high), "t_p": float(t.pvalue)}
@@ -135,17 +137,20 @@ def compare_runs(
 def compare_units(a: RunUnits, b: RunUnits) -> pd.DataFrame:
     """`compare_runs` of two runs already read."""
     pairs = shared_units(a, b)
-    pooled_a = np.concatenate([a.tests[ka].correct.to_numpy() for ka, _ in pairs])
-    pooled_b = np.concatenate([b.tests[kb].correct.to_numpy() for _, kb in pairs])
+    folds = sorted({ka[1] for ka, _ in pairs})  # the samples of the tests: seeds of one fold are not independent
+    first = min(ka[0] for ka, _ in pairs)  # McNemar: each test utterance once, as the first shared seed predicted it
+    once = [(ka, kb) for ka, kb in pairs if ka[0] == first]
+    pooled_a = np.concatenate([a.tests[ka].correct.to_numpy() for ka, _ in once])
+    pooled_b = np.concatenate([b.tests[kb].correct.to_numpy() for _, kb in once])
     rows = []
     for name, key in COMPARED.items():
-        va = np.array([a.metrics[ka][key] for ka, _ in pairs])
-        vb = np.array([b.metrics[kb][key] for _, kb in pairs])
+        va = np.array([np.mean([a.metrics[ka][key] for ka, _ in pairs if ka[1] == f]) for f in folds])
+        vb = np.array([np.mean([b.metrics[kb][key] for ka, kb in pairs if ka[1] == f]) for f in folds])
         row = {"metric": name, "mean_a": float(va.mean()), "mean_b": float(vb.mean()), **paired_statistics(va, vb)}
         row["mcnemar_p"] = mcnemar_p(pooled_a, pooled_b) if key == "war" else math.nan
         rows.append(row)
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table.attrs |= {"a": a.run_id, "b": b.run_id, "units": len(pairs), "utterances": len(pooled_a)}
+    table.attrs |= {"a": a.run_id, "b": b.run_id, "units": len(folds), "utterances": len(pooled_a)}
     return table
 
 
@@ -153,7 +158,7 @@ def comparison_lines(table: pd.DataFrame) -> list[str]:
     """The comparison as the CLI prints it."""
     t = table.attrs
     lines = [
-        f"A = {t['a']}, B = {t['b']}: {t['units']} shared units, {t['utterances']} test predictions each",
+        f"A = {t['a']}, B = {t['b']}: {t['units']} shared folds, {t['utterances']} test predictions each",
         "diff = B − A (percentage points), 95 % CI over units; p: paired t-test, Wilcoxon signed-rank, McNemar (WAR)",
     ]
     return lines + [table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]

@@ -10,6 +10,8 @@ corpus folder is never overwritten. The licensed corpora (IEMOCAP, SAVEE, CASIA,
 
 from __future__ import annotations
 
+import http.client
+import os
 import shutil
 import tempfile
 import urllib.error
@@ -85,9 +87,14 @@ def fetch(url: str, part: Path, progress: bool = True) -> Path:
         mode = "ab" if resumed else "wb"
         with open(part, mode) as out, tqdm(total=total, initial=have if resumed else 0, unit="B", unit_scale=True,
                                            desc=part.name, disable=not progress) as bar:  # fmt: skip
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
+            try:
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as err:  # a reset, a timeout: what arrived is kept
+                out.flush()
+                got = part.stat().st_size
+                raise TimnetError(f"{url}: the download stopped at {got} bytes ({err}) — run it again") from None
     if total is not None and part.stat().st_size < total:
         raise TimnetError(f"{url}: the download stopped at {part.stat().st_size} of {total} bytes — run it again")
     return part
@@ -98,6 +105,8 @@ def speech_members(archive: zipfile.ZipFile, source: Source) -> dict[str, str]:
     found = {}
     for info in archive.infolist():
         name = info.filename.rsplit("/", 1)[-1]
+        if info.filename.startswith("__MACOSX/") or name.startswith("._"):  # macOS metadata, not audio
+            continue
         if not info.is_dir() and name.lower().endswith(".wav") and source.members in info.filename:
             found[info.filename] = name
     return found
@@ -115,6 +124,10 @@ def check_archive(zip_path: Path, name: str, source: Source) -> dict[str, str]:
         raise TimnetError(f"{zip_path}: {broken} fails its checksum — delete the archive and download again")
     expected, _ = CORPORA[name.lower()].files()
     stems = sorted(Path(m).stem for m in members.values())
+    if twice := sorted({s for s in stems if stems.count(s) > 1}):
+        raise TimnetError(
+            f"{zip_path}: not the {name} archive: {len(twice)} speech files appear twice (e.g. {twice[0]})"
+        )
     missing, extra = sorted(set(expected) - set(stems)), sorted(set(stems) - set(expected))
     if missing or len(stems) != len(expected):
         what = f"{len(missing)} of its {len(expected)} speech files are missing (e.g. {missing[0]})" if missing else (
@@ -133,6 +146,9 @@ def _destination(name: str, member_name: str) -> str:
 def extract(zip_path: Path, target: Path, name: str, members: dict[str, str]) -> Path:
     """The speech files into a temporary folder beside `target`, renamed to `target` when all are there."""
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # a folder as any other the user makes (mkdtemp's is private)
     try:
         with zipfile.ZipFile(zip_path) as archive:
             for member, file_name in members.items():

@@ -81,14 +81,15 @@ def group_folds(groups: pd.Series, n_splits: int, seed: int, what: str = "speake
 
 
 def speaker_sentence_folds(speakers: pd.Series, sentences: pd.Series, n_splits: int, seed: int) -> list[Fold]:
-    """Fold k tests the speakers of speaker chunk k on the sentences of sentence chunk k, and trains on every other
-    speaker's other sentences: neither a voice nor a text of the test part is heard in training."""
+    """Fold k tests the speakers of speaker chunk k on the sentences of sentence chunk k (the sentence chunks taken
+    in turn again where there are fewer: RAVDESS's 2 statements), and trains on every other speaker's other
+    sentences: neither a voice nor a text of the test part is heard in training. Every speaker is tested."""
     by_speaker = group_chunks(speakers, n_splits, seed, "speaker")
     by_sentence = group_chunks(sentences, n_splits, seed, "sentence")
-    k = min(len(by_speaker), len(by_sentence))
     spk, sen = speakers.astype(str).to_numpy(), sentences.astype(str).to_numpy()
     folds = []
-    for speaker_chunk, sentence_chunk in zip(by_speaker[:k], by_sentence[:k]):
+    for k, speaker_chunk in enumerate(by_speaker):
+        sentence_chunk = by_sentence[k % len(by_sentence)]
         heard, said = np.isin(spk, speaker_chunk), np.isin(sen, sentence_chunk)
         folds.append((np.flatnonzero(~heard & ~said), np.flatnonzero(heard & said)))
     return folds

@@ -305,7 +305,8 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
     pooled = calibration["calibration"].iloc[-1]
     summary |= {"ece": pooled.ece_before, "ece_calibrated": pooled.ece_after}
     summary |= {"leakage": leakage_line(leakage), "calibration": calibration_line(calibration)}
-    summary["complete"] = len({(r.seed, r.fold) for r in results}) == cfg.train.folds * len(cfg.train.run_seeds)
+    folds_made = len(leakage) - 1  # the protocol's folds (fewer than asked where a corpus has fewer groups)
+    summary["complete"] = len({(r.seed, r.fold) for r in results}) == folds_made * len(cfg.train.run_seeds)
     append_summary(paths.results, summary)
     what = f"{cfg.dataset.name} run {paths.run_id}"
     confusion_png = plot_confusion(

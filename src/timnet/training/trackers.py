@@ -25,6 +25,7 @@ class Trackers:
         self.cfg, self.folder, self.unit, self.run_id = cfg, Path(logs_dir), unit, run_id
         self.tensorboard = None
         self.mlflow_run = None
+        self.failed = False
         if cfg.log.mlflow:
             try:
                 import mlflow  # noqa: F401
@@ -34,7 +35,20 @@ class Trackers:
                 ) from None
 
     def epoch(self, row: dict) -> None:
-        """One epoch's row of the history (`unit.UnitTrainer.record_epoch`)."""
+        """One epoch's row of the history (`unit.UnitTrainer.record_epoch`). A tracker that fails (a full disk, an
+        MLflow store gone) warns once and stops; training and its own records go on."""
+        if self.failed:
+            return
+        try:
+            self._epoch(row)
+        except Exception as err:  # noqa: BLE001 — curves are a view of training, never a reason to stop it
+            import warnings
+
+            self.failed = True
+            why = f"{type(err).__name__}: {err}"
+            warnings.warn(f"timnet: the training curves of {self.unit} stop here ({why})", stacklevel=2)
+
+    def _epoch(self, row: dict) -> None:
         step = int(row["epoch"])
         logged = {key: row.get(key) for key in SCALARS}
         values = {SCALARS[k]: float(v) for k, v in logged.items() if v is not None and not math.isnan(float(v))}
@@ -60,8 +74,7 @@ class Trackers:
 
             client = MlflowClient(tracking_uri=(self.folder.parent / "mlruns").resolve().as_uri())
             name, tag = f"timnet {self.cfg.dataset.name}", f"{self.run_id}/{self.unit}"
-            experiment = client.get_experiment_by_name(name)
-            experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+            experiment_id = _experiment(client, name)
             found = client.search_runs([experiment_id], f"tags.timnet_unit = '{tag}'")
             run = found[0] if found else client.create_run(experiment_id, run_name=tag, tags={"timnet_unit": tag})
             if not found:
@@ -77,6 +90,18 @@ class Trackers:
         if self.mlflow_run is not None:
             client, run_id = self.mlflow_run
             client.set_terminated(run_id)
+
+
+def _experiment(client, name: str) -> str:
+    """The experiment's id, created if needed (by this process or, at the same moment, another unit's)."""
+    for _ in range(2):
+        if found := client.get_experiment_by_name(name):
+            return found.experiment_id
+        try:
+            return client.create_experiment(name)
+        except Exception:  # noqa: BLE001 — another unit created it first: read it again
+            continue
+    raise TimnetError(f"MLflow: cannot create or find the experiment {name!r}")
 
 
 def _param(key: str, value: str):
