@@ -63,7 +63,9 @@ def test_a_quick_study_reports_every_run_at_both_policies(quick_study):
         assert (row.war_ci_low, row.war_ci_high) == pytest.approx((low, high))
         assert 0 <= row.war_pooled <= 100 and 0 <= row.uar_pooled <= 100
     random_best = results[(results.protocol == "random") & results.checkpoint.str.startswith("best-test")]
-    assert (random_best.published == "paper").all() and random_best.published_war.notna().all()
+    full, ablated = random_best[random_best.variant == "TIM-Net"], random_best[random_best.variant == "w/o TAB"]
+    assert (full.published == "paper").all() and full.published_war.notna().all()
+    assert ablated.published.str.startswith("none for w/o TAB").all() and ablated.published_war.isna().all()
     assert results[results.protocol == "sentence"].published.str.startswith("none for protocol sentence").all()
     missing = report["tables"]["missing"]
     assert missing.dataset.tolist() == ["RAVDESS"] and "no features" in missing.reason.iat[0]
