@@ -125,6 +125,15 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def _panels(table: pd.DataFrame, width: float):
+    """(figure, [(axis, (protocol, policy label), rows)]): one panel per protocol x checkpoint policy."""
+    groups = list(table.groupby(["protocol", "checkpoint"], sort=False))
+    fig, axes = pyplot().subplots(1, len(groups), figsize=(width * len(groups), 3.6), squeeze=False)
+    for ax, ((protocol, checkpoint), _) in zip(axes[0], groups):
+        ax.set_title(f"{protocol} · {checkpoint.split(' (')[0]}", fontsize=9)
+    return fig, [(ax, key, group) for ax, (key, group) in zip(axes[0], groups)]  # noqa: B905 (same length)
+
+
 def results_figure(results: pd.DataFrame, baseline: str) -> bytes | None:
     """WAR per corpus (baseline variant) with its 95 % CI, one panel per protocol x policy; published: x."""
     if "war_per_fold_mean" not in results:  # nothing trained yet
@@ -132,10 +141,8 @@ def results_figure(results: pd.DataFrame, baseline: str) -> bytes | None:
     shown = results[(results.variant == baseline) & results.war_per_fold_mean.notna()]
     if shown.empty:
         return None
-    panels = list(shown.groupby(["protocol", "checkpoint"], sort=False))
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, ((protocol, checkpoint), group) in zip(axes[0], panels):
+    fig, panels = _panels(shown, 4.5)
+    for ax, _, group in panels:
         x = np.arange(len(group))
         mean = group.war_per_fold_mean.to_numpy()
         err = np.vstack([mean - group.war_ci_low.to_numpy(), group.war_ci_high.to_numpy() - mean])
@@ -144,7 +151,6 @@ def results_figure(results: pd.DataFrame, baseline: str) -> bytes | None:
             ax.plot(x, group.published_war, "x", color="C3", markersize=9, label="published")
         ax.set_xticks(x, group.dataset, rotation=30)
         ax.set_ylim(0, 100)
-        ax.set_title(f"{protocol} · {checkpoint.split(' (')[0]}", fontsize=9)
         ax.set_ylabel("WAR % (per-fold mean)")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -156,17 +162,14 @@ def ablations_figure(ablations: pd.DataFrame) -> bytes | None:
     war = ablations[ablations.metric == "WAR"] if len(ablations) else ablations
     if war.empty:
         return None
-    panels = list(war.groupby(["protocol", "checkpoint"], sort=False))
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, ((protocol, checkpoint), group) in zip(axes[0], panels):
+    fig, panels = _panels(war, 5)
+    for ax, _, group in panels:
         labels = [f"{d}\n{v}" for d, v in zip(group.dataset, group.variant)]
         err = np.vstack([group["diff"] - group.ci_low, group.ci_high - group["diff"]])
         ax.bar(range(len(group)), group["diff"], yerr=np.nan_to_num(err), capsize=4, color="C1")
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xticks(range(len(group)), labels, fontsize=7)
         ax.set_ylabel("WAR difference, points")
-        ax.set_title(f"{protocol} · {checkpoint.split(' (')[0]}", fontsize=9)
     fig.tight_layout()
     return _png(fig)
 
