@@ -266,3 +266,14 @@ def test_an_ablation_set_on_the_command_line_trains_saves_and_loads(tmp_path, mf
         assert str(getattr(model.config, key.split(".")[1])).lower() == value
     probs = loaded.predict_proba(torch.randn(3, 32, 39).numpy())
     assert probs.shape == (3, 7) and torch.allclose(torch.as_tensor(probs).sum(-1).double(), torch.ones(3).double())
+
+
+def test_a_parameter_the_model_does_not_use_is_left_alone_packed_as_alone():
+    """torch's Adam skips a parameter without a gradient; the packed optimiser does too (it once crashed)."""
+    model = build("reference")
+    model.spare = nn.Parameter(torch.ones(3, dtype=torch.float64))  # registered, never used in forward
+    want = train_alone(copy.deepcopy(model))
+    packed = copy.deepcopy(model)
+    for g, w in zip(train_packed(packed), want, strict=True):
+        torch.testing.assert_close(g, w, **TOLERANCE)
+    assert torch.equal(packed.spare, torch.ones(3, dtype=torch.float64))  # untouched, as torch's Adam leaves it

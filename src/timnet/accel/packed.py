@@ -182,6 +182,8 @@ class PackedAdam:
         step_size = (self.lr / (1 - self.beta1**steps)).to(first.dtype).to(first.device)  # [G]
         bias_sqrt = torch.sqrt(1 - self.beta2**steps).to(first.dtype).to(first.device)
         for name, p in self.params.items():
+            if p.grad is None:  # a parameter the model did not use: torch's Adam leaves it (and its moments) alone
+                continue
             shape = (-1,) + (1,) * (p.dim() - 1)
             grad, m, v = p.grad[units], self.exp_avg[name][units], self.exp_avg_sq[name][units]
             m.lerp_(grad, 1 - self.beta1)
@@ -244,13 +246,17 @@ def _trained_pack(model: TIMNet, device: torch.device, steps: int, captured: boo
     packed = PackedTIMNet(models)
     adam = PackedAdam(packed.params, opts)
     step = packed_step(packed, adam, 0.1)
-    if captured:
-        step = functools.partial(CapturedSteps(step, packed.state + adam.state, "capture check"), (0, 1))
+    graphs = CapturedSteps(step, packed.state + adam.state, "capture check") if captured else None
     draw = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 24, model.config.n_mfcc, generator=draw).to(device)
     y = torch.randint(0, model.config.n_classes, (2, 4), generator=draw).to(device)
     streams = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
     units = torch.arange(2, device=device)
-    for _ in range(steps):
-        step(units, x, y, streams)
+    for group in [(0, 1)] * steps + [(0,)]:  # the whole pack, then one unit alone (an uneven last batch)
+        g = units[: len(group)]
+        args = (g, x[: len(group)], y[: len(group)], streams[: len(group)])
+        if graphs:
+            graphs(group, *args)
+        else:
+            step(*args)
     return [t.detach().cpu() for t in packed.params.values()]
