@@ -19,8 +19,7 @@ import pandas as pd
 
 from ..core.errors import TimnetError
 from ..data.feature_files import load_features
-from ..data.features import sha256
-from ..training.runs import read_run_record, run_dir
+from ..training.runs import features_unchanged, read_run_record, run_dir
 
 COLUMNS = ["metric", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "t_p", "wilcoxon_p", "mcnemar_p"]
 COMPARED = {"WAR": "war", "UAR": "uar"}
@@ -47,7 +46,7 @@ def read_units(run: str | Path, models_root: Path = Path("Models"), policy: str 
     path = run_dir(run, models_root)
     record = read_run_record(path)
     mfcc = Path(record["mfcc"])
-    if not mfcc.is_file() or sha256(mfcc) != record["mfcc_sha256"]:
+    if not features_unchanged(record):
         raise TimnetError(f"{mfcc}: the features of run {path.name} are missing or changed — compare needs its labels")
     classes = record["config"]["dataset"]["classes"]
     labels = load_features(mfcc, classes, trust_pickle=True).manifest.set_index("stem").class_index  # the run's own

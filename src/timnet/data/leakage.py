@@ -1,7 +1,7 @@
 """The leakage audit: per fold, how many test utterances share a speaker, a sentence (the text spoken), or identical
 audio with that fold's training part. Under the authors' random folds nearly every test utterance shares both a
 voice and a text with training; `protocol = speaker`, `sentence` and `speaker-sentence` promise zeros, and the
-audit shows whether they keep it. No training needed: folds come from the protocol (`data.splits.make_folds`).
+audit shows whether they keep it. No training needed: folds come from the protocol (`data.splits.protocol_folds`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import Config
-from .corpora import canonical_stems, sentences
-from .splits import Fold, make_folds
+from .splits import Fold, protocol_folds
 
 COLUMNS = ["fold", "n_test", "shared_speaker", "shared_sentence", "identical_audio"]
 
@@ -57,10 +56,7 @@ def leakage_table(manifest: pd.DataFrame, folds: list[Fold], fingerprints: np.nd
 
 def audit(cfg: Config, manifest: pd.DataFrame, fingerprints: np.ndarray | None) -> pd.DataFrame:
     """The leakage table of cfg's protocol, folds and seed on this corpus (its manifest, in feature order)."""
-    manifest = manifest.assign(sentence=sentences(manifest, cfg.dataset))
-    t = cfg.train
-    folds = make_folds(t.protocol, manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
-    return leakage_table(manifest, folds, fingerprints)
+    return leakage_table(*protocol_folds(cfg, manifest), fingerprints)
 
 
 def leakage_line(table: pd.DataFrame) -> str:

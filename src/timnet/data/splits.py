@@ -15,9 +15,10 @@ import natsort
 import numpy as np
 import pandas as pd
 
-from ..core.config import TrainSettings
+from ..core.config import Config, TrainSettings
 from ..core.errors import TimnetError
 from ..core.validation import invalid
+from .corpora import canonical_stems, sentences
 
 Fold = tuple[np.ndarray, np.ndarray]
 
@@ -151,3 +152,11 @@ def make_folds(
     if protocol == "speaker-sentence":
         return speaker_sentence_folds(manifest.speaker, sentence, n_splits, seed)
     raise invalid("train.protocol", f"one of {', '.join(TrainSettings.PROTOCOLS)}", protocol)
+
+
+def protocol_folds(cfg: Config, manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[Fold]]:
+    """(the manifest with its sentence ids, the folds of cfg's protocol, fold count and seed): what a run trains
+    on and what the leakage audit checks, computed the one way."""
+    manifest = manifest.assign(sentence=sentences(manifest, cfg.dataset))
+    t = cfg.train
+    return manifest, make_folds(t.protocol, manifest, canonical_stems(cfg.dataset), t.folds, t.seed)

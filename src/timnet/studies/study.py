@@ -29,10 +29,10 @@ from pathlib import Path
 from ..core.atomic import write_json
 from ..core.config import TrainSettings, load_config, read_toml
 from ..core.errors import TimnetError
-from ..core.locks import sole_writer_of_all
-from ..training.run import execute, finish_run, prepare_run, resolve_device
+from ..training.run import prepare_run, resolve_device
 from ..training.runs import Roots
 from .study_report import write_report
+from .sweep import reopen_runs, train_runs
 
 QUICK = {"train.folds": 2, "train.epochs": 3}
 KEYS = {"name", "datasets", "protocols", "checkpoints", "baseline", "variants", "set", "quick", "mfcc"}
@@ -149,7 +149,7 @@ def resume_study(study_id: str, roots: Roots, device: str) -> tuple[dict, list]:
         known = ", ".join(sorted(p.stem for p in path.parent.glob("*.json"))) or "none yet"
         raise TimnetError(f"{path}: no such study (studies in {path.parent}: {known})")
     record = json.loads(path.read_text())
-    return record, [prepare_run(None, None, roots, r["run_id"], device) for r in record["runs"]]
+    return record, reopen_runs(record, roots, device)
 
 
 def run_study(
@@ -174,9 +174,5 @@ def run_study(
         record, runs = resume_study(resume, roots, device)
     else:
         record, runs = start_study(study_file, roots, device, quick, only)
-    writers = [(run.paths.models, f"run {run.paths.run_id} of study {record['study']}") for run in runs]
-    with sole_writer_of_all(writers):
-        results = execute(runs, device, backend, workers, threads, progress, record["study"], address)
-        for run, units in zip(runs, results):
-            finish_run(run.cfg, run.features, run.paths, units)
+    train_runs(runs, "study", record["study"], device, backend, workers, threads, progress, address)
     return record, write_report(record, roots)

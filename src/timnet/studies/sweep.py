@@ -151,8 +151,21 @@ def start_sweep(grid_file: Path, roots: Roots, device: str) -> tuple[dict, list]
 
 def resume_sweep(sweep_id: str, roots: Roots, device: str) -> tuple[dict, list]:
     record = read_sweep(roots, sweep_id)
-    runs = [prepare_run(None, None, roots, r["run_id"], device) for r in record["runs"]]
-    return record, runs
+    return record, reopen_runs(record, roots, device)
+
+
+def reopen_runs(record: dict, roots: Roots, device: str) -> list:
+    """The runs a sweep's or study's record names, prepared to train what is left of them."""
+    return [prepare_run(None, None, roots, r["run_id"], device) for r in record["runs"]]
+
+
+def train_runs(runs: list, kind: str, name: str, device, backend, workers, threads, progress, address) -> list:
+    """Every unit of `runs` (those of sweep or study `name`) at once, then each run's outputs -> [RunResult]. A
+    sweep or study resumed while it still runs is refused (one writer per run)."""
+    writers = [(run.paths.models, f"run {run.paths.run_id} of {kind} {name}") for run in runs]
+    with sole_writer_of_all(writers):
+        results = execute(runs, device, backend, workers, threads, progress, name, address)
+        return [finish_run(run.cfg, run.features, run.paths, units) for run, units in zip(runs, results)]
 
 
 def run_sweep(
@@ -171,14 +184,8 @@ def run_sweep(
     roots = roots or Roots()
     device = resolve_device(device, backend, address)
     record, runs = resume_sweep(resume, roots, device) if resume else start_sweep(grid_file, roots, device)
-    writers = [(run.paths.models, f"run {run.paths.run_id} of sweep {record['sweep']}") for run in runs]
-    with sole_writer_of_all(writers):  # a sweep resumed while it still runs is refused
-        results = execute(runs, device, backend, workers, threads, progress, record["sweep"], address)
-        rows = []
-        for entry, run, units in zip(record["runs"], runs, results):
-            summary = finish_run(run.cfg, run.features, run.paths, units).summary
-            rows.append(sweep_row(entry, summary))
-    table = pd.DataFrame(rows)
+    finished = train_runs(runs, "sweep", record["sweep"], device, backend, workers, threads, progress, address)
+    table = pd.DataFrame([sweep_row(entry, run.summary) for entry, run in zip(record["runs"], finished)])
     sheets = {"runs": table, "grid": _grid_sheet(record)}
     if record["grid"].get("evaluate_on"):  # cross-corpus cells: each run on each other corpus
         sheets |= sweep_cells(record, roots, workers, progress)

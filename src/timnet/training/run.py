@@ -42,11 +42,11 @@ from ..core.report import (
     write_workbook,
 )
 from ..core.validation import check_choice
-from ..data.corpora import canonical_stems, corpus_caveat, sentences
+from ..data.corpora import corpus_caveat
 from ..data.feature_cache import share_features, without_samples
 from ..data.features import FeatureSet, load_features
 from ..data.leakage import audit, leakage_line
-from ..data.splits import make_folds, validation_split
+from ..data.splits import protocol_folds, validation_split
 from .cluster import cluster_has_gpus, run_units_on_ray
 from .device_timing import auto_device
 from .pack import reference_model
@@ -61,8 +61,7 @@ def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPath
     seeds = t.run_seeds
     # Folds always come from the dataset's seed (for `random`: the authors' exact test sets);
     # several seeds repeat the training (init, shuffling, dropout, validation carve) on the same folds.
-    manifest = features.manifest.assign(sentence=sentences(features.manifest, cfg.dataset))
-    folds = make_folds(t.protocol, manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
+    manifest, folds = protocol_folds(cfg, features.manifest)
     need_val = t.checkpoint == "best-val" or t.patience > 0 or t.calibrate
     held_out = {"speaker": manifest.speaker, "speaker-sentence": manifest.speaker, "sentence": manifest.sentence}
     groups = held_out.get(t.protocol)  # validation holds out what the protocol holds out of the test part

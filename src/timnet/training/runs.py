@@ -157,12 +157,18 @@ def open_run(models_root: Path, run_id: str) -> dict:
         raise TimnetError(f"{path}: no run to resume ({RECORD} missing) — see the run ids in {models_root}")
     record = read_run_record(path)
     mfcc = Path(record["mfcc"])
-    if not mfcc.is_file() or sha256(mfcc) != record["mfcc_sha256"]:
+    if not features_unchanged(record):
         raise TimnetError(
             f"{mfcc} is missing or changed since run {run_id} started, so its folds would point at other "
             "utterances — restore that file, or start a new run"
         )
     return record
+
+
+def features_unchanged(record: dict) -> bool:
+    """Whether the run's MFCC file is still there, as it was when the run started (its folds point into it)."""
+    mfcc = Path(record["mfcc"])
+    return mfcc.is_file() and sha256(mfcc) == record["mfcc_sha256"]
 
 
 def save_pt(path: Path, obj: dict) -> None:
