@@ -96,6 +96,24 @@ def test_the_workbook_and_page_say_quick_everywhere(quick_study):
     assert page.count("data:image/png;base64,") == 2 and "<table" in page and "http" not in page.split("<body>")[1]
 
 
+def test_the_markdown_table_has_every_result_row_and_its_numbers(quick_study):
+    roots, record, report = quick_study
+    text = report["md"].read_text()
+    assert text.startswith(f"Study `{record['study']}` (QUICK (2 folds x 3 epochs)")
+    rows = [line for line in text.splitlines() if line.startswith("| EMODB")]
+    results = report["tables"]["results"]
+    assert len(rows) == len(results) == 8
+    for line, row in zip(rows, results.itertuples()):  # noqa: B905 (asserted equal above)
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:3] == [row.dataset, row.protocol, row.variant]
+        assert cells[4].startswith(f"{row.war_per_fold_mean:.2f}") and f"pooled {row.war_pooled:.2f}" in cells[4]
+        if row.published in ("paper", "authors' 2023 update"):
+            assert cells[6] == f"{row.published}: {row.published_war:.2f} / {row.published_uar:.2f}"
+            assert cells[7].startswith(f"{row.war_minus_published:+.2f} / ")
+        else:
+            assert cells[6] == cells[7] == ""
+
+
 def test_a_resumed_study_writes_its_report_again(quick_study, tmp_path):
     roots, record, report = quick_study
     before = report["html"].stat().st_mtime_ns

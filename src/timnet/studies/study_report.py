@@ -205,8 +205,33 @@ def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes
     return "\n".join(parts + ["</body></html>"])
 
 
+def _cell(row: pd.Series, metric: str) -> str:
+    mean, low, high = (row.get(f"{metric}_{k}") for k in ("per_fold_mean", "ci_low", "ci_high"))
+    if mean is None or pd.isna(mean):
+        return ""
+    interval = "" if pd.isna(low) else f" [{low:.2f}, {high:.2f}]"
+    return f"{mean:.2f}{interval} · pooled {row[f'{metric}_pooled']:.2f}"
+
+
+def markdown(record: dict, results: pd.DataFrame) -> str:
+    """The results table as Markdown, to paste beside a paper's (a README, a lab note), with the mode above it."""
+    head = ["dataset", "protocol", "variant", "checkpoint", "WAR % per-fold mean [95 % CI] · pooled", "UAR %"]
+    head += ["published WAR / UAR", "difference"]
+    lines = [f"Study `{record['study']}` ({mode_label(record)})", "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "---|" * len(head))
+    for _, row in results.iterrows():
+        published = diff = ""
+        if not pd.isna(row.get("published_war", math.nan)):
+            published = f"{row['published']}: {row['published_war']:.2f} / {row['published_uar']:.2f}"
+            diff = f"{row['war_minus_published']:+.2f} / {row['uar_minus_published']:+.2f}"
+        cells = [row.dataset, row.protocol, row.variant, row.checkpoint.split(" (")[0]]
+        cells += [_cell(row, "war") or row.get("note", ""), _cell(row, "uar"), published, diff]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(record: dict, roots: Roots) -> dict:
-    """Results/studies/<id>.xlsx and <id>.html, rewritten whole (a resumed study refreshes its report)."""
+    """Results/studies/<id>.xlsx, <id>.html and <id>.md, rewritten whole (a resumed study refreshes its report)."""
     sheets = tables(record, roots)
     baseline = record["definition"]["baseline"]
     figures = {
@@ -217,7 +242,9 @@ def write_report(record: dict, roots: Roots) -> dict:
     xlsx = write_workbook(folder / f"{record['study']}.xlsx", sheets, overwrite=True)
     html_path = folder / f"{record['study']}.html"
     write_bytes(html_path, page(record, sheets, figures).encode("utf-8"))
-    return {"xlsx": xlsx, "html": html_path, "tables": sheets}
+    md_path = folder / f"{record['study']}.md"
+    write_bytes(md_path, markdown(record, sheets["results"]).encode("utf-8"))
+    return {"xlsx": xlsx, "html": html_path, "md": md_path, "tables": sheets}
 
 
 def study_lines(record: dict, report: dict) -> list[str]:
@@ -226,4 +253,5 @@ def study_lines(record: dict, report: dict) -> list[str]:
     shown = ("dataset", "protocol", "variant", "checkpoint", "war_per_fold_mean", "uar_per_fold_mean")
     lines = [results[[c for c in shown if c in results]].to_string(index=False, float_format=lambda v: f"{v:.2f}")]
     lines += [f"missing: {m['dataset']}: {m['reason']}" for m in record["missing"]]
-    return lines + [f"study {record['study']} ({mode_label(record)}): wrote {report['xlsx']} and {report['html']}"]
+    wrote = f"{report['xlsx']}, {report['html']} and {report['md']}"
+    return lines + [f"study {record['study']} ({mode_label(record)}): wrote {wrote}"]
