@@ -416,15 +416,29 @@ def inference_benchmark(samples: int) -> None:
 
 
 def append_csv(path: Path, rows: list[dict], say=print) -> None:
+    """Rows appended in the file's column order; a column the file lacks is added (older rows left empty)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    fields = list(rows[0]) if new else next(csv.reader(open(path)))  # an existing file keeps its column order
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        if new:
+    old = list(csv.DictReader(open(path))) if path.exists() else []
+    fields = next(csv.reader(open(path))) if path.exists() else []
+    added = [k for k in rows[0] if k not in fields]
+    with open(path, "w" if added or not old else "a", newline="") as f:
+        writer = csv.DictWriter(f, fields + added, restval="")
+        if added or not old:
             writer.writeheader()
+            writer.writerows(old)
         writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
     say(f"\nappended to {path.relative_to(REPO)}")
+
+
+def code_version() -> str:
+    """The commit timed (with "+changes" when the work tree differs from it): a row says which code it measured."""
+    git = ["git", "-C", str(REPO)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def tree_memory(root: int) -> int:
@@ -508,8 +522,9 @@ def summary(args, rows: list[dict], names: dict[str, str], say) -> None:
     stamp, where, libs = rows[0]["date"], machine(), versions()
     data = "real" if args.mfcc else "random"
     say(
-        f"\n{stamp} | {where} | {libs} | {data} {args.dataset}-shaped data, {args.repeats} rounds of A B A B, "
-        f"{args.folds} folds × {e1} and {e2} epochs per command; medians (min–max over the rounds)\n"
+        f"\n{stamp} | {where} | code {code_version()} | {libs} | {data} {args.dataset}-shaped data, "
+        f"{args.repeats} rounds of A B A B, {args.folds} folds × {e1} and {e2} epochs per command; "
+        "medians (min–max over the rounds)\n"
     )
     for line in table(rounds, names, e1, e2, args.folds):
         say(line)
@@ -624,10 +639,12 @@ def training_benchmark(args) -> None:
         cpu_model(),
     )
     data = "real" if args.mfcc else "random"
+    commit = code_version()
     columns = ("round", "competitor", "epochs", "folds", "wall_s", "cpu_s", "startup_s", "peak_memory_mb")
 
     def keep(row: dict) -> None:
         about = {"date": stamp, "machine": where, "cpu_model": cpu, **libs, "dataset": args.dataset, "data": data}
+        about["commit"] = commit
         append_csv(RESULTS, [{**about, **{k: row[k] for k in columns}}], lambda text: None)
 
     with tempfile.TemporaryDirectory(prefix="bench_vs_authors_") as tmp:
