@@ -59,6 +59,18 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(group[item], len(SLOW_FIRST)))  # stable: each file keeps its order
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With TIMNET_REQUIRE_BROWSER=1 (`.ci/run` sets it) a browser test that would skip fails: CI must show the
+    notebooks and the study report in Chromium, not pass without them."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.get_closest_marker("browser") and os.environ.get("TIMNET_REQUIRE_BROWSER") == "1":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"browser test skipped where it must run (TIMNET_REQUIRE_BROWSER=1): {reason}"
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--device",
