@@ -10,6 +10,8 @@ model alone. Each path either ends on the reference's weights (to rounding) or d
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -277,3 +279,19 @@ def test_a_parameter_the_model_does_not_use_is_left_alone_packed_as_alone():
     for g, w in zip(train_packed(packed), want, strict=True):
         torch.testing.assert_close(g, w, **TOLERANCE)
     assert torch.equal(packed.spare, torch.ones(3, dtype=torch.float64))  # untouched, as torch's Adam leaves it
+
+
+def test_a_worker_process_prints_the_decline_as_the_cli_does(tmp_path, mfcc):
+    """The CPU kernel declines a gateless block inside the pool's worker processes: the user sees the same one line
+    (`warning: timnet: …`), not Python's `file:line: FastPathDeclined: …`."""
+    from conftest import SHORT
+
+    argv = [sys.executable, "-m", "timnet.cli", "train", "--dataset", "EMODB", "--mfcc", str(mfcc), "--quiet"]
+    argv += ["--folds", "2", "--epochs", "1", "--workers", "2", "--threads", "1", "--device", "cpu"]
+    for key, value in {**SHORT, "model.gate": "false", "train.kernel": "on"}.items():
+        argv += ["--set", f"{key}={value}"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    declines = [line for line in done.stderr.splitlines() if "the CPU kernel steps aside" in line]
+    assert declines and all(line.startswith("warning: timnet: the CPU kernel steps aside") for line in declines)
+    assert "FastPathDeclined" not in done.stderr

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 from .cli_options import build_parser
 from .core.config import TRAIN_SHORTCUTS, load_config, shortcut_overrides
-from .core.errors import TimnetError
+from .core.errors import TimnetError, one_line_warnings
 
 
 def _refuse_existing(path: Path | None) -> None:
@@ -378,7 +377,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+    one_line_warnings()
     try:
         COMMANDS[args.command](args)
     except TimnetError as err:

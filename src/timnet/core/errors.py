@@ -14,6 +14,14 @@ class BadAudioError(TimnetError):
         super().__init__(f"{path}: {problem} — {fix}")
 
 
+def one_line_warnings() -> None:
+    """Warnings as the CLI prints them, `warning: <message>`: in the CLI and in every process that trains for it (a
+    pool or Ray worker would print Python's `file:line: Category: message` otherwise)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+
+
 def require(module: str, extra: str, what: str):
     """`module` imported, or one line saying which extra of `pip install` brings it (pyproject.toml)."""
     import importlib

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import TimnetError
+from ..core.errors import TimnetError, one_line_warnings
 from ..core.progress import ProgressView, drain
 from ..data.feature_cache import unit_features
 from .runs import UnitResult
@@ -78,6 +78,7 @@ def check_storage(job: UnitJob) -> None:
 def ray_unit(job: UnitJob, threads: int, events) -> UnitResult:
     """The Ray task: one unit, its progress events sent to the driver's queue."""
     check_storage(job)
+    one_line_warnings()
     torch.set_num_threads(threads)
     features = unit_features(job.mfcc_file, job.classes)  # Ray reuses worker processes: read once per process
     node = socket.gethostname()

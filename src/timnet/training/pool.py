@@ -16,7 +16,7 @@ from queue import Empty
 import torch
 
 from ..core.devices import available_cores
-from ..core.errors import TimnetError
+from ..core.errors import TimnetError, one_line_warnings
 from ..core.progress import ProgressView, drain
 from ..core.validation import check_range
 from ..data.feature_cache import unit_features
@@ -58,6 +58,7 @@ def plan_workers(
 
 def _worker_init(messages, parent: int, threads: int | None, shared: dict[str, str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    one_line_warnings()
     if threads:
         torch.set_num_threads(threads)
     _WORKER.update(messages=messages, parent=parent, shared=shared)
