@@ -2,7 +2,7 @@
 from where files lie rather than from a naming scheme: CASIA as released, and your own corpus (`reader = "pattern"`).
 
 Your own corpus says in its `[dataset]` section where the label, the speaker and the sentence (the text spoken,
-which the leakage audit and the sentence protocols need) come from (README, "Your own corpus"): a regular
+which the leakage audit and the sentence protocols need) come from (docs/manual.md, "Your own corpus"): a regular
 expression searched in the file's path relative to the corpus root, with named groups `(?P<label>…)`,
 `(?P<speaker>…)` and `(?P<sentence>…)`, or a folder level (`label_level = 0`: the top folder; -1: the file's folder);
 `label_map` turns codes in names into class names (`ps = "surprise"`), `drop` leaves labels out of the task.

@@ -223,7 +223,7 @@ def build_manifest(
     root = Path(root)
     if not root.is_dir():
         raise TimnetError(
-            f"{root}: corpus folder not found — put {dataset.name} there (see README, 'Corpora') or pass --data"
+            f"{root}: corpus folder not found — put {dataset.name} there (see docs/manual.md, 'Corpora') or pass --data"
         )
     corpus = corpus_of(dataset)
     scan = corpus.scan(root, dataset)
@@ -242,7 +242,7 @@ def build_manifest(
     rows = [r for r in scan.rows if r.label in dataset.classes]
     if not rows:
         raise TimnetError(
-            f"{root}: no {dataset.name} audio files found — check the folder layout (see README, 'Corpora')"
+            f"{root}: no {dataset.name} audio files found — check the folder layout (see docs/manual.md, 'Corpora')"
         )
     manifest = to_manifest(rows, root, dataset.classes)
     if corpus.stem is not None:
