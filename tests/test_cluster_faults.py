@@ -22,7 +22,7 @@ if not sys.platform.startswith("linux"):
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from timnet.studies.sweep import run_sweep  # noqa: E402
+from timnet.studies.sweep import Execution, run_sweep  # noqa: E402
 from timnet.training.run import run_training  # noqa: E402
 from timnet.training.runs import Roots  # noqa: E402
 
@@ -145,7 +145,7 @@ def test_a_lost_node_costs_a_sweep_only_its_units_epochs_since_their_state(two_n
 
     def sweep():
         roots = Roots(root / "Models", root / "logs", root / "Results")
-        return run_sweep(grid, roots=roots, backend="ray", device="cpu", threads=1, progress=False)
+        return run_sweep(grid, how=Execution(roots, backend="ray", device="cpu", threads=1, progress=False))
 
     def remove_its_node(key: str, epoch: int) -> str:
         cluster.remove_node(worker)

@@ -18,6 +18,7 @@ from scipy import stats
 from timnet.analysis.compare import compare_runs
 from timnet.core.errors import TimnetError
 from timnet.studies.study import load_study, plan_study, restrict, run_study, trained_policy
+from timnet.studies.sweep import Execution
 from timnet.training.runs import Roots
 
 
@@ -40,8 +41,8 @@ def quick_study(mfcc, tmp_path_factory):
     roots = Roots(root / "Models", root / "logs", root / "Results")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        record, report = run_study(study_file(root, mfcc), quick=True, roots=roots, device="cpu", workers=2,
-                                   threads=1, progress=False)  # fmt: skip
+        how = Execution(roots, device="cpu", workers=2, threads=1, progress=False)
+        record, report = run_study(study_file(root, mfcc), quick=True, how=how)
     return roots, record, report
 
 
@@ -119,7 +120,8 @@ def test_a_resumed_study_writes_its_report_again(quick_study, tmp_path):
     before = report["html"].stat().st_mtime_ns
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again, second = run_study(resume=record["study"], roots=roots, device="cpu", workers=1, progress=False)
+        how = Execution(roots, device="cpu", workers=1, progress=False)
+        again, second = run_study(resume=record["study"], how=how)
     assert again["runs"] == record["runs"] and second["html"].stat().st_mtime_ns > before
     pd.testing.assert_frame_equal(second["tables"]["results"], report["tables"]["results"])
 

@@ -197,18 +197,25 @@ def cmd_train(args) -> None:
     _print_run(result)
 
 
-def cmd_sweep(args) -> None:
-    from .studies.sweep import run_sweep, sweep_status
+def _execution(args):
+    """The options of the commands that train many runs (sweep, study), as `studies.sweep.Execution`."""
+    from .studies.sweep import Execution
     from .training.runs import Roots
 
     roots = Roots(args.models, args.logs, args.results)
+    return Execution(roots, args.backend, args.address, args.device, args.workers, args.threads, not args.quiet)
+
+
+def cmd_sweep(args) -> None:
+    from .studies.sweep import run_sweep, sweep_status
+
+    how = _execution(args)
     if args.status:
-        print(sweep_status(args.status, roots).to_string(index=False))
+        print(sweep_status(args.status, how.roots).to_string(index=False))
         return
     if (args.grid is None) == (args.resume is None):
         raise TimnetError("give a grid file (timnet sweep GRID.toml) or --resume SWEEP (or --status SWEEP)")
-    record, table, workbook = run_sweep(args.grid, args.resume, roots, args.backend, args.address, args.device,
-                                        args.workers, args.threads, progress=not args.quiet)  # fmt: skip
+    record, table, workbook = run_sweep(args.grid, args.resume, how)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"sweep {record['sweep']}: {len(table)} runs; wrote {workbook} and {len(table)} rows of the summary workbook")
 
@@ -216,13 +223,10 @@ def cmd_sweep(args) -> None:
 def cmd_study(args) -> None:
     from .studies.study import run_study
     from .studies.study_report import study_lines
-    from .training.runs import Roots
 
     if (args.study is None) == (args.resume is None):
         raise TimnetError("give a study file (timnet study studies/paper.toml) or --resume ID")
-    roots = Roots(args.models, args.logs, args.results)
-    record, report = run_study(args.study, args.resume, args.quick, roots, args.backend, args.address, args.device,
-                               args.workers, args.threads, not args.quiet, vars(args))  # fmt: skip
+    record, report = run_study(args.study, args.resume, args.quick, vars(args), _execution(args))
     print("\n".join(study_lines(record, report)))
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 from ..core.atomic import write_json
 from ..core.config import TrainSettings, load_config, read_toml
 from ..core.errors import TimnetError
-from ..training.run import prepare_run, resolve_device
+from ..training.run import prepare_run
 from ..training.runs import Roots
 from .study_report import write_report
-from .sweep import reopen_runs, train_runs
+from .sweep import Execution, reopen_runs, train_runs
 
 QUICK = {"train.folds": 2, "train.epochs": 3}
 KEYS = {"name", "datasets", "protocols", "checkpoints", "baseline", "variants", "set", "quick", "mfcc"}
@@ -156,23 +156,17 @@ def run_study(
     study_file: Path | None = None,
     resume: str | None = None,
     quick: bool = False,
-    roots: Roots | None = None,
-    backend: str = "local",
-    address: str | None = None,
-    device: str = "auto",
-    workers: int | None = None,
-    threads: int | None = None,
-    progress: bool = True,
     only: dict[str, list[str]] | None = None,
+    how: Execution | None = None,
 ) -> tuple[dict, dict]:
     """Start (or resume) a study, train every unit of every run at once, then write each run's outputs and the
     study's report -> (record, {"xlsx": path, "html": path, "tables": {...}}); `only`: {"datasets": [...],
     "protocols": [...]} restricts the file's lists."""
-    roots = roots or Roots()
-    device = resolve_device(device, backend, address)
+    how = how or Execution()
+    roots, device = how.roots, how.resolved_device()
     if resume:
         record, runs = resume_study(resume, roots, device)
     else:
         record, runs = start_study(study_file, roots, device, quick, only)
-    train_runs(runs, "study", record["study"], device, backend, workers, threads, progress, address)
+    train_runs(runs, "study", record["study"], device, how)
     return record, write_report(record, roots)

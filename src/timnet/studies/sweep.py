@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -159,36 +160,45 @@ def reopen_runs(record: dict, roots: Roots, device: str) -> list:
     return [prepare_run(None, None, roots, r["run_id"], device) for r in record["runs"]]
 
 
-def train_runs(runs: list, kind: str, name: str, device, backend, workers, threads, progress, address) -> list:
-    """Every unit of `runs` (those of sweep or study `name`) at once, then each run's outputs -> [RunResult]. A
-    sweep or study resumed while it still runs is refused (one writer per run)."""
+@dataclass(frozen=True)
+class Execution:
+    """Where a sweep's or a study's runs live and how their units train: the options of every command that trains
+    many runs at once (`timnet sweep`, `timnet study`)."""
+
+    roots: Roots = field(default_factory=Roots)
+    backend: str = "local"  # local | ray
+    address: str | None = None  # a Ray cluster's, for backend ray
+    device: str = "auto"
+    workers: int | None = None
+    threads: int | None = None
+    progress: bool = True
+
+    def resolved_device(self) -> str:
+        return resolve_device(self.device, self.backend, self.address)
+
+
+def train_runs(runs: list, kind: str, name: str, device: str, how: Execution) -> list:
+    """Every unit of `runs` (those of sweep or study `name`) at once on `device`, then each run's outputs ->
+    [RunResult]. A sweep or study resumed while it still runs is refused (one writer per run)."""
     writers = [(run.paths.models, f"run {run.paths.run_id} of {kind} {name}") for run in runs]
     with sole_writer_of_all(writers):
-        results = execute(runs, device, backend, workers, threads, progress, name, address)
+        results = execute(runs, device, how.backend, how.workers, how.threads, how.progress, name, how.address)
         return [finish_run(run.cfg, run.features, run.paths, units) for run, units in zip(runs, results)]
 
 
 def run_sweep(
-    grid_file: Path | None = None,
-    resume: str | None = None,
-    roots: Roots | None = None,
-    backend: str = "local",
-    address: str | None = None,
-    device: str = "auto",
-    workers: int | None = None,
-    threads: int | None = None,
-    progress: bool = True,
+    grid_file: Path | None = None, resume: str | None = None, how: Execution | None = None
 ) -> tuple[dict, pd.DataFrame, Path]:
     """Start (or resume) a sweep, train all its units at once, then write each run's outputs and the sweep's
     workbook -> (record, one row per run, workbook path)."""
-    roots = roots or Roots()
-    device = resolve_device(device, backend, address)
+    how = how or Execution()
+    roots, device = how.roots, how.resolved_device()
     record, runs = resume_sweep(resume, roots, device) if resume else start_sweep(grid_file, roots, device)
-    finished = train_runs(runs, "sweep", record["sweep"], device, backend, workers, threads, progress, address)
+    finished = train_runs(runs, "sweep", record["sweep"], device, how)
     table = pd.DataFrame([sweep_row(entry, run.summary) for entry, run in zip(record["runs"], finished)])
     sheets = {"runs": table, "grid": _grid_sheet(record)}
     if record["grid"].get("evaluate_on"):  # cross-corpus cells: each run on each other corpus
-        sheets |= sweep_cells(record, roots, workers, progress)
+        sheets |= sweep_cells(record, roots, how.workers, how.progress)
     workbook = write_workbook(roots.sweeps / f"{record['sweep']}.xlsx", sheets, overwrite=True)
     return record, table, workbook
 
