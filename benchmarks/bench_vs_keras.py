@@ -515,14 +515,14 @@ def table(rounds: list[dict], names: dict[str, str], e1: int, e2: int, folds: in
     return lines
 
 
-def summary(args, rows: list[dict], names: dict[str, str], say) -> None:
+def summary(args, rows: list[dict], names: dict[str, str], say, commit: str) -> None:
     """The header line, the table and the assumptions, through `say`."""
     e1, e2 = args.epochs
     rounds = [derive([x for x in rows if x["round"] == r], e1, e2, args.folds) for r in range(1, args.repeats + 1)]
     stamp, where, libs = rows[0]["date"], machine(), versions()
     data = "real" if args.mfcc else "random"
     say(
-        f"\n{stamp} | {where} | code {code_version()} | {libs} | {data} {args.dataset}-shaped data, "
+        f"\n{stamp} | {where} | code {commit} | {libs} | {data} {args.dataset}-shaped data, "
         f"{args.repeats} rounds of A B A B, {args.folds} folds × {e1} and {e2} epochs per command; "
         "medians (min–max over the rounds)\n"
     )
@@ -652,7 +652,7 @@ def training_benchmark(args) -> None:
         mfcc = args.mfcc or synthetic_features(args.dataset, work)
         names = {key: name for key, (name, _) in competitors(args, mfcc).items()}
         rows = run_rounds(args, mfcc, work, say, keep)
-    summary(args, [{**row, "date": stamp} for row in rows], names, say)
+    summary(args, [{**row, "date": stamp} for row in rows], names, say, commit)
     say(f"\nrows appended to {RESULTS.relative_to(REPO)} as each command finished")
 
 
