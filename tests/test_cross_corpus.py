@@ -101,7 +101,7 @@ def test_a_pattern_corpus_trains_per_speaker_and_is_scored_on_the_emodb_layout(t
 
 
 def test_a_sweep_holds_cross_corpus_cells(mfcc, mine, tmp_path):
-    from timnet.studies.sweep import run_sweep
+    from timnet.studies.sweep import Execution, run_sweep
     from timnet.training.runs import Roots
 
     config, data = mine
@@ -112,7 +112,8 @@ def test_a_sweep_holds_cross_corpus_cells(mfcc, mine, tmp_path):
     )
     tiny_grid(grid, "cells", mfcc, runs, cells)
     roots = Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R")
-    record, table, workbook = quiet(run_sweep, grid, roots=roots, device="cpu", workers=1, threads=1, progress=False)
+    how = Execution(roots, device="cpu", workers=1, threads=1, progress=False)
+    record, table, workbook = quiet(run_sweep, grid, how=how)
     assert len(table) == 1  # evaluate_on is not a dimension of the grid
     cells = pd.read_excel(workbook, sheet_name="cross_corpus")
     assert list(cells.target) == ["MINE"] and list(cells.source) == ["EMODB"]  # its own corpus is no cell
