@@ -418,8 +418,11 @@ def inference_benchmark(samples: int) -> None:
 def append_csv(path: Path, rows: list[dict], say=print) -> None:
     """Rows appended in the file's column order; a column the file lacks is added (older rows left empty)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    old = list(csv.DictReader(open(path))) if path.exists() else []
-    fields = next(csv.reader(open(path))) if path.exists() else []
+    old, fields = [], []
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old, fields = list(reader), list(reader.fieldnames or [])
     added = [k for k in rows[0] if k not in fields]
     with open(path, "w" if added or not old else "a", newline="") as f:
         writer = csv.DictWriter(f, fields + added, restval="")
