@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,23 @@ needs_shared = pytest.mark.skipif(
     not (EMODB_16K.is_dir() and WEIGHTS.is_dir()),
     reason=f"needs ../shared (real EMO-DB audio and the authors' weights), not found at {SHARED}",
 )
+
+
+# Starting a Ray node, JupyterLab or Chromium takes both cores for seconds; two at once on a 2-core machine (or one
+# beside a busy process) missed Ray's fixed 30 s start-up wait. The heavy starters take turns, across the xdist
+# workers and any other test session on this machine: a file lock, held from the start until the process answers.
+HEAVY_START_LOCK = Path(tempfile.gettempdir()) / "timnet-tests-heavy-start.lock"
+
+
+@contextmanager
+def heavy_start():
+    """Hold the machine-wide start-up turn (see HEAVY_START_LOCK) while a heavy process starts."""
+    with open(HEAVY_START_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # Two worker processes (pyproject's addopts: `-n 2 --dist loadgroup --no-loadscope-reorder`), each test file on one

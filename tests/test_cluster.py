@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REFERENCE, SHORT, assert_same_units, tiny_grid, train
+from conftest import REFERENCE, SHORT, assert_same_units, heavy_start, tiny_grid, train
 
 from timnet import load_config
 from timnet.core.errors import TimnetError
+from timnet.training.cluster import start_local_ray
 from timnet.training.run import run_training
 
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
@@ -27,8 +28,10 @@ ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup 
 
 @pytest.fixture(scope="module")
 def cluster():
-    # "local": always a cluster of its own, never one that another process started on this machine (`ray start`)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": always a cluster of its own, never one that another process started on this machine (`ray start`);
+    # started as the product starts it (once more if a busy machine made it miss Ray's start-up wait), in turn
+    with heavy_start():
+        start_local_ray(ray, address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -244,3 +247,33 @@ def test_grid_errors_are_one_line(tmp_path):
         {"train.lr": 0.2, "train.seeds": [2]},
     ]
     assert np.all([s["dataset"] == "EMODB" for s in specs])
+
+
+class FlakyStart:
+    """Ray's `init`/`shutdown` as `start_local_ray` calls them, where the first `fails` starts miss Ray's fixed
+    start-up wait (the exception Ray raises then)."""
+
+    def __init__(self, fails: int):
+        self.fails, self.calls = fails, []
+
+    def init(self, **kw):
+        self.calls.append(("init", kw))
+        if sum(c[0] == "init" for c in self.calls) <= self.fails:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    def shutdown(self):
+        self.calls.append(("shutdown", {}))
+
+
+def test_a_local_node_that_misses_rays_start_up_wait_is_started_once_more_saying_so():
+    once = FlakyStart(fails=1)
+    with pytest.warns(UserWarning, match="did not start .*starting it once more"):
+        start_local_ray(once, num_cpus=2)
+    assert [c[0] for c in once.calls] == ["init", "shutdown", "init"], "a clean retry: shut down, then start"
+    assert once.calls[-1][1] == {"num_cpus": 2}
+    twice = FlakyStart(fails=2)
+    with pytest.warns(UserWarning), pytest.raises(TimnetError) as err:
+        start_local_ray(twice)
+    assert [c[0] for c in twice.calls] == ["init", "shutdown", "init", "shutdown"]
+    (line,) = str(err.value).splitlines()
+    assert "did not start (2 tries)" in line and "--backend local" in line

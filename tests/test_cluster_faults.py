@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REFERENCE, assert_same_units, proc_stat, run_dirs, tiny_grid, train, train_cli
+from conftest import REFERENCE, assert_same_units, heavy_start, proc_stat, run_dirs, tiny_grid, train, train_cli
 from test_cluster import ray_run_while, ray_worker_of
 
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
@@ -52,9 +52,10 @@ def two_nodes():
     that needs the worker node asks `live_worker(cluster)` for it: another test may have removed it."""
     patience = pytest.MonkeyPatch()  # a busy 2-core machine starts a node's agents slowly: give them time
     patience.setenv("RAY_agent_register_timeout_ms", "120000")
-    cluster = start_two_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
+    with heavy_start():
+        cluster = start_two_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
     yield cluster
     ray.shutdown()
     cluster.shutdown()
@@ -68,8 +69,9 @@ def live_worker(cluster, attempts: int = 3):
         if cluster.worker_nodes:
             return next(iter(cluster.worker_nodes))
         try:
-            node = cluster.add_node(num_cpus=1)
-            cluster.wait_for_nodes()
+            with heavy_start():
+                node = cluster.add_node(num_cpus=1)
+                cluster.wait_for_nodes()
             return node
         except Exception:
             for node in list(cluster.worker_nodes):

@@ -13,6 +13,7 @@ from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared
 from timnet import load_config
 
 papermill = pytest.importorskip("papermill")
+KERNEL_START_S = 180  # papermill's 60 s to a kernel's first answer is short for a loaded 2-core machine
 
 
 def execute(name: str, cwd: Path, **params) -> dict:
@@ -21,7 +22,7 @@ def execute(name: str, cwd: Path, **params) -> dict:
     try:
         papermill.execute_notebook(
             str(REPO / f"{name}.ipynb"), str(out), parameters=params, kernel_name="python3", cwd=str(cwd),
-            progress_bar=False,
+            progress_bar=False, start_timeout=KERNEL_START_S,
         )  # fmt: skip
     finally:
         executed = json.loads(out.read_text()) if out.exists() else {}
@@ -96,6 +97,7 @@ def test_tsne_notebook_with_the_authors_weights_on_audio(tmp_path):
         kernel_name="python3",
         cwd=str(tmp_path),
         progress_bar=False,
+        start_timeout=KERNEL_START_S,
         parameters={
             "dataset": "EMODB",
             "weights": str(WEIGHTS / "EMODB_46.zip"),

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,13 +42,37 @@ def _ray():
     return ray
 
 
+def start_local_ray(ray, attempts: int = 2, **init) -> None:
+    """`ray.init` of a new local node, started once more if it fails: Ray waits a fixed 30 s for its raylet to
+    register ("The current node timed out during startup"), which a loaded 2-core machine can miss once. A retry
+    starts clean (`ray.shutdown` first) and says so."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**init)
+            return
+        except ConnectionError:
+            raise
+        except Exception as err:  # Ray raises a bare Exception for a node that did not start in time
+            ray.shutdown()
+            if attempt == attempts:
+                raise TimnetError(
+                    f"the local Ray node did not start ({attempts} tries): {str(err).splitlines()[0]} — "
+                    "is the machine overloaded? Try again, or train with --backend local"
+                ) from None
+            warnings.warn(f"the local Ray node did not start ({err}); starting it once more", stacklevel=2)
+
+
 def connect(address: str | None = None):
     """Join the cluster at `address` (`auto`: the one started with `ray start` on this machine;
-    `ray://host:10001`: a remote head), or start a local one; a driver already connected stays connected."""
+    `ray://host:10001`: a remote head), or start a local one (retried once on a busy machine); a driver already
+    connected stays connected."""
     ray = _ray()
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False)
+            if address in (None, "local"):
+                start_local_ray(ray, address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
         except ConnectionError as err:
             raise TimnetError(f"cannot reach the Ray cluster at {address}: {err}") from None
     return ray
