@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from conftest import REPO
 from scipy import stats
 
 from timnet.analysis.compare import compare_runs
-from timnet.analysis.fold_statistics import TESTS
+from timnet.analysis.fold_statistics import TESTS, fold_values, size_ratio, t_intervals
 from timnet.cli_options import build_parser
 from timnet.core.errors import TimnetError
 from timnet.studies.study import load_study, plan_study, restrict, run_study, trained_policy
@@ -215,3 +216,22 @@ def test_the_report_shows_its_tables_and_figures_in_chromium(quick_study):
     assert shown["tables"][:2] == [9, 9]  # header + 8 result rows; header + 8 ablation rows
     assert len(shown["images"]) == 2 and all(w > 100 and h > 100 for w, h in shown["images"])
     assert shown["banner"].startswith("QUICK")
+
+
+def test_the_readmes_corrected_intervals_recompute_from_the_committed_study():
+    """The README's corrected resampled t intervals of the committed EMO-DB study: from its per-fold predictions
+    (best-test) and its epoch logs (last epoch: test accuracy x fold size is the count of correct predictions)."""
+    folder = REPO / "benchmarks" / "results" / "paper_study_emodb_20261207"
+    predictions = pd.read_excel(folder / "EMODB_random_best-test_20261207-031500.xlsx", sheet_name="predictions")
+    tests = {(46, int(fold)): table for fold, table in predictions.groupby("fold")}
+    sizes = [len(tests[(46, k)]) for k in range(1, 11)]
+    ratio = size_ratio(sizes, [len(predictions) - n for n in sizes])
+    last = []
+    for k, n in enumerate(sizes, start=1):
+        accuracy = pd.read_csv(folder / "epochs" / f"fold_{k}.csv").test_acc.iloc[-1]
+        last.append(100 * Fraction(round(accuracy * n / 100), n))
+        assert float(last[-1]) == pytest.approx(accuracy)
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for policy, values in (("best-test", list(fold_values(tests, "war").values())), ("last", last)):
+        got = t_intervals(values, ratio)
+        assert f"[{got['corrected_t_ci_low']:.2f}, {got['corrected_t_ci_high']:.2f}] ({policy})" in readme
