@@ -1,5 +1,6 @@
-"""`timnet compare`: two runs on the units they share, with scipy's paired statistics; refused in one line when the
-runs did not split the corpus the same way."""
+"""`timnet compare`: two runs on the units they share, with scipy's paired statistics on differences exact in counts
+(ties stay ties, constant differences have no t, the corrected resampled t is Nadeau & Bengio's formula); refused in
+one line when the runs did not split the corpus the same way or were read at other checkpoint policies."""
 
 from __future__ import annotations
 

@@ -256,7 +256,7 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--trust-pickle", action="store_true", help="allow reading a pickled .npy not written by timnet")
 
     p = sub.add_parser(
-        "compare", help="two runs on the folds they share: paired differences, CIs, t, Wilcoxon, McNemar"
+        "compare", help="two runs on the folds they share: paired differences, CIs, t, corrected t, Wilcoxon, McNemar"
     )
     p.add_argument("run_a", help="run id (folder under --models) or run folder: A")
     p.add_argument("run_b", help="run id or folder: B (differences are B − A)")
