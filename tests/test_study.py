@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,8 @@ from conftest import REPO
 from scipy import stats
 
 from timnet.analysis.compare import compare_runs
+from timnet.analysis.fold_statistics import TESTS, fold_values, size_ratio, t_intervals
+from timnet.cli_options import build_parser
 from timnet.core.errors import TimnetError
 from timnet.studies.study import load_study, plan_study, restrict, run_study, trained_policy
 from timnet.studies.sweep import Execution
@@ -57,11 +60,13 @@ def test_a_quick_study_reports_every_run_at_both_policies(quick_study):
             u["metrics"] if row.checkpoint.startswith("best-test") else u["also"]["last"]["metrics"] for u in units
         ]
         war = np.array([m["war"] for m in chosen])
-        assert row.units == 2 and row.war_per_fold_mean == pytest.approx(war.mean())
-        low, high = (
-            stats.t.interval(0.95, 1, loc=war.mean(), scale=stats.sem(war)) if war[0] != war[1] else (war[0],) * 2
-        )
-        assert (row.war_ci_low, row.war_ci_high) == pytest.approx((low, high))
+        assert row.units == row.folds == 2 and row.war_per_fold_mean == pytest.approx(war.mean())
+        if abs(war[0] - war[1]) < 1e-9:  # equal in counts: no spread, no interval, a note
+            assert np.isnan(row.war_t_ci_low) and "no spread" in row.note
+            continue
+        low, high = stats.t.interval(0.95, 1, loc=war.mean(), scale=stats.sem(war))
+        assert (row.war_t_ci_low, row.war_t_ci_high) == pytest.approx((low, high))
+        assert row.war_corrected_t_ci_low < row.war_t_ci_low and row.war_corrected_t_ci_high > row.war_t_ci_high
         assert 0 <= row.war_pooled <= 100 and 0 <= row.uar_pooled <= 100
     random_best = results[(results.protocol == "random") & results.checkpoint.str.startswith("best-test")]
     full, ablated = random_best[random_best.variant == "TIM-Net"], random_best[random_best.variant == "w/o TAB"]
@@ -104,15 +109,51 @@ def test_the_markdown_table_has_every_result_row_and_its_numbers(quick_study):
     rows = [line for line in text.splitlines() if line.startswith("| EMODB")]
     results = report["tables"]["results"]
     assert len(rows) == len(results) == 8
-    for line, row in zip(rows, results.itertuples()):  # noqa: B905 (asserted equal above)
+    assert "corrected resampled t (Nadeau & Bengio 2003), the one to cite" in text
+    for line, (_, row) in zip(rows, results.iterrows()):  # noqa: B905 (asserted equal above)
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[:3] == [row.dataset, row.protocol, row.variant]
         assert cells[4].startswith(f"{row.war_per_fold_mean:.2f}") and f"pooled {row.war_pooled:.2f}" in cells[4]
+        if not np.isnan(row.war_t_ci_low):
+            plain, corrected = (f"[{row[f'war_{n}_ci_low']:.2f}, {row[f'war_{n}_ci_high']:.2f}]" for n in TESTS)
+            assert f"{corrected} (t: {plain}; 2 folds)" in cells[4]
         if row.published in ("paper", "authors' 2023 update"):
             assert cells[6] == f"{row.published}: {row.published_war:.2f} / {row.published_uar:.2f}"
             assert cells[7].startswith(f"{row.war_minus_published:+.2f} / ")
         else:
             assert cells[6] == cells[7] == ""
+
+
+def test_a_study_with_two_seeds_has_its_interval_over_the_fold_means(mfcc, tmp_path):
+    path = tmp_path / "seeds.toml"
+    path.write_text(
+        'name = "seeds"\ndatasets = ["EMODB"]\nprotocols = ["random"]\ncheckpoints = ["last"]\n'
+        '[set]\n"features.signal_length" = 16000\n"train.seeds" = [1, 2]\n'
+        f'[quick]\n"train.folds" = 3\n"train.epochs" = 1\n[mfcc]\nEMODB = "{mfcc}"\n'
+    )
+    roots = Roots(tmp_path / "Models", tmp_path / "logs", tmp_path / "Results")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        how = Execution(roots, device="cpu", workers=1, threads=1, progress=False)
+        record, report = run_study(path, quick=True, how=how)
+    row = report["tables"]["results"].iloc[0]
+    units = [torch.load(p, weights_only=True) for p in sorted((roots.models / row.run).glob("fold_*.pt"))]
+    assert len(units) == 6 and row.units == 6 and row.folds == 3
+    means = np.array([np.mean([u["metrics"]["war"] for u in units if u["fold"] == k]) for k in (1, 2, 3)])
+    assert row.war_per_fold_mean == pytest.approx(means.mean())
+    low, high = stats.t.interval(0.95, 2, loc=means.mean(), scale=stats.sem(means))  # n = 3 folds, not 6 units
+    assert (row.war_t_ci_low, row.war_t_ci_high) == pytest.approx((low, high))
+    n_test = np.array([len(u["test_stems"]) for u in units if u["seed"] == 1])
+    ratio = np.mean(n_test / (84 - n_test))  # random folds: a fold trains on every utterance it does not test
+    half = stats.t.ppf(0.975, 2) * np.sqrt((1 / 3 + ratio) * means.var(ddof=1))
+    assert (row.war_corrected_t_ci_low, row.war_corrected_t_ci_high) == pytest.approx(
+        (means.mean() - half, means.mean() + half)
+    )
+
+
+def test_study_help_names_protocols_as_examples_of_protocols():
+    study = " ".join(build_parser()._subparsers._group_actions[0].choices["study"].format_help().split())
+    assert "e.g. random,speaker" in study and "e.g. EMODB,SAVEE" in study
 
 
 def test_a_resumed_study_writes_its_report_again(quick_study, tmp_path):
@@ -175,3 +216,22 @@ def test_the_report_shows_its_tables_and_figures_in_chromium(quick_study):
     assert shown["tables"][:2] == [9, 9]  # header + 8 result rows; header + 8 ablation rows
     assert len(shown["images"]) == 2 and all(w > 100 and h > 100 for w, h in shown["images"])
     assert shown["banner"].startswith("QUICK")
+
+
+def test_the_readmes_corrected_intervals_recompute_from_the_committed_study():
+    """The README's corrected resampled t intervals of the committed EMO-DB study: from its per-fold predictions
+    (best-test) and its epoch logs (last epoch: test accuracy x fold size is the count of correct predictions)."""
+    folder = REPO / "benchmarks" / "results" / "paper_study_emodb_20261207"
+    predictions = pd.read_excel(folder / "EMODB_random_best-test_20261207-031500.xlsx", sheet_name="predictions")
+    tests = {(46, int(fold)): table for fold, table in predictions.groupby("fold")}
+    sizes = [len(tests[(46, k)]) for k in range(1, 11)]
+    ratio = size_ratio(sizes, [len(predictions) - n for n in sizes])
+    last = []
+    for k, n in enumerate(sizes, start=1):
+        accuracy = pd.read_csv(folder / "epochs" / f"fold_{k}.csv").test_acc.iloc[-1]
+        last.append(100 * Fraction(round(accuracy * n / 100), n))
+        assert float(last[-1]) == pytest.approx(accuracy)
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for policy, values in (("best-test", list(fold_values(tests, "war").values())), ("last", last)):
+        got = t_intervals(values, ratio)
+        assert f"[{got['corrected_t_ci_low']:.2f}, {got['corrected_t_ci_high']:.2f}] ({policy})" in readme

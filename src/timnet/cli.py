@@ -153,7 +153,7 @@ def cmd_compare(args) -> None:
     from .analysis.compare import compare_runs, comparison_lines
 
     _refuse_existing(args.csv)
-    table = compare_runs(args.run_a, args.run_b, args.models)
+    table = compare_runs(args.run_a, args.run_b, args.models, args.policy, args.allow_mixed_policies)
     print("\n".join(comparison_lines(table)))
     _write_csv(table, args.csv)
 

@@ -256,20 +256,24 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--trust-pickle", action="store_true", help="allow reading a pickled .npy not written by timnet")
 
     p = sub.add_parser(
-        "compare", help="two runs on the folds they share: paired differences, CIs, t, Wilcoxon, McNemar"
+        "compare", help="two runs on the folds they share: paired differences, CIs, t, corrected t, Wilcoxon, McNemar"
     )
     p.add_argument("run_a", help="run id (folder under --models) or run folder: A")
     p.add_argument("run_b", help="run id or folder: B (differences are B − A)")
-    p.add_argument("--csv", type=Path, help="also write the table here: metric, mean_a, mean_b, diff, ci_low, ...")
+    p.add_argument(
+        "--policy", choices=TrainSettings.CHECKPOINTS, help="read both runs at this policy (default: their own)"
+    )
+    p.add_argument(
+        "--allow-mixed-policies", action="store_true", help="compare runs read at different policies (else refused)"
+    )
+    p.add_argument("--csv", type=Path, help="also write the table here: metric, mean_a, mean_b, diff, t_ci_low, ...")
     _roots_args(p, "models")
 
     p = sub.add_parser("study", help="the paper's study: corpora x protocols x variants, its tables beside the paper's")
     p.add_argument("study", nargs="?", type=Path, help="the study file (TOML), e.g. studies/paper.toml")
     p.add_argument("--quick", action="store_true", help="few folds and epochs ([quick] of the file): a first look")
-    for key in ("datasets", "protocols"):
-        p.add_argument(
-            f"--{key}", type=lambda v: v.split(","), help=f"only these of the file's {key}, e.g. EMODB,SAVEE"
-        )
+    for key, example in (("datasets", "EMODB,SAVEE"), ("protocols", "random,speaker")):
+        p.add_argument(f"--{key}", type=lambda v: v.split(","), help=f"only these of the file's {key}, e.g. {example}")
     p.add_argument("--resume", metavar="ID", help="continue a study (Results/studies/ID.json) and write its report")
     _many_runs_args(p)
 

@@ -1,11 +1,14 @@
 """Two runs (or two variants) on the same folds, compared the way a paper should: paired over the units they share.
 
-Per metric (WAR, UAR, in % as in the workbooks): the mean over the shared folds of each run (a fold trained with
-several seeds counts once, its seeds averaged), the paired difference B − A with its 95 % confidence interval
-(Student's t over folds), the paired t-test and the Wilcoxon signed-rank test over folds, and, for WAR (accuracy),
-McNemar's exact test on the pooled test predictions of the first shared seed (the utterances one run got right and
-the other wrong; each utterance once). Statistics from scipy. Runs are comparable only when they split the same
-corpus the same way: same dataset, protocol and, per shared unit, the same test utterances.
+Per metric (WAR, UAR, in % as in the workbooks), from the counts of correct test predictions (`fold_statistics`:
+exact differences, seeds averaged within a fold, n = folds): the mean over the shared folds of each run, the paired
+difference B − A with its 95 % confidence interval and p by the plain paired t and by the corrected resampled t
+(Nadeau & Bengio 2003: the one to cite over CV folds), Wilcoxon's signed-rank test (its method and zero method
+named), and, for WAR (accuracy), McNemar's exact test on the pooled test predictions of the first shared seed (the
+utterances one run got right and the other wrong; each utterance once). Runs are comparable only when they split the
+same corpus the same way (same dataset, protocol and, per shared unit, the same test utterances) and are read at the
+same checkpoint policy (`allow_mixed_policies` says otherwise); every table names each side's policy, protocol and
+folds.
 """
 
 from __future__ import annotations
@@ -17,11 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core.config import Config
 from ..core.errors import TimnetError
 from ..data.feature_files import load_features
+from ..data.splits import protocol_folds
 from ..training.runs import features_unchanged, read_run_record, run_dir
+from .fold_statistics import fold_values, paired, size_ratio
 
-COLUMNS = ["metric", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "t_p", "wilcoxon_p", "mcnemar_p"]
+TESTED = ["t_ci_low", "t_ci_high", "t_p", "corrected_t_ci_low", "corrected_t_ci_high", "corrected_t_p"]
+TESTED += ["wilcoxon_p", "wilcoxon_method", "wilcoxon_zero_method", "mcnemar_p"]
+SIDES = ["policy_a", "policy_b", "protocol_a", "protocol_b", "folds_a", "folds_b"]
+COLUMNS = ["metric", "mean_a", "mean_b", "diff", *TESTED, "folds", "nonzero_diffs", "test_train_ratio", "note"]
+COLUMNS += SIDES
 COMPARED = {"WAR": "war", "UAR": "uar"}
 
 
@@ -36,6 +46,33 @@ class RunUnits:
     metrics: dict  # key (seed, fold) -> {"war": %, "uar": %, "f1": %}
     tests: dict  # key -> DataFrame[stem, label, predicted, correct] (class indices)
     config: dict  # the run's config (as its record holds it)
+    policy: str = ""  # the checkpoint policy read
+    train_sizes: dict | None = None  # fold -> utterances in its training part (the corrected resampled t's n_train)
+
+    @property
+    def folds(self) -> int:
+        return len({fold for _, fold in self.metrics})
+
+    def size_ratio(self, folds: list[int]) -> float:
+        """Mean over `folds` of n_test / n_train (`fold_statistics.size_ratio`)."""
+        tested = {fold: len(table) for (_, fold), table in self.tests.items()}
+        return size_ratio([tested[f] for f in folds], [self.train_sizes[f] for f in folds])
+
+
+def training_sizes(config: dict, manifest: pd.DataFrame, tested: dict[int, list[str]]) -> dict[int, int]:
+    """Per fold, the utterances of its training part (validation carved from it included) as the run's protocol
+    builds it; where the folds built now are not the run's (made by an older version), the complement of its test
+    part."""
+    try:
+        _, folds = protocol_folds(Config.from_dict(config), manifest)
+    except TimnetError:
+        folds = []
+    sizes = {}
+    for fold, stems in tested.items():
+        train, test = folds[fold - 1] if fold <= len(folds) else ([], [])
+        same = set(manifest.stem.iloc[test]) == set(stems)
+        sizes[fold] = len(train) if same else len(manifest) - len(stems)
+    return sizes
 
 
 def read_units(run: str | Path, models_root: Path = Path("Models"), policy: str | None = None) -> RunUnits:
@@ -48,8 +85,9 @@ def read_units(run: str | Path, models_root: Path = Path("Models"), policy: str 
     mfcc = Path(record["mfcc"])
     if not features_unchanged(record):
         raise TimnetError(f"{mfcc}: the features of run {path.name} are missing or changed — compare needs its labels")
-    classes = record["config"]["dataset"]["classes"]
-    labels = load_features(mfcc, classes, trust_pickle=True).manifest.set_index("stem").class_index  # the run's own
+    config = record["config"]
+    manifest = load_features(mfcc, config["dataset"]["classes"], trust_pickle=True).manifest  # the run's own
+    labels = manifest.set_index("stem").class_index
     metrics, tests = {}, {}
     for unit in record["folds"]:
         file = path / f"{unit['unit']}.pt"
@@ -69,9 +107,11 @@ def read_units(run: str | Path, models_root: Path = Path("Models"), policy: str 
         )
     if not metrics:
         raise TimnetError(f"{path}: no finished units — train (or resume) the run first")
-    config = record["config"]
     seeds = {k[0] for k in metrics}
-    return RunUnits(path.name, config["dataset"]["name"], config["train"]["protocol"], seeds, metrics, tests, config)
+    sizes = training_sizes(config, manifest, {fold: list(t.stem) for (_, fold), t in tests.items()})
+    dataset, protocol = config["dataset"]["name"], config["train"]["protocol"]
+    used = policy or config["train"]["checkpoint"]
+    return RunUnits(path.name, dataset, protocol, seeds, metrics, tests, config, used, sizes)
 
 
 def shared_units(a: RunUnits, b: RunUnits) -> list[tuple[tuple, tuple]]:
@@ -96,26 +136,6 @@ def shared_units(a: RunUnits, b: RunUnits) -> list[tuple[tuple, tuple]]:
     return pairs
 
 
-def paired_statistics(a: np.ndarray, b: np.ndarray) -> dict:
-    """diff (mean of B − A), its 95 % t interval, the paired t-test's and Wilcoxon's two-sided p; NaN with fewer
-    than two pairs. Differences all equal have no spread: the interval is the point, and t's p is 1 where they are
-    all zero, else undefined (NaN): no spread to test against, not "significant"."""
-    from scipy import stats
-
-    d = np.asarray(b, float) - np.asarray(a, float)
-    row = {"diff": float(d.mean()), "ci_low": math.nan, "ci_high": math.nan, "t_p": math.nan, "wilcoxon_p": math.nan}
-    if len(d) < 2:
-        return row
-    if np.all(d == 0):
-        return row | {"ci_low": 0.0, "ci_high": 0.0, "t_p": 1.0, "wilcoxon_p": 1.0}
-    row["wilcoxon_p"] = float(stats.wilcoxon(b, a).pvalue)
-    if np.all(d == d[0]):
-        return row | {"ci_low": float(d[0]), "ci_high": float(d[0])}
-    t = stats.ttest_rel(b, a)
-    ci = t.confidence_interval(0.95)
-    return row | {"ci_low": float(ci.low), "ci_high": float(ci.high), "t_p": float(t.pvalue)}
-
-
 def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     """McNemar's exact test: the discordant utterances (one run right, the other wrong) against a fair coin."""
     from scipy.stats import binomtest
@@ -126,38 +146,77 @@ def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
 
 
 def compare_runs(
-    run_a: str | Path, run_b: str | Path, models_root: Path = Path("Models"), policy: str | None = None
+    run_a: str | Path,
+    run_b: str | Path,
+    models_root: Path = Path("Models"),
+    policy: str | None = None,
+    allow_mixed_policies: bool = False,
 ) -> pd.DataFrame:
     """`COLUMNS`, one row per metric: A and B on the units they share (`shared_units`), each at `policy`'s
     checkpoint (default: the one each run chose)."""
-    return compare_units(read_units(run_a, models_root, policy), read_units(run_b, models_root, policy))
+    a, b = read_units(run_a, models_root, policy), read_units(run_b, models_root, policy)
+    return compare_units(a, b, allow_mixed_policies)
 
 
-def compare_units(a: RunUnits, b: RunUnits) -> pd.DataFrame:
-    """`compare_runs` of two runs already read."""
+def compare_units(a: RunUnits, b: RunUnits, allow_mixed_policies: bool = False) -> pd.DataFrame:
+    """`compare_runs` of two runs already read; refused in one line where they were read at other policies."""
+    if a.policy != b.policy and not allow_mixed_policies:
+        raise TimnetError(
+            f"cannot compare: {a.run_id} is read at checkpoint policy {a.policy}, {b.run_id} at {b.policy} "
+            "(--policy P reads both at P; --allow-mixed-policies compares them anyway)"
+        )
     pairs = shared_units(a, b)
     folds = sorted({ka[1] for ka, _ in pairs})  # the samples of the tests: seeds of one fold are not independent
     first = min(ka[0] for ka, _ in pairs)  # McNemar: each test utterance once, as the first shared seed predicted it
     once = [(ka, kb) for ka, kb in pairs if ka[0] == first]
     pooled_a = np.concatenate([a.tests[ka].correct.to_numpy() for ka, _ in once])
     pooled_b = np.concatenate([b.tests[kb].correct.to_numpy() for _, kb in once])
+    tests_a, tests_b = {ka: a.tests[ka] for ka, _ in pairs}, {kb: b.tests[kb] for _, kb in pairs}
+    ratio = a.size_ratio(folds)  # B tests the same utterances per fold
+    sides = {"policy_a": a.policy, "policy_b": b.policy, "protocol_a": a.protocol, "protocol_b": b.protocol}
+    sides |= {"folds_a": a.folds, "folds_b": b.folds}
     rows = []
     for name, key in COMPARED.items():
-        va = np.array([np.mean([a.metrics[ka][key] for ka, _ in pairs if ka[1] == f]) for f in folds])
-        vb = np.array([np.mean([b.metrics[kb][key] for ka, kb in pairs if ka[1] == f]) for f in folds])
-        row = {"metric": name, "mean_a": float(va.mean()), "mean_b": float(vb.mean()), **paired_statistics(va, vb)}
+        va, vb = list(fold_values(tests_a, key).values()), list(fold_values(tests_b, key).values())
+        row = {"metric": name, "mean_a": float(sum(va) / len(va)), "mean_b": float(sum(vb) / len(vb))}
+        row |= paired(va, vb, ratio) | sides
         row["mcnemar_p"] = mcnemar_p(pooled_a, pooled_b) if key == "war" else math.nan
         rows.append(row)
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table.attrs |= {"a": a.run_id, "b": b.run_id, "units": len(folds), "utterances": len(pooled_a)}
+    table.attrs |= {"a": a.run_id, "b": b.run_id, "units": len(folds), "utterances": len(pooled_a), "ratio": ratio}
     return table
 
 
+def _interval(row: pd.Series, name: str) -> str:
+    low, high, p = row[f"{name}_ci_low"], row[f"{name}_ci_high"], row[f"{name}_p"]
+    return "undefined" if pd.isna(low) else f"[{low:.2f}, {high:.2f}] p={p:.3g}"
+
+
 def comparison_lines(table: pd.DataFrame) -> list[str]:
-    """The comparison as the CLI prints it."""
-    t = table.attrs
+    """The comparison as the CLI prints it: each side's policy, protocol and folds, the tests named, a note per
+    metric where a test is undefined or cannot reach 0.05."""
+    t, first = table.attrs, table.iloc[0]
+    side = "{} (policy {}, protocol {}, {} folds)"
     lines = [
-        f"A = {t['a']}, B = {t['b']}: {t['units']} shared folds, {t['utterances']} test predictions each",
-        "diff = B − A (percentage points), 95 % CI over units; p: paired t-test, Wilcoxon signed-rank, McNemar (WAR)",
+        f"A = {side.format(t['a'], first.policy_a, first.protocol_a, first.folds_a)}",
+        f"B = {side.format(t['b'], first.policy_b, first.protocol_b, first.folds_b)}",
+        f"{t['units']} shared folds used (seeds averaged within a fold), {t['utterances']} test predictions each; "
+        "differences exact from the counts of correct predictions",
+        "diff = B − A (percentage points); 95 % CI and p over folds: paired t (anti-conservative: the folds' training "
+        f"parts overlap) and corrected resampled t (Nadeau & Bengio 2003, n_test/n_train {t['ratio']:.3f}: cite this "
+        f"one); Wilcoxon signed-rank (zero_method={first.wilcoxon_zero_method}); McNemar exact (WAR, pooled)",
     ]
-    return lines + [table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
+    shown = pd.DataFrame(
+        {
+            "metric": table.metric,
+            "A": table.mean_a.map("{:.2f}".format),
+            "B": table.mean_b.map("{:.2f}".format),
+            "diff": table["diff"].map("{:+.2f}".format),
+            "paired t": [_interval(r, "t") for _, r in table.iterrows()],
+            "corrected resampled t": [_interval(r, "corrected_t") for _, r in table.iterrows()],
+            "Wilcoxon p (method)": [f"{r.wilcoxon_p:.3g} ({r.wilcoxon_method})" for _, r in table.iterrows()],
+            "McNemar p": table.mcnemar_p.map(lambda v: "" if pd.isna(v) else f"{v:.3g}"),
+        }
+    )
+    lines.append(shown.to_string(index=False))
+    return lines + [f"{r.metric}: {r.note}" for _, r in table.iterrows() if r.note]

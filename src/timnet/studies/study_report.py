@@ -2,8 +2,10 @@
 network needed to open it).
 
 Per corpus, protocol, variant and checkpoint policy: WAR and UAR as the mean of the per-fold values (the authors'
-way) with its 95 % confidence interval (Student's t over folds), and pooled over every test prediction (another
-number: folds of different sizes weigh differently); the paper's number (best epoch on the test fold) and the
+way; seeds averaged within a fold, n = folds) with two 95 % confidence intervals from `analysis.fold_statistics`:
+the corrected resampled t (Nadeau & Bengio 2003), the one to cite, and the plain Student t, anti-conservative over
+cross-validation folds (their training parts overlap); and pooled over every test prediction (another number: folds
+of different sizes weigh differently); the paper's number (best epoch on the test fold) and the
 authors' 2023 update (last epoch) beside the policy they were measured with, only under the random protocol they
 used, with the difference. Each variant against the baseline on the same folds: `analysis.compare`'s paired
 statistics. A quick study says so on every table and at the top of the page.
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.compare import RunUnits, compare_units, read_units
+from ..analysis.fold_statistics import fold_values, t_intervals
 from ..core.atomic import write_bytes
 from ..core.config import Config
 from ..core.errors import TimnetError
@@ -27,23 +30,18 @@ from ..core.metrics import scores
 from ..core.report import pyplot, write_workbook
 from ..training.runs import Roots
 
+CI_COLUMNS = ("t_ci_low", "t_ci_high", "corrected_t_ci_low", "corrected_t_ci_high")
+CI_NOTE = (
+    "The 95 % CIs are over folds (seeds averaged within a fold): the corrected resampled t (Nadeau & Bengio 2003), "
+    "the one to cite, and in parentheses the plain Student t, anti-conservative over cross-validation folds because "
+    "their training parts overlap."
+)
 PUBLISHED = {"best-test": ("paper", "paper"), "last": ("authors' 2023 update", "update_2023")}
 POLICY_LABELS = {
     "best-test": "best-test (epoch picked on the test fold: the paper's, optimistic)",
     "best-val": "best-val (epoch picked on validation carved from training)",
     "last": "last (the last epoch: the authors' 2023 update)",
 }
-
-
-def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
-    """(mean, 95 % CI low, high) of per-fold values: Student's t over folds (NaN interval for one fold)."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2 or np.all(v == v[0]):
-        return float(v.mean()), (float(v[0]) if len(v) > 1 else math.nan), (float(v[0]) if len(v) > 1 else math.nan)
-    low, high = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
-    return float(v.mean()), float(low), float(high)
 
 
 def mode_label(record: dict) -> str:
@@ -68,13 +66,18 @@ def result_row(entry: dict, units: RunUnits | None, policy: str, baseline: str) 
     row |= {"checkpoint": POLICY_LABELS[policy], "run": entry["run_id"]}
     if units is None:
         return row | {"units": 0, "note": "not trained yet (resume the study)"}
-    row["units"] = len(units.metrics)
+    row["units"], row["folds"] = len(units.metrics), units.folds
     pooled = pd.concat(units.tests.values(), ignore_index=True)
     overall = scores(pooled.label.to_numpy(), pooled.predicted.to_numpy())
-    for metric in ("war", "uar"):
-        mean, low, high = mean_ci(np.array([m[metric] for m in units.metrics.values()]))
-        row |= {f"{metric}_per_fold_mean": mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high}
+    ratio, notes = units.size_ratio(sorted({fold for _, fold in units.tests})), []
+    for metric in ("war", "uar"):  # over folds, seeds averaged within a fold: `analysis.fold_statistics`
+        over_folds = t_intervals(list(fold_values(units.tests, metric).values()), ratio)
+        row[f"{metric}_per_fold_mean"] = over_folds["mean"]
+        row |= {f"{metric}_{name}": over_folds[name] for name in CI_COLUMNS}
         row[f"{metric}_pooled"] = overall[metric]
+        notes += [f"{metric.upper()}: {over_folds['note']}"] if over_folds["note"] else []
+    if notes:
+        row["note"] = "; ".join(notes)
     published = Config.from_dict(units.config).published
     if entry["variant"] != baseline:  # the published numbers are the full model's
         row["published"] = f"none for {entry['variant']} (see the ablations table: paired against {baseline})"
@@ -135,7 +138,8 @@ def _panels(table: pd.DataFrame, width: float):
 
 
 def results_figure(results: pd.DataFrame, baseline: str) -> bytes | None:
-    """WAR per corpus (baseline variant) with its 95 % CI, one panel per protocol x policy; published: x."""
+    """WAR per corpus (baseline variant) with its corrected resampled t 95 % CI, one panel per protocol x policy;
+    published: x."""
     if "war_per_fold_mean" not in results:  # nothing trained yet
         return None
     shown = results[(results.variant == baseline) & results.war_per_fold_mean.notna()]
@@ -145,8 +149,9 @@ def results_figure(results: pd.DataFrame, baseline: str) -> bytes | None:
     for ax, _, group in panels:
         x = np.arange(len(group))
         mean = group.war_per_fold_mean.to_numpy()
-        err = np.vstack([mean - group.war_ci_low.to_numpy(), group.war_ci_high.to_numpy() - mean])
-        ax.bar(x, mean, yerr=np.nan_to_num(err), capsize=4, color="C0", label="ours (95 % CI)")
+        low, high = group.war_corrected_t_ci_low.to_numpy(), group.war_corrected_t_ci_high.to_numpy()
+        err = np.vstack([mean - low, high - mean])
+        ax.bar(x, mean, yerr=np.nan_to_num(err), capsize=4, color="C0", label="ours (95 % CI: corrected t)")
         if "published_war" in group:
             ax.plot(x, group.published_war, "x", color="C3", markersize=9, label="published")
         ax.set_xticks(x, group.dataset, rotation=30)
@@ -158,14 +163,15 @@ def results_figure(results: pd.DataFrame, baseline: str) -> bytes | None:
 
 
 def ablations_figure(ablations: pd.DataFrame) -> bytes | None:
-    """Each variant's WAR minus the baseline's, with its paired 95 % CI, per corpus; one panel per protocol x policy."""
+    """Each variant's WAR minus the baseline's, with its paired 95 % CI (corrected resampled t), per corpus; one panel
+    per protocol x policy."""
     war = ablations[ablations.metric == "WAR"] if len(ablations) else ablations
     if war.empty:
         return None
     fig, panels = _panels(war, 5)
     for ax, _, group in panels:
         labels = [f"{d}\n{v}" for d, v in zip(group.dataset, group.variant)]
-        err = np.vstack([group["diff"] - group.ci_low, group.ci_high - group["diff"]])
+        err = np.vstack([group["diff"] - group.corrected_t_ci_low, group.corrected_t_ci_high - group["diff"]])
         ax.bar(range(len(group)), group["diff"], yerr=np.nan_to_num(err), capsize=4, color="C1")
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xticks(range(len(group)), labels, fontsize=7)
@@ -185,9 +191,9 @@ def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>study {record['study']}</title>"]
     parts += [f"<style>{style}</style></head><body><h1>Study {html.escape(record['study'])}</h1>", banner]
     parts.append(
-        "<p>WAR/UAR: mean of the per-fold values (the authors' way) with a 95 % confidence interval (Student's t over "
-        "folds); pooled: over every test prediction at once. Published numbers only beside the protocol and "
-        "checkpoint policy they were measured with.</p>"
+        f"<p>WAR/UAR: mean of the per-fold values (the authors' way) with 95 % confidence intervals. {CI_NOTE} "
+        "Pooled: over every test prediction at once. Published numbers only beside the protocol and checkpoint "
+        "policy they were measured with.</p>"
     )
     sections = [
         ("Results", "results", "results"),
@@ -206,16 +212,21 @@ def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes
 
 
 def _cell(row: pd.Series, metric: str) -> str:
-    mean, low, high = (row.get(f"{metric}_{k}") for k in ("per_fold_mean", "ci_low", "ci_high"))
+    """mean [corrected t CI] (t: [plain t CI]; folds) · pooled"""
+    mean = row.get(f"{metric}_per_fold_mean")
     if mean is None or pd.isna(mean):
         return ""
-    interval = "" if pd.isna(low) else f" [{low:.2f}, {high:.2f}]"
+    low, high, t_low, t_high = (row[f"{metric}_{name}"] for name in CI_COLUMNS[2:] + CI_COLUMNS[:2])
+    folds = int(row["folds"])
+    interval = f" [{low:.2f}, {high:.2f}] (t: [{t_low:.2f}, {t_high:.2f}]; {folds} folds)"
+    interval = f" ({folds} folds: no interval)" if pd.isna(low) else interval
     return f"{mean:.2f}{interval} · pooled {row[f'{metric}_pooled']:.2f}"
 
 
 def markdown(record: dict, results: pd.DataFrame) -> str:
     """The results table as Markdown, to paste beside a paper's (a README, a lab note), with the mode above it."""
-    head = ["dataset", "protocol", "variant", "checkpoint", "WAR % per-fold mean [95 % CI] · pooled", "UAR %"]
+    head = ["dataset", "protocol", "variant", "checkpoint", "WAR % per-fold mean [95 % CI] (plain t) · pooled"]
+    head += ["UAR %"]
     head += ["published WAR / UAR", "difference"]
     lines = [f"Study `{record['study']}` ({mode_label(record)})", "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "---|" * len(head))
@@ -227,7 +238,7 @@ def markdown(record: dict, results: pd.DataFrame) -> str:
         cells = [row.dataset, row.protocol, row.variant, row.checkpoint.split(" (")[0]]
         cells += [_cell(row, "war") or row.get("note", ""), _cell(row, "uar"), published, diff]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", CI_NOTE]) + "\n"
 
 
 def write_report(record: dict, roots: Roots) -> dict:
@@ -250,7 +261,7 @@ def write_report(record: dict, roots: Roots) -> dict:
 def study_lines(record: dict, report: dict) -> list[str]:
     """The study as the CLI prints it: the numbers per run and policy, what is missing, where the report is."""
     results = report["tables"]["results"]
-    shown = ("dataset", "protocol", "variant", "checkpoint", "war_per_fold_mean", "uar_per_fold_mean")
+    shown = ("dataset", "protocol", "variant", "checkpoint", "folds", "war_per_fold_mean", "uar_per_fold_mean")
     lines = [results[[c for c in shown if c in results]].to_string(index=False, float_format=lambda v: f"{v:.2f}")]
     lines += [f"missing: {m['dataset']}: {m['reason']}" for m in record["missing"]]
     wrote = f"{report['xlsx']}, {report['html']} and {report['md']}"
