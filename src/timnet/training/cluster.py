@@ -23,22 +23,18 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import TimnetError, one_line_warnings
+from ..core.errors import TimnetError, one_line_warnings, require
 from ..core.progress import ProgressView, drain
 from ..data.feature_cache import unit_features
 from .runs import UnitResult
+from .same_code import check_same_code, model_digests
 from .unit import UnitJob, train_unit
 
 RETRIES = 3  # how often Ray restarts a unit whose worker process died
-INSTALL = "python3 -m pip install 'ray[default]'"
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise TimnetError(f"--backend ray needs Ray, which is not installed: {INSTALL}") from None
-    return ray
+    return require("ray", "ray", "--backend ray")
 
 
 def connect(address: str | None = None):
@@ -75,9 +71,11 @@ def check_storage(job: UnitJob) -> None:
         ) from None
 
 
-def ray_unit(job: UnitJob, threads: int, events) -> UnitResult:
-    """The Ray task: one unit, its progress events sent to the driver's queue."""
+def ray_unit(job: UnitJob, threads: int, events, code: dict[str, str]) -> UnitResult:
+    """The Ray task: one unit, if this node has the driver's model code (`same_code`), its progress events sent to
+    the driver's queue."""
     check_storage(job)
+    check_same_code(job.config, code, "the local backend and --workers 1")
     one_line_warnings()
     torch.set_num_threads(threads)
     features = unit_features(job.mfcc_file, job.classes)  # Ray reuses worker processes: read once per process
@@ -145,7 +143,8 @@ def run_units_on_ray(
     for job in map(absolute, jobs):
         gpus = 1 if job.device.startswith("cuda") else 0
         options = {"num_cpus": threads, "num_gpus": gpus, "max_retries": RETRIES, "retry_exceptions": False}
-        refs[task.options(name=f"timnet {job.key}", **options).remote(job, threads, events)] = job
+        code = model_digests(job.config)  # the driver's model code, as it has it now
+        refs[task.options(name=f"timnet {job.key}", **options).remote(job, threads, events, code)] = job
     results, live = {}, True
     try:
         pending = list(refs)
