@@ -27,7 +27,7 @@ from ..core.errors import TimnetError, one_line_warnings, require
 from ..core.progress import ProgressView, drain
 from ..data.feature_cache import unit_features
 from .runs import UnitResult
-from .same_code import check_same_code, model_digests
+from .same_code import caller_digests, check_same_code
 from .unit import UnitJob, train_unit
 
 RETRIES = 3  # how often Ray restarts a unit whose worker process died
@@ -140,10 +140,10 @@ def run_units_on_ray(
     task = ray.remote(ray_unit)
     view = ProgressView(jobs, desc, progress)
     refs = {}
-    for job in map(absolute, jobs):
+    codes = caller_digests([job.config for job in jobs])  # the driver's model code, as it has it now
+    for job, code in zip(map(absolute, jobs), codes):
         gpus = 1 if job.device.startswith("cuda") else 0
         options = {"num_cpus": threads, "num_gpus": gpus, "max_retries": RETRIES, "retry_exceptions": False}
-        code = model_digests(job.config)  # the driver's model code, as it has it now
         refs[task.options(name=f"timnet {job.key}", **options).remote(job, threads, events, code)] = job
     results, live = {}, True
     try:

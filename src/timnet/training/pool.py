@@ -23,7 +23,7 @@ from ..data.feature_cache import unit_features
 from ..data.features import FeatureSet
 from .pack import train_pack
 from .runs import UnitResult
-from .same_code import check_same_code, model_digests
+from .same_code import caller_digests, check_same_code
 from .unit import UnitJob, train_unit
 
 # Per-process state of a pool worker, set once by `_worker_init` (a queue cannot travel with each task).
@@ -146,7 +146,7 @@ def _run_in_pool(
     pool = ProcessPoolExecutor(
         workers, mp_context=context, initializer=_worker_init, initargs=(messages, os.getpid(), threads, shared)
     )
-    codes = [model_digests(pack[0].config) for pack in packs]  # the caller's code, as it has it now
+    codes = caller_digests([pack[0].config for pack in packs])  # the caller's code, as it has it now
     futures = {pool.submit(_worker_train, pack, code): pack for pack, code in zip(packs, codes)}
     processes: dict = {}
     results: dict[str, UnitResult] = {}

@@ -5,6 +5,8 @@ code that differs is refused in one line, naming what differs and what to do."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ..accel.code_key import code_digests
@@ -20,6 +22,17 @@ def model_digests(config: dict) -> dict[str, str]:
         return code_digests(TIMNet(TIMNetConfig.from_config(Config.from_dict(config))))
 
 
+def caller_digests(configs: list[dict]) -> list[dict[str, str]]:
+    """`model_digests` of each config, as the caller has the code now; built once per distinct config (the units
+    of a run share one)."""
+    built: dict[str, dict[str, str]] = {}
+    for config in configs:
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in built:
+            built[key] = model_digests(config)
+    return [built[json.dumps(config, sort_keys=True, default=str)] for config in configs]
+
+
 def check_same_code(config: dict, caller: dict[str, str], instead: str = "--workers 1") -> None:
     """Raise one line where this process's model code is not the caller's (`caller`: its `model_digests`)."""
     mine = model_digests(config)
@@ -27,7 +40,6 @@ def check_same_code(config: dict, caller: dict[str, str], instead: str = "--work
         return
     differ = sorted({n for n in {*mine, *caller} if mine.get(n) != caller.get(n)})
     raise TimnetError(
-        f"this worker process would train other model code than the caller's ({', '.join(differ)} differs from "
-        f"what the caller has in memory): save the changed file and start again, or train with {instead} "
-        "(in the caller's process)"
+        f"this worker process imported other model code than its caller has in memory (differs: {', '.join(differ)})"
+        f": save the changed file and start again, or train with {instead} (in the caller's process)"
     )
