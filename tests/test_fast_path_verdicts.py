@@ -249,3 +249,22 @@ def test_a_worker_refuses_code_that_differs_from_its_callers(tmp_path, mfcc):
     message = str(caught.value)
     assert len(message.splitlines()) == 1, message
     assert "patched_batch_norm.<locals>.<lambda>" in message and "--workers 1" in message and "save" in message
+
+
+def test_a_run_in_the_same_process_after_an_edit_trains_the_edit(tmp_path, mfcc):
+    """A notebook's situation: a run, `TemporalAwareBlock.forward` edited in place, another run in the same
+    process. The second run trains the edited block: the CPU kernel it asked for steps aside, and the run equals
+    one that never asked for it, bit for bit."""
+    from conftest import assert_same_units, train
+
+    before = train(tmp_path / "before", mfcc, folds=2, epochs=1, kernel="on", blas="numpy")
+    with edited(TemporalAwareBlock.forward, gelu_forward.__code__):
+        after = train(tmp_path / "after", mfcc, folds=2, epochs=1, kernel="on", blas="numpy")
+        unasked = train(tmp_path / "unasked", mfcc, folds=2, epochs=1, kernel="off", blas="numpy")
+    runs = {
+        name: tmp_path / name / "Models" / r.run_id
+        for name, r in zip(("before", "after", "unasked"), (before, after, unasked))
+    }
+    assert_same_units(runs["after"], runs["unasked"])
+    first = torch.load(runs["before"] / "fold_1.pt", weights_only=True)["test_probs"]
+    assert not torch.allclose(first, torch.load(runs["after"] / "fold_1.pt", weights_only=True)["test_probs"])
