@@ -1,12 +1,13 @@
 """Training-step speed of TIM-Net: the shipped GEMM causal conv, its products through torch's BLAS (MKL on x86) or
-numpy's (OpenBLAS; `train.blas`, which also fuses each block's elementwise passes: fused.py; "unfused" shows that
-lever alone), vs the channels-first Conv1d formulation.
+numpy's (OpenBLAS; `train.blas`, which also runs the CPU kernel, each block's elementwise passes fused:
+src/timnet/accel/cpu_kernel.py; "unfused" shows that lever alone), vs the channels-first Conv1d formulation.
 
     python benchmarks/bench_model.py [--threads 1] [--epochs 3] [--repeat 3]
 
 All variants share one model's parameters and run the same Adam epochs on EMO-DB shapes (481 utterances
 x 188 frames x 39 MFCCs, batch 64), interleaved, so machine load hits all alike. The competitor is the
-textbook formulation (F.pad + F.conv1d on [B, C, T], nn.Dropout1d), i.e. what model.py ran before.
+textbook formulation (F.pad + F.conv1d on [B, C, T], nn.Dropout1d), as `CausalConv1d` in
+src/timnet/model/network.py computes its convolution.
 Prints seconds per epoch (median) and the ratios, and what `train.blas = auto` chooses on this machine.
 """
 
@@ -50,7 +51,10 @@ def conv1d_levels(model: TIMNet, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(pooled, dim=-1)
 
 
-def epoch_seconds(model: TIMNet, levels, x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
+def epoch_seconds(model: TIMNet, competitor, x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
+    """Seconds per epoch of `competitor` = (prepare the model once, its levels per batch)."""
+    prepare, levels = competitor
+    prepare()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.93, 0.98))
     model.train()
     started = time.perf_counter()
@@ -78,31 +82,27 @@ def main() -> None:
     with torch.no_grad():
         gap = (model.eval().levels(x[:64]) - conv1d_levels(model, x[:64])).abs().max().item()
 
-    def gemm(blas, fuse=True):
-        def levels(xb):
-            accelerate(model, blas, kernel=fuse)
-            return model.levels(xb)
-
-        return levels
+    def gemm(blas, fuse=True):  # the fast paths put in once per timing, as a unit does once
+        return lambda: accelerate(model, blas, kernel=fuse), lambda xb: model.levels(xb)
 
     competitors = {
         "gemm, torch BLAS": gemm("torch"),
         "gemm, numpy BLAS": gemm("numpy"),
         "numpy BLAS unfused": gemm("numpy", fuse=False),
-        "conv1d": lambda xb: conv1d_levels(model, xb),
+        "conv1d": (lambda: None, lambda xb: conv1d_levels(model, xb)),
     }
     times = {name: [] for name in competitors}
-    for levels in competitors.values():  # warm-up
-        epoch_seconds(model, levels, x, y, 1)
+    for competitor in competitors.values():  # warm-up
+        epoch_seconds(model, competitor, x, y, 1)
     for _ in range(args.repeat):
-        for name, levels in competitors.items():
-            times[name].append(epoch_seconds(model, levels, x, y, args.epochs))
+        for name, competitor in competitors.items():
+            times[name].append(epoch_seconds(model, competitor, x, y, args.epochs))
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"threads {args.threads}, {args.epochs} epochs x {args.repeat}; max |levels difference| {gap:.1e}")
     for name, seconds in median.items():
         print(f"  {name:18s} {seconds:.3f} s/epoch  ({median['conv1d'] / seconds:.2f}x conv1d)")
     print(f"  numpy BLAS / torch BLAS: {median['gemm, torch BLAS'] / median['gemm, numpy BLAS']:.2f}x faster")
-    print(f"  fused blocks (fused.py): {median['numpy BLAS unfused'] / median['gemm, numpy BLAS']:.2f}x faster")
+    print(f"  the CPU kernel (cpu_kernel.py): {median['numpy BLAS unfused'] / median['gemm, numpy BLAS']:.2f}x faster")
     print(f"  train.blas = auto chooses here: {measure()}")
 
 

@@ -64,6 +64,21 @@ def test_a_node_that_cannot_read_the_features_fails_with_one_line(cluster, mfcc,
         execute([run], "cpu", backend="ray", progress=False)
 
 
+def test_a_ray_worker_refuses_model_code_the_driver_changed_in_memory(cluster, mfcc, tmp_path):
+    from timnet.model import network
+
+    original = network.batch_norm
+    network.batch_norm = lambda bn, h: original(bn, h) * 1.5  # a notebook's in-memory change, in the driver only
+    try:
+        with pytest.raises(TimnetError) as caught:
+            train(tmp_path, mfcc, folds=2, epochs=1, backend="ray")
+    finally:
+        network.batch_norm = original
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and "other model code than its caller has in memory" in message, message
+    assert "save the changed file" in message and "--workers 1" in message
+
+
 def ray_worker_of(unit_key: str) -> int | None:
     """The pid of the Ray worker process running a unit (Ray titles it `ray::<task name>`)."""
     for pid in filter(str.isdigit, os.listdir("/proc")):

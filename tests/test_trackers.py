@@ -58,7 +58,9 @@ def test_mlflow_is_asked_for_and_needs_its_extra(tmp_path, mfcc):
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        with pytest.raises(TimnetError, match=r"log\.mlflow = true needs MLflow: python3 -m pip install"):
+        needs = r"fold_1: log\.mlflow = true needs mlflow: python3 -m pip install 'timnet\[mlflow\]' "
+        needs += r"\(or set log\.mlflow=false\)$"
+        with pytest.raises(TimnetError, match=needs):
             train(tmp_path, mfcc, folds=2, epochs=1, settings={"log.mlflow": True})
         return
     run = train(tmp_path, mfcc, folds=2, epochs=2, settings={"log.mlflow": True})

@@ -11,6 +11,7 @@ reference model, packed units and compiled units torch's.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -36,10 +37,26 @@ def cache_file() -> Path:
     return cache_root() / "blas.json"
 
 
+VECTOR_FLAGS = ("sse", "avx", "fma", "f16c", "amx", "asimd", "sve", "neon")
+
+
+@functools.cache
+def cpu() -> str:
+    """The CPU's model name and its vector extensions (the flags /proc/cpuinfo lists, where there is one), and
+    the widest one torch's kernels use: what moves the speed and the rounding of a machine's products."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = sorted(
+        f for f in (fields.get("flags") or fields.get("Features") or "").split() if f.startswith(VECTOR_FLAGS)
+    )
+    return f"{name} [{' '.join(flags)}] torch {torch.backends.cpu.get_cpu_capability()}"
+
+
 def machine_key() -> str:
-    """What the answer depends on: the CPU, the cores, and both libraries' versions."""
-    cpu = platform.processor() or platform.machine()
-    parts = (platform.node(), cpu, os.cpu_count(), torch.__version__, np.__version__)
+    """What the answer depends on: the host, the CPU, the cores, and both libraries' versions."""
+    parts = (platform.node(), cpu(), os.cpu_count(), torch.__version__, np.__version__)
     return "|".join(map(str, parts))
 
 

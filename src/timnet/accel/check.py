@@ -5,8 +5,9 @@ random utterances, from the same RNG state (so dropout drops the same channels):
 backward, the running statistics it leaves, then an evaluation without autograd. It returns the largest relative
 difference between the logits, every parameter's gradient (a parameter the fast path leaves without a gradient
 counts as infinitely different), the buffers, and the evaluation's logits. Rounding gives ~1e-15; a changed layer
-gives ~1e-5 or more. Results are kept for the models' code and structure (`signature`): per process, and on disk
-(`cache_file`) under the source files' hashes, so each worker process does not run the same check again.
+gives ~1e-5 or more. Results are kept under what they depend on (`signature`: the code the forward reaches, read
+from memory each time, the model's structure and settings, the machine): per process, and on disk (`cache_file`),
+so each worker process does not run the same check again, and an edit in a notebook is checked anew.
 """
 
 from __future__ import annotations
@@ -15,63 +16,36 @@ import contextlib
 import copy
 import hashlib
 import math
-import sys
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..core.devices import cache_root, cached_on_disk
+from .code_key import machine, model_code, model_settings
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 SHAPE = (4, 24)  # utterances, frames: longer than the first dilations, shorter than the last (both cases run)
 _known: dict = {}
 
 
-def signature(model: nn.Module, *extra) -> tuple:
-    """What the answer depends on: every layer's class, its code (forward, levels) and settings, and the parameters'
-    names and shapes (a changed method is a new function object, so a new signature)."""
-    layers = tuple(
-        (name, type(m), getattr(type(m), "forward", None), getattr(type(m), "levels", None), m.extra_repr())
-        for name, m in model.named_modules()
-    )
-    return layers, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()), extra
+def signature(model: nn.Module, *extra) -> str:
+    """What the answer depends on, as it stands now (`code_key`): the code the model's forward reaches, its
+    layers' classes, settings and parameters, `extra` (the path, the device), the machine, and the fast paths'
+    own code. A `__code__` edited in place, a patched helper or a changed dropout rate is a new signature."""
+    text = repr((model_code(model), model_settings(model), extra, machine(), _fast_paths_code()))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def cache_file() -> Path:
     return cache_root() / "fast_paths.json"
 
 
-_file_hashes: dict[str, str] = {}
-
-
-def _source(obj) -> str:
-    """Where `obj` (a class or function) is written: module, name and the SHA-256 of its module's file."""
-    if obj is None:
-        return "-"
-    path = getattr(sys.modules.get(obj.__module__), "__file__", None) or "?"
-    if path not in _file_hashes:
-        _file_hashes[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else path
-    return f"{obj.__module__}.{obj.__qualname__}@{_file_hashes[path][:16]}"
-
-
-def stable_key(sig: tuple) -> str:
-    """`signature` in terms that hold across processes (the code's files, not its objects), and the libraries."""
-    layers, params, extra = sig
-    parts = [(name, *map(_source, (cls, forward, levels)), rep) for name, cls, forward, levels, rep in layers]
-    text = repr((parts, params, extra, torch.__version__, np.__version__, _fast_paths_code()))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _fast_paths_code() -> str:
-    """The SHA-256 of every module of this package: a fast path's code changed, its checks run again."""
-    if "accel" not in _file_hashes:
-        folder = Path(__file__).parent
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.glob("*.py"))))
-        _file_hashes["accel"] = digest.hexdigest()
-    return _file_hashes["accel"]
+    """The SHA-256 of every module of this package, read now: a fast path's code changed, its checks run again."""
+    folder = Path(__file__).parent
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.glob("*.py")))).hexdigest()
 
 
 def float_type(device: torch.device) -> torch.dtype:
@@ -145,11 +119,35 @@ def difference(model: nn.Module, fast: Callable, device: torch.device, key=()) -
     return cached(signature(model, device.type, *key), compute)
 
 
-def cached(sig: tuple, compute: Callable[[], float]) -> float:
-    """compute() for `sig`, kept per process and on disk (`cache_file`, under `stable_key(sig)`)."""
-    if sig in _known:
-        return _known[sig]
-    _known[sig] = cached_on_disk(cache_file(), stable_key(sig), compute)
+def layer_difference(layer: nn.Module, fast: Callable[[nn.Module], object], device: torch.device, key=()) -> float:
+    """How far `layer` made fast in place by `fast(copy)` is from `layer` (channels-last [B, T, C] in and out):
+    the output, and the gradients of the input and of every parameter, with the input's gradient wanted and not;
+    `largest_difference`, cached per (`signature` of the layer alone, key)."""
+
+    def run(module: nn.Module, x: torch.Tensor, grad_x: bool) -> list:
+        x = x.clone().requires_grad_(grad_x)
+        y = module(x)
+        (y * torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype, device=y.device)).sum().backward()
+        return [y.detach(), x.grad, *(p.grad for p in module.parameters())]
+
+    def compute() -> float:
+        dtype = float_type(device)
+        draw = torch.Generator().manual_seed(1)
+        x = torch.randn(*SHAPE, layer.in_channels, generator=draw, dtype=torch.float64).to(device=device, dtype=dtype)
+        worst = 0.0
+        for grad_x in (True, False):
+            reference, made = (copy.deepcopy(layer).to(device=device, dtype=dtype) for _ in range(2))
+            fast(made)
+            worst = max(worst, largest_difference(run(reference, x, grad_x), run(made, x, grad_x)))
+        return worst
+
+    return cached(signature(layer, device.type, *key), compute)
+
+
+def cached(sig: str, compute: Callable[[], float]) -> float:
+    """compute() for `sig` (a `signature`), kept per process and on disk (`cache_file`)."""
+    if sig not in _known:
+        _known[sig] = cached_on_disk(cache_file(), sig, compute)
     return _known[sig]
 
 

@@ -24,6 +24,7 @@ import torch
 from torch.nn import BatchNorm1d
 
 from ..model.network import CausalConv1d, SpatialDropout1d, TemporalAwareBlock
+from .code_key import plain_subclass
 from .gemm_conv import conv_declines
 
 
@@ -174,9 +175,9 @@ PARAMETERS = {f"{layer}.{p}" for layer in ("conv1", "bn1", "conv2", "bn2") for p
 def block_declines(block: torch.nn.Module) -> str | None:
     """Why this kernel cannot run `block`, or None: it implements exactly the reference `TemporalAwareBlock` (two
     kernel-2 causal convs with biases and one dilation, each followed by an affine BatchNorm with running
-    statistics, one SpatialDropout, the gate) and nothing else. What the block's code does is checked apart, by
-    running both (`accel.check`)."""
-    if type(block) is not TemporalAwareBlock:
+    statistics, one SpatialDropout, the gate) and nothing else (its classes, or subclasses that override nothing).
+    What the block's code does is checked apart, by running both (`accel.check`)."""
+    if not plain_subclass(type(block), TemporalAwareBlock):
         return f"{type(block).__name__} is not the reference TemporalAwareBlock"
     if not block.gate:
         return "the block without its gate: the kernel implements the gated block"
@@ -185,9 +186,12 @@ def block_declines(block: torch.nn.Module) -> str | None:
         return f"the block's parameters differ from the reference's ({', '.join(sorted(names ^ PARAMETERS))})"
     layers = dict(block.named_children())
     expected = {"conv1": CausalConv1d, "bn1": BatchNorm1d, "conv2": CausalConv1d, "bn2": BatchNorm1d}
-    if layers.keys() != {*expected, "drop"} or type(block.drop) is not SpatialDropout1d:
+    if layers.keys() != {*expected, "drop"} or not plain_subclass(type(block.drop), SpatialDropout1d):
         return "the block's layers differ from the reference's"
-    if any(conv_declines(layers[n]) if k is CausalConv1d else type(layers[n]) is not k for n, k in expected.items()):
+    if any(
+        conv_declines(layers[n]) if k is CausalConv1d else not plain_subclass(type(layers[n]), k)
+        for n, k in expected.items()
+    ):
         return "the block's layers differ from the reference's"
     convs, norms = (block.conv1, block.conv2), (block.bn1, block.bn2)
     if any(c.kernel_size != (2,) or c.in_channels != c.out_channels for c in convs):

@@ -2,7 +2,8 @@
 `model.network.CausalConv1d` on the CPU and GPUs, whose products run through torch's or numpy's BLAS (`blas`).
 
 `accelerate` puts it in place of the reference forward (`GemmCausalConv1d`: the same module, parameters and
-state dict, another forward) only after `same_conv` shows the two equal on that very layer.
+state dict, another forward) only after `check.layer_difference` shows the two equal on that very layer (its
+verdict keyed by the conv's own code and settings: `check.signature`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from ..model.network import CausalConv1d
 from .blas import matmul
+from .code_key import plain_subclass
 
 
 class _CausalConvGEMM(torch.autograd.Function):
@@ -86,8 +88,9 @@ class GemmCausalConv1d(CausalConv1d):
 
 def conv_declines(conv: torch.nn.Module) -> str | None:
     """Why `GemmCausalConv1d` cannot stand in for this layer, or None: it implements a reference `CausalConv1d`
-    (as that class is written now: `same_conv` compares them) with a bias, one group and stride 1."""
-    if type(conv) not in (CausalConv1d, GemmCausalConv1d):
+    (or a subclass that overrides nothing; what its code computes, as written now, `check.layer_difference`
+    compares) with a bias, one group and stride 1."""
+    if not (type(conv) is GemmCausalConv1d or plain_subclass(type(conv), CausalConv1d)):
         return f"{type(conv).__name__} is not the reference CausalConv1d"
     if conv.bias is None or conv.groups != 1 or conv.stride != (1,) or conv.padding != (0,):
         return "a causal conv without bias, with groups, stride or padding of its own"

@@ -22,11 +22,14 @@ def one_line_warnings() -> None:
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
 
 
-def require(module: str, extra: str, what: str):
-    """`module` imported, or one line saying which extra of `pip install` brings it (pyproject.toml)."""
+def require(module: str, extra: str, what: str, instead: str = ""):
+    """`module` imported, or one line saying which extra of `pip install` brings it (pyproject.toml), and what to
+    do instead (`instead`, where there is another way)."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise TimnetError(f"{what} needs {module.split('.')[0]}: python3 -m pip install 'timnet[{extra}]'") from None
+        other = f" (or {instead})" if instead else ""
+        line = f"{what} needs {module.split('.')[0]}: python3 -m pip install 'timnet[{extra}]'{other}"
+        raise TimnetError(line) from None

@@ -15,7 +15,7 @@ import importlib.util
 from pathlib import Path
 
 from ..core.config import Config, load_config
-from ..core.errors import TimnetError
+from ..core.errors import TimnetError, require
 from ..core.validation import check_choice
 from ..model.keras_weights import fold_weights, load_fold_models, seed_from_name
 from ..model.network import TIMNetConfig
@@ -96,7 +96,7 @@ def folder_model(folder: Path, fold: int | None, seed: int | None, engine: str, 
         if not graphs:
             raise TimnetError(f"{folder}: no ONNX graphs (exported with --no-onnx?) — use --engine torch")
         if not has_ort:
-            raise TimnetError("--engine onnx needs onnxruntime: python3 -m pip install onnxruntime")
+            require("onnxruntime", "export", "--engine onnx", "--engine torch")
         for graph in graphs.values():
             check_graph(folder, graph, config.model)
         runner = OnnxRunner(graphs)

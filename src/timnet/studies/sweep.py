@@ -237,7 +237,7 @@ def sweep_status(sweep_id: str, roots: Roots) -> pd.DataFrame:
             state = run / "in_progress" / f"{u}.pt"
             if state.exists():
                 try:
-                    trained += torch.load(state, map_location="cpu", weights_only=False)["progress"]["epoch"]
+                    trained += torch.load(state, map_location="cpu", weights_only=True)["progress"]["epoch"]
                 except Exception:  # noqa: BLE001 — being written right now: count it next time
                     pass
         rows.append(

@@ -24,22 +24,18 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import TimnetError, one_line_warnings
+from ..core.errors import TimnetError, one_line_warnings, require
 from ..core.progress import ProgressView, drain
 from ..data.feature_cache import unit_features
 from .runs import UnitResult
+from .same_code import caller_digests, check_same_code
 from .unit import UnitJob, train_unit
 
 RETRIES = 3  # how often Ray restarts a unit whose worker process died
-INSTALL = "python3 -m pip install 'ray[default]'"
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise TimnetError(f"--backend ray needs Ray, which is not installed: {INSTALL}") from None
-    return ray
+    return require("ray", "ray", "--backend ray")
 
 
 def start_local_ray(ray, attempts: int = 2, **init) -> None:
@@ -100,9 +96,11 @@ def check_storage(job: UnitJob) -> None:
         ) from None
 
 
-def ray_unit(job: UnitJob, threads: int, events) -> UnitResult:
-    """The Ray task: one unit, its progress events sent to the driver's queue."""
+def ray_unit(job: UnitJob, threads: int, events, code: dict[str, str]) -> UnitResult:
+    """The Ray task: one unit, if this node has the driver's model code (`same_code`), its progress events sent to
+    the driver's queue."""
     check_storage(job)
+    check_same_code(job.config, code, "the local backend and --workers 1")
     one_line_warnings()
     torch.set_num_threads(threads)
     features = unit_features(job.mfcc_file, job.classes)  # Ray reuses worker processes: read once per process
@@ -167,10 +165,11 @@ def run_units_on_ray(
     task = ray.remote(ray_unit)
     view = ProgressView(jobs, desc, progress)
     refs = {}
-    for job in map(absolute, jobs):
+    codes = caller_digests([job.config for job in jobs])  # the driver's model code, as it has it now
+    for job, code in zip(map(absolute, jobs), codes):
         gpus = 1 if job.device.startswith("cuda") else 0
         options = {"num_cpus": threads, "num_gpus": gpus, "max_retries": RETRIES, "retry_exceptions": False}
-        refs[task.options(name=f"timnet {job.key}", **options).remote(job, threads, events)] = job
+        refs[task.options(name=f"timnet {job.key}", **options).remote(job, threads, events, code)] = job
     results, live = {}, True
     try:
         pending = list(refs)

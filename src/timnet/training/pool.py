@@ -23,6 +23,7 @@ from ..data.feature_cache import unit_features
 from ..data.features import FeatureSet
 from .pack import train_pack
 from .runs import UnitResult
+from .same_code import caller_digests, check_same_code
 from .unit import UnitJob, train_unit
 
 # Per-process state of a pool worker, set once by `_worker_init` (a queue cannot travel with each task).
@@ -84,8 +85,10 @@ def _train(pack: list[UnitJob], features: FeatureSet | None, report) -> list[Uni
     return train_pack(pack, features, report) if len(pack) > 1 else [train_unit(pack[0], features, report)]
 
 
-def _worker_train(pack: list[UnitJob]) -> list[UnitResult]:
+def _worker_train(pack: list[UnitJob], code: dict[str, str]) -> list[UnitResult]:
+    """The pack in this worker, if it has the caller's model code (`code`: `same_code.model_digests`)."""
     job = pack[0]
+    check_same_code(job.config, code)
     return _train(pack, unit_features(job.mfcc_file, job.classes, _WORKER["shared"].get(job.mfcc_file)), _worker_report)
 
 
@@ -143,7 +146,8 @@ def _run_in_pool(
     pool = ProcessPoolExecutor(
         workers, mp_context=context, initializer=_worker_init, initargs=(messages, os.getpid(), threads, shared)
     )
-    futures = {pool.submit(_worker_train, pack): pack for pack in packs}
+    codes = caller_digests([pack[0].config for pack in packs])  # the caller's code, as it has it now
+    futures = {pool.submit(_worker_train, pack, code): pack for pack, code in zip(packs, codes)}
     processes: dict = {}
     results: dict[str, UnitResult] = {}
     try:

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from ..core.config import Config
-from ..core.errors import TimnetError
+from ..core.errors import TimnetError, require
 
 SCALARS = {"loss": "loss", "train_acc": "accuracy/train", "val_acc": "accuracy/validation", "test_acc": "accuracy/test"}
 
@@ -27,12 +27,7 @@ class Trackers:
         self.mlflow_run = None
         self.failed = False
         if cfg.log.mlflow:
-            try:
-                import mlflow  # noqa: F401
-            except ImportError:
-                raise TimnetError(
-                    "log.mlflow = true needs MLflow: python3 -m pip install 'timnet[mlflow]' (or set log.mlflow=false)"
-                ) from None
+            require("mlflow", "mlflow", "log.mlflow = true", "set log.mlflow=false")
 
     def epoch(self, row: dict) -> None:
         """One epoch's row of the history (`unit.UnitTrainer.record_epoch`). A tracker that fails (a full disk, an
