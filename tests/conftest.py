@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -130,19 +131,42 @@ def emodb_root(tmp_path) -> Path:
 SHORT = {"features.signal_length": 16000}
 
 
+def built_once(tmp_path_factory, name: str, build) -> str:
+    """What `build(folder)` returns (a string), built once for the whole test session: under pytest-xdist the
+    first worker to take the lock builds into a folder both workers see, the other reads what it built, so a
+    session fixture that trains is paid once, not once per worker. The fixtures built so are only read."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-of-<user>/pytest-<n>: this session's, shared by its workers
+    folder, done = base / f"once-{name}", base / f"once-{name}.json"
+    with open(base / f"once-{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way
+                folder.mkdir()
+                done.write_text(json.dumps(build(folder)))
+            return json.loads(done.read_text())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def mfcc(tmp_path_factory) -> Path:
     """MFCC/EMODB.npy of a small synthetic EMO-DB (4 speakers x 3 texts x 7 emotions = 84), short signals;
     the audio lies in the folder EMODB beside the MFCC folder."""
-    from timnet import load_config
-    from timnet.data.features import preprocess
 
-    root = tmp_path_factory.mktemp("corpus")
-    tree = emodb_tree(root / "EMODB", speakers=("03", "08", "09", "10"), texts=("a01", "a02", "a04"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        preprocess(load_config("EMODB", SHORT), tree, root / "MFCC", progress=False)
-    return root / "MFCC" / "EMODB.npy"
+    def build(root: Path) -> str:
+        from timnet import load_config
+        from timnet.data.features import preprocess
+
+        tree = emodb_tree(root / "EMODB", speakers=("03", "08", "09", "10"), texts=("a01", "a02", "a04"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            preprocess(load_config("EMODB", SHORT), tree, root / "MFCC", progress=False)
+        return str(root / "MFCC" / "EMODB.npy")
+
+    return Path(built_once(tmp_path_factory, "mfcc", build))
 
 
 def train(
@@ -214,9 +238,12 @@ REFERENCE = {"folds": 2, "epochs": 40}
 
 @pytest.fixture(scope="session")
 def reference_run(mfcc, tmp_path_factory) -> Path:
-    """The Models/<run> folder of one uninterrupted REFERENCE run, trained once per test session."""
-    root = tmp_path_factory.mktemp("reference")
-    return root / "Models" / train(root, mfcc, **REFERENCE).run_id
+    """The Models/<run> folder of one uninterrupted REFERENCE run, trained once per test session (both workers)."""
+    return Path(
+        built_once(
+            tmp_path_factory, "reference", lambda root: str(root / "Models" / train(root, mfcc, **REFERENCE).run_id)
+        )
+    )
 
 
 def train_cli(*args: str) -> list[str]:

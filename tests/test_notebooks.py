@@ -35,7 +35,7 @@ def printed(nb: dict) -> str:
 
 def test_a_fresh_clone_runs_all_three_notebooks_unmodified_with_the_example_settings(tmp_path):
     """Run All of preprocess -> train -> tsne in an empty folder, no parameter changed: the example corpus is
-    written, and train.ipynb takes EXAMPLE's own settings (4 folds x 40 epochs, batch 8) from its TOML."""
+    written, and train.ipynb takes EXAMPLE's own settings (4 folds x 20 epochs, batch 8) from its TOML."""
     execute("preprocess", tmp_path)
     data = np.load(tmp_path / "MFCC" / "EXAMPLE.npy", allow_pickle=True).item()
     assert data["x"].shape == (84, 63, 39) and (tmp_path / "Datasets" / "EXAMPLE" / "wav").is_dir()
@@ -51,7 +51,7 @@ def test_a_fresh_clone_runs_all_three_notebooks_unmodified_with_the_example_sett
     shown = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(shown) == 2, "the curves of every fold (one figure) and the confusion heatmap are shown"
     log = printed(nb)
-    assert f"{run_dir.name}: 100 % (160/160 fold-epoch" in log, "a headless log shows the progress as text"
+    assert f"{run_dir.name}: 100 % (80/80 fold-epoch" in log, "a headless log shows the progress as text"
     assert "WAR nan" not in log and "paper" not in log  # nothing is published for synthetic data
 
     execute("tsne", tmp_path)

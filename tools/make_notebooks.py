@@ -122,7 +122,7 @@ Writes `Models/<run>/fold_<k>.pt`, `logs/<run>/` (per-epoch CSV and curves), `Re
 per-utterance predictions with file names, confusion matrix, config) and a row in
 `Results/Accuracy Analysis Summary.xlsx`.
 Every training value left at `None` is the dataset's own (`configs/<dataset>.toml`, the table above: EXAMPLE trains
-4 folds × 40 epochs in about a minute, EMODB 10 × 500 as the authors did), so changing `dataset` is all it takes.
+4 folds × 20 epochs in well under a minute, EMODB 10 × 500 as the authors did), so changing `dataset` is all it takes.
 `protocol`: `random` = the authors' KFold (their order and seed), `speaker` = speaker-independent folds.
 `checkpoint`: `last` (authors' 2023 numbers), `best-val` (validation carved from the training part),
 `best-test` (the paper's protocol: optimistic, labelled so). Interrupted? Set `resume` to the run id and run again.
