@@ -26,6 +26,7 @@ from ..core.errors import BadAudioError, TimnetError
 from ..core.progress import Bar
 from ..core.version import __version__
 from .corpora import build_manifest
+from .feature_facts import source_audio
 from .feature_files import (
     FeatureSet,
     fingerprint,
@@ -286,6 +287,7 @@ def preprocess(
         "settings": dataclasses.asdict(settings),
         "fingerprint": fp,
         "skipped": skipped,
+        **source_audio(list(good_manifest.path)),  # what the published-number gate judges the audio by
         "timnet_version": __version__,
         "librosa_version": _librosa_version(),
     }
