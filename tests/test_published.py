@@ -154,3 +154,23 @@ def test_a_tiny_run_says_why_its_numbers_are_not_the_papers(tmp_path, mfcc):
     assert row.paper_war == row.paper_uar == paper + "audio trimmed to 0.60 s"
     assert row.authors_2023_war.startswith("not comparable: speaker protocol, 1 epoch, features.")
     assert f"paper (best epoch on the test fold): {paper}audio trimmed" in summary_lines(run.run_id, run.summary)[1]
+
+
+def test_a_comparable_study_row_shows_the_number_and_not_published_where_none_was():
+    from timnet.studies.study_report import markdown, published_columns
+
+    emovo = load_config("EMOVO").to_dict()
+    entry = {"dataset": "EMOVO", "protocol": "random", "variant": "TIM-Net"}
+    row = {**entry, "checkpoint": "last (the last epoch: the authors' 2023 update)", "run": "r"}
+    row |= {"war_per_fold_mean": 87.0, "uar_per_fold_mean": 86.0, "war_pooled": 87.0, "uar_pooled": 86.0}
+    row |= {"war_ci_low": 85.0, "war_ci_high": 89.0, "uar_ci_low": 84.0, "uar_ci_high": 88.0}
+    row |= published_columns(row, entry, emovo, "last", "TIM-Net", lambda config, policy, source: [])
+    assert row["published"] == "authors' 2023 update" and row["war_minus_published"] == pytest.approx(0.44)
+    refused = published_columns(row, entry, emovo, "last", "TIM-Net", lambda config, policy, source: ["5 folds"])
+    assert refused == {"published": "authors' 2023 update: not comparable: 5 folds"}
+    best_val = published_columns(row, entry, emovo, "best-val", "TIM-Net", lambda *a: [])
+    assert best_val == {"published": "none for checkpoint best-val (published: best-test and last)"}
+    text = markdown({"study": "s", "quick": False}, pd.DataFrame([row]))
+    cells = [c.strip() for c in text.splitlines()[-1].strip("|").split("|")]
+    assert cells[6:] == ["authors' 2023 update: 86.56 / not published", "+0.44 / —"]
+    assert "nan" not in text
