@@ -174,3 +174,22 @@ def test_a_comparable_study_row_shows_the_number_and_not_published_where_none_wa
     cells = [c.strip() for c in text.splitlines()[-1].strip("|").split("|")]
     assert cells[6:] == ["authors' 2023 update: 86.56 / not published", "+0.44 / —"]
     assert "nan" not in text
+
+
+@pytest.mark.filterwarnings("ignore:EMODB. found 7 utterances")
+def test_an_older_feature_file_gains_its_source_audio_facts_on_the_next_preprocess(tmp_path):
+    from conftest import SHORT, emodb_tree
+
+    from timnet.data.features import preprocess
+
+    tree = emodb_tree(tmp_path / "EMODB", speakers=("03",), texts=("a01",))
+    cfg = load_config("EMODB", SHORT)
+    first = preprocess(cfg, tree, tmp_path / "MFCC", progress=False, workers=1)
+    js = first.npy.with_suffix(".json")
+    older = {k: v for k, v in json.loads(js.read_text()).items() if not k.startswith("source_")}
+    js.write_text(json.dumps(older))  # as written before the source audio was recorded
+    assert feature_facts(first.npy, cfg.dataset).source_rates is None
+    assert "source sample rate unknown" in not_comparable(cfg.to_dict(), feature_facts(first.npy, cfg.dataset), "last")
+    again = preprocess(cfg, tree, tmp_path / "MFCC", progress=False, workers=1)
+    assert again.up_to_date and json.loads(js.read_text())["source_sample_rates"] == [16000]
+    assert feature_facts(first.npy, cfg.dataset).source_rates == (16000,)

@@ -62,7 +62,7 @@ def audio_reasons(facts: FeatureFacts) -> list[str]:
         at = ", ".join(str(r) for r in rates)
         reasons.append(f"audio resampled to {at} Hz (distributed at {facts.distributed_rate} Hz)")
     seconds = facts.source_seconds
-    if seconds is not None and facts.found > 1 and seconds[0] == seconds[1]:
+    if seconds is not None and facts.found + facts.extra > 1 and seconds[0] == seconds[1]:
         reasons.append(f"audio trimmed to {seconds[0]:.2f} s")
     return reasons
 

@@ -33,7 +33,7 @@ def source_audio(paths: list[str]) -> dict:
 
 def _order(dataset: DatasetConfig, manifest: pd.DataFrame, canonical: pd.DataFrame | None) -> str:
     """Why the manifest's sample order is not the authors' ("" when it is, or cannot be told)."""
-    if caveat := corpus_caveat(dataset, manifest):
+    if "file" in manifest and (caveat := corpus_caveat(dataset, manifest)):
         return f"{AUTHORS_ORDER} ({caveat.split(':')[0]})"
     if canonical is not None and len(manifest) == len(canonical):
         if list(manifest.stem) != list(canonical.stem):

@@ -107,12 +107,10 @@ def published_columns(row: dict, entry: dict, config: dict, policy: str, baselin
 
 def study_gate(record: dict, roots: Roots, entry: dict):
     """The published-number gate of one run of the study: its feature file's facts, the study's quick mode."""
-    mfcc = Path(read_run_record(run_dir(entry["run_id"], roots.models))["mfcc"])
-    facts = None
 
     def gate(config: dict, policy: str, source: str) -> list[str]:
-        nonlocal facts
-        facts = facts or feature_facts(mfcc, Config.from_dict(config).dataset)
+        mfcc = Path(read_run_record(run_dir(entry["run_id"], roots.models))["mfcc"])
+        facts = feature_facts(mfcc, Config.from_dict(config).dataset)
         return not_comparable(config, facts, policy, source, bool(record.get("quick")))
 
     return gate
