@@ -66,7 +66,7 @@ def _read(roots: Roots, entry: dict, policy: str) -> RunUnits | None:
         return None
 
 
-def result_row(entry: dict, units: RunUnits | None, policy: str, baseline: str, gate=None) -> dict:
+def result_row(entry: dict, units: RunUnits | None, policy: str, baseline: str, gate) -> dict:
     """One run at one checkpoint policy: per-fold mean with CI, pooled, and the published number it compares to
     (`gate`: `study_gate`'s, the reasons it may not)."""
     row = {"dataset": entry["dataset"], "protocol": entry["protocol"], "variant": entry["variant"]}
