@@ -82,7 +82,10 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
 
     summary = pd.read_excel(tmp_path / "Results" / SUMMARY_NAME)
     assert list(summary.run) == [run.run_id]
-    assert summary.paper_war[0] == 95.70 and summary.authors_2023_war[0] == 90.28
+    # published numbers only beside their setting (tests/test_published.py): here the reason, never the number
+    assert summary.paper_war[0].startswith("not comparable: 2 folds, 2 epochs, checkpoint last (the paper's: best")
+    assert summary.authors_2023_war[0].startswith("not comparable: 2 folds, 2 epochs, features.signal_length 16000")
+    assert summary.folds[0] == 2
     assert summary.war_mean[0] == pytest.approx(folds.war[:2].mean(), abs=0.01)
     assert summary.war_std[0] == pytest.approx(folds.war[3], abs=0.006) and summary.uar_std[0] == pytest.approx(
         folds.uar[3], abs=0.006

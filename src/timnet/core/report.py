@@ -7,6 +7,7 @@ and a run's workbook is never overwritten (each run has its own id).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,12 @@ from .config import Config
 from .errors import TimnetError
 from .locks import exclusive
 from .metrics import METRICS, fold_statistics, mean_std, prediction_table, table_confusion
+from .published import NOT_PUBLISHED, FeatureFacts, not_comparable, number_text, published_cell, published_numbers
 
 SUMMARY_NAME = "Accuracy Analysis Summary.xlsx"
+# published source (`published.PUBLISHED`) -> its columns in the summary (`paper_war`, ...) and how lines name it
+SUMMARY_COLUMNS = {"paper": "paper", "update_2023": "authors_2023"}
+SUMMARY_LABELS = {"paper": "paper (best epoch on the test fold)", "update_2023": "authors' 2023 update (last epoch)"}
 
 
 def config_sheet(cfg: Config) -> pd.DataFrame:
@@ -52,15 +57,19 @@ def write_evaluation(path: Path, ev, cfg: Config, source: str) -> Path:
     )
 
 
-def summary_row(run_id: str, cfg: Config, folds: pd.DataFrame, seeds: list[int]) -> dict:
-    """One line of the cross-run summary: mean ± sample std over folds (and seeds), beside published numbers."""
-    t, p = cfg.train, cfg.published
+def summary_row(
+    run_id: str, cfg: Config, folds: pd.DataFrame, seeds: list[int], facts: FeatureFacts, folds_made: int
+) -> dict:
+    """One line of the cross-run summary: mean ± sample std over folds (and seeds), beside the published numbers
+    where the run is their setting (`published.not_comparable`; else the reason). `folds_made`: the folds the
+    protocol made (fewer than asked where a corpus has fewer speakers or texts)."""
+    t = cfg.train
     row = {
         "run": run_id,
         "dataset": cfg.dataset.name,
         "protocol": t.protocol,
         "checkpoint": t.checkpoint_label,
-        "folds": t.folds,
+        "folds": folds_made,
         "epochs": t.epochs,
         "seeds": ",".join(map(str, seeds)),
         "utterances": int(folds.n_test.sum()),
@@ -71,20 +80,19 @@ def summary_row(run_id: str, cfg: Config, folds: pd.DataFrame, seeds: list[int])
         row[f"{metric}_mean"] = round(stats[f"{metric}_mean"], 2)
         row[f"{metric}_std"] = round(stats[f"{metric}_std"], 2)
         row[f"{metric}_std_over_seeds"] = round(mean_std(per_seed)[1], 2)
-    row.update(
-        {
-            "paper_war": p.paper_war,
-            "paper_uar": p.paper_uar,
-            "authors_2023_war": p.update_2023_war,
-            "authors_2023_uar": p.update_2023_uar,
-        }
-    )
+    for source, column in SUMMARY_COLUMNS.items():
+        numbers = published_numbers(cfg.published, source)
+        if all(math.isnan(v) for v in numbers.values()):
+            row |= {f"{column}_{metric}": NOT_PUBLISHED for metric in numbers}
+            continue
+        reasons = not_comparable(cfg.to_dict(), facts, t.checkpoint, source)
+        row |= {f"{column}_{metric}": published_cell(value, reasons) for metric, value in numbers.items()}
     return row
 
 
 def summary_lines(run_id: str, summary: dict) -> list[str]:
-    """A run's result as the CLI and train.ipynb print it; published numbers only where the dataset has them and
-    only beside the protocol they were measured with (the authors' random folds)."""
+    """A run's result as the CLI and train.ipynb print it; beside it each published number the run may be compared
+    with, or why not (nothing where the dataset has none)."""
     s = summary
     protocol = s.get("protocol", "random")
     lines = [
@@ -92,16 +100,16 @@ def summary_lines(run_id: str, summary: dict) -> list[str]:
         f"  UAR {s['uar_mean']:.2f} ± {s['uar_std']:.2f}  macro-F1 {s['f1_mean']:.2f} ± {s['f1_std']:.2f} "
         "(mean ± sample std over folds)"
     ]
-    published = [
-        f"{what}: WAR {s[key]:.2f}"
-        for key, what in (
-            ("paper_war", "paper (best epoch on the test fold)"),
-            ("authors_2023_war", "authors' 2023 update (last epoch)"),
-        )
-        if s.get(key) is not None and not np.isnan(s[key])
-    ]
-    if published and protocol != "random":
-        published = [f"published numbers are for the authors' random folds, not comparable to protocol {protocol}"]
+    published = []
+    for source, column in SUMMARY_COLUMNS.items():
+        war, uar = s.get(f"{column}_war", NOT_PUBLISHED), s.get(f"{column}_uar", NOT_PUBLISHED)
+        if war == uar == NOT_PUBLISHED:
+            continue
+        what = SUMMARY_LABELS[source]
+        if isinstance(war, str) and war.startswith("not comparable"):
+            published.append(f"{what}: {war}")
+        else:
+            published.append(f"{what}: WAR {number_text(war)} · UAR {number_text(uar)}")
     notes = [s[key] for key in ("leakage", "calibration") if s.get(key)]
     return lines + ([" · ".join(published)] if published else []) + notes
 

@@ -341,7 +341,8 @@ class Corpus:
     complete file list in the authors' terms (`files`: stems and labels; None when unknown), and the rule
     that turns a found file into that list's stem (`stem`, from the file's stem and speaker); `strict`: labels that
     are not classes are flagged (else quietly left out); `caveat`: what every run on it must say (a warning);
-    `sentence`: the text id of a stem (None: the reader's own, or unknown)."""
+    `sentence`: the text id of a stem (None: the reader's own, or unknown); `rate`: the sample rate (Hz) it is
+    distributed at (None: unknown), what the published numbers were measured on."""
 
     name: str
     scan: Callable[[Path, DatasetConfig], Scan]
@@ -350,16 +351,19 @@ class Corpus:
     strict: bool = False
     caveat: str = ""
     sentence: Callable[[str], str] | None = None
+    rate: int | None = None
 
 
 # Keyed by the config's `dataset.reader` (DatasetConfig.READERS names these keys, so a config is checked on load).
 CORPORA: dict[str, Corpus] = {
-    "emodb": Corpus("EMODB", scan_emodb, _emodb_files, sentence=_matched(_EMODB, "text")),
-    "ravdess": Corpus("RAVDESS", scan_ravdess, _ravdess_files, sentence=_matched(_RAVDESS, "stmt")),
-    "savee": Corpus("SAVEE", scan_savee, _savee_files, savee_stem, sentence=_matched(_SAVEE_STEM, "sentence")),
-    "emovo": Corpus("EMOVO", scan_emovo, _emovo_files, sentence=_matched(_EMOVO, "sent")),
-    "iemocap": Corpus("IEMOCAP", scan_iemocap, sentence=_iemocap_sentence),
-    "casia": Corpus("CASIA", scan_casia, caveat=CASIA_ORDER, sentence=_matched(_CASIA_STEM, "sentence")),
+    "emodb": Corpus("EMODB", scan_emodb, _emodb_files, sentence=_matched(_EMODB, "text"), rate=16000),
+    "ravdess": Corpus("RAVDESS", scan_ravdess, _ravdess_files, sentence=_matched(_RAVDESS, "stmt"), rate=48000),
+    "savee": Corpus(
+        "SAVEE", scan_savee, _savee_files, savee_stem, sentence=_matched(_SAVEE_STEM, "sentence"), rate=44100
+    ),
+    "emovo": Corpus("EMOVO", scan_emovo, _emovo_files, sentence=_matched(_EMOVO, "sent"), rate=48000),
+    "iemocap": Corpus("IEMOCAP", scan_iemocap, sentence=_iemocap_sentence, rate=16000),
+    "casia": Corpus("CASIA", scan_casia, caveat=CASIA_ORDER, sentence=_matched(_CASIA_STEM, "sentence"), rate=16000),
     "folders": Corpus("", scan_folders),
     "pattern": Corpus("", scan_pattern, strict=True),
 }

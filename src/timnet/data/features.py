@@ -21,11 +21,13 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from ..core.atomic import write_json
 from ..core.config import Config, FeatureSettings
 from ..core.errors import BadAudioError, TimnetError
 from ..core.progress import Bar
 from ..core.version import __version__
 from .corpora import build_manifest
+from .feature_facts import source_audio
 from .feature_files import (
     FeatureSet,
     fingerprint,
@@ -265,7 +267,12 @@ def preprocess(
     record = read_feature_record(npy)
     if npy.exists():
         if record and record.get("fingerprint") == fp and record.get("npy_sha256") == sha256(npy):
-            return PreprocessResult(npy, int(record["count"]), [tuple(s) for s in record.get("skipped", [])], True)
+            skipped = [tuple(s) for s in record.get("skipped", [])]
+            if "source_sample_rates" not in record:  # written before the source audio was recorded: add it now
+                bad = {s[0] for s in skipped}
+                paths = [path for file, path in zip(manifest.file, manifest.path) if file not in bad]
+                write_json(sidecars(npy)[1], {**record, **source_audio(paths)})
+            return PreprocessResult(npy, int(record["count"]), skipped, True)
         if not overwrite:
             why = _describe_change(npy, record, manifest, settings) if record else "it was not written by timnet"
             raise TimnetError(
@@ -286,6 +293,7 @@ def preprocess(
         "settings": dataclasses.asdict(settings),
         "fingerprint": fp,
         "skipped": skipped,
+        **source_audio(list(good_manifest.path)),  # what the published-number gate judges the audio by
         "timnet_version": __version__,
         "librosa_version": _librosa_version(),
     }

@@ -6,8 +6,9 @@ way; seeds averaged within a fold, n = folds) with two 95 % confidence intervals
 the corrected resampled t (Nadeau & Bengio 2003), the one to cite, and the plain Student t, anti-conservative over
 cross-validation folds (their training parts overlap); and pooled over every test prediction (another number: folds
 of different sizes weigh differently); the paper's number (best epoch on the test fold) and the
-authors' 2023 update (last epoch) beside the policy they were measured with, only under the random protocol they
-used, with the difference. Each variant against the baseline on the same folds: `analysis.compare`'s paired
+authors' 2023 update (last epoch) beside the policy they were measured with, with the difference, only where the
+run is their setting (`core.published`: corpus, audio, sample order, protocol, folds, epochs, seed, settings;
+else the reason). Each variant against the baseline on the same folds: `analysis.compare`'s paired
 statistics. A quick study says so on every table and at the top of the page.
 """
 
@@ -17,6 +18,7 @@ import base64
 import html
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,8 +29,10 @@ from ..core.atomic import write_bytes
 from ..core.config import Config
 from ..core.errors import TimnetError
 from ..core.metrics import scores
+from ..core.published import NOT_PUBLISHED, PUBLISHED, not_comparable, number_text, published_numbers, verdict
 from ..core.report import pyplot, write_workbook
-from ..training.runs import Roots
+from ..data.feature_facts import feature_facts
+from ..training.runs import Roots, read_run_record, run_dir
 
 CI_COLUMNS = ("t_ci_low", "t_ci_high", "corrected_t_ci_low", "corrected_t_ci_high")
 CI_NOTE = (
@@ -36,7 +40,7 @@ CI_NOTE = (
     "the one to cite, and in parentheses the plain Student t, anti-conservative over cross-validation folds because "
     "their training parts overlap."
 )
-PUBLISHED = {"best-test": ("paper", "paper"), "last": ("authors' 2023 update", "update_2023")}
+SOURCE_OF = {policy: source for source, (_, policy) in PUBLISHED.items()}  # best-test -> paper, last -> 2023
 POLICY_LABELS = {
     "best-test": "best-test (epoch picked on the test fold: the paper's, optimistic)",
     "best-val": "best-val (epoch picked on validation carved from training)",
@@ -60,8 +64,9 @@ def _read(roots: Roots, entry: dict, policy: str) -> RunUnits | None:
         return None
 
 
-def result_row(entry: dict, units: RunUnits | None, policy: str, baseline: str) -> dict:
-    """One run at one checkpoint policy: per-fold mean with CI, pooled, and the published number it compares to."""
+def result_row(entry: dict, units: RunUnits | None, policy: str, baseline: str, gate) -> dict:
+    """One run at one checkpoint policy: per-fold mean with CI, pooled, and the published number it compares to
+    (`gate`: `study_gate`'s, the reasons it may not)."""
     row = {"dataset": entry["dataset"], "protocol": entry["protocol"], "variant": entry["variant"]}
     row |= {"checkpoint": POLICY_LABELS[policy], "run": entry["run_id"]}
     if units is None:
@@ -78,18 +83,40 @@ def result_row(entry: dict, units: RunUnits | None, policy: str, baseline: str) 
         notes += [f"{metric.upper()}: {over_folds['note']}"] if over_folds["note"] else []
     if notes:
         row["note"] = "; ".join(notes)
-    published = Config.from_dict(units.config).published
+    return row | published_columns(row, entry, units.config, policy, baseline, gate)
+
+
+def published_columns(row: dict, entry: dict, config: dict, policy: str, baseline: str, gate) -> dict:
+    """The published number a run read at `policy` stands beside, with the difference, or why none: another
+    variant, a policy nothing was published for, or what `gate(config, policy, source)` (the published-number
+    gate's reasons) finds not the published setting."""
     if entry["variant"] != baseline:  # the published numbers are the full model's
-        row["published"] = f"none for {entry['variant']} (see the ablations table: paired against {baseline})"
-    elif policy in PUBLISHED and entry["protocol"] == "random":
-        name, key = PUBLISHED[policy]
-        row["published"] = name
-        for metric in ("war", "uar"):
-            row[f"published_{metric}"] = getattr(published, f"{key}_{metric}")
-            row[f"{metric}_minus_published"] = row[f"{metric}_per_fold_mean"] - row[f"published_{metric}"]
-    elif policy in PUBLISHED:
-        row["published"] = f"none for protocol {entry['protocol']} (the published numbers use random folds)"
-    return row
+        return {"published": f"none for {entry['variant']} (see the ablations table: paired against {baseline})"}
+    source = SOURCE_OF.get(policy)
+    if source is None:
+        return {"published": f"none for checkpoint {policy} (published: best-test and last)"}
+    name = PUBLISHED[source][0]
+    numbers = published_numbers(Config.from_dict(config).published, source)
+    if all(math.isnan(v) for v in numbers.values()):
+        return {"published": f"{name}: {NOT_PUBLISHED} for {entry['dataset']}"}
+    if reasons := gate(config, policy, source):
+        return {"published": f"{name}: {verdict(reasons)}"}
+    out = {"published": name}
+    for metric, value in numbers.items():
+        out[f"published_{metric}"] = value
+        out[f"{metric}_minus_published"] = row[f"{metric}_per_fold_mean"] - value
+    return out
+
+
+def study_gate(record: dict, roots: Roots, entry: dict):
+    """The published-number gate of one run of the study: its feature file's facts, the study's quick mode."""
+
+    def gate(config: dict, policy: str, source: str) -> list[str]:
+        mfcc = Path(read_run_record(run_dir(entry["run_id"], roots.models))["mfcc"])
+        facts = feature_facts(mfcc, Config.from_dict(config).dataset)
+        return not_comparable(config, facts, policy, source, bool(record.get("quick")))
+
+    return gate
 
 
 def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
@@ -99,7 +126,9 @@ def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
     results, ablations = [], []
     for policy in policies:
         read = {e["run_id"]: _read(roots, e, policy) for e in record["runs"]}
-        results += [result_row(e, read[e["run_id"]], policy, baseline) for e in record["runs"]]
+        results += [
+            result_row(e, read[e["run_id"]], policy, baseline, study_gate(record, roots, e)) for e in record["runs"]
+        ]
         for entry in record["runs"]:
             base = next(
                 (b for b in record["runs"] if b["variant"] == baseline and b["dataset"] == entry["dataset"]
@@ -192,8 +221,9 @@ def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes
     parts += [f"<style>{style}</style></head><body><h1>Study {html.escape(record['study'])}</h1>", banner]
     parts.append(
         f"<p>WAR/UAR: mean of the per-fold values (the authors' way) with 95 % confidence intervals. {CI_NOTE} "
-        "Pooled: over every test prediction at once. Published numbers only beside the protocol and checkpoint "
-        "policy they were measured with.</p>"
+        "Pooled: over every test prediction at once. Published numbers only beside a run of the setting they "
+        "were measured with (the complete corpus as distributed, the authors' sample order, random folds, their "
+        "folds, epochs, seed and settings, the same checkpoint policy); otherwise the column says why not.</p>"
     )
     sections = [
         ("Results", "results", "results"),
@@ -223,6 +253,10 @@ def _cell(row: pd.Series, metric: str) -> str:
     return f"{mean:.2f}{interval} · pooled {row[f'{metric}_pooled']:.2f}"
 
 
+def _signed(value: float) -> str:
+    return "—" if pd.isna(value) else f"{value:+.2f}"
+
+
 def markdown(record: dict, results: pd.DataFrame) -> str:
     """The results table as Markdown, to paste beside a paper's (a README, a lab note), with the mode above it."""
     head = ["dataset", "protocol", "variant", "checkpoint", "WAR % per-fold mean [95 % CI] (plain t) · pooled"]
@@ -231,10 +265,11 @@ def markdown(record: dict, results: pd.DataFrame) -> str:
     lines = [f"Study `{record['study']}` ({mode_label(record)})", "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "---|" * len(head))
     for _, row in results.iterrows():
-        published = diff = ""
+        published, diff = row.get("published", ""), ""
+        published = "" if pd.isna(published) else published
         if not pd.isna(row.get("published_war", math.nan)):
-            published = f"{row['published']}: {row['published_war']:.2f} / {row['published_uar']:.2f}"
-            diff = f"{row['war_minus_published']:+.2f} / {row['uar_minus_published']:+.2f}"
+            published = f"{row['published']}: {number_text(row['published_war'])} / {number_text(row['published_uar'])}"
+            diff = " / ".join(_signed(row[f"{m}_minus_published"]) for m in ("war", "uar"))
         cells = [row.dataset, row.protocol, row.variant, row.checkpoint.split(" (")[0]]
         cells += [_cell(row, "war") or row.get("note", ""), _cell(row, "uar"), published, diff]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

@@ -44,6 +44,7 @@ from ..core.report import (
 from ..core.validation import check_choice
 from ..data.corpora import corpus_caveat
 from ..data.feature_cache import share_features, without_samples
+from ..data.feature_facts import feature_facts
 from ..data.features import FeatureSet, load_features
 from ..data.leakage import audit, leakage_line
 from ..data.splits import protocol_folds, validation_split
@@ -51,7 +52,7 @@ from .cluster import cluster_has_gpus, run_units_on_ray
 from .device_timing import auto_device
 from .pack import reference_model
 from .pool import plan_workers, run_units
-from .runs import Roots, RunPaths, UnitResult, create_run, new_run_id, open_run, unit_name
+from .runs import Roots, RunPaths, UnitResult, create_run, new_run_id, open_run, read_run_record, unit_name
 from .unit import UnitJob, should_compile
 
 
@@ -300,11 +301,12 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
     calibration = calibration_sheets(results, features.y)
     sheets = run_sheets(paths.run_id, cfg, folds, predictions, caveat, {"leakage": leakage, **calibration})
     workbook = write_workbook(paths.workbook, sheets, overwrite=True)
-    summary = summary_row(paths.run_id, cfg, folds, cfg.train.run_seeds)
+    folds_made = len(leakage) - 1  # the protocol's folds (fewer than asked where a corpus has fewer groups)
+    facts = feature_facts(Path(read_run_record(paths.models)["mfcc"]), cfg.dataset, features.manifest)
+    summary = summary_row(paths.run_id, cfg, folds, cfg.train.run_seeds, facts, folds_made)
     pooled = calibration["calibration"].iloc[-1]
     summary |= {"ece": pooled.ece_before, "ece_calibrated": pooled.ece_after}
     summary |= {"leakage": leakage_line(leakage), "calibration": calibration_line(calibration)}
-    folds_made = len(leakage) - 1  # the protocol's folds (fewer than asked where a corpus has fewer groups)
     summary["complete"] = len({(r.seed, r.fold) for r in results}) == folds_made * len(cfg.train.run_seeds)
     append_summary(paths.results, summary)
     what = f"{cfg.dataset.name} run {paths.run_id}"
