@@ -192,7 +192,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc,
             os.kill(seen["pid"], signal.SIGCONT)  # its cancellation can now take effect
     assert interrupted and "run_id" in seen, f"fold 1 not interrupted mid-unit: {seen}"
     run_id = seen["run_id"]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # Ray cancels and reaps its workers slowly on a loaded machine
     while any(ray_worker_of(f"{run_id}/fold_{k}") for k in (1, 2)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(ray_worker_of(f"{run_id}/fold_{k}") for k in (1, 2)), "a cancelled task still runs"

@@ -121,7 +121,7 @@ def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_pat
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a start (imports, worker processes) on a loaded machine
     while time.time() < deadline:
         histories = list((tmp_path / "killed" / "L").glob("*/fold_*.csv"))
         if len(histories) == 2 and min(len(pd.read_csv(h)) for h in histories) >= 3:
@@ -129,7 +129,7 @@ def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_pat
         time.sleep(0.05)
     victim = pool_workers_of(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err
     errors = [line for line in err.splitlines() if line.startswith("timnet: error")]
     assert len(errors) == 1 and f"its worker process {victim} died (killed by signal 9" in errors[0], err

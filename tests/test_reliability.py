@@ -59,7 +59,7 @@ def test_a_full_disk_then_two_resumes_at_once_then_a_killed_holder(tmp_path, mfc
     dirs = ["--models", str(root / "Models"), "--logs", str(root / "logs"), "--results", str(root / "Results")]
     holder = subprocess.Popen(train_cli("--resume", run.name, *dirs), stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # the holder starts (imports) on a loaded machine
         while not (run / "writer.json").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         with pytest.raises(TimnetError) as refused:
