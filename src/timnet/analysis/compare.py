@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import TimnetError
+from ..core.metrics import scores
 from ..data.feature_files import load_features
 from ..training.runs import features_unchanged, read_run_record, run_dir
 
@@ -33,8 +34,8 @@ class RunUnits:
     dataset: str
     protocol: str
     seeds: set
-    metrics: dict  # key (seed, fold) -> {"war": %, "uar": %, "f1": %}
-    tests: dict  # key -> DataFrame[stem, label, predicted, correct] (class indices)
+    metrics: dict  # key (seed, fold) -> {"war": %, "uar": %, "f1": %}; a fold's cells pooled (speaker-sentence)
+    tests: dict  # key -> DataFrame[stem, label, predicted, correct, speaker] (class indices)
     config: dict  # the run's config (as its record holds it)
 
 
@@ -49,7 +50,8 @@ def read_units(run: str | Path, models_root: Path = Path("Models"), policy: str 
     if not features_unchanged(record):
         raise TimnetError(f"{mfcc}: the features of run {path.name} are missing or changed — compare needs its labels")
     classes = record["config"]["dataset"]["classes"]
-    labels = load_features(mfcc, classes, trust_pickle=True).manifest.set_index("stem").class_index  # the run's own
+    manifest = load_features(mfcc, classes, trust_pickle=True).manifest.set_index("stem")  # the run's own labels
+    labels = manifest.class_index
     metrics, tests = {}, {}
     for unit in record["folds"]:
         file = path / f"{unit['unit']}.pt"
@@ -60,13 +62,16 @@ def read_units(run: str | Path, models_root: Path = Path("Models"), policy: str 
         if chosen is None:
             raise TimnetError(f"{file}: no {policy} checkpoint in this unit (it was trained for {saved['checkpoint']})")
         key = (unit["seed"], unit["fold"])
-        metrics[key] = chosen["metrics"]
         predicted = chosen["test_probs"].numpy().argmax(axis=1)
         stems = list(saved["test_stems"])
         truth = labels.loc[stems].to_numpy()
-        tests[key] = pd.DataFrame(
-            {"stem": stems, "label": truth, "predicted": predicted, "correct": predicted == truth}
-        )
+        table = pd.DataFrame({"stem": stems, "label": truth, "predicted": predicted, "correct": predicted == truth})
+        table["speaker"] = manifest.speaker.loc[stems].astype(str).to_numpy()
+        if key in tests:  # another cell of the fold (speaker-sentence): the fold's scores are of its cells pooled
+            tests[key] = pd.concat([tests[key], table], ignore_index=True)
+            metrics[key] = scores(tests[key].label.to_numpy(), tests[key].predicted.to_numpy())
+        else:
+            tests[key], metrics[key] = table, chosen["metrics"]
     if not metrics:
         raise TimnetError(f"{path}: no finished units — train (or resume) the run first")
     config = record["config"]
