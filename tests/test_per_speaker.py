@@ -1,0 +1,116 @@
+"""Results per speaker (every run's `speakers` sheet) and speaker-sentence runs whose folds pool their cells: the
+numbers recomputed from the predictions, the cells trained once each, resumed where they stopped."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SHORT
+
+from timnet import load_config
+from timnet.analysis.compare import read_units
+from timnet.core.errors import TimnetError
+from timnet.core.metrics import scores, speaker_table
+from timnet.training.run import run_training
+
+
+def test_speaker_table_pools_folds_and_averages_seeds():
+    """Speaker A: seed 1 gets 3 of 4 right (folds 1 and 2 pooled), seed 2 gets 1 of 4: WAR (75 + 25) / 2."""
+    rows = [(1, 1, "A", "x", "x"), (1, 1, "A", "y", "y"), (1, 2, "A", "x", "x"), (1, 2, "A", "y", "x")]
+    rows += [(2, 1, "A", "x", "x"), (2, 1, "A", "y", "x"), (2, 2, "A", "x", "y"), (2, 2, "A", "y", "x")]
+    rows += [(1, 3, "", "x", "x"), (2, 3, "", "x", "y")]  # a speaker the corpus does not name
+    table = speaker_table(pd.DataFrame(rows, columns=["seed", "fold", "speaker", "label", "predicted"]))
+    assert table.speaker.tolist() == ["A", "unknown"] and table.n.tolist() == [4, 1]
+    assert table.war.tolist() == [50.0, 50.0] and table.folds.tolist() == ["1,2", "3"]
+    assert table.uar[0] == pytest.approx((75.0 + 25.0) / 2)  # seed 1: recalls x 1, y 1/2; seed 2: x 1/2, y 0
+
+
+def test_every_run_workbook_has_a_speakers_sheet_that_recomputes_from_its_predictions(trained_run):
+    _, _, run = trained_run
+    book = pd.read_excel(run.workbook, sheet_name=None, dtype={"speaker": str})
+    speakers, predictions = book["speakers"], book["predictions"]
+    assert speakers.speaker.tolist() == ["03", "08", "09", "10"]
+    assert speakers.n.sum() == len(predictions) == 84
+    for row in speakers.itertuples():
+        mine = predictions[predictions.speaker == row.speaker]
+        expected = scores(mine.label.to_numpy(), mine.predicted.to_numpy())
+        assert row.n == len(mine) == 21
+        assert row.war == pytest.approx(expected["war"]) and row.uar == pytest.approx(expected["uar"])
+        assert row.folds == ",".join(map(str, sorted(mine.fold.unique())))
+
+
+def speaker_sentence_run(root, mfcc, only_folds=None, resume=None):
+    cfg = None if resume else load_config("EMODB", {**SHORT, "train.protocol": "speaker-sentence"})
+    if cfg is not None:
+        cfg.train.folds, cfg.train.epochs = 2, 1
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        run = run_training(
+            cfg, None if resume else mfcc, root / "Models", root / "logs", root / "Results", resume=resume,
+            device="cpu", progress=False, only_folds=only_folds, workers=1, threads=1,
+        )  # fmt: skip
+    return run, [str(w.message) for w in said]
+
+
+def test_speaker_sentence_run_trains_each_cell_once_and_its_folds_pool_them(tmp_path, mfcc):
+    """2 speaker groups x 2 sentence groups (4 speakers, 3 texts): 4 units, said before training; fold 1 first,
+    then the resume trains fold 2's cells only; the folds sheet has 2 folds, each its cells pooled."""
+    first, said = speaker_sentence_run(tmp_path, mfcc, only_folds=[1])
+    assert any("2 speaker groups x 2 sentence groups = 4 units" in line for line in said)
+    models = tmp_path / "Models" / first.run_id
+    record = json.loads((models / "config.json").read_text())
+    units = ["fold_1_cell1", "fold_1_cell2", "fold_2_cell1", "fold_2_cell2"]
+    assert [u["unit"] for u in record["folds"]] == units and [u["cell"] for u in record["folds"]] == [1, 2, 1, 2]
+    tested = [s for u in record["folds"] for s in u["test_stems"]]
+    assert len(tested) == len(set(tested)) == 84  # every utterance in one cell's test part
+    assert sorted(p.stem for p in models.glob("fold_*.pt")) == units[:2]
+    stamps = {u: (models / f"{u}.pt").stat().st_mtime_ns for u in units[:2]}
+    run, _ = speaker_sentence_run(tmp_path, None, resume=first.run_id)
+    assert sorted(p.stem for p in models.glob("fold_*.pt")) == units and run.summary["complete"]
+    assert {u: (models / f"{u}.pt").stat().st_mtime_ns for u in units[:2]} == stamps  # finished cells not redone
+
+    book = pd.read_excel(run.workbook, sheet_name=None)
+    folds, cells, predictions = book["folds"], book["cells"], book["predictions"]
+    assert folds.fold.tolist() == [1, 2, "mean", "std"] and folds.cells[:2].tolist() == [2, 2]
+    assert cells[["fold", "cell"]].values.tolist() == [[1, 1], [1, 2], [2, 1], [2, 2]]
+    assert folds.n_test[:2].tolist() == cells.groupby("fold").n_test.sum().tolist()
+    assert len(predictions) == 84 and predictions.stem.is_unique and set(predictions.cell) == {1, 2}
+    for k in (1, 2):
+        mine = predictions[predictions.fold == k]
+        assert folds.war[k - 1] == pytest.approx((mine.label == mine.predicted).mean() * 100)
+        assert not set(mine.speaker) & set(predictions[predictions.fold != k].speaker)  # a fold = a speaker group
+    assert folds.war[2] == pytest.approx(folds.war[:2].mean())  # the mean is over the 2 folds, not the 4 cells
+    leakage = book["leakage"]
+    assert leakage.iloc[-1].n_test == 84 and leakage.iloc[-1].shared_speaker == leakage.iloc[-1].shared_sentence == 0
+
+    units = read_units(run.run_id, tmp_path / "Models")  # compare and the study: a fold's cells are one unit
+    seed = record["config"]["train"]["seed"]
+    assert sorted(units.metrics) == [(seed, 1), (seed, 2)]
+    for (_, fold), metrics in units.metrics.items():
+        assert len(units.tests[(seed, fold)]) == folds.n_test[fold - 1]
+        for metric in ("war", "uar", "f1"):
+            assert metrics[metric] == pytest.approx(folds[metric][fold - 1])
+
+
+def test_resume_refuses_a_run_planned_with_other_units(tmp_path, mfcc):
+    """A run whose record names other units (e.g. speaker-sentence folds made before they had cells) is not
+    resumed with this version's units: one line, before anything trains."""
+    cfg = load_config("EMODB", {**SHORT, "train.protocol": "speaker-sentence", "train.folds": 2, "train.epochs": 1})
+    from timnet.training.run import prepare_run
+    from timnet.training.runs import Roots
+
+    roots = Roots(tmp_path / "Models", tmp_path / "logs", tmp_path / "Results")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = prepare_run(cfg, mfcc, roots, device="cpu")
+    path = roots.models / run.paths.run_id / "config.json"
+    record = json.loads(path.read_text())
+    record["folds"] = [{**u, "unit": f"fold_{u['fold']}"} for u in record["folds"] if u["cell"] == 1]
+    path.write_text(json.dumps(record))
+    with pytest.raises(TimnetError, match=r"planned with other units .* start a new run$") as err:
+        prepare_run(None, None, roots, resume=run.paths.run_id, device="cpu")
+    assert "\n" not in str(err.value) and not np.any([p.suffix == ".pt" for p in path.parent.iterdir()])
