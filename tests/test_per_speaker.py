@@ -114,3 +114,36 @@ def test_resume_refuses_a_run_planned_with_other_units(tmp_path, mfcc):
     with pytest.raises(TimnetError, match=r"planned with other units .* start a new run$") as err:
         prepare_run(None, None, roots, resume=run.paths.run_id, device="cpu")
     assert "\n" not in str(err.value) and not np.any([p.suffix == ".pt" for p in path.parent.iterdir()])
+
+
+def test_a_study_of_a_grouped_protocol_reports_and_draws_each_speaker(tmp_path, mfcc):
+    """speaker-sentence on 4 speakers: a speakers sheet (4 speakers x 2 policies) equal, at the run's own policy, to
+    the run workbook's speakers sheet, a figure of them on the page, and results over the 2 pooled folds."""
+    from timnet.studies.study import run_study
+    from timnet.studies.sweep import Execution
+    from timnet.training.runs import Roots
+
+    path = tmp_path / "grouped.toml"
+    path.write_text(
+        'name = "grouped"\ndatasets = ["EMODB"]\nprotocols = ["speaker-sentence"]\n'
+        'checkpoints = ["best-test", "last"]\n'
+        '[set]\n"features.signal_length" = 16000\n"train.folds" = 2\n"train.epochs" = 1\n'
+        f'[mfcc]\nEMODB = "{mfcc}"\n'
+    )
+    roots = Roots(tmp_path / "Models", tmp_path / "logs", tmp_path / "Results")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record, report = run_study(path, how=Execution(roots, device="cpu", workers=1, threads=1, progress=False))
+    tables = report["tables"]
+    assert tables["results"].units.tolist() == [2, 2]  # the 4 cells pooled into 2 folds, at each policy
+    speakers = tables["speakers"]
+    assert len(speakers) == 8 and speakers.speaker.tolist() == ["03", "08", "09", "10"] * 2
+    run = record["runs"][0]["run_id"]
+    own = pd.read_excel(roots.results / f"{run}.xlsx", sheet_name="speakers", dtype={"speaker": str})
+    best = speakers[speakers.checkpoint.str.startswith("best-test")].reset_index(drop=True)
+    assert best.speaker.tolist() == own.speaker.tolist() and best.n.tolist() == own.n.tolist()
+    assert best.war.tolist() == pytest.approx(own.war.tolist()) and best.uar.tolist() == pytest.approx(own.uar.tolist())
+    assert best.folds.astype(str).tolist() == own.folds.astype(str).tolist()
+    assert set(pd.read_excel(report["xlsx"], sheet_name=None)) >= {"results", "speakers"}
+    page = report["html"].read_text()
+    assert "id='figure-speakers'" in page and page.count("data:image/png;base64,") == 2  # results, speakers
