@@ -20,8 +20,8 @@ from ..core.config import Config, TIMNetConfig
 from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..data.features import FeatureSet, load_features
 from ..model.network import TIMNet
-from .runs import UnitResult
-from .unit import ProgressReport, UnitJob, UnitTrainer, finished_result
+from .runs import UnitResult, load_result
+from .unit import ProgressReport, UnitJob, UnitTrainer
 
 
 def reference_model(cfg: Config, device: torch.device | str) -> TIMNet:
@@ -123,7 +123,7 @@ def train_pack(
     for job in jobs:
         if job not in todo:
             report({**events[job.key], "event": "done", "epoch": cfg.train.epochs})
-            results[job.key] = finished_result(job)
+            results[job.key] = load_result(job.final_path, job.cell)
     if todo:
         features = features if features is not None else load_features(Path(todo[0].mfcc_file), cfg.dataset.classes)
         with on_device(todo[0].device):

@@ -202,7 +202,8 @@ class UnitResult:
     cell: int = 0  # the fold's cell (`data.splits.Split`); named by the unit, not saved in its file
 
 
-def load_result(path: Path) -> UnitResult:
+def load_result(path: Path, cell: int = 0) -> UnitResult:
+    """A finished unit's result from its file; its `cell` is the job's (named by the unit, not kept in the file)."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     return UnitResult(
         saved["fold"],
@@ -214,6 +215,7 @@ def load_result(path: Path) -> UnitResult:
         saved["test_probs"].numpy(),
         pd.DataFrame(saved["history"]),
         saved.get("temperature"),
+        cell,
     )
 
 
