@@ -147,3 +147,19 @@ def test_a_study_of_a_grouped_protocol_reports_and_draws_each_speaker(tmp_path, 
     assert set(pd.read_excel(report["xlsx"], sheet_name=None)) >= {"results", "speakers"}
     page = report["html"].read_text()
     assert "id='figure-speakers'" in page and page.count("data:image/png;base64,") == 2  # results, speakers
+
+
+def test_a_study_of_savee_under_a_sentence_protocol_is_refused_before_any_run_exists(tmp_path, mfcc):
+    from timnet.studies.study import run_study
+    from timnet.studies.sweep import Execution
+    from timnet.training.runs import Roots
+
+    path = tmp_path / "texts.toml"
+    path.write_text(
+        'name = "texts"\ndatasets = ["EMODB", "SAVEE"]\nprotocols = ["sentence"]\ncheckpoints = ["last"]\n'
+        f'[mfcc]\nEMODB = "{mfcc}"\nSAVEE = "{mfcc}"\n'  # any file: the refusal needs only that features exist
+    )
+    roots = Roots(tmp_path / "Models", tmp_path / "logs", tmp_path / "Results")
+    with pytest.raises(TimnetError, match=r"^SAVEE: protocol sentence cannot keep texts apart — SAVEE numbers"):
+        run_study(path, how=Execution(roots, device="cpu", workers=1, progress=False))
+    assert not roots.models.exists()

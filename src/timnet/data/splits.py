@@ -184,13 +184,17 @@ def make_folds(
     raise invalid("train.protocol", f"one of {', '.join(TrainSettings.PROTOCOLS)}", protocol)
 
 
+def check_protocol(cfg: Config) -> None:
+    """Refuse, in one line, a sentence protocol on a corpus whose text ids are not known (`Corpus.texts_unknown`)."""
+    why = corpus_of(cfg.dataset).texts_unknown
+    if why and cfg.train.protocol in ("sentence", "speaker-sentence"):
+        raise TimnetError(f"{cfg.dataset.name}: protocol {cfg.train.protocol} cannot keep texts apart — {why}")
+
+
 def protocol_splits(cfg: Config, manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[Split]]:
     """(the manifest with its sentence ids, the units' parts of cfg's protocol, fold count and seed): what a run
-    trains on and what the leakage audit checks, computed the one way. A corpus whose text ids are not known as
-    texts (`Corpus.texts_unknown`) is refused by the sentence protocols."""
+    trains on and what the leakage audit checks, computed the one way (`check_protocol` first)."""
+    check_protocol(cfg)
     t = cfg.train
-    why = corpus_of(cfg.dataset).texts_unknown
-    if why and t.protocol in ("sentence", "speaker-sentence"):
-        raise TimnetError(f"{cfg.dataset.name}: protocol {t.protocol} cannot keep texts apart — {why}")
     manifest = manifest.assign(sentence=sentences(manifest, cfg.dataset))
     return manifest, make_splits(t.protocol, manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
