@@ -102,12 +102,12 @@ def units_line(cfg: Config, jobs: list[UnitJob]) -> str:
         return ""
     folds, groups = len({f for f, _ in cells}), len({c for _, c in cells})
     seeds = len(cfg.train.run_seeds)
+    made = f"{len(cells)} units" if len(cells) == folds * groups else f"{len(cells)} units (the cells with utterances)"
     return (
-        f"protocol {cfg.train.protocol}: {folds} speaker groups x {groups} sentence groups = {len(cells)} units"
+        f"protocol {cfg.train.protocol}: {folds} speaker groups x {groups} sentence groups = {made}"
         + (f" x {seeds} seeds" if seeds > 1 else "")
-        + " (each tests its speakers on its sentences, trained on the other speakers' other sentences); a fold is a "
-        "speaker group and pools its cells' predictions, so means and intervals are over "
-        f"{folds} folds"
+        + ", each testing its speakers on its sentences, trained on the other speakers' other sentences; a fold is "
+        f"a speaker group and pools its cells' predictions, so means and intervals are over {folds} folds"
     )
 
 
