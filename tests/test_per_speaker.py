@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SHORT
+from conftest import SHORT, small_study
 
 from timnet import load_config
 from timnet.analysis.compare import read_units, training_sizes
@@ -149,21 +149,13 @@ def test_resume_refuses_a_run_planned_with_other_units(tmp_path, mfcc):
 def test_a_study_of_a_grouped_protocol_reports_and_draws_each_speaker(tmp_path, mfcc):
     """speaker-sentence on 4 speakers: a speakers sheet (4 speakers x 2 policies) equal, at the run's own policy, to
     the run workbook's speakers sheet, a figure of them on the page, and results over the 2 pooled folds."""
-    from timnet.studies.study import run_study
-    from timnet.studies.sweep import Execution
-    from timnet.training.runs import Roots
-
-    path = tmp_path / "grouped.toml"
-    path.write_text(
+    roots, record, report = small_study(
+        tmp_path,
         'name = "grouped"\ndatasets = ["EMODB"]\nprotocols = ["speaker-sentence"]\n'
         'checkpoints = ["best-test", "last"]\n'
         '[set]\n"features.signal_length" = 16000\n"train.folds" = 2\n"train.epochs" = 1\n'
-        f'[mfcc]\nEMODB = "{mfcc}"\n'
+        f'[mfcc]\nEMODB = "{mfcc}"\n',
     )
-    roots = Roots(tmp_path / "Models", tmp_path / "logs", tmp_path / "Results")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        record, report = run_study(path, how=Execution(roots, device="cpu", workers=1, threads=1, progress=False))
     tables = report["tables"]
     assert tables["results"].units.tolist() == [2, 2]  # the 4 cells pooled into 2 folds, at each policy
     speakers = tables["speakers"]

@@ -9,8 +9,7 @@ the config's class order; inside a class, natsort of `<stem>_raw.csv`, the names
     label        class name;   class_index: position in the class order
     speaker      speaker id ("" when unknown); gender "m"/"f"/""; session ("" when none)
     sentence     the text spoken ("" when unknown): EMO-DB's 10 texts, RAVDESS's 2 statements, EMOVO's 14 sentences,
-                 CASIA's 50 texts (SAVEE's are unknown: `SAVEE_TEXTS`); what the leakage audit and the sentence
-                 protocols use
+                 CASIA's 50 texts (SAVEE's unknown: `SAVEE_TEXTS`); the leakage audit and sentence protocols use it
 
 Labels come from file names (or IEMOCAP's EmoEvaluation files), never from hand-sorted folders; the readers
 whose labels come from folders or your own pattern (CASIA as released, `reader = "pattern"`) are in
@@ -319,11 +318,10 @@ def _matched(pattern: re.Pattern, group: str) -> Callable[[str], str]:
     return sentence
 
 
-# SAVEE: its files number the sentences per emotion (DC_a01, DC_d01 and DC_n01 are three numberings), and what
-# it ships (AudioData/Info.txt: "the following digits represent the sentence number") and its documentation (Haq &
-# Jackson: per emotion 3 common, 2 emotion-specific and 10 generic sentences; neutral 30, repeating the common and
-# the emotion-specific ones) do not say which numbers are one text: its sentences are unknown, and the sentence
-# protocols refuse it (`Corpus.texts_unknown`).
+# SAVEE numbers its sentences per emotion (DC_a01, DC_d01, DC_n01: three numberings); neither what it ships
+# (AudioData/Info.txt: "the following digits represent the sentence number") nor Haq & Jackson (per emotion 3 common,
+# 2 emotion-specific, 10 generic sentences; neutral 30, repeating the common and emotion-specific ones) say which
+# numbers are one text: its sentences are unknown, and the sentence protocols refuse it (`Corpus.texts_unknown`).
 SAVEE_TEXTS = (
     "SAVEE numbers its sentences per emotion (a01, d01 and n01 are separate lists), and neither its files nor its "
     "documentation say which numbers are the 3 sentences common to every emotion or the emotion-specific ones "
@@ -345,13 +343,12 @@ _CASIA_STEM = re.compile(r"^.+_(?P<sentence>\d+)$")  # liuchanhg_angry_201 -> 20
 
 @dataclass(frozen=True)
 class Corpus:
-    """Everything the project knows about one corpus: how to read its distributed layout (`scan`), its
-    complete file list in the authors' terms (`files`: stems and labels; None when unknown), and the rule
-    that turns a found file into that list's stem (`stem`, from the file's stem and speaker); `strict`: labels that
-    are not classes are flagged (else quietly left out); `caveat`: what every run on it must say (a warning);
-    `sentence`: the text id of a stem (None: the reader's own, or unknown); `texts_unknown`: why the corpus's text
-    ids cannot be told (the sentence protocols refuse it), "" when they can; `rate`: the sample rate (Hz) it is
-    distributed at (None: unknown), what the published numbers were measured on."""
+    """Everything the project knows about one corpus: how to read its distributed layout (`scan`), its complete file
+    list in the authors' terms (`files`: stems and labels; None when unknown), the rule turning a found file into
+    that list's stem (`stem`, from the file's stem and speaker); `strict`: labels that are not classes are flagged
+    (else left out); `caveat`: what every run on it must say; `sentence`: the text id of a stem (None: the reader's
+    own, or unknown); `texts_unknown`: why its text ids cannot be told (the sentence protocols refuse it), "" when
+    they can; `rate`: the sample rate (Hz) it is distributed at (None: unknown), what the published numbers used."""
 
     name: str
     scan: Callable[[Path, DatasetConfig], Scan]
