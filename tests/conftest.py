@@ -297,6 +297,23 @@ def tiny_grid(path: Path, name: str, mfcc: Path, runs: str = "", grid: str = "")
     return path
 
 
+def small_study(tmp_path: Path, text: str, quick: bool = False):
+    """(roots, record, report) of the study whose file holds `text` (TOML), trained under tmp_path on the CPU, one
+    unit at a time, warnings silenced."""
+    from timnet.studies.study import run_study
+    from timnet.studies.sweep import Execution
+    from timnet.training.runs import Roots
+
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    roots = Roots(tmp_path / "Models", tmp_path / "logs", tmp_path / "Results")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        how = Execution(roots, device="cpu", workers=1, threads=1, progress=False)
+        record, report = run_study(path, quick=quick, how=how)
+    return roots, record, report
+
+
 def pixels_of(png: Path, colour, tolerance: float = 0.05) -> int:
     """How many pixels of a PNG have `colour` (a matplotlib colour or an RGB(A) tuple), within `tolerance` per
     channel: a figure's plotted series show up as pixels of their colour, a blank or empty figure has none."""

@@ -16,7 +16,7 @@ from timnet import load_config
 from timnet.core.errors import TimnetError
 from timnet.data.corpora import CORPORA, build_manifest, sentences
 from timnet.data.leakage import COLUMNS, audit, audit_corpus, leakage_line, leakage_table
-from timnet.data.splits import make_folds
+from timnet.data.splits import make_folds, make_splits
 
 SPEAKERS, TEXTS = ("03", "08", "09", "10"), ("a01", "a02", "a04", "a05")
 
@@ -68,14 +68,16 @@ def test_each_protocol_keeps_what_it_promises_out_of_training(protocol, zero):
     manifest = grid_manifest()
     table = audit(cfg, manifest, None)
     folds = table[table.fold != "total"]
-    assert len(folds) == 2 and (folds.n_test > 0).all()
+    units = 4 if protocol == "speaker-sentence" else 2  # 2 speaker groups x 2 sentence groups: a unit per cell
+    assert len(folds) == units and (folds.n_test > 0).all() and set(folds.fold) == {1, 2}
+    assert table.attrs == {"utterances": 32, "tested": 32, "repeated": 0}  # every utterance tested once
     for column in zero:
         assert (folds[column] == 0).all(), (protocol, column)
     for column in {"shared_speaker", "shared_sentence"} - set(zero):
         assert (folds[column] == folds.n_test).all()  # what the protocol does not separate stays shared
     again = make_folds(protocol, manifest.assign(sentence=sentences(manifest, cfg.dataset)), None, 2, cfg.train.seed)
     first = make_folds(protocol, manifest.assign(sentence=sentences(manifest, cfg.dataset)), None, 2, cfg.train.seed)
-    assert all((a[1] == b[1]).all() for a, b in zip(first, again))  # deterministic from the seed
+    assert len(first) == units and all((a[1] == b[1]).all() for a, b in zip(first, again))  # deterministic
 
 
 def test_sentence_folds_put_every_sentence_in_one_test_part():
@@ -99,13 +101,13 @@ def test_every_reader_knows_its_corpus_sentences():
     cases = {
         "emodb": ("03a01Wa", "a01"),
         "ravdess": ("03-01-05-01-02-01-12", "02"),
-        "savee": ("DC_sa03", "sa03"),
         "emovo": ("dis-f1-b1", "b1"),
         "casia": ("liuchanhg_angry_201", "201"),
     }
     for reader, (stem, sentence) in cases.items():
         assert CORPORA[reader].sentence(stem) == sentence, reader
         assert CORPORA[reader].sentence("not-a-name") == "", reader
+    assert CORPORA["savee"].sentence("DC_sa03") == ""  # per-emotion numbers, not texts: unknown (test below)
     iemocap = CORPORA["iemocap"].sentence
     assert iemocap("Ses01F_script01_1_F000") == iemocap("Ses03F_script01_1_F000") == "script01_1_F000"
     assert iemocap("Ses01F_impro01_M002") == "Ses01F_impro01_M002"  # improvised: words of its own
@@ -149,12 +151,67 @@ def test_audit_cli_prints_the_table_writes_the_csv_and_never_overwrites(tmp_path
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
 
 
-def test_speaker_sentence_folds_test_every_speaker_where_sentences_are_few():
-    """RAVDESS has 2 statements: 4 speaker folds take the 2 sentence groups in turn, so every speaker is tested."""
+def test_speaker_sentence_cells_test_every_utterance_once_where_sentences_are_few():
+    """RAVDESS has 2 statements: 4 speaker groups x 2 sentence groups = 8 cells; each cell's training part has
+    neither its speakers nor its sentences, and every utterance is in exactly one test part."""
     manifest = grid_manifest().assign(sentence=lambda m: np.where(m.stem.str[2:5] < "a03", "01", "02"))
-    folds = make_folds("speaker-sentence", manifest, None, 4, seed=3)
-    assert len(folds) == 4
-    assert sorted(s for _, te in folds for s in set(manifest.speaker.iloc[te])) == sorted(SPEAKERS)
-    for train, test in folds:
-        assert not set(manifest.speaker.iloc[train]) & set(manifest.speaker.iloc[test])
-        assert not set(manifest.sentence.iloc[train]) & set(manifest.sentence.iloc[test])
+    splits = make_splits("speaker-sentence", manifest, None, 4, seed=3)
+    assert [(s.fold, s.cell) for s in splits] == [(i, j) for i in range(1, 5) for j in (1, 2)]
+    for s in splits:
+        assert not set(manifest.speaker.iloc[s.train]) & set(manifest.speaker.iloc[s.test])
+        assert not set(manifest.sentence.iloc[s.train]) & set(manifest.sentence.iloc[s.test])
+        heard = manifest.speaker.isin(manifest.speaker.iloc[s.test]) | manifest.sentence.isin(
+            manifest.sentence.iloc[s.test]
+        )
+        assert sorted(s.train) == list(np.flatnonzero(~heard))  # trained on every other speaker's other sentences
+    tested = np.sort(np.concatenate([s.test for s in splits]))
+    assert list(tested) == list(range(32))  # each utterance once
+    assert [len(te) for _, te in make_folds("speaker-sentence", manifest, None, 4, seed=3)] == [4] * 8
+
+
+def test_speaker_sentence_groups_are_drawn_from_the_seed_and_capped_by_the_groups():
+    """10 speakers x 10 texts, 3 folds: 3 speaker groups x 3 sentence groups, the grouping changed by the seed; with
+    as many folds as speakers and texts each cell is one speaker's one text (the seed then changes nothing)."""
+    stems = [f"{s:02d}t{t:02d}" for s in range(10) for t in range(10)]
+    manifest = pd.DataFrame({"stem": stems, "speaker": [x[:2] for x in stems], "sentence": [x[2:] for x in stems]})
+    groupings = {}
+    for seed in (0, 1):
+        splits = make_splits("speaker-sentence", manifest, None, 3, seed)
+        assert len(splits) == 9 and sorted(np.concatenate([s.test for s in splits])) == list(range(100))
+        groupings[seed] = [tuple(sorted(set(manifest.speaker.iloc[s.test]))) for s in splits if s.cell == 1]
+    assert groupings[0] != groupings[1]
+    assert sorted(sum(groupings[0], ())) == sorted(set(manifest.speaker))  # the groups deal out every speaker
+    every = make_splits("speaker-sentence", manifest, None, 10, 0)
+    assert len(every) == 100 and all(len(s.test) == 1 for s in every)
+    assert [(s.fold, s.cell) for s in every] == [
+        (s.fold, s.cell) for s in make_splits("speaker-sentence", manifest, None, 10, 5)
+    ]
+    two_texts = manifest.assign(sentence=np.where(manifest.sentence < "t05", "x", "y"))
+    capped = make_splits("speaker-sentence", two_texts, None, 3, 0)
+    assert max(s.cell for s in capped) == 2  # K_t = min(K_s, sentences): 2 texts make 2 sentence groups
+
+
+def test_sentence_protocols_refuse_savee_whose_texts_are_not_known(tmp_path):
+    stems = [f"{spk}_{e}{i:02d}" for spk in ("DC", "JE") for e in ("a", "n") for i in (1, 2)]
+    manifest = pd.DataFrame({"stem": stems, "speaker": [x[:2] for x in stems], "file": [f"{x}.wav" for x in stems]})
+    for protocol in ("sentence", "speaker-sentence"):
+        cfg = load_config("SAVEE", {"train.protocol": protocol, "train.folds": 2})
+        with pytest.raises(TimnetError, match=r"^SAVEE: protocol .* numbers its sentences per emotion") as err:
+            audit(cfg, manifest, None)
+        assert "\n" not in str(err.value)
+    table = audit(load_config("SAVEE", {"train.protocol": "speaker", "train.folds": 2}), manifest, None)
+    assert table.shared_sentence.isna().all()  # the audit says unknown, not 0
+
+
+def test_audit_cli_shows_every_utterance_tested_once_under_speaker_sentence(tmp_path, mfcc):
+    argv = [sys.executable, "-m", "timnet.cli", "audit", "--dataset", "EMODB", "--mfcc", str(mfcc)]
+    argv += ["--set", "features.signal_length=16000", "--protocol", "speaker-sentence", "--folds", "2"]
+    argv += ["--csv", str(tmp_path / "audit.csv")]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(tmp_path / "audit.csv")
+    cells = table[table.fold != "total"]
+    assert list(table.columns) == ["fold", "cell", *COLUMNS[1:]] and len(cells) == 4
+    assert cells.n_test.sum() == 84 and (cells[["shared_speaker", "shared_sentence"]] == 0).all().all()
+    assert "0/84 share a speaker, 0/84 a sentence" in done.stdout
+    assert "coverage: 84 of 84 utterances tested, each once" in done.stdout

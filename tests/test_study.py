@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, small_study
 from scipy import stats
 
 from timnet.analysis.compare import compare_runs
@@ -126,17 +126,13 @@ def test_the_markdown_table_has_every_result_row_and_its_numbers(quick_study):
 
 
 def test_a_study_with_two_seeds_has_its_interval_over_the_fold_means(mfcc, tmp_path):
-    path = tmp_path / "seeds.toml"
-    path.write_text(
+    roots, record, report = small_study(
+        tmp_path,
         'name = "seeds"\ndatasets = ["EMODB"]\nprotocols = ["random"]\ncheckpoints = ["last"]\n'
         '[set]\n"features.signal_length" = 16000\n"train.seeds" = [1, 2]\n'
-        f'[quick]\n"train.folds" = 3\n"train.epochs" = 1\n[mfcc]\nEMODB = "{mfcc}"\n'
+        f'[quick]\n"train.folds" = 3\n"train.epochs" = 1\n[mfcc]\nEMODB = "{mfcc}"\n',
+        quick=True,
     )
-    roots = Roots(tmp_path / "Models", tmp_path / "logs", tmp_path / "Results")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        how = Execution(roots, device="cpu", workers=1, threads=1, progress=False)
-        record, report = run_study(path, quick=True, how=how)
     row = report["tables"]["results"].iloc[0]
     units = [torch.load(p, weights_only=True) for p in sorted((roots.models / row.run).glob("fold_*.pt"))]
     assert len(units) == 6 and row.units == 6 and row.folds == 3

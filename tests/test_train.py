@@ -53,7 +53,7 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
     book = pd.read_excel(run.workbook, sheet_name=None)
     assert list(book) == [
         *("folds", "predictions", "confusion", "confusion_per_fold"),
-        *("leakage", "calibration", "reliability", "config"),  # the audit and calibration of every run (issue 37)
+        *("leakage", "speakers", "calibration", "reliability", "config"),  # audit, per speaker, calibration
     ]
     leakage = book["leakage"]  # the authors' random folds: every test utterance's speaker and text are in training
     assert leakage.iloc[-1].fold == "total" and leakage.iloc[-1].shared_speaker == leakage.iloc[-1].n_test == 84

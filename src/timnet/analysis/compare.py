@@ -22,8 +22,9 @@ import pandas as pd
 
 from ..core.config import Config
 from ..core.errors import TimnetError
+from ..core.metrics import scores
 from ..data.feature_files import load_features
-from ..data.splits import protocol_folds
+from ..data.splits import protocol_splits
 from ..training.runs import features_unchanged, read_run_record, run_dir
 from .fold_statistics import fold_values, paired, size_ratio
 
@@ -43,8 +44,8 @@ class RunUnits:
     dataset: str
     protocol: str
     seeds: set
-    metrics: dict  # key (seed, fold) -> {"war": %, "uar": %, "f1": %}
-    tests: dict  # key -> DataFrame[stem, label, predicted, correct] (class indices)
+    metrics: dict  # key (seed, fold) -> {"war": %, "uar": %, "f1": %}; a fold's cells pooled (speaker-sentence)
+    tests: dict  # key -> DataFrame[stem, label, predicted, correct, speaker] (class indices)
     config: dict  # the run's config (as its record holds it)
     policy: str = ""  # the checkpoint policy read
     train_sizes: dict | None = None  # fold -> utterances in its training part (the corrected resampled t's n_train)
@@ -59,20 +60,38 @@ class RunUnits:
         return size_ratio([tested[f] for f in folds], [self.train_sizes[f] for f in folds])
 
 
-def training_sizes(config: dict, manifest: pd.DataFrame, tested: dict[int, list[str]]) -> dict[int, int]:
+def training_sizes(config: dict, manifest: pd.DataFrame, tested: dict[int, list[list[str]]]) -> dict[int, float]:
     """Per fold, the utterances of its training part (validation carved from it included) as the run's protocol
-    builds it; where the folds built now are not the run's (made by an older version), the complement of its test
-    part."""
+    builds it, from `tested`: per fold, the test stems of each of its units (one, or its cells under
+    speaker-sentence). A fold of cells trains one model per cell, each on its own part (the other speakers' other
+    sentences), so its n_train is the mean of its cells' training sizes (beside n_test, the fold's cells pooled).
+    Where the parts built now are not the run's (made by an older version), each unit's training part is what its
+    test part leaves (`_left_out`)."""
+    protocol = config["train"]["protocol"]
     try:
-        _, folds = protocol_folds(Config.from_dict(config), manifest)
+        manifest, splits = protocol_splits(Config.from_dict(config), manifest)
     except TimnetError:
-        folds = []
+        splits = []
+    built: dict[int, list] = {}
+    for split in splits:
+        built.setdefault(split.fold, []).append(split)
     sizes = {}
-    for fold, stems in tested.items():
-        train, test = folds[fold - 1] if fold <= len(folds) else ([], [])
-        same = set(manifest.stem.iloc[test]) == set(stems)
-        sizes[fold] = len(train) if same else len(manifest) - len(stems)
+    for fold, cells in tested.items():
+        rebuilt = built.get(fold, [])
+        same = sorted(map(sorted, cells)) == sorted(sorted(manifest.stem.iloc[s.test]) for s in rebuilt)
+        trains = [len(s.train) for s in rebuilt] if same else [_left_out(manifest, stems, protocol) for stems in cells]
+        sizes[fold] = float(np.mean(trains))
     return sizes
+
+
+def _left_out(manifest: pd.DataFrame, stems: list[str], protocol: str) -> int:
+    """The utterances a unit testing `stems` trained on: the rest of the corpus (under speaker or sentence folds,
+    the rest shares no group with them), less, under speaker-sentence, those sharing a speaker or a text with them."""
+    tested = manifest.stem.isin(stems)
+    if protocol != "speaker-sentence" or "sentence" not in manifest:
+        return int((~tested).sum())
+    test = manifest[tested]
+    return int((~manifest.speaker.isin(test.speaker) & ~manifest.sentence.isin(test.sentence)).sum())
 
 
 def read_units(run: str | Path, models_root: Path = Path("Models"), policy: str | None = None) -> RunUnits:
@@ -87,8 +106,9 @@ def read_units(run: str | Path, models_root: Path = Path("Models"), policy: str 
         raise TimnetError(f"{mfcc}: the features of run {path.name} are missing or changed — compare needs its labels")
     config = record["config"]
     manifest = load_features(mfcc, config["dataset"]["classes"], trust_pickle=True).manifest  # the run's own
-    labels = manifest.set_index("stem").class_index
-    metrics, tests = {}, {}
+    by_stem = manifest.set_index("stem")
+    labels = by_stem.class_index
+    metrics, tests, cells = {}, {}, {}
     for unit in record["folds"]:
         file = path / f"{unit['unit']}.pt"
         if not file.is_file():
@@ -98,17 +118,21 @@ def read_units(run: str | Path, models_root: Path = Path("Models"), policy: str 
         if chosen is None:
             raise TimnetError(f"{file}: no {policy} checkpoint in this unit (it was trained for {saved['checkpoint']})")
         key = (unit["seed"], unit["fold"])
-        metrics[key] = chosen["metrics"]
         predicted = chosen["test_probs"].numpy().argmax(axis=1)
         stems = list(saved["test_stems"])
         truth = labels.loc[stems].to_numpy()
-        tests[key] = pd.DataFrame(
-            {"stem": stems, "label": truth, "predicted": predicted, "correct": predicted == truth}
-        )
+        table = pd.DataFrame({"stem": stems, "label": truth, "predicted": predicted, "correct": predicted == truth})
+        table["speaker"] = by_stem.speaker.loc[stems].astype(str).to_numpy()
+        cells.setdefault(key, []).append(stems)
+        if key in tests:  # another cell of the fold (speaker-sentence): the fold's scores are of its cells pooled
+            tests[key] = pd.concat([tests[key], table], ignore_index=True)
+            metrics[key] = scores(tests[key].label.to_numpy(), tests[key].predicted.to_numpy())
+        else:
+            tests[key], metrics[key] = table, chosen["metrics"]
     if not metrics:
         raise TimnetError(f"{path}: no finished units — train (or resume) the run first")
     seeds = {k[0] for k in metrics}
-    sizes = training_sizes(config, manifest, {fold: list(t.stem) for (_, fold), t in tests.items()})
+    sizes = training_sizes(config, manifest, {fold: cells[seed, fold] for seed, fold in sorted(tests, reverse=True)})
     dataset, protocol = config["dataset"]["name"], config["train"]["protocol"]
     used = policy or config["train"]["checkpoint"]
     return RunUnits(path.name, dataset, protocol, seeds, metrics, tests, config, used, sizes)

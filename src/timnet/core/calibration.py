@@ -75,6 +75,7 @@ def calibration_sheets(results, y: np.ndarray) -> dict[str, pd.DataFrame]:
             {
                 "seed": r.seed,
                 "fold": r.fold,
+                **({"cell": r.cell} if getattr(r, "cell", 0) else {}),  # speaker-sentence: a unit per cell
                 "temperature": r.temperature,
                 "ece_before": expected_calibration_error(r.probs, truth),
                 "ece_after": expected_calibration_error(after, truth) if after is not None else np.nan,

@@ -6,6 +6,7 @@ mean ± SAMPLE standard deviation (ddof=1), computed by `mean_std` alone.
 
 from __future__ import annotations
 
+import natsort
 import numpy as np
 import pandas as pd
 
@@ -79,3 +80,29 @@ def fold_statistics(folds: pd.DataFrame) -> dict[str, float]:
     for metric in METRICS:
         stats[f"{metric}_mean"], stats[f"{metric}_std"] = mean_std(folds[metric])
     return stats
+
+
+def speaker_table(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per speaker: `n` test predictions, WAR and UAR (%) of them, pooled over the folds that tested the speaker
+    (`folds`); with several seeds, scores per seed averaged over the seeds (`n` is per seed). From a prediction
+    table with seed, fold, speaker, label and predicted columns (labels as names or indices); "" speakers are one
+    row, `unknown`."""
+    table = predictions.assign(speaker=predictions.speaker.fillna("").astype(str).replace("", "unknown"))
+    rows = []
+    for speaker in natsort.natsorted(table.speaker.unique()):
+        mine = table[table.speaker == speaker]
+        per_seed = [scores(g.label.to_numpy(), g.predicted.to_numpy()) for _, g in mine.groupby("seed", sort=True)]
+        rows.append(
+            {
+                "speaker": speaker,
+                "n": len(mine) / mine.seed.nunique(),
+                "war": float(np.mean([s["war"] for s in per_seed])),
+                "uar": float(np.mean([s["uar"] for s in per_seed])),
+                "folds": ",".join(map(str, sorted(mine.fold.unique()))),
+                "seeds": mine.seed.nunique(),
+            }
+        )
+    out = pd.DataFrame(rows, columns=["speaker", "n", "war", "uar", "folds", "seeds"])
+    if (out.n == out.n.round()).all():
+        out["n"] = out.n.astype(int)
+    return out

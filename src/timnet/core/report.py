@@ -17,7 +17,7 @@ from .atomic import atomic_path
 from .config import Config
 from .errors import TimnetError
 from .locks import exclusive
-from .metrics import METRICS, fold_statistics, mean_std, prediction_table, table_confusion
+from .metrics import METRICS, fold_statistics, mean_std, prediction_table, scores, table_confusion
 from .published import NOT_PUBLISHED, FeatureFacts, not_comparable, number_text, published_cell, published_numbers
 
 SUMMARY_NAME = "Accuracy Analysis Summary.xlsx"
@@ -125,12 +125,14 @@ def append_summary(results_dir: Path, row: dict) -> Path:
         return write_workbook(path, {"runs": table}, overwrite=True)
 
 
-def fold_table(results) -> pd.DataFrame:
-    """One row per unit (`runs.UnitResult`): seed, fold, test size, chosen epoch, training time, WAR/UAR/F1."""
-    rows = [
+def unit_rows(results) -> list[dict]:
+    """One row per unit (`runs.UnitResult`): seed, fold (cell where it has one), test size, chosen epoch, training
+    time, WAR/UAR/F1."""
+    return [
         {
             "seed": r.seed,
             "fold": r.fold,
+            **({"cell": r.cell} if r.cell else {}),
             "n_test": len(r.test_index),
             "epoch": r.epoch,
             "train_seconds": round(r.seconds, 1),
@@ -138,15 +140,56 @@ def fold_table(results) -> pd.DataFrame:
         }
         for r in results
     ]
+
+
+def fold_table(results, labels: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per (seed, fold). A fold made of cells (`speaker-sentence`: `data.splits.Split`) is one row of its
+    cells pooled: its scores from their predictions together (`labels`: the feature set's class indices), test
+    sizes and training times summed, `epoch` the cells' chosen epochs; so every statistic over folds counts the
+    fold once. A protocol without cells: the units' rows as they are."""
+    if labels is None or not any(r.cell for r in results):
+        return pd.DataFrame(unit_rows(results))
+    groups: dict[tuple[int, int], list] = {}
+    for r in results:
+        groups.setdefault((r.seed, r.fold), []).append(r)
+    rows = []
+    for (seed, fold), cells in groups.items():
+        index = np.concatenate([np.asarray(r.test_index, dtype=np.int64) for r in cells])
+        predicted = np.concatenate([r.probs.argmax(1) for r in cells])
+        rows.append(
+            {
+                "seed": seed,
+                "fold": fold,
+                "cells": len(cells),
+                "n_test": len(index),
+                "epoch": ",".join(str(r.epoch) for r in cells),
+                "train_seconds": round(sum(r.seconds for r in cells), 1),
+                **scores(np.asarray(labels)[index], predicted),
+            }
+        )
     return pd.DataFrame(rows)
 
 
+def cell_sheet(results) -> dict[str, pd.DataFrame]:
+    """{"cells": one row per unit} where folds are made of cells (`fold_table` pools them), else {}."""
+    return {"cells": pd.DataFrame(unit_rows(results))} if any(r.cell for r in results) else {}
+
+
 def run_predictions(manifest: pd.DataFrame, results, classes: list[str]) -> pd.DataFrame:
-    """Every unit's test utterances with their predicted class and probabilities, keyed by seed and fold."""
+    """Every unit's test utterances with their predicted class and probabilities, keyed by seed and fold (and cell,
+    where folds have cells)."""
     columns = ("file", "stem", "label", "speaker")
+    cells = any(r.cell for r in results)
     tables = [
         prediction_table(
-            manifest, np.asarray(r.test_index, dtype=np.int64), r.probs, classes, columns, seed=r.seed, fold=r.fold
+            manifest,
+            np.asarray(r.test_index, dtype=np.int64),
+            r.probs,
+            classes,
+            columns,
+            seed=r.seed,
+            fold=r.fold,
+            **({"cell": r.cell} if cells else {}),
         )
         for r in results
     ]

@@ -8,8 +8,8 @@ the config's class order; inside a class, natsort of `<stem>_raw.csv`, the names
     stem         file name without extension (the key that ties features, folds and weights together)
     label        class name;   class_index: position in the class order
     speaker      speaker id ("" when unknown); gender "m"/"f"/""; session ("" when none)
-    sentence     the text spoken ("" when unknown): EMO-DB's 10 texts, RAVDESS's 2 statements, SAVEE's sentence
-                 lists, EMOVO's 14 sentences, CASIA's 50 texts; what the leakage audit and the sentence protocols use
+    sentence     the text spoken ("" when unknown): EMO-DB's 10 texts, RAVDESS's 2 statements, EMOVO's 14 sentences,
+                 CASIA's 50 texts (SAVEE's unknown: `SAVEE_TEXTS`); the leakage audit and sentence protocols use it
 
 Labels come from file names (or IEMOCAP's EmoEvaluation files), never from hand-sorted folders; the readers
 whose labels come from folders or your own pattern (CASIA as released, `reader = "pattern"`) are in
@@ -318,9 +318,15 @@ def _matched(pattern: re.Pattern, group: str) -> Callable[[str], str]:
     return sentence
 
 
-# SAVEE: each emotion has its own list of 15 sentences (neutral 30), read by all four speakers (DC_sa03 -> sa03);
-# the three sentences common to every list are not linked across emotions (their numbering is not published).
-_SAVEE_STEM = re.compile(r"^(?:DC|JE|JK|KL)_(?P<sentence>(?:sa|su|a|d|f|h|n)\d\d)$")
+# SAVEE numbers its sentences per emotion (DC_a01, DC_d01, DC_n01: three numberings); neither what it ships
+# (AudioData/Info.txt: "the following digits represent the sentence number") nor Haq & Jackson (per emotion 3 common,
+# 2 emotion-specific, 10 generic sentences; neutral 30, repeating the common and emotion-specific ones) say which
+# numbers are one text: its sentences are unknown, and the sentence protocols refuse it (`Corpus.texts_unknown`).
+SAVEE_TEXTS = (
+    "SAVEE numbers its sentences per emotion (a01, d01 and n01 are separate lists), and neither its files nor its "
+    "documentation say which numbers are the 3 sentences common to every emotion or the emotion-specific ones "
+    "repeated as neutral, so no split can be checked to keep texts apart — use --protocol random or speaker"
+)
 # IEMOCAP: a scripted turn is a line of one of the scripts every session performs (Ses01F_script01_1_F000 ->
 # script01_1_F000, the same id in every session: an approximation, as turns follow the script); an improvised turn's
 # words are its own (its id).
@@ -337,12 +343,12 @@ _CASIA_STEM = re.compile(r"^.+_(?P<sentence>\d+)$")  # liuchanhg_angry_201 -> 20
 
 @dataclass(frozen=True)
 class Corpus:
-    """Everything the project knows about one corpus: how to read its distributed layout (`scan`), its
-    complete file list in the authors' terms (`files`: stems and labels; None when unknown), and the rule
-    that turns a found file into that list's stem (`stem`, from the file's stem and speaker); `strict`: labels that
-    are not classes are flagged (else quietly left out); `caveat`: what every run on it must say (a warning);
-    `sentence`: the text id of a stem (None: the reader's own, or unknown); `rate`: the sample rate (Hz) it is
-    distributed at (None: unknown), what the published numbers were measured on."""
+    """Everything the project knows about one corpus: how to read its distributed layout (`scan`), its complete file
+    list in the authors' terms (`files`: stems and labels; None when unknown), the rule turning a found file into
+    that list's stem (`stem`, from the file's stem and speaker); `strict`: labels that are not classes are flagged
+    (else left out); `caveat`: what every run on it must say; `sentence`: the text id of a stem (None: the reader's
+    own, or unknown); `texts_unknown`: why its text ids cannot be told (the sentence protocols refuse it), "" when
+    they can; `rate`: the sample rate (Hz) it is distributed at (None: unknown), what the published numbers used."""
 
     name: str
     scan: Callable[[Path, DatasetConfig], Scan]
@@ -351,6 +357,7 @@ class Corpus:
     strict: bool = False
     caveat: str = ""
     sentence: Callable[[str], str] | None = None
+    texts_unknown: str = ""
     rate: int | None = None
 
 
@@ -359,7 +366,7 @@ CORPORA: dict[str, Corpus] = {
     "emodb": Corpus("EMODB", scan_emodb, _emodb_files, sentence=_matched(_EMODB, "text"), rate=16000),
     "ravdess": Corpus("RAVDESS", scan_ravdess, _ravdess_files, sentence=_matched(_RAVDESS, "stmt"), rate=48000),
     "savee": Corpus(
-        "SAVEE", scan_savee, _savee_files, savee_stem, sentence=_matched(_SAVEE_STEM, "sentence"), rate=44100
+        "SAVEE", scan_savee, _savee_files, savee_stem, sentence=lambda stem: "", texts_unknown=SAVEE_TEXTS, rate=44100
     ),
     "emovo": Corpus("EMOVO", scan_emovo, _emovo_files, sentence=_matched(_EMOVO, "sent"), rate=48000),
     "iemocap": Corpus("IEMOCAP", scan_iemocap, sentence=_iemocap_sentence, rate=16000),

@@ -1,7 +1,8 @@
 """The leakage audit: per fold, how many test utterances share a speaker, a sentence (the text spoken), or identical
 audio with that fold's training part. Under the authors' random folds nearly every test utterance shares both a
 voice and a text with training; `protocol = speaker`, `sentence` and `speaker-sentence` promise zeros, and the
-audit shows whether they keep it. No training needed: folds come from the protocol (`data.splits.protocol_folds`).
+audit shows whether they keep it, and how many utterances the test parts cover (`speaker-sentence`: every one once).
+No training needed: folds come from the protocol (`data.splits.protocol_splits`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import Config
-from .splits import Fold, protocol_folds
+from .splits import Fold, Split, protocol_splits
 
 COLUMNS = ["fold", "n_test", "shared_speaker", "shared_sentence", "identical_audio"]
 
@@ -38,25 +39,43 @@ def _shared(values: np.ndarray, train: np.ndarray, test: np.ndarray) -> int | No
     return int(sum(v in heard for v in values[test][known[test]]))
 
 
-def leakage_table(manifest: pd.DataFrame, folds: list[Fold], fingerprints: np.ndarray | None) -> pd.DataFrame:
-    """`COLUMNS` per fold, then a `total` row; a count is empty where the corpus does not say (no speakers, no
-    sentence ids, no audio or features to compare)."""
+def leakage_table(
+    manifest: pd.DataFrame, folds: list[Fold] | list[Split], fingerprints: np.ndarray | None
+) -> pd.DataFrame:
+    """`COLUMNS` per unit (with a `cell` column after `fold` where the protocol has cells: `splits.Split`), then a
+    `total` row; a count is empty where the corpus does not say (no speakers, no sentence ids, no audio or features
+    to compare). `attrs`: how many utterances the corpus has, how many are tested, and how many more than once."""
     speaker = manifest.speaker.fillna("").astype(str).to_numpy()
     sentence = manifest.sentence.fillna("").astype(str).to_numpy() if "sentence" in manifest else None
+    splits = [f if isinstance(f, Split) else Split(k, 0, *f) for k, f in enumerate(folds, start=1)]
+    cells = any(s.cell for s in splits)
     rows = []
-    for k, (train, test) in enumerate(folds, start=1):
-        row = {"fold": k, "n_test": len(test), "shared_speaker": _shared(speaker, train, test)}
+    for split in splits:
+        train, test = split.train, split.test
+        row = {"fold": split.fold} | ({"cell": split.cell} if cells else {})
+        row |= {"n_test": len(test), "shared_speaker": _shared(speaker, train, test)}
         row["shared_sentence"] = _shared(sentence, train, test) if sentence is not None else None
         row["identical_audio"] = _shared(fingerprints, train, test) if fingerprints is not None else None
         rows.append(row)
-    table = pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in COLUMNS[1:]})
+    columns = COLUMNS[:1] + (["cell"] if cells else []) + COLUMNS[1:]
+    table = pd.DataFrame(rows, columns=columns).astype({c: "Int64" for c in columns[1:]})
     total = {"fold": "total", **{c: table[c].sum(min_count=1) for c in COLUMNS[1:]}}
-    return pd.concat([table.astype({"fold": object}), pd.DataFrame([total])], ignore_index=True)
+    table = pd.concat([table.astype({"fold": object}), pd.DataFrame([total])], ignore_index=True)
+    times = np.bincount(np.concatenate([s.test for s in splits] + [np.zeros(0, np.int64)]), minlength=len(manifest))
+    table.attrs |= {"utterances": len(manifest), "tested": int((times > 0).sum()), "repeated": int((times > 1).sum())}
+    return table
 
 
 def audit(cfg: Config, manifest: pd.DataFrame, fingerprints: np.ndarray | None) -> pd.DataFrame:
     """The leakage table of cfg's protocol, folds and seed on this corpus (its manifest, in feature order)."""
-    return leakage_table(*protocol_folds(cfg, manifest), fingerprints)
+    return leakage_table(*protocol_splits(cfg, manifest), fingerprints)
+
+
+def coverage_line(table: pd.DataFrame) -> str:
+    """How much of the corpus the test parts cover (`leakage_table`'s attrs)."""
+    a = table.attrs
+    once = "each once" if a["repeated"] == 0 else f"{a['repeated']} more than once"
+    return f"coverage: {a['tested']} of {a['utterances']} utterances tested, {once}"
 
 
 def leakage_line(table: pd.DataFrame) -> str:
@@ -80,7 +99,7 @@ def audit_lines(cfg: Config, table: pd.DataFrame, source: str) -> list[str]:
     """The audit as the CLI prints it."""
     t = cfg.train
     head = f"{cfg.dataset.name}, protocol {t.protocol}, {t.folds} folds, seed {t.seed}: {source}"
-    return [head, table.to_string(index=False, na_rep="unknown"), leakage_line(table)]
+    return [head, table.to_string(index=False, na_rep="unknown"), leakage_line(table), coverage_line(table)]
 
 
 def audit_corpus(cfg: Config, data: Path | None = None, mfcc: Path | None = None, trust_pickle: bool = False):

@@ -4,12 +4,16 @@ functions.
 A fold is (train indices, test indices) into the feature set. `random` reproduces the authors' test
 sets exactly: KFold(n_splits, shuffle=True, random_state=seed) over the COMPLETE corpus in their
 order, then restricted to the files present, so a partial corpus keeps the authors' test sets.
-`speaker` (speaker-independent) and `sentence` (text-independent) put every speaker / sentence in one test part;
-`speaker-sentence` tests each fold's speakers on its sentences and trains on the other speakers' other sentences
-(the utterances of its speakers' other sentences and of other speakers' its sentences are in neither part).
+`speaker` (speaker-independent) and `sentence` (text-independent) put every speaker / sentence in one test part.
+`speaker-sentence` crosses K_s speaker groups with K_t = min(K_s, sentences) sentence groups: cell (i, j) tests
+group i's speakers on group j's sentences and trains on the other speakers' other sentences, so every utterance is
+tested once, by a model that heard neither its voice nor its text. Fold i is speaker group i: its K_t cells are
+units of their own (`Split.cell`), and its results pool their predictions, so statistics are over K_s folds.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import natsort
 import numpy as np
@@ -18,9 +22,19 @@ import pandas as pd
 from ..core.config import Config, TrainSettings
 from ..core.errors import TimnetError
 from ..core.validation import invalid
-from .corpora import canonical_stems, sentences
+from .corpora import canonical_stems, corpus_of, sentences
 
 Fold = tuple[np.ndarray, np.ndarray]
+
+
+class Split(NamedTuple):
+    """One unit's parts: fold k (1-based), its cell (0 where the protocol has none; under `speaker-sentence` the
+    sentence group j, 1-based, of fold k's speaker group) and the fold's (train, test) indices."""
+
+    fold: int
+    cell: int
+    train: np.ndarray
+    test: np.ndarray
 
 
 def kfold(n: int, n_splits: int, seed: int) -> list[Fold]:
@@ -81,19 +95,23 @@ def group_folds(groups: pd.Series, n_splits: int, seed: int, what: str = "speake
     return [(np.flatnonzero(~np.isin(values, c)), np.flatnonzero(np.isin(values, c))) for c in chunks]
 
 
-def speaker_sentence_folds(speakers: pd.Series, sentences: pd.Series, n_splits: int, seed: int) -> list[Fold]:
-    """Fold k tests the speakers of speaker chunk k on the sentences of sentence chunk k (the sentence chunks taken
-    in turn again where there are fewer: RAVDESS's 2 statements), and trains on every other speaker's other
-    sentences: neither a voice nor a text of the test part is heard in training. Every speaker is tested."""
+def speaker_sentence_cells(speakers: pd.Series, sentences: pd.Series, n_splits: int, seed: int) -> list[Split]:
+    """K_s speaker groups (`group_chunks`: n_splits, capped by the speakers) x K_t = min(K_s, sentences) sentence
+    groups, both drawn from `seed`. Cell (i, j) tests speaker group i on sentence group j and trains on every other
+    speaker's other sentences: neither a voice nor a text of its test part is heard in training, and every utterance
+    is in exactly one test part. Cells without utterances (a speaker group that never said those sentences) are
+    left out: they test nothing."""
     by_speaker = group_chunks(speakers, n_splits, seed, "speaker")
-    by_sentence = group_chunks(sentences, n_splits, seed, "sentence")
+    by_sentence = group_chunks(sentences, len(by_speaker), seed, "sentence")
     spk, sen = speakers.astype(str).to_numpy(), sentences.astype(str).to_numpy()
-    folds = []
-    for k, speaker_chunk in enumerate(by_speaker):
-        sentence_chunk = by_sentence[k % len(by_sentence)]
-        heard, said = np.isin(spk, speaker_chunk), np.isin(sen, sentence_chunk)
-        folds.append((np.flatnonzero(~heard & ~said), np.flatnonzero(heard & said)))
-    return folds
+    cells = []
+    for i, speaker_chunk in enumerate(by_speaker, start=1):
+        heard = np.isin(spk, speaker_chunk)
+        for j, sentence_chunk in enumerate(by_sentence, start=1):
+            said = np.isin(sen, sentence_chunk)
+            if (heard & said).any():
+                cells.append(Split(i, j, np.flatnonzero(~heard & ~said), np.flatnonzero(heard & said)))
+    return cells
 
 
 def speaker_folds(groups: pd.Series, n_splits: int, seed: int) -> list[Fold]:
@@ -136,11 +154,23 @@ def validation_split(
     return train[np.sort(tr)], train[np.sort(va)]
 
 
+def make_splits(
+    protocol: str, manifest: pd.DataFrame, canonical: pd.DataFrame | None, n_splits: int, seed: int
+) -> list[Split]:
+    """The units' parts for a protocol (`TrainSettings.PROTOCOLS`); IEMOCAP's speaker protocol is
+    leave-one-session-out. The sentence protocols need the manifest's `sentence` column (`corpora.sentences`)."""
+    if protocol == "speaker-sentence":
+        sentence = manifest["sentence"] if "sentence" in manifest else pd.Series("", index=manifest.index)
+        return speaker_sentence_cells(manifest.speaker, sentence, n_splits, seed)
+    folds = make_folds(protocol, manifest, canonical, n_splits, seed)
+    return [Split(k, 0, train, test) for k, (train, test) in enumerate(folds, start=1)]
+
+
 def make_folds(
     protocol: str, manifest: pd.DataFrame, canonical: pd.DataFrame | None, n_splits: int, seed: int
 ) -> list[Fold]:
-    """Folds for a protocol (`TrainSettings.PROTOCOLS`); IEMOCAP's speaker protocol is leave-one-session-out. The
-    sentence protocols need the manifest's `sentence` column (`corpora.sentences`)."""
+    """The (train, test) parts of every unit of a protocol, in unit order (`make_splits` says which fold and cell
+    each is)."""
     if protocol == "random":
         return random_folds(manifest.stem, canonical, n_splits, seed)
     sentence = manifest["sentence"] if "sentence" in manifest else pd.Series("", index=manifest.index)
@@ -150,13 +180,21 @@ def make_folds(
     if protocol == "sentence":
         return group_folds(sentence, n_splits, seed, "sentence")
     if protocol == "speaker-sentence":
-        return speaker_sentence_folds(manifest.speaker, sentence, n_splits, seed)
+        return [(s.train, s.test) for s in speaker_sentence_cells(manifest.speaker, sentence, n_splits, seed)]
     raise invalid("train.protocol", f"one of {', '.join(TrainSettings.PROTOCOLS)}", protocol)
 
 
-def protocol_folds(cfg: Config, manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[Fold]]:
-    """(the manifest with its sentence ids, the folds of cfg's protocol, fold count and seed): what a run trains
-    on and what the leakage audit checks, computed the one way."""
-    manifest = manifest.assign(sentence=sentences(manifest, cfg.dataset))
+def check_protocol(cfg: Config) -> None:
+    """Refuse, in one line, a sentence protocol on a corpus whose text ids are not known (`Corpus.texts_unknown`)."""
+    why = corpus_of(cfg.dataset).texts_unknown
+    if why and cfg.train.protocol in ("sentence", "speaker-sentence"):
+        raise TimnetError(f"{cfg.dataset.name}: protocol {cfg.train.protocol} cannot keep texts apart — {why}")
+
+
+def protocol_splits(cfg: Config, manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[Split]]:
+    """(the manifest with its sentence ids, the units' parts of cfg's protocol, fold count and seed): what a run
+    trains on and what the leakage audit checks, computed the one way (`check_protocol` first)."""
+    check_protocol(cfg)
     t = cfg.train
-    return manifest, make_folds(t.protocol, manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
+    manifest = manifest.assign(sentence=sentences(manifest, cfg.dataset))
+    return manifest, make_splits(t.protocol, manifest, canonical_stems(cfg.dataset), t.folds, t.seed)

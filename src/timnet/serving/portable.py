@@ -25,7 +25,7 @@ from ..model.network import TIMNet
 from .model_folder import ONNX_INPUT, ONNX_OUTPUTS
 
 LONG_FACTOR = 2.0  # warn when a file is this many times longer than the training length
-UNIT_NAME = re.compile(r"^fold_(\d+)(?:_seed(\d+))?$")
+UNIT_NAME = re.compile(r"^fold_(\d+)(?:_cell\d+)?(?:_seed(\d+))?$")  # cells: speaker-sentence
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..core.atomic import write_json
 from ..core.config import TrainSettings, load_config, read_toml
 from ..core.errors import TimnetError
+from ..data.splits import check_protocol
 from ..training.run import prepare_run
 from ..training.runs import Roots
 from .study_report import write_report
@@ -117,15 +118,17 @@ def start_study(study_file: Path, roots: Roots, device: str, quick: bool, only: 
     study = restrict(load_study(study_file), only)
     specs = plan_study(study, quick)
     configs = [load_config(s["dataset"], s["overrides"]) for s in specs]  # every error before any run exists
+    features = [Path(study["mfcc"].get(c.dataset.name, Path("MFCC") / f"{c.dataset.name}.npy")) for c in configs]
+    for cfg in (c for c, mfcc in zip(configs, features) if mfcc.is_file()):
+        check_protocol(cfg)  # e.g. SAVEE under a sentence protocol
     study_id = f"{study['name']}{'_quick' if quick else ''}_{datetime.now():%Y%m%d-%H%M%S}"
     while _record_path(roots, study_id).exists():
         study_id += "_2"
     record = {"study": study_id, "study_file": str(study_file), "quick": quick, "created": datetime.now().isoformat()}
     record |= {"definition": study, "runs": [], "missing": []}
     runs = []
-    for spec, cfg in zip(specs, configs):
+    for spec, cfg, mfcc in zip(specs, configs, features):
         name = cfg.dataset.name
-        mfcc = Path(study["mfcc"].get(name, Path("MFCC") / f"{name}.npy"))
         if not mfcc.is_file():
             if name not in [m["dataset"] for m in record["missing"]]:
                 why = f"no features at {mfcc} (timnet preprocess --dataset {name}, or [mfcc] {name} = ...)"

@@ -9,7 +9,9 @@ of different sizes weigh differently); the paper's number (best epoch on the tes
 authors' 2023 update (last epoch) beside the policy they were measured with, with the difference, only where the
 run is their setting (`core.published`: corpus, audio, sample order, protocol, folds, epochs, seed, settings;
 else the reason). Each variant against the baseline on the same folds: `analysis.compare`'s paired
-statistics. A quick study says so on every table and at the top of the page.
+statistics. Under the grouped protocols (speaker, speaker-sentence: where the spread between speakers is the finding)
+WAR and UAR per speaker, pooled over the folds that tested the speaker, seeds averaged (`metrics.speaker_table`),
+as a table and a figure. A quick study says so on every table and at the top of the page.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..analysis.fold_statistics import fold_values, t_intervals
 from ..core.atomic import write_bytes
 from ..core.config import Config
 from ..core.errors import TimnetError
-from ..core.metrics import scores
+from ..core.metrics import scores, speaker_table
 from ..core.published import NOT_PUBLISHED, PUBLISHED, not_comparable, number_text, published_numbers, verdict
 from ..core.report import pyplot, write_workbook
 from ..data.feature_facts import feature_facts
@@ -119,16 +121,33 @@ def study_gate(record: dict, roots: Roots, entry: dict):
     return gate
 
 
+GROUPED = ("speaker", "speaker-sentence")  # the protocols whose folds are groups of speakers
+SPEAKER_COLUMNS = ["dataset", "protocol", "variant", "checkpoint", "run", "speaker", "n", "war", "uar", "folds"]
+
+
+def speaker_rows(entry: dict, units: RunUnits | None, policy: str) -> list[dict]:
+    """One run at one policy, per speaker (`metrics.speaker_table` of its test predictions), under the grouped
+    protocols; none elsewhere or before it is trained."""
+    if units is None or entry["protocol"] not in GROUPED:
+        return []
+    predictions = pd.concat([t.assign(seed=k[0], fold=k[1]) for k, t in units.tests.items()], ignore_index=True)
+    where = {k: entry[k] for k in ("dataset", "protocol", "variant")}
+    where |= {"checkpoint": POLICY_LABELS[policy], "run": entry["run_id"]}
+    return [where | row for row in speaker_table(predictions).to_dict("records")]
+
+
 def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
-    """results (one row per run x policy), ablations (each variant against the baseline), missing, runs."""
+    """results (one row per run x policy), ablations (each variant against the baseline), speakers (per speaker,
+    where a run of a grouped protocol is trained), missing, runs."""
     definition = record["definition"]
     policies, baseline = definition["checkpoints"], definition["baseline"]
-    results, ablations = [], []
+    results, ablations, speakers = [], [], []
     for policy in policies:
         read = {e["run_id"]: _read(roots, e, policy) for e in record["runs"]}
         results += [
             result_row(e, read[e["run_id"]], policy, baseline, study_gate(record, roots, e)) for e in record["runs"]
         ]
+        speakers += [row for e in record["runs"] for row in speaker_rows(e, read[e["run_id"]], policy)]
         for entry in record["runs"]:
             base = next(
                 (b for b in record["runs"] if b["variant"] == baseline and b["dataset"] == entry["dataset"]
@@ -144,6 +163,7 @@ def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
     out = {
         "results": pd.DataFrame(results),
         "ablations": pd.DataFrame(ablations),
+        **({"speakers": pd.DataFrame(speakers, columns=SPEAKER_COLUMNS)} if speakers else {}),
         "missing": pd.DataFrame(record["missing"], columns=["dataset", "reason"]),
         "runs": pd.DataFrame(record["runs"]),
     }
@@ -209,6 +229,28 @@ def ablations_figure(ablations: pd.DataFrame) -> bytes | None:
     return _png(fig)
 
 
+def speakers_figure(speakers: pd.DataFrame, baseline: str) -> bytes | None:
+    """WAR (bars) and UAR (dots) per speaker of the baseline variant, one panel per corpus x grouped protocol x
+    checkpoint policy; the n of each speaker under its bar."""
+    shown = speakers[speakers.variant == baseline] if len(speakers) else speakers
+    if shown.empty:
+        return None
+    groups = list(shown.groupby(["dataset", "protocol", "checkpoint"], sort=False))
+    width = max(3.0, 0.45 * shown.groupby(["dataset", "protocol", "checkpoint"]).size().max())
+    fig, axes = pyplot().subplots(1, len(groups), figsize=(width * len(groups), 3.6), squeeze=False)
+    for ax, ((dataset, protocol, checkpoint), group) in zip(axes[0], groups):  # noqa: B905 (same length)
+        x = np.arange(len(group))
+        ax.bar(x, group.war, color="C0", label="WAR")
+        ax.plot(x, group.uar, "o", color="C1", label="UAR")
+        ax.set_xticks(x, [f"{s}\nn={n:g}" for s, n in zip(group.speaker, group.n)], fontsize=7)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("% per speaker")
+        ax.set_title(f"{dataset} · {protocol} · {checkpoint.split(' (')[0]}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes | None]) -> str:
     """The HTML report: the mode at the top and on every section, tables, figures inline."""
     mode = mode_label(record)
@@ -228,10 +270,11 @@ def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes
     sections = [
         ("Results", "results", "results"),
         ("Ablations against the baseline (paired: B − A)", "ablations", "ablations"),
+        ("Per speaker (speaker and speaker-sentence protocols)", "speakers", "speakers"),
         ("Corpora missing on this machine", "missing", None),
         ("Runs", "runs", None),
     ]
-    for title, sheet, figure in sections:
+    for title, sheet, figure in [s for s in sections if s[1] in sheets]:
         parts += [f"<h2 id='{sheet}'>{title}</h2>", banner]
         if figure and figures.get(figure):
             data = base64.b64encode(figures[figure]).decode()
@@ -283,6 +326,7 @@ def write_report(record: dict, roots: Roots) -> dict:
     figures = {
         "results": results_figure(sheets["results"], baseline),
         "ablations": ablations_figure(sheets["ablations"]),
+        "speakers": speakers_figure(sheets["speakers"], baseline) if "speakers" in sheets else None,
     }
     folder = roots.results / "studies"
     xlsx = write_workbook(folder / f"{record['study']}.xlsx", sheets, overwrite=True)

@@ -123,7 +123,7 @@ def train_pack(
     for job in jobs:
         if job not in todo:
             report({**events[job.key], "event": "done", "epoch": cfg.train.epochs})
-            results[job.key] = load_result(job.final_path)
+            results[job.key] = load_result(job.final_path, job.cell)
     if todo:
         features = features if features is not None else load_features(Path(todo[0].mfcc_file), cfg.dataset.classes)
         with on_device(todo[0].device):

@@ -29,9 +29,10 @@ from ..core.config import Config
 from ..core.devices import pick_device
 from ..core.errors import TimnetError
 from ..core.locks import sole_writer
-from ..core.metrics import table_confusion
+from ..core.metrics import speaker_table, table_confusion
 from ..core.report import (
     append_summary,
+    cell_sheet,
     fold_table,
     plot_confusion,
     plot_curves_grid,
@@ -47,7 +48,7 @@ from ..data.feature_cache import share_features, without_samples
 from ..data.feature_facts import feature_facts
 from ..data.features import FeatureSet, load_features
 from ..data.leakage import audit, leakage_line
-from ..data.splits import protocol_folds, validation_split
+from ..data.splits import protocol_splits, validation_split
 from .cluster import cluster_has_gpus, run_units_on_ray
 from .device_timing import auto_device
 from .pack import reference_model
@@ -57,19 +58,20 @@ from .unit import UnitJob, should_compile
 
 
 def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPaths, device: str) -> list[UnitJob]:
-    """All (seed, fold) units of a run, with their index sets fixed up front (and saved with the run)."""
+    """All (seed, fold[, cell]) units of a run, with their index sets fixed up front (and saved with the run)."""
     t = cfg.train
     seeds = t.run_seeds
     # Folds always come from the dataset's seed (for `random`: the authors' exact test sets);
     # several seeds repeat the training (init, shuffling, dropout, validation carve) on the same folds.
-    manifest, folds = protocol_folds(cfg, features.manifest)
+    manifest, splits = protocol_splits(cfg, features.manifest)
     need_val = t.checkpoint == "best-val" or t.patience > 0 or t.calibrate
     held_out = {"speaker": manifest.speaker, "speaker-sentence": manifest.speaker, "sentence": manifest.sentence}
     groups = held_out.get(t.protocol)  # validation holds out what the protocol holds out of the test part
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     jobs = []
     for seed in seeds:
-        for k, (train, test) in enumerate(folds, start=1):
+        for split in splits:
+            train, test = split.train, split.test
             val = np.array([], dtype=np.int64)
             if need_val:
                 train, val = validation_split(train, features.y, groups, t.val_fraction, seed)
@@ -78,18 +80,49 @@ def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPath
                 UnitJob(
                     cfg.to_dict(),
                     str(mfcc_file),
-                    k,
+                    split.fold,
                     seed,
                     train.tolist(),
                     test.tolist(),
                     val.tolist(),
                     str(paths.models),
                     str(paths.logs),
-                    unit_name(k, seed, len(seeds) > 1),
+                    unit_name(split.fold, seed, len(seeds) > 1, split.cell),
                     unit_device,
+                    cell=split.cell,
                 )
             )
     return jobs
+
+
+def units_line(cfg: Config, jobs: list[UnitJob]) -> str:
+    """What a protocol with cells trains, said before training: how many units, and how a fold pools them ("" for a
+    protocol without cells)."""
+    cells = {(j.fold, j.cell) for j in jobs if j.cell}
+    if not cells:
+        return ""
+    folds, groups = len({f for f, _ in cells}), len({c for _, c in cells})
+    seeds = len(cfg.train.run_seeds)
+    made = f"{len(cells)} units" if len(cells) == folds * groups else f"{len(cells)} units (the cells with utterances)"
+    return (
+        f"protocol {cfg.train.protocol}: {folds} speaker groups x {groups} sentence groups = {made}"
+        + (f" x {seeds} seeds" if seeds > 1 else "")
+        + ", each testing its speakers on its sentences, trained on the other speakers' other sentences; a fold is "
+        f"a speaker group and pools its cells' predictions, so means and intervals are over {folds} folds"
+    )
+
+
+def check_planned(record: dict, jobs: list[UnitJob], stems: pd.Series, run_id: str) -> None:
+    """A resumed run trains the units its record names, on the same test utterances (a run planned with another
+    fold assignment, e.g. by a version whose speaker-sentence had no cells, is refused in one line)."""
+    planned = [(j.unit, stems.iloc[j.test].tolist()) for j in jobs]
+    recorded = [(u["unit"], list(u["test_stems"])) for u in record["folds"]]
+    if planned != recorded:
+        names = [u for u, _ in recorded]
+        raise TimnetError(
+            f"run {run_id} was planned with other units or test parts ({len(names)}: {', '.join(names[:3])}, …) "
+            f"than this version makes of its config ({len(planned)}) — start a new run"
+        )
 
 
 @dataclass
@@ -131,11 +164,13 @@ def prepare_run(
             f"({cfg.features.frames}, {cfg.features.n_mfcc}) — wrong --dataset or features made with other settings"
         )
     jobs = plan_jobs(cfg, features, mfcc, paths, device)
-    caveat = corpus_caveat(cfg.dataset, features.manifest)
-    if caveat:
-        warnings.warn(caveat, stacklevel=2)
+    if resume:
+        check_planned(record, jobs, features.manifest.stem, run_id)
+    for line in (corpus_caveat(cfg.dataset, features.manifest), units_line(cfg, jobs)):
+        if line:
+            warnings.warn(line, stacklevel=2)
     if not resume:
-        tests = [{"unit": j.unit, "fold": j.fold, "seed": j.seed} for j in jobs]
+        tests = [{"unit": j.unit, "fold": j.fold, "seed": j.seed} | ({"cell": j.cell} if j.cell else {}) for j in jobs]
         for unit, job in zip(tests, jobs):
             unit["test_stems"] = features.manifest.stem.iloc[job.test].tolist()
         create_run(paths, cfg, mfcc, device, tests)
@@ -294,20 +329,22 @@ class RunResult:
 def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list[UnitResult]) -> RunResult:
     """The run's outputs from its units' results: workbook, summary row, confusion heatmap, curves grid."""
     classes = cfg.dataset.classes
-    folds = fold_table(results)
+    folds = fold_table(results, features.y)
     predictions = run_predictions(features.manifest, results, classes)
     caveat = corpus_caveat(cfg.dataset, features.manifest)
     leakage = audit(cfg, features.manifest, features.fingerprints())
     calibration = calibration_sheets(results, features.y)
-    sheets = run_sheets(paths.run_id, cfg, folds, predictions, caveat, {"leakage": leakage, **calibration})
+    extra = {"leakage": leakage, "speakers": speaker_table(predictions)} | cell_sheet(results) | calibration
+    sheets = run_sheets(paths.run_id, cfg, folds, predictions, caveat, extra)
     workbook = write_workbook(paths.workbook, sheets, overwrite=True)
-    folds_made = len(leakage) - 1  # the protocol's folds (fewer than asked where a corpus has fewer groups)
+    units_made = len(leakage) - 1  # the protocol's units (fewer than asked where a corpus has fewer groups)
+    folds_made = int(leakage.fold.iloc[:-1].nunique())  # its folds: K_s speaker groups under speaker-sentence
     facts = feature_facts(Path(read_run_record(paths.models)["mfcc"]), cfg.dataset, features.manifest)
     summary = summary_row(paths.run_id, cfg, folds, cfg.train.run_seeds, facts, folds_made)
     pooled = calibration["calibration"].iloc[-1]
     summary |= {"ece": pooled.ece_before, "ece_calibrated": pooled.ece_after}
     summary |= {"leakage": leakage_line(leakage), "calibration": calibration_line(calibration)}
-    summary["complete"] = len({(r.seed, r.fold) for r in results}) == folds_made * len(cfg.train.run_seeds)
+    summary["complete"] = len({(r.seed, r.fold, r.cell) for r in results}) == units_made * len(cfg.train.run_seeds)
     append_summary(paths.results, summary)
     what = f"{cfg.dataset.name} run {paths.run_id}"
     confusion_png = plot_confusion(
@@ -320,7 +357,10 @@ def finish_run(cfg: Config, features: FeatureSet, paths: RunPaths, results: list
         calibration["reliability"], paths.results / paths.run_id / "reliability.png", f"{what}: reliability"
     )
     curves_png = plot_curves_grid(
-        {f"fold {r.fold}" + (f" seed {r.seed}" if several else ""): r.history for r in results},
+        {
+            f"fold {r.fold}" + (f" cell {r.cell}" if r.cell else "") + (f" seed {r.seed}" if several else ""): r.history
+            for r in results
+        },
         paths.logs / "curves.png",
         f"{what}: accuracy per epoch",
     )

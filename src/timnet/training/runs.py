@@ -8,9 +8,11 @@
     Results/<run>.xlsx                  the run workbook (`report`)
 
 Run ids are `<DATASET>_<protocol>_<checkpoint>_<yyyymmdd-hhmmss>[_n]`; a unit (one fold of one seed) is
-`fold_<k>`, or `fold_<k>_seed<s>` when the run has several seeds. The record holds `run_id`, `config` (the
+`fold_<k>`, or `fold_<k>_seed<s>` when the run has several seeds; under `speaker-sentence` a fold has cells
+(`data.splits.Split`), one unit each: `fold_<k>_cell<j>[_seed<s>]`. The record holds `run_id`, `config` (the
 effective config), `mfcc` (absolute path) and `mfcc_sha256` (resume refuses a changed file), `device`,
-`created`, and `folds`: one entry per unit with `unit`, `fold`, `seed` and `test_stems`.
+`created`, and `folds`: one entry per unit with `unit`, `fold`, `seed` (and `cell` where there are cells) and
+`test_stems`.
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ class RunPaths:
         return self.models / "in_progress" / f"{unit}.pt"
 
 
-def unit_name(fold: int, seed: int, several_seeds: bool) -> str:
-    return f"fold_{fold}_seed{seed}" if several_seeds else f"fold_{fold}"
+def unit_name(fold: int, seed: int, several_seeds: bool, cell: int = 0) -> str:
+    return f"fold_{fold}" + (f"_cell{cell}" if cell else "") + (f"_seed{seed}" if several_seeds else "")
 
 
 def new_run_id(cfg: Config, models_root: Path) -> str:
@@ -197,9 +199,11 @@ class UnitResult:
     probs: np.ndarray
     history: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
     temperature: float | None = None  # train.calibrate's T; the calibrated probabilities are calibration.scaled
+    cell: int = 0  # the fold's cell (`data.splits.Split`); named by the unit, not saved in its file
 
 
-def load_result(path: Path) -> UnitResult:
+def load_result(path: Path, cell: int = 0) -> UnitResult:
+    """A finished unit's result from its file; its `cell` is the job's (named by the unit, not kept in the file)."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     return UnitResult(
         saved["fold"],
@@ -211,6 +215,7 @@ def load_result(path: Path) -> UnitResult:
         saved["test_probs"].numpy(),
         pd.DataFrame(saved["history"]),
         saved.get("temperature"),
+        cell,
     )
 
 

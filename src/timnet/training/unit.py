@@ -21,7 +21,7 @@ import copy
 import os
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -121,6 +121,7 @@ class UnitJob:
     compile: bool = False
     blas: str = "torch"  # of eager products, decided by the executor (`train.decide_execution`); a resumed unit
     # keeps the one its state names
+    cell: int = 0  # the fold's cell under speaker-sentence (`data.splits.Split`), 0 elsewhere
 
     @property
     def paths(self) -> RunPaths:
@@ -172,7 +173,9 @@ class UnitTrainer:
         self.tr, self.te, self.va = (
             torch.as_tensor(np.asarray(i, dtype=np.int64), device=self.device) for i in (job.train, job.test, job.val)
         )
-        torch.manual_seed(job.seed * 1000 + job.fold)
+        seed = job.seed * 1000 + job.fold  # of the initial weights and the shuffling: per (seed, fold[, cell])
+        seed = seed * 1000 + job.cell if job.cell else seed
+        torch.manual_seed(seed)
         self.model = TIMNet(TIMNetConfig.from_config(cfg)).to(self.device)
         limit_threads(torch.get_num_threads())  # numpy's BLAS threads as torch's (pool workers: one each)
         self.use_blas("torch" if job.compile else job.blas)
@@ -180,7 +183,7 @@ class UnitTrainer:
         self.compile_pending = job.compile
         t = self.t
         self.opt = unit_adam(self.model, t, self.device)
-        self.shuffle = torch.Generator().manual_seed(job.seed * 1000 + job.fold)
+        self.shuffle = torch.Generator().manual_seed(seed)
         self.watch = {"best-val": "val_acc", "best-test": "test_acc"}.get(t.checkpoint)
         self.writer = StateWriter()
         self.trackers = Trackers(cfg, Path(job.logs_dir), job.unit, Path(job.logs_dir).name)
@@ -362,9 +365,10 @@ class UnitTrainer:
         history = pd.DataFrame(progress.history)
         title = f"{cfg.dataset.name} {job.unit} ({self.t.checkpoint})"
         plot_history(history, Path(job.logs_dir) / f"{job.unit}.png", title, chosen_epoch)
-        return UnitResult(
+        result = UnitResult(
             job.fold, job.seed, metrics, chosen_epoch, progress.seconds, list(job.test), probs, history, temperature
         )
+        return replace(result, cell=job.cell)
 
 
 def train_unit(job: UnitJob, features: FeatureSet | None = None, report: ProgressReport | None = None) -> UnitResult:
@@ -374,7 +378,7 @@ def train_unit(job: UnitJob, features: FeatureSet | None = None, report: Progres
     event = {"key": job.key, "epochs": cfg.train.epochs, "pid": os.getpid()}
     if job.final_path.exists():  # finished units are never redone
         report({**event, "event": "done", "epoch": cfg.train.epochs})
-        return load_result(job.final_path)
+        return load_result(job.final_path, job.cell)
     features = features if features is not None else load_features(Path(job.mfcc_file), cfg.dataset.classes)
     with on_device(job.device):
         return _train(job, cfg, features, report, event)
