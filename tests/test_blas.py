@@ -43,6 +43,7 @@ def test_auto_measures_once_per_machine_and_accelerators_use_torch(tmp_path, mon
         load_config("EMODB", {"train.blas": "mkl"})
 
 
+@pytest.mark.slow
 def test_numpy_products_train_like_torchs_and_a_unit_resumes_with_the_blas_it_started_with(tmp_path, mfcc, monkeypatch):
     """Both BLAS train the same network (float32 rounding apart). A unit interrupted after epoch 2 of a numpy run
     resumes with numpy's products even where the run's settings now say torch: bit for bit the uninterrupted run."""

@@ -45,6 +45,7 @@ def test_temperature_scaling_finds_the_temperature_that_made_the_probabilities()
     assert np.allclose(scaled(reported, 1.0), reported)
 
 
+@pytest.mark.slow
 def test_a_calibrated_run_reports_before_and_after(tmp_path, mfcc):
     run = train(tmp_path, mfcc, folds=2, epochs=3, calibrate=True)
     units = sorted((tmp_path / "Models" / run.run_id).glob("fold_*.pt"))
@@ -61,6 +62,7 @@ def test_a_calibrated_run_reports_before_and_after(tmp_path, mfcc):
     assert pixels_of(png, "C0") > 50 and pixels_of(png, "C1") > 50  # both curves drawn
 
 
+@pytest.mark.slow
 def test_every_run_reports_its_calibration_uncalibrated(trained_run):
     root, _, run = trained_run
     sheets = pd.read_excel(run.workbook, sheet_name=None)

@@ -29,6 +29,7 @@ def test_preprocess_then_noop(emodb_root, tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bad_file_is_one_line_and_exit_2(emodb_root, tmp_path):
     (emodb_root / "wav" / "03a07Wa.wav").write_bytes(b"\x00" * 10)
     proc = subprocess.run(
@@ -88,6 +89,7 @@ def test_evaluate_wrong_dataset_for_weights(emodb_root, tmp_path, capsys):
     assert "trained for 8 classes" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @needs_shared
 def test_evaluate_command_on_real_audio_then_on_its_npy(tmp_path, capsys):
     import pandas as pd
@@ -115,6 +117,7 @@ def test_evaluate_command_on_real_audio_then_on_its_npy(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_does_the_three_notebooks_work_on_generated_data_in_an_empty_folder(tmp_path):
     # one thread: a tiny model, and far faster when other work holds the second core
     argv = [sys.executable, "-m", "timnet.cli", "run", "--folds", "2", "--epochs", "2", "--workers", "1"]

@@ -40,6 +40,7 @@ def short_run(**train) -> object:
     return load_config("EMODB", {**SHORT, **{f"train.{k}": v for k, v in train.items()}})
 
 
+@pytest.mark.slow
 def test_ray_backend_equals_local_bit_for_bit(cluster, mfcc, tmp_path):
     local = train(tmp_path / "local", mfcc, folds=2, epochs=2)
     on_ray = train(tmp_path / "ray", mfcc, folds=2, epochs=2, backend="ray")
@@ -137,6 +138,7 @@ def ray_run_while(root: Path, mfcc: Path, act, window=(3, 30), job=None, watch=N
     return outcome, acted
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_path, reference_run):
     """kill -9 of the worker in the middle of a unit: Ray retries it, it goes on from its last saved epoch,
     and the numbers equal an uninterrupted run."""
@@ -157,6 +159,7 @@ def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_
     assert_same_units(reference_run, root / "Models" / run_id)
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc, tmp_path, reference_run):
     """Ctrl-C in the driver mid-run: every task is cancelled (its worker goes, its state stops changing), and
     `resume` finishes the run with the numbers of an uninterrupted one."""
@@ -206,6 +209,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc,
     assert_same_units(reference_run, root / "Models" / run_id)
 
 
+@pytest.mark.slow
 def test_sweep_of_a_2x2_grid(cluster, mfcc, tmp_path, capsys):
     from timnet.cli import main
 

@@ -119,6 +119,7 @@ def test_the_progress_queue_lives_on_the_drivers_node(two_nodes):
         queue.shutdown()
 
 
+@pytest.mark.slow
 def test_a_lost_node_costs_a_sweep_only_its_units_epochs_since_their_state(two_nodes, mfcc, tmp_path, reference_run):
     """A sweep of two runs (REFERENCE's, then a 2-epoch one) on Ray: the worker node is removed while a unit of the
     first run trains on it; the sweep completes (no traceback from the progress channel), that unit starts again
@@ -151,6 +152,7 @@ def test_a_lost_node_costs_a_sweep_only_its_units_epochs_since_their_state(two_n
     assert (table.war_mean[1], table.uar_mean[1]) == (local.summary["war_mean"], local.summary["uar_mean"])
 
 
+@pytest.mark.slow
 def test_a_run_whose_cluster_died_resumes_on_a_new_one(two_nodes, mfcc, tmp_path, reference_run):
     """A power cut: the driver and the local cluster it started are killed at once (kill -9 of the driver's
     process group); `--resume` on another cluster (here the two-node one) finishes the run exactly."""

@@ -48,6 +48,7 @@ def exact_scores(unit: dict) -> dict[str, Fraction]:
 WILCOXON_METHODS = {"exact": "exact", "normal approximation (tie and continuity corrected)": "asymptotic"}
 
 
+@pytest.mark.slow
 def test_compare_equals_scipy_on_the_exact_differences(runs):
     a_dir, b_dir, _ = runs
     table = compare_runs(a_dir, b_dir)
@@ -176,6 +177,7 @@ def test_runs_on_other_folds_are_refused_in_one_line(runs):
         compare_runs(a_dir, c_dir)
 
 
+@pytest.mark.slow
 def test_compare_cli_writes_the_csv(runs, tmp_path):
     a_dir, b_dir, c_dir = runs
     csv = tmp_path / "diff.csv"
@@ -200,6 +202,7 @@ def policy_runs(mfcc, tmp_path_factory):
     return root / "Models" / best_test.run_id, root / "Models" / best_val.run_id
 
 
+@pytest.mark.slow
 def test_compare_refuses_runs_at_other_policies_unless_allowed(policy_runs, tmp_path, capsys):
     best_test, best_val = policy_runs
     argv = [sys.executable, "-m", "timnet.cli", "compare", str(best_test), str(best_val)]

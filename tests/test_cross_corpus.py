@@ -87,6 +87,7 @@ def test_from_a_model_folder_through_the_cli(trained_run, mine, tmp_path, capsys
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_pattern_corpus_trains_per_speaker_and_is_scored_on_the_emodb_layout(trained_run, mine, tmp_path):
     _, emodb, _ = trained_run
     config, data = mine

@@ -87,6 +87,7 @@ def test_a_two_epoch_run_trains_on_the_device(device_run):
     assert len(result.predictions) == 84 and result.workbook.is_file()
 
 
+@pytest.mark.slow
 def test_a_packed_run_equals_its_units_trained_alone_on_the_device(tmp_path, mfcc, device):
     runs = {}
     for pack in ("1", "2"):
@@ -131,6 +132,7 @@ def test_an_interrupted_unit_resumes_where_it_stopped_on_the_device(tmp_path, mf
         assert all(torch.allclose(v, b["state_dict"][k], rtol=1e-4, atol=1e-6) for k, v in a["state_dict"].items())
 
 
+@pytest.mark.slow
 def test_the_export_of_a_device_trained_run_predicts_what_the_run_did(tmp_path, mfcc, device_run):
     from timnet.serving.export import export_run
 

@@ -25,6 +25,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "devices.json"
 
 
+@pytest.mark.slow
 def test_timnet_devices_times_each_way_to_train_and_caches_it(cache, capsys):
     """CPU workers (real worker processes) and the CPU packed, each timed: positive rates, seconds per
     fold-epoch = steps / rate, the paper protocol = 10 x 500 of those; the fastest a run would use is marked."""

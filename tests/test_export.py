@@ -47,6 +47,7 @@ def run_mfcc(root, result):
     return read_run_record(root / "Models" / result.run_id)["mfcc"]
 
 
+@pytest.mark.slow
 def test_export_writes_a_self_contained_folder(learned):
     root, _, result, out = learned
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "onnx"]

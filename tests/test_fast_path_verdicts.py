@@ -251,6 +251,7 @@ def test_a_worker_refuses_code_that_differs_from_its_callers(tmp_path, mfcc):
     assert "patched_batch_norm.<locals>.<lambda>" in message and "--workers 1" in message and "save" in message
 
 
+@pytest.mark.slow
 def test_a_run_in_the_same_process_after_an_edit_trains_the_edit(tmp_path, mfcc):
     """A notebook's situation: a run, `TemporalAwareBlock.forward` edited in place, another run in the same
     process. The second run trains the edited block: the CPU kernel it asked for steps aside, and the run equals

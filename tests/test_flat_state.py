@@ -38,6 +38,7 @@ def test_flatten_round_trips_every_dtype_and_shape_through_torch_save(tmp_path):
     assert unflatten({"model": 1}) == {"model": 1} and unflatten(None) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", ["last", "best-val"])
 def test_a_flat_state_and_an_earlier_unflat_one_resume_to_the_uninterrupted_bits(
     tmp_path, mfcc, monkeypatch, reference_run, checkpoint

@@ -138,6 +138,7 @@ def test_audit_of_a_corpus_folder_finds_copied_audio(tmp_path):
     assert table.iloc[-1].shared_speaker == 0 and table.iloc[-1].shared_sentence == table.iloc[-1].n_test
 
 
+@pytest.mark.slow
 def test_audit_cli_prints_the_table_writes_the_csv_and_never_overwrites(tmp_path, mfcc):
     csv = tmp_path / "audit.csv"
     argv = [sys.executable, "-m", "timnet.cli", "audit", "--dataset", "EMODB", "--mfcc", str(mfcc)]

@@ -221,6 +221,7 @@ ABLATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_the_papers_ablations_train_through_every_path_or_decline(ablation):
     torch.manual_seed(0)
@@ -254,6 +255,7 @@ def test_ablations_change_only_what_they_name():
         model_config(fusion="sum")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["model.directions=forward", "model.fusion=last", "model.gate=false"])
 def test_an_ablation_set_on_the_command_line_trains_saves_and_loads(tmp_path, mfcc, setting):
     from conftest import train
@@ -281,6 +283,7 @@ def test_a_parameter_the_model_does_not_use_is_left_alone_packed_as_alone():
     assert torch.equal(packed.spare, torch.ones(3, dtype=torch.float64))  # untouched, as torch's Adam leaves it
 
 
+@pytest.mark.slow
 def test_a_worker_process_prints_the_decline_as_the_cli_does(tmp_path, mfcc):
     """The CPU kernel declines a gateless block inside the pool's worker processes: the user sees the same one line
     (`warning: timnet: …`), not Python's `file:line: FastPathDeclined: …`."""

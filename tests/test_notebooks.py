@@ -33,6 +33,7 @@ def printed(nb: dict) -> str:
     return "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_runs_all_three_notebooks_unmodified_with_the_example_settings(tmp_path):
     """Run All of preprocess -> train -> tsne in an empty folder, no parameter changed: the example corpus is
     written, and train.ipynb takes EXAMPLE's own settings (4 folds x 20 epochs, batch 8) from its TOML."""
@@ -61,6 +62,7 @@ def test_a_fresh_clone_runs_all_three_notebooks_unmodified_with_the_example_sett
     assert csv.with_suffix(".png").is_file()
 
 
+@pytest.mark.slow
 def test_an_error_in_a_notebook_is_one_line_naming_the_notebook_setting(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError):
         execute("preprocess", tmp_path, dataset="EMODB")
@@ -89,6 +91,7 @@ def test_every_parameter_parses_for_papermill():
         assert all(p.inferred_type_name != "None" for p in parsed), name
 
 
+@pytest.mark.slow
 @needs_shared
 def test_tsne_notebook_with_the_authors_weights_on_audio(tmp_path):
     papermill.execute_notebook(

@@ -101,6 +101,7 @@ def test_casia_other_layouts_say_what_is_expected(tmp_path):
         quiet_manifest(tmp_path, load_config("CASIA").dataset)
 
 
+@pytest.mark.slow
 def test_casia_from_audio_trains_leave_one_speaker_out_and_says_the_folds_are_not_the_authors(tmp_path):
     cfg = load_config("CASIA", {**SHORT, "train.epochs": 1, "train.protocol": "speaker", "train.folds": 4})
     with warnings.catch_warnings():

@@ -40,6 +40,7 @@ def test_resolve_pack_auto_packs_accelerators_only():
     assert load_config("EMODB", {"train.pack": 4}).train.pack == "4"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, steps, tolerance", [(torch.float64, 10, 1e-12), (torch.float32, 4, 1e-5)])
 def test_packed_steps_equal_each_unit_stepping_alone(dtype, steps, tolerance):
     """Two units, Adam steps with dropout, each on its own batches and its own dropout stream: the packed model's
@@ -79,6 +80,7 @@ def test_packed_steps_equal_each_unit_stepping_alone(dtype, steps, tolerance):
         assert (alone - together).abs().max() < tolerance
 
 
+@pytest.mark.slow
 def test_a_packed_run_equals_its_units_trained_alone(tmp_path, mfcc):
     """5 folds of uneven size (last batches of 3 and 4 utterances step in two groups) and early stopping on
     validation (units leave the pack at different epochs): each unit's epochs, validation accuracies, checkpoint
@@ -101,6 +103,7 @@ def test_a_packed_run_equals_its_units_trained_alone(tmp_path, mfcc):
         assert ((a_log.loss - p_log.loss).abs() / a_log.loss).max() < 2e-3, unit
 
 
+@pytest.mark.slow
 def test_an_interrupted_pack_resumes_exactly(tmp_path, mfcc, monkeypatch):
     """A pack stopped after some epochs (its units' per-epoch states on disk) and resumed equals the
     uninterrupted packed run bit for bit; the states are today's, so the run could also resume unpacked."""
@@ -129,6 +132,7 @@ def test_an_interrupted_pack_resumes_exactly(tmp_path, mfcc, monkeypatch):
     assert_same_units(tmp_path / "whole" / "Models" / whole.run_id, tmp_path / "cut" / "Models" / run_id)
 
 
+@pytest.mark.slow
 def test_packs_train_in_worker_processes_as_in_this_process(tmp_path, mfcc):
     """Packs of a run go to worker processes as units do (with several GPUs: one pack per GPU at once): 4 units in
     2 packs on 2 workers train what the same packs train one after another here, bit for bit."""

@@ -43,6 +43,7 @@ def test_worker_rule():
     assert not should_compile("auto", 500, "cpu", units=5, blas="numpy") and should_compile("on", 1, "cpu", 1, "numpy")
 
 
+@pytest.mark.slow
 def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, capsys, monkeypatch):
     serial = train(tmp_path / "serial", mfcc, workers=1, folds=2, epochs=3, seeds=[46, 7])
     capsys.readouterr()
@@ -85,6 +86,7 @@ def test_pool_workers_map_one_shared_copy_of_the_features(tmp_path, mfcc):
     pd.testing.assert_frame_equal(seen.manifest, own.manifest)
 
 
+@pytest.mark.slow
 def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc):
     first = train(tmp_path / "run", mfcc, folds=3, epochs=2)  # all three folds finished
     models = tmp_path / "run" / "Models" / first.run_id

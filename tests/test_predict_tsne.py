@@ -123,6 +123,7 @@ def test_load_model_of_the_authors_zip():
     assert not np.allclose(model.predict_proba(x, fold=3), model.predict_proba(x, fold=4), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_tsne_of_a_run(trained_run):
     root, _, result = trained_run
     in_progress = root / "Models" / result.run_id / "in_progress"
@@ -161,6 +162,7 @@ def test_tsne_of_a_run(trained_run):
     assert not np.allclose(one, raw, atol=1e-3)
 
 
+@pytest.mark.slow
 @needs_shared
 def test_authors_weights_predict_equals_evaluate_and_tsne():
     cfg = load_config("EMODB")
@@ -206,6 +208,7 @@ def test_procrustes_map_recovers_a_rotation():
     )
 
 
+@pytest.mark.slow
 @needs_shared
 def test_aligned_tsne_of_the_authors_weights_clusters_by_emotion(tmp_path):
     cfg = load_config("EMODB")

@@ -140,6 +140,7 @@ def test_nothing_published_reads_not_published_never_nan():
     assert "nan" not in " ".join(lines) and "paper" not in lines[1]
 
 
+@pytest.mark.slow
 def test_a_tiny_run_says_why_its_numbers_are_not_the_papers(tmp_path, mfcc):
     run = train(tmp_path, mfcc, epochs=1, protocol="speaker")  # 10 folds asked, 4 speakers
     book = openpyxl.load_workbook(tmp_path / "Results" / SUMMARY_NAME)

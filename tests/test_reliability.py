@@ -37,6 +37,7 @@ def full_disk_at(monkeypatch, nth: int, matches) -> dict:
     return seen
 
 
+@pytest.mark.slow
 def test_a_full_disk_then_two_resumes_at_once_then_a_killed_holder(tmp_path, mfcc, reference_run, monkeypatch):
     """ENOSPC at fold 1's 6th per-epoch state: one line naming the file, the 5th epoch's state intact. Then a
     resume runs in another process, and a second one is refused naming it; that holder is killed (kill -9), and
@@ -130,6 +131,7 @@ with exclusive(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_the_summary_lock_waits_for_a_live_holder_and_is_free_once_it_is_killed(tmp_path):
     """The hand-written lock deleted a live holder's lock after 60 s; an OS lock is never stolen, and is free the
     moment its holder dies (kill -9), with no staleness rule."""

@@ -17,6 +17,7 @@ def _append(args):
     append_summary(results, {"run": f"run{i}", "war_mean": float(i)})
 
 
+@pytest.mark.slow
 def test_concurrent_summary_updates_keep_every_row(tmp_path):
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         pool.map(_append, [(tmp_path, i) for i in range(8)])

@@ -46,6 +46,7 @@ def test_reproduces_the_authors_keras_evaluation(emodb_subset):
     assert ev.folds.war.min() >= 85 and ev.folds.war.max() <= 100
 
 
+@pytest.mark.slow
 def test_fold_models_know_their_training_files(emodb_subset):
     """A wrong order or seed leaks training files into test folds; the right one makes every fold model
     ~100 % on its own training files and wrong only on test files."""
@@ -71,6 +72,7 @@ def synthetic_features(cfg, stems_labels: pd.DataFrame, seed: int = 0):
     return FeatureSet(x, y, manifest, cfg.dataset.classes)
 
 
+@pytest.mark.slow
 def test_ravdess_weights_on_a_partial_corpus_use_the_authors_folds():
     """Plumbing with the published RAVDESS weights: the canonical 1440-name list, their seed, a subset present."""
     from sklearn.model_selection import KFold
@@ -90,6 +92,7 @@ def test_ravdess_weights_on_a_partial_corpus_use_the_authors_folds():
     np.testing.assert_allclose(ev.predictions.filter(like="p_").sum(axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_casia_weights_need_the_complete_authors_npy():
     cfg = load_config("CASIA")
     labels = pd.DataFrame(

@@ -95,6 +95,7 @@ def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
+@pytest.mark.slow
 def test_imports_flow_one_way():
     cycle = find_cycle(import_graph())
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"

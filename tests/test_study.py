@@ -49,6 +49,7 @@ def quick_study(mfcc, tmp_path_factory):
     return roots, record, report
 
 
+@pytest.mark.slow
 def test_a_quick_study_reports_every_run_at_both_policies(quick_study):
     roots, record, report = quick_study
     assert len(record["runs"]) == 4  # EMODB x (random, sentence) x (TIM-Net, w/o TAB); RAVDESS has no features
@@ -153,6 +154,7 @@ def test_study_help_names_protocols_as_examples_of_protocols():
     assert "e.g. random,speaker" in study and "e.g. EMODB,SAVEE" in study
 
 
+@pytest.mark.slow
 def test_a_resumed_study_writes_its_report_again(quick_study, tmp_path):
     roots, record, report = quick_study
     before = report["html"].stat().st_mtime_ns

@@ -28,6 +28,7 @@ from timnet.model.inference import infer
 from timnet.serving.loading import load_model
 
 
+@pytest.mark.slow
 def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
     from matplotlib import colormaps
 
@@ -98,12 +99,14 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
     assert len(pd.read_excel(tmp_path / "Results" / SUMMARY_NAME)) == 2
 
 
+@pytest.mark.slow
 def test_short_run_beats_chance_by_a_wide_margin(tmp_path, mfcc):
     # enough optimiser steps for BatchNorm's slow (Keras momentum 0.99) running statistics to settle
     run = train(tmp_path, mfcc, folds=2, epochs=30, batch_size=16)
     assert run.summary["war_mean"] >= 60, run.folds  # chance is 14 %
 
 
+@pytest.mark.slow
 def test_best_test_is_labelled_optimistic_and_best_val_uses_validation(tmp_path, mfcc):
     run = train(tmp_path, mfcc, folds=2, epochs=3, checkpoint="best-test")
     label = "best-test (OPTIMISTIC: epoch picked on the test fold, the paper's protocol)"
@@ -117,6 +120,7 @@ def test_best_test_is_labelled_optimistic_and_best_val_uses_validation(tmp_path,
     assert saved["epoch"] == int(history.val_acc.idxmax()) + 1
 
 
+@pytest.mark.slow
 def test_early_stopping_on_validation(tmp_path, mfcc):
     run = train(tmp_path, mfcc, folds=2, epochs=60, patience=2)
     for k in (1, 2):
@@ -129,6 +133,7 @@ def test_early_stopping_on_validation(tmp_path, mfcc):
     assert set(run.folds.epoch) == {len(pd.read_csv(tmp_path / "logs" / run.run_id / f"fold_{k}.csv")) for k in (1, 2)}
 
 
+@pytest.mark.slow
 def test_several_seeds_give_mean_and_std(tmp_path, mfcc):
     run = train(tmp_path, mfcc, folds=2, epochs=1, seeds=[46, 7])
     assert sorted(set(run.folds.seed)) == [7, 46] and len(run.folds) == 4
@@ -206,6 +211,7 @@ def running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfcc, reference_run):
     common = ["--mfcc", str(mfcc), "--folds", str(REFERENCE["folds"]), "--epochs", str(REFERENCE["epochs"])]
 
@@ -274,6 +280,7 @@ def test_settings_have_defaults_in_code_and_runs_of_earlier_versions_still_load(
         Config.from_dict({"dataset": {"name": "MINE"}})  # the classes have no default
 
 
+@pytest.mark.slow
 def test_recomputed_activations_train_to_the_same_bits(tmp_path, mfcc):
     """`train.recompute = on` keeps only block inputs for backward; dropout replays its RNG state, so the
     weights and numbers equal those of ordinary training exactly."""
