@@ -23,7 +23,7 @@ import torch
 from ..accel.accelerate import FastPathDeclined
 from ..accel.blas import resolve_blas
 from ..accel.capture import resolve_capture
-from ..accel.packed import pack_declines, resolve_pack
+from ..accel.packed import resolve_pack
 from ..core.calibration import calibration_line, calibration_sheets
 from ..core.config import Config
 from ..core.devices import pick_device
@@ -52,6 +52,7 @@ from .device_timing import auto_device
 from .pack import reference_model
 from .pool import plan_workers, run_units
 from .runs import Roots, RunPaths, UnitResult, create_run, new_run_id, open_run, unit_name
+from .step import step_declines
 from .unit import UnitJob, should_compile
 
 
@@ -143,8 +144,8 @@ def prepare_run(
 
 
 def packable(cfg: Config, device: str) -> str | None:
-    """Why the units of cfg's model cannot be packed on `device` (`packed.pack_declines`), or None."""
-    return pack_declines(reference_model(cfg, device), torch.device(device))
+    """Why the units of cfg's model and training step cannot be packed on `device` (`step.step_declines`), or None."""
+    return step_declines(reference_model(cfg, device), cfg.train, torch.device(device))
 
 
 def plan_packs(runs: list[PreparedRun], pending: list[UnitJob], device: str) -> list[list[UnitJob]]:
