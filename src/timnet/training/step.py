@@ -244,7 +244,10 @@ def _step_verdict(model: nn.Module, t: TrainSettings, device: torch.device) -> s
 
 
 def trained_both_ways(model: nn.Module, t: TrainSettings, device: torch.device) -> tuple[list, list]:
-    """(each unit trained alone, the same units packed): their losses, weights and buffers (`step_declines`)."""
+    """(each unit trained alone, the same units packed): the loss of every step, then the function each unit
+    computes (its logits in training mode on a probe batch, from a seeded dropout stream). Not the weights
+    themselves: a bias just before a BatchNorm has a gradient of rounding noise, which Adam turns into steps of
+    either sign, the same function either way (`step_declines`)."""
     dtype, K = float_type(device), model.config.n_classes
     draw = torch.Generator().manual_seed(4)
     x = torch.randn(2, 2, 4, 24, model.config.n_mfcc, generator=draw, dtype=torch.float64).to(device, dtype)
@@ -263,8 +266,8 @@ def trained_both_ways(model: nn.Module, t: TrainSettings, device: torch.device) 
                     for b in range(2 if epoch == 0 and u == 0 else 1):
                         alone.append(unit_step(m, opt, x[u, b], y[u, b], weights[u], t)[1])
                 next_epoch(schedule)
-        state = m.state_dict()
-        alone += [state[k].detach() for k in sorted(state)]
+        with torch.no_grad(), seeded(device, 99):
+            alone.append(m(x[1, 1]))
     return alone, _packed(models, t, device, epochs, x, y, weights)
 
 
@@ -289,8 +292,10 @@ def _packed(models: list, t: TrainSettings, device, epochs: list[int], x, y, wei
         for schedule in schedules:
             next_epoch(schedule)
         optimizer.follow(opts[0])
-    states = [packed.unit_state(u) for u in range(2)]
-    return [value for u in range(2) for value in (*losses[u], *(states[u][k] for k in sorted(states[u])))]
+    probe = [torch.Generator(device=device).manual_seed(99) for _ in range(2)]
+    with torch.no_grad():
+        logits = packed.forward(x[1, 1].expand(2, *x.shape[2:]), units, probe)
+    return [*losses[0], logits[0], *losses[1], logits[1]]
 
 
 def capture_declines(model: nn.Module, t: TrainSettings, device: torch.device, steps: int = 3) -> str | None:
