@@ -18,7 +18,7 @@ from scipy import stats
 from timnet.analysis.compare import compare_runs
 from timnet.core.errors import TimnetError
 from timnet.studies.study import load_study, plan_study, restrict, run_study, trained_policy
-from timnet.studies.sweep import Execution
+from timnet.training.execution import Execution
 from timnet.training.runs import Roots
 
 

@@ -146,12 +146,15 @@ def test_a_run_declines_packing_for_it_and_trains_unit_by_unit(tmp_path, mfcc, m
 
     monkeypatch.setitem(training_step.OPTIMIZERS, "adam", NormalisedSGD)
     with pytest.warns(FastPathDeclined, match=r"^timnet: packed units step aside: packed steps of adam end "):
+        from timnet.training.execution import Execution
         from timnet.training.run import run_training
+        from timnet.training.runs import Roots
 
         overrides = {"features.signal_length": 16000, "model.levels": 2, "train.folds": 2, "train.epochs": 1}
         overrides["train.pack"] = "2"
         cfg = load_config("EMODB", overrides)
-        run = run_training(cfg, mfcc, *(tmp_path / d for d in "MLR"), device="cpu", workers=1, threads=1)
+        how = Execution(Roots(*(tmp_path / d for d in "MLR")), device="cpu", workers=1, threads=1)
+        run = run_training(cfg, mfcc, how)
     assert len(run.folds) == 2
 
 
