@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,3 +212,23 @@ def test_a_unit_with_a_schedule_resumes_exactly(tmp_path, mfcc, monkeypatch):
     assert saved["schedule"]["last_epoch"] == 2 and saved["schedule"]["_last_lr"] == [pytest.approx(5e-4)]
     train(tmp_path / "cut", None, resume=run_id)
     assert_same_units(tmp_path / "whole" / "Models" / whole.run_id, tmp_path / "cut" / "Models" / run_id)
+
+
+def test_a_packed_run_with_every_step_setting_equals_its_units_alone(tmp_path, mfcc):
+    """Through `timnet train`'s own machinery (`training.pack`): AdamW with weight decay, balanced class weights
+    and a step schedule changing every epoch, 3 folds packed and alone: the same epochs' losses (float32 rounding,
+    which Adam amplifies: tests/test_packed.py), the same validation accuracies and predictions."""
+    from test_packed import relative_gap, unit_weights
+
+    step = {"optimizer": "adamw", "weight_decay": 0.01, "class_weights": "balanced", "lr_schedule": "step"}
+    common = dict(folds=3, epochs=3, batch_size=16, checkpoint="best-val", lr_step_size=1, lr_gamma=0.5, **step)
+    alone = train(tmp_path / "alone", mfcc, pack="1", **common)
+    packed = train(tmp_path / "packed", mfcc, pack="3", **common)
+    assert alone.predictions.predicted.tolist() == packed.predictions.predicted.tolist()
+    a_dir, p_dir = tmp_path / "alone" / "Models" / alone.run_id, tmp_path / "packed" / "Models" / packed.run_id
+    for unit in ("fold_1", "fold_2", "fold_3"):
+        assert relative_gap(unit_weights(a_dir, unit), unit_weights(p_dir, unit)) < 1e-2, unit
+        a_log = pd.read_csv(tmp_path / "alone" / "logs" / alone.run_id / f"{unit}.csv")
+        p_log = pd.read_csv(tmp_path / "packed" / "logs" / packed.run_id / f"{unit}.csv")
+        assert (a_log.val_acc == p_log.val_acc).all(), unit
+        assert ((a_log.loss - p_log.loss).abs() / a_log.loss).max() < 2e-3, unit
