@@ -1,7 +1,7 @@
 """Training packed units (`train.pack`): the units of a run stepped together as one batched model
-(`accel.packed`), each keeping its data order, dropout stream, Adam step count, evaluation, checkpoint choice and
-early stopping (a stopped unit leaves the pack), its own schedule (a pack steps units of one epoch: units resumed
-at different epochs catch up first). Its numbers equal its training alone to float tolerance, and its
+(`accel.packed`, `step`), each keeping its data order, dropout stream, optimiser step count, evaluation, checkpoint
+choice, early stopping (a stopped unit leaves the pack) and schedule (a pack steps units of one epoch: units
+resumed at different epochs catch up first). Its numbers equal its training alone to float tolerance, and its
 per-epoch state file is a unit's own (`UnitTrainer.save`), so a packed unit resumes packed or alone
 (tests/test_packed.py)."""
 

@@ -97,7 +97,7 @@ def _stacked_state(states: list[dict], param: torch.Tensor) -> dict:
         if key == "step":
             stacked[key] = value.clone()
         elif isinstance(value, torch.Tensor) and value.shape == param.shape[1:]:
-            stacked[key] = torch.stack([s[key] if s else torch.zeros_like(value) for s in states]).to(param.device)
+            stacked[key] = torch.stack([s[key] if s else torch.zeros_like(value) for s in states])
         else:
             raise TimnetError(f"its optimiser state {key!r} is not one value per parameter element")
     return stacked
@@ -115,10 +115,12 @@ class PackedOptimizer:
         self.units = len(opts)
         states = [[opt.state.get(q, {}) for g in opt.param_groups for q in g["params"]] for opt in opts]
         self.counts = [max((int(s["step"]) for s in unit if "step" in s), default=0) for unit in states]
-        for i, p in enumerate(self.params):
-            if any(unit[i] for unit in states):
-                self.opt.state[p] = _stacked_state([unit[i] for unit in states], p)
-        on = self.params[0].device if self.opt.defaults.get("capturable") else torch.device("cpu")
+        units = [[u[i] for u in states] for i in range(len(self.params))]
+        stacked = {i: _stacked_state(unit, p) for i, (unit, p) in enumerate(zip(units, self.params)) if any(unit)}
+        groups = self.opt.state_dict()["param_groups"]
+        self.opt.load_state_dict({"state": stacked, "param_groups": groups})  # placed as torch places its own
+        kept_on_device = self.opt.defaults.get("capturable") or self.opt.defaults.get("fused")
+        on = self.params[0].device if kept_on_device else torch.device("cpu")
         self.steps = torch.tensor(self.counts, dtype=torch.float32, device=on)  # as the captured graphs count
         self.planned: list[list[int]] = []
         self.follow(opts[0])
