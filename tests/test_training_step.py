@@ -232,3 +232,37 @@ def test_a_packed_run_with_every_step_setting_equals_its_units_alone(tmp_path, m
         p_log = pd.read_csv(tmp_path / "packed" / "logs" / packed.run_id / f"{unit}.csv")
         assert (a_log.val_acc == p_log.val_acc).all(), unit
         assert ((a_log.loss - p_log.loss).abs() / a_log.loss).max() < 2e-3, unit
+
+
+@pytest.mark.parametrize("schedule", ["none", "step"])
+def test_a_pack_stopped_between_its_units_resumes_with_its_schedule(tmp_path, mfcc, monkeypatch, schedule):
+    """Stopped when one unit had saved epoch 2 and the other epoch 1, the pack resumes: without a schedule both step
+    together again; with one changing at epoch 2 their learning rates differ, so the late unit catches up alone (a
+    pack of one), then both step together. The early unit ends bit for bit where the uninterrupted pack ends; the
+    late one to float32 rounding (so it did before schedules: its catching-up epoch runs in another pack)."""
+    from test_packed import relative_gap, unit_weights
+
+    from timnet.training import pack
+
+    common = dict(pack="2", folds=2, epochs=4, lr_schedule=schedule, lr_step_size=2, lr_gamma=0.5)
+    whole = train(tmp_path / "whole", mfcc, **common)
+    original, seen = pack.Pack.record, []
+
+    def stop_between(self, u, *args):
+        row = original(self, u, *args)
+        seen.append(u)
+        if len(seen) == 3:  # unit 0 has saved epoch 2, unit 1 epoch 1
+            raise KeyboardInterrupt
+        return row
+
+    monkeypatch.setattr(pack.Pack, "record", stop_between)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "cut", mfcc, **common)
+    monkeypatch.setattr(pack.Pack, "record", original)
+    run_id = next((tmp_path / "cut" / "Models").iterdir()).name
+    states = sorted((tmp_path / "cut" / "Models" / run_id / "in_progress").glob("fold_*.pt"))
+    assert [torch.load(s, weights_only=True)["progress"]["epoch"] for s in states] == [2, 1]
+    train(tmp_path / "cut", None, resume=run_id)
+    a_dir, b_dir = tmp_path / "whole" / "Models" / whole.run_id, tmp_path / "cut" / "Models" / run_id
+    assert_same_units(a_dir, b_dir, ["fold_1"])
+    assert relative_gap(unit_weights(a_dir, "fold_2"), unit_weights(b_dir, "fold_2")) < 1e-4

@@ -1,7 +1,8 @@
 """Training packed units (`train.pack`): the units of a run stepped together as one batched model
 (`accel.packed`, `step`), each keeping its data order, dropout stream, optimiser step count, evaluation, checkpoint
-choice, early stopping (a stopped unit leaves the pack) and schedule (a pack steps units of one epoch: units
-resumed at different epochs catch up first). Its numbers equal its training alone to float tolerance, and its
+choice, early stopping (a stopped unit leaves the pack) and schedule (a pack steps units of one learning rate:
+units resumed at epochs their schedule sets apart catch up first, trained to float tolerance rather than bit for
+bit, as a pack of another size). Its numbers equal its training alone to float tolerance, and its
 per-epoch state file is a unit's own (`UnitTrainer.save`), so a packed unit resumes packed or alone
 (tests/test_packed.py)."""
 
@@ -22,7 +23,7 @@ from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..data.features import FeatureSet, load_features
 from ..model.network import TIMNet
 from .runs import UnitResult, load_result
-from .step import capture_declines, packed_optimizer, packed_step
+from .step import capture_declines, hyperparameters, packed_optimizer, packed_step
 from .unit import ProgressReport, UnitJob, UnitTrainer
 
 
@@ -58,10 +59,13 @@ class Pack:
         self.members: tuple = ()
 
     def active(self) -> list[int]:
-        """The units left to train at the earliest epoch among them (one epoch, one schedule: one learning rate)."""
+        """The units left to train that step with the hyperparameters of the earliest among them (one optimiser,
+        one learning rate: units resumed at epochs their schedule sets apart catch up first)."""
         left = [u for u, p in enumerate(self.progress) if p.epoch < self.t.epochs and not p.stopped]
-        first = min((self.progress[u].epoch for u in left), default=0)
-        return [u for u in left if self.progress[u].epoch == first]
+        if not left:
+            return []
+        now = hyperparameters(self.trainers[min(left, key=lambda u: self.progress[u].epoch)].opt)
+        return [u for u in left if hyperparameters(self.trainers[u].opt) == now]
 
     def _stack(self, active: list[int]) -> None:
         """The stacked model and optimiser of the units `active`, from their trainers (which hold each epoch's end)."""

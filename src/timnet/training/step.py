@@ -76,6 +76,11 @@ def next_epoch(schedule: torch.optim.lr_scheduler.LRScheduler | None) -> None:
             schedule.step()
 
 
+def hyperparameters(opt: torch.optim.Optimizer) -> list[dict]:
+    """What an optimiser's groups say it computes with now (its schedule moves the learning rate)."""
+    return [{k: v for k, v in group.items() if k not in HOW} for group in opt.param_groups]
+
+
 def unit_step(forward: Callable, opt: torch.optim.Optimizer, x, y, weight, t: TrainSettings) -> tuple:
     """One step of a unit alone: (logits, loss), detached."""
     logits = forward(x)
@@ -139,9 +144,9 @@ class PackedOptimizer:
     def follow(self, opt: torch.optim.Optimizer) -> bool:
         """The hyperparameters a unit's optimiser holds now (its schedule moves them); True where one changed."""
         changed = False
-        for mine, theirs in zip(self.opt.param_groups, opt.param_groups, strict=True):
+        for mine, theirs in zip(self.opt.param_groups, hyperparameters(opt), strict=True):
             for key, value in theirs.items():
-                if key not in HOW and mine.get(key) != value:
+                if mine.get(key) != value:
                     mine[key], changed = value, True
         return changed
 
