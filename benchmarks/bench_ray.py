@@ -34,7 +34,9 @@ def main() -> None:
     import ray
 
     from timnet import load_config
+    from timnet.training.execution import Execution
     from timnet.training.run import run_training
+    from timnet.training.runs import Roots
 
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
@@ -51,10 +53,11 @@ def main() -> None:
             for backend in ("local", "ray"):
                 out = work / f"{backend}{epochs}"
                 started = time.perf_counter()
-                run_training(
-                    cfg, mfcc, out / "M", out / "L", out / "R", progress=False, only_folds=only, threads=1,
-                    workers=2 if backend == "local" else None, backend=backend,
-                )  # fmt: skip
+                workers = 2 if backend == "local" else None
+                how = Execution(
+                    Roots(out / "M", out / "L", out / "R"), backend, workers=workers, threads=1, progress=False
+                )
+                run_training(cfg, mfcc, how, only_folds=only)
                 times[backend] = time.perf_counter() - started
             rows.append(
                 {

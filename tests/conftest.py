@@ -186,26 +186,19 @@ def train(
     `workers` says otherwise: the short-signal EMO-DB config with `train_settings` (train.*) and `settings` (any),
     or `cfg`, or `resume=RUN`. Warnings (e.g. a small corpus' folds) are silenced."""
     from timnet import load_config
+    from timnet.training.execution import Execution
     from timnet.training.run import run_training
+    from timnet.training.runs import Roots
 
     if cfg is None and resume is None:
         overrides = {**SHORT, **(settings or {}), **{f"train.{k}": v for k, v in train_settings.items()}}
         cfg = load_config("EMODB", overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_training(
-            cfg,
-            None if resume else mfcc,
-            root / "Models",
-            root / "logs",
-            root / "Results",
-            resume=resume,
-            device=device,
-            progress=progress,
-            workers=workers,
-            threads=1,
-            backend=backend,
+        how = Execution(
+            Roots(root / "Models", root / "logs", root / "Results"), backend, None, device, workers, 1, progress
         )
+        return run_training(cfg, None if resume else mfcc, how, resume=resume)
 
 
 def assert_same_units(dir_a: Path, dir_b: Path, units: list[str] | None = None) -> None:
@@ -301,7 +294,7 @@ def small_study(tmp_path: Path, text: str, quick: bool = False):
     """(roots, record, report) of the study whose file holds `text` (TOML), trained under tmp_path on the CPU, one
     unit at a time, warnings silenced."""
     from timnet.studies.study import run_study
-    from timnet.studies.sweep import Execution
+    from timnet.training.execution import Execution
     from timnet.training.runs import Roots
 
     path = tmp_path / "study.toml"

@@ -21,7 +21,9 @@ from conftest import REFERENCE, SHORT, assert_same_units, heavy_start, tiny_grid
 from timnet import load_config
 from timnet.core.errors import TimnetError
 from timnet.training.cluster import start_local_ray
+from timnet.training.execution import Execution
 from timnet.training.run import run_training
+from timnet.training.runs import Roots
 
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
 
@@ -55,14 +57,13 @@ def test_a_node_that_cannot_read_the_features_fails_with_one_line(cluster, mfcc,
     for src in mfcc.parent.glob("EMODB.*"):
         (copy.parent / src.name).write_bytes(src.read_bytes())
     from timnet.training.run import execute, prepare_run
-    from timnet.training.runs import Roots
 
     run = prepare_run(
         short_run(folds=2, epochs=1), copy, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu"
     )
     copy.unlink()  # as if the file were on a disk this node does not mount
     with pytest.raises(TimnetError, match=r"fold_\d: node \S+ cannot read .*EMODB.npy — .*storage every node sees"):
-        execute([run], "cpu", backend="ray", progress=False)
+        execute([run], "cpu", Execution(backend="ray", progress=False))
 
 
 def test_a_ray_worker_refuses_model_code_the_driver_changed_in_memory(cluster, mfcc, tmp_path):
@@ -112,10 +113,8 @@ def ray_run_while(root: Path, mfcc: Path, act, window=(3, 30), job=None, watch=N
     outcome: dict = {}
 
     def reference():
-        return run_training(
-            short_run(**REFERENCE), mfcc, root / "Models", root / "logs", root / "Results", progress=False,
-            threads=1, backend="ray",
-        )  # fmt: skip
+        how = Execution(Roots(root / "Models", root / "logs", root / "Results"), "ray", threads=1, progress=False)
+        return run_training(short_run(**REFERENCE), mfcc, how)
 
     def ray_run():
         with warnings.catch_warnings(record=True) as caught:

@@ -22,7 +22,8 @@ if not sys.platform.startswith("linux"):
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from timnet.studies.sweep import Execution, run_sweep  # noqa: E402
+from timnet.studies.sweep import run_sweep  # noqa: E402
+from timnet.training.execution import Execution  # noqa: E402
 from timnet.training.run import run_training  # noqa: E402
 from timnet.training.runs import Roots  # noqa: E402
 
@@ -176,7 +177,6 @@ def test_a_run_whose_cluster_died_resumes_on_a_new_one(two_nodes, mfcc, tmp_path
     assert not list(models.glob("fold_*.pt"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_training(
-            None, None, root / "M", root / "L", root / "R", resume=found, device="cpu", progress=False, backend="ray"
-        )
+        how = Execution(Roots(root / "M", root / "L", root / "R"), "ray", device="cpu", progress=False)
+        run_training(None, None, how, resume=found)
     assert_same_units(reference_run, models)

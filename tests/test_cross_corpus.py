@@ -102,7 +102,8 @@ def test_a_pattern_corpus_trains_per_speaker_and_is_scored_on_the_emodb_layout(t
 
 
 def test_a_sweep_holds_cross_corpus_cells(mfcc, mine, tmp_path):
-    from timnet.studies.sweep import Execution, run_sweep
+    from timnet.studies.sweep import run_sweep
+    from timnet.training.execution import Execution
     from timnet.training.runs import Roots
 
     config, data = mine

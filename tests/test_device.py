@@ -151,7 +151,9 @@ def test_a_captured_pack_trains_what_the_eager_pack_trains(tmp_path, mfcc, devic
     predictions as the same pack stepping eagerly."""
     if not device.startswith("cuda"):
         pytest.skip(f"CUDA graphs need a CUDA device (the self-test runs on {device}: pass --device cuda)")
+    from timnet.training.execution import Execution
     from timnet.training.run import run_training
+    from timnet.training.runs import Roots
 
     runs = {}
     for capture in ("off", "on"):
@@ -159,7 +161,8 @@ def test_a_captured_pack_trains_what_the_eager_pack_trains(tmp_path, mfcc, devic
         root = tmp_path / capture
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
-            result = run_training(cfg, mfcc, *(root / d for d in "MLR"), device=device, progress=False)
+            how = Execution(Roots(*(root / d for d in "MLR")), device=device, progress=False)
+            result = run_training(cfg, mfcc, how)
         assert not [w for w in said if "capture failed" in str(w.message)]  # it fell back to eager steps
         runs[capture] = root / "M" / result.run_id
     for name in ("fold_1", "fold_2", "fold_3"):

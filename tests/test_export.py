@@ -29,13 +29,16 @@ from timnet.serving.timeline import SILENT, window_starts, write_timeline
 def learned(mfcc, tmp_path_factory):
     """A run that has learned the synthetic emotions (2 folds x 20 epochs, batch 8) and its export:
     (root, corpus folder, run id, exported folder)."""
+    from timnet.training.execution import Execution
     from timnet.training.run import run_training
+    from timnet.training.runs import Roots
 
     root = tmp_path_factory.mktemp("learned")
     cfg = load_config("EMODB", {**SHORT, "train.folds": 2, "train.epochs": 20, "train.batch_size": 8})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = run_training(cfg, mfcc, root / "Models", root / "logs", root / "Results", progress=False, workers=1)
+        how = Execution(Roots(root / "Models", root / "logs", root / "Results"), workers=1, progress=False)
+        result = run_training(cfg, mfcc, how)
     out = export_run(result.run_id, root / "exported", root / "Models")
     return root, mfcc.parent.parent / "EMODB", result, out
 

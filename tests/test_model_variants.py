@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from conftest import model_config
 from torch import nn
 
+from timnet import load_config
 from timnet.accel.accelerate import FastPathDeclined, accelerate
-from timnet.accel.packed import PackedAdam, PackedTIMNet, capture_declines, pack_declines
+from timnet.accel.packed import PackedTIMNet, pack_declines
 from timnet.model import network
 from timnet.model.network import TemporalAwareBlock, TIMNet, batch_norm
+from timnet.training.step import PackedOptimizer, capture_declines
 
 STEPS = 3
 TOLERANCE = dict(rtol=1e-8, atol=1e-10)
@@ -113,13 +115,14 @@ def train_packed(model: TIMNet) -> list[torch.Tensor]:
     """The same steps as a pack of one (its dropout stream seeded as `train_alone` seeds torch's)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, foreach=False)
     packed = PackedTIMNet([model])
-    adam = PackedAdam(packed.params, [opt])
+    optimizer = PackedOptimizer(packed.params, [opt], lambda params: torch.optim.Adam(params, lr=1e-2, foreach=False))
     stream = torch.Generator().manual_seed(1)
     logits = []
     for x, y in batches():
         out = packed.forward(x[None], torch.zeros(1, dtype=torch.long), [stream])[0]
         F.cross_entropy(out, y).backward()
-        adam.step(torch.zeros(1, dtype=torch.long))
+        optimizer.plan((0,))
+        optimizer.step()
         logits.append(out.detach())
     model.load_state_dict(packed.unit_state(0))
     return trained(model, logits)
@@ -209,7 +212,8 @@ def test_packed_and_captured_steps_earn_their_place_on_cuda(variant):  # pragma:
     device = torch.device("cuda")
     model = build(variant).to(device)
     assert pack_declines(model, device) is None
-    assert capture_declines(model, device) is None, capture_declines(model, device)
+    settings = load_config("EMODB").train
+    assert capture_declines(model, settings, device) is None, capture_declines(model, settings, device)
 
 
 # The paper's ablations, set in the config: the one reference model, built without a part.

@@ -124,16 +124,15 @@ def test_timnet_run_on_casia_audio_says_the_fold_caveat_once(tmp_path):
     """Preprocessing alone warns that CASIA read from audio does not give the authors' folds; in `timnet run` the
     training stage says it for the run, and the features stage stays quiet about it (it once said it twice)."""
     from timnet.pipeline import run_pipeline
+    from timnet.training.execution import Execution
     from timnet.training.runs import Roots
 
     cfg = load_config("CASIA", {**SHORT, "train.epochs": 1, "train.folds": 2})
     data = casia_tree(tmp_path / "CASIA", names=("201",))
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        run_pipeline(
-            cfg, data, tmp_path / "MFCC", Roots(*(tmp_path / d for d in "MLR")), device="cpu", workers=1,
-            progress=False, say=lambda line: None,
-        )  # fmt: skip
+        how = Execution(Roots(*(tmp_path / d for d in "MLR")), device="cpu", workers=1, progress=False)
+        run_pipeline(cfg, data, tmp_path / "MFCC", how, say=lambda line: None)
     caveats = [w for w in seen if "not the authors'" in str(w.message)]
     assert len(caveats) == 1, [str(w.message) for w in seen]
 

@@ -10,9 +10,10 @@ from conftest import SHORT, assert_same_units, train
 
 from timnet import load_config
 from timnet.accel.accelerate import accelerate
-from timnet.accel.packed import PackedAdam, PackedTIMNet, resolve_pack
+from timnet.accel.packed import PackedTIMNet, resolve_pack
 from timnet.core.errors import TimnetError
 from timnet.model.network import TIMNet, TIMNetConfig
+from timnet.training.step import PackedOptimizer, packed_step
 
 # A bias just before a BatchNorm has no effect in training (the batch mean removes it) and a gradient of float
 # noise, which Adam scales to full steps of either sign: such biases (and the running means that absorb them)
@@ -52,16 +53,16 @@ def test_packed_steps_equal_each_unit_stepping_alone(dtype, steps, tolerance):
     models = [TIMNet(cfg).to(dtype).train() for _ in range(2)]
     for model in models:  # alone, a unit's convolutions run as GEMMs (`accel.gemm_conv`), as packed ones do
         accelerate(model, blas="torch")
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.93, 0.98), eps=1e-8) for m in models]
+    adam = dict(lr=1e-3, betas=(0.93, 0.98), eps=1e-8)
+    opts = [torch.optim.Adam(m.parameters(), **adam) for m in models]
     x = torch.randn(2, steps, 16, 60, 39, dtype=dtype)  # [unit, step, B, T, F]
     y = torch.randint(0, 7, (2, steps, 16))
     pack, streams = PackedTIMNet(models), [torch.Generator().manual_seed(10 + u) for u in range(2)]
-    adam = PackedAdam(pack.params, opts)
-    for step in range(steps):
-        logits = pack.forward(x[:, step], torch.tensor([0, 1]), streams)
-        losses = F.cross_entropy(logits.reshape(32, 7), y[:, step].reshape(32), label_smoothing=0.1, reduction="none")
-        losses.view(2, 16).mean(1).sum().backward()
-        adam.step(torch.tensor([0, 1]))
+    optimizer = PackedOptimizer(pack.params, opts, lambda params: torch.optim.Adam(params, **adam))
+    step = packed_step(pack, optimizer, load_config("EMODB").train)  # label smoothing 0.1, as below
+    for s in range(steps):
+        optimizer.plan((0, 1))
+        step(torch.tensor([0, 1]), x[:, s], y[:, s], streams)
     for u, (model, opt) in enumerate(zip(models, opts)):
         torch.manual_seed(10 + u)  # alone, dropout draws from the global generator
         for step in range(steps):
@@ -71,7 +72,7 @@ def test_packed_steps_equal_each_unit_stepping_alone(dtype, steps, tolerance):
             opt.step()
         packed = pack.unit_state(u)
         assert relative_gap(model.state_dict(), packed) < tolerance
-        assert float(adam.steps[u]) == steps and int(packed["forward_blocks.0.bn1.num_batches_tracked"]) == steps
+        assert optimizer.counts[u] == steps and int(packed["forward_blocks.0.bn1.num_batches_tracked"]) == steps
         twin = TIMNet(cfg).to(dtype)
         twin.load_state_dict(packed)
         probe = torch.randn(8, 60, 39, dtype=dtype)

@@ -18,7 +18,9 @@ from timnet.core.errors import TimnetError
 from timnet.core.metrics import scores, speaker_table
 from timnet.data.feature_files import load_features
 from timnet.data.splits import protocol_splits
+from timnet.training.execution import Execution
 from timnet.training.run import run_training
+from timnet.training.runs import Roots
 
 
 def test_speaker_table_pools_folds_and_averages_seeds():
@@ -52,10 +54,9 @@ def speaker_sentence_run(root, mfcc, only_folds=None, resume=None):
         cfg.train.folds, cfg.train.epochs = 2, 1
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        run = run_training(
-            cfg, None if resume else mfcc, root / "Models", root / "logs", root / "Results", resume=resume,
-            device="cpu", progress=False, only_folds=only_folds, workers=1, threads=1,
-        )  # fmt: skip
+        how = Execution(Roots(root / "Models", root / "logs", root / "Results"), device="cpu", workers=1, threads=1,
+                        progress=False)  # fmt: skip
+        run = run_training(cfg, None if resume else mfcc, how, resume=resume, only_folds=only_folds)
     return run, [str(w.message) for w in said]
 
 
@@ -173,7 +174,6 @@ def test_a_study_of_a_grouped_protocol_reports_and_draws_each_speaker(tmp_path, 
 
 def test_a_study_of_savee_under_a_sentence_protocol_is_refused_before_any_run_exists(tmp_path, mfcc):
     from timnet.studies.study import run_study
-    from timnet.studies.sweep import Execution
     from timnet.training.runs import Roots
 
     path = tmp_path / "texts.toml"

@@ -21,7 +21,7 @@ from timnet.analysis.fold_statistics import TESTS, fold_values, size_ratio, t_in
 from timnet.cli_options import build_parser
 from timnet.core.errors import TimnetError
 from timnet.studies.study import load_study, plan_study, restrict, run_study, trained_policy
-from timnet.studies.sweep import Execution
+from timnet.training.execution import Execution
 from timnet.training.runs import Roots
 
 

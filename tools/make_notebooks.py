@@ -150,6 +150,7 @@ overrides: dict = {}     # any config value, e.g. {"train.lr": 0.0005}
         + """
 from timnet.core.config import shortcut_overrides
 from timnet.core.report import summary_lines
+from timnet.notebook import execution
 from timnet.training.run import check_resume, run_training
 
 settings = shortcut_overrides({"folds": folds, "epochs": epochs, "batch_size": batch_size, "protocol": protocol,
@@ -157,8 +158,8 @@ settings = shortcut_overrides({"folds": folds, "epochs": epochs, "batch_size": b
 check_resume(resume, [*settings, *overrides])
 cfg = None if resume else timnet.load_config(dataset, {**overrides, **settings})
 mfcc = None if resume else Path(mfcc_dir) / f"{cfg.dataset.name}.npy"
-result = run_training(cfg, mfcc, Path(models_dir), Path(logs_dir), Path(results_dir), resume=resume, device=device,
-                      workers=workers)
+how = execution(models_dir, logs_dir, results_dir, device, workers)  # where the run goes, how its units train
+result = run_training(cfg, mfcc, how, resume=resume)
 result.folds
 """,
         """

@@ -179,27 +179,13 @@ def cmd_train(args) -> None:
     check_resume(args.resume, [f"--{n.replace('_', '-')}" for n in changed])
     cfg = None if args.resume else _config(args, **_training_overrides(args))
     mfcc = args.mfcc or (Path("MFCC") / f"{cfg.dataset.name}.npy" if cfg else None)
-    result = run_training(
-        cfg,
-        mfcc,
-        args.models,
-        args.logs,
-        args.results,
-        resume=args.resume,
-        device=args.device,
-        progress=not args.quiet,
-        only_folds=args.only_folds,
-        workers=args.workers,
-        threads=args.threads,
-        backend=args.backend,
-        address=args.address,
-    )
+    result = run_training(cfg, mfcc, _execution(args), resume=args.resume, only_folds=args.only_folds)
     _print_run(result)
 
 
 def _execution(args):
-    """The options of the commands that train many runs (sweep, study), as `studies.sweep.Execution`."""
-    from .studies.sweep import Execution
+    """The options of every command that trains (train, run, sweep, study), as one `training.execution.Execution`."""
+    from .training.execution import Execution
     from .training.runs import Roots
 
     roots = Roots(args.models, args.logs, args.results)
@@ -233,28 +219,21 @@ def cmd_study(args) -> None:
 def cmd_run(args) -> None:
     """The three notebooks' work in one go: preprocess -> train -> t-SNE, then where every output is."""
     from .pipeline import run_pipeline
-    from .training.runs import Roots
 
     if args.dataset is None and args.config is None:
         args.dataset = "EXAMPLE"
-    roots = Roots(args.models, args.logs, args.results)
+    how = _execution(args)
     result = run_pipeline(
         _config(args, **_training_overrides(args)),
         args.data,
         args.mfcc_dir,
-        roots,
-        device=args.device,
-        backend=args.backend,
-        address=args.address,
-        workers=args.workers,
-        threads=args.threads,
+        how,
         skip_bad=args.skip_bad,
         overwrite=args.overwrite,
         trust_pickle=args.trust_pickle,
-        progress=not args.quiet,
     )
     _print_run(result.run)
-    print("\n" + result.outputs(roots))
+    print("\n" + result.outputs(how.roots))
 
 
 def cmd_tsne(args) -> None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .core.errors import TimnetError
+
+if TYPE_CHECKING:
+    from .training.execution import Execution
 
 # CLI option -> the notebooks' parameter that does the same
 NOTEBOOK_NAMES = {
@@ -48,3 +53,18 @@ def show_errors_as_one_line() -> None:
     shell = get_ipython()
     if shell is not None:
         shell.set_custom_exc((TimnetError,), one_line)
+
+
+def execution(
+    models_dir: str = "Models",
+    logs_dir: str = "logs",
+    results_dir: str = "Results",
+    device: str = "auto",
+    workers: int | None = None,
+) -> Execution:
+    """The notebook's parameters as the one `Execution` every command that trains takes (the CLI builds it from its
+    options)."""
+    from .training.execution import Execution
+    from .training.runs import Roots
+
+    return Execution(Roots(Path(models_dir), Path(logs_dir), Path(results_dir)), device=device, workers=workers)

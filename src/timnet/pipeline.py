@@ -14,6 +14,7 @@ from .core.config import Config
 from .data.corpora import corpus_of
 from .data.example import write_example_corpus
 from .data.features import PreprocessResult, preprocess
+from .training.execution import Execution
 from .training.run import RunResult, run_training
 from .training.runs import Roots
 
@@ -61,21 +62,17 @@ def run_pipeline(
     cfg: Config,
     data: Path | None = None,
     mfcc_dir: Path = Path("MFCC"),
-    roots: Roots | None = None,
+    how: Execution | None = None,
     *,
-    device: str = "auto",
-    backend: str = "local",
-    address: str | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
     skip_bad: bool = False,
     overwrite: bool = False,
     trust_pickle: bool = False,
-    progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> PipelineResult:
-    """preprocess -> train -> t-SNE of the held-out embeddings; `say` gets one line per stage."""
-    roots = roots or Roots()
+    """preprocess -> train (as `how` says, under its roots) -> t-SNE of the held-out embeddings; `say` gets one line
+    per stage."""
+    how = how or Execution()
+    roots, progress = how.roots, how.progress
     data = Path(data) if data is not None else Path("Datasets") / cfg.dataset.name
     if ensure_example(cfg, data):
         say(f"no corpus given: wrote the synthetic example corpus to {data} (for a real one: --dataset EMODB)")
@@ -84,25 +81,13 @@ def run_pipeline(
         if caveat := corpus_of(cfg.dataset).caveat:  # the training stage says it, once, for the run
             warnings.filterwarnings("ignore", message=re.escape(caveat))
         prep = preprocess(
-            cfg, data, mfcc_dir, workers=workers, skip_bad=skip_bad, overwrite=overwrite, progress=progress,
+            cfg, data, mfcc_dir, workers=how.workers, skip_bad=skip_bad, overwrite=overwrite, progress=progress,
             trust_pickle=trust_pickle,
         )  # fmt: skip
     for line in preprocess_lines(prep):
         say(line)
     say("2/3 training")
-    run = run_training(
-        cfg,
-        prep.npy,
-        roots.models,
-        roots.logs,
-        roots.results,
-        device=device,
-        progress=progress,
-        workers=workers,
-        threads=threads,
-        backend=backend,
-        address=address,
-    )
+    run = run_training(cfg, prep.npy, how)
     t = embeddings_of(run=run.run_id, models_root=roots.models, results_root=roots.results)
     png, csv = write_tsne(t.out_dir, t.config, t.features, t.embeddings, t.title, notes=t.notes)
     say(f"3/3 t-SNE of {len(t.features)} held-out utterances: {png}")

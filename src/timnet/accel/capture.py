@@ -1,9 +1,9 @@
-"""The packed training step as CUDA graphs (`train.capture`): forward, backward and Adam of all units of a pack
+"""The packed training step as CUDA graphs (`train.capture`): forward, backward and optimiser step of a pack's units
 recorded once and replayed as one launch, instead of ~800 small kernels a step that leave a GPU waiting on Python.
 
 A graph is recorded per (units, batch size): the full batches of an epoch replay one graph; the last, shorter
 batches (units whose training parts differ in size step in groups) get their own. Capture needs warm-up steps;
-every tensor the step changes (parameters, BatchNorm statistics, Adam moments and counts) and every dropout
+every tensor the step changes (parameters, BatchNorm statistics, the optimiser's moments and counts) and every dropout
 generator is saved before them and put back, so the first replay is the first real step: a captured pack trains
 what the eager pack trains (the device self-test compares them on CUDA). Where capture fails, the pack continues
 eagerly, with a warning.

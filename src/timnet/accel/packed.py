@@ -1,9 +1,10 @@
 """Packed units: several units of a run trained together in one process as ONE batched model (`train.pack`).
 
-Every parameter, BatchNorm statistic and Adam moment carries a leading unit dimension U, so one step of U units
-is one step's worth of operations on U-times larger tensors: on a GPU, where a TIM-Net step is bound by kernel
-launches (~800 tiny kernels), U units cost about what one does. Each unit keeps what it has alone: its data order,
-its dropout stream (a generator holding the RNG state it would have alone), its Adam step count.
+Every parameter and BatchNorm statistic (and, in training, the optimiser's state: `training.step`) carries a
+leading unit dimension U, so one step of U units is one step's worth of operations on U-times larger tensors: on
+a GPU, where a TIM-Net step is bound by kernel launches (~800 tiny kernels), U units cost about what one does.
+Each unit keeps what it has alone: its data order, its dropout stream (a generator holding the RNG state it would
+have alone), its optimiser's step count.
 
 There is no packed copy of the network: `PackedTIMNet` runs the model's own forward (`model/network.py`, or
 whatever the model at hand defines) on each unit's stacked weights with `torch.func.functional_call` under
@@ -22,13 +23,11 @@ import copy
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..model.network import SpatialDropout1d, TIMNet
 from .accelerate import reference
-from .capture import CapturedSteps, Step
-from .check import TOLERANCE, cached, difference, equal, largest_difference, loss_weights, seeded, signature
+from .check import difference, equal, loss_weights, seeded
 
 # helpers
 
@@ -146,117 +145,3 @@ class PackedTIMNet:
         with torch.no_grad(), _keeps(self.dropouts, record):
             functional_call(self.template, ({n: t[0] for n, t in self.params.items()}, buffers), (x,))
         return calls
-
-
-class PackedAdam:
-    """`torch.optim.Adam` (its single-tensor arithmetic, op for op) over stacked parameters, a step count per unit."""
-
-    def __init__(self, params: dict[str, torch.Tensor], opts: list[torch.optim.Adam]):
-        group = opts[0].param_groups[0]
-        self.lr, (self.beta1, self.beta2), self.eps = group["lr"], group["betas"], group["eps"]
-        self.params = params
-        states = [[opt.state.get(q, {}) for q in opt.param_groups[0]["params"]] for opt in opts]
-        device = next(iter(params.values())).device
-        self.steps = torch.tensor(  # float64 as torch's Python floats; on the device where it has float64 (not MPS)
-            [float(s[0]["step"]) if s[0] else 0.0 for s in states],
-            dtype=torch.float64,
-            device=device if device.type == "cuda" else "cpu",
-        )
-        self.exp_avg, self.exp_avg_sq = {}, {}
-        for i, (name, p) in enumerate(params.items()):
-            unit = [s[i] for s in states]
-            self.exp_avg[name] = torch.stack([u["exp_avg"] if u else torch.zeros_like(p[0]) for u in unit])
-            self.exp_avg_sq[name] = torch.stack([u["exp_avg_sq"] if u else torch.zeros_like(p[0]) for u in unit])
-
-    @property
-    def state(self) -> list[torch.Tensor]:
-        """Every tensor a step changes in place (`capture`)."""
-        return [self.steps, *self.exp_avg.values(), *self.exp_avg_sq.values()]
-
-    @torch.no_grad()
-    def step(self, units: torch.Tensor) -> None:
-        counted = units.to(self.steps.device)
-        self.steps[counted] += 1
-        steps = self.steps[counted]
-        first = next(iter(self.params.values()))  # float64 as torch computes these in Python floats, then cast once
-        step_size = (self.lr / (1 - self.beta1**steps)).to(first.dtype).to(first.device)  # [G]
-        bias_sqrt = torch.sqrt(1 - self.beta2**steps).to(first.dtype).to(first.device)
-        for name, p in self.params.items():
-            if p.grad is None:  # a parameter the model did not use: torch's Adam leaves it (and its moments) alone
-                continue
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            grad, m, v = p.grad[units], self.exp_avg[name][units], self.exp_avg_sq[name][units]
-            m.lerp_(grad, 1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-            denom = (v.sqrt() / bias_sqrt.view(shape)).add_(self.eps)
-            p[units] += (-step_size.view(shape) * m) / denom
-            self.exp_avg[name][units], self.exp_avg_sq[name][units] = m, v
-            p.grad = None
-
-    def unit_state(self, u: int, opt: torch.optim.Adam) -> dict:
-        """Unit u's moments as `opt.state_dict()` holds them (parameters in `TIMNet.parameters()` order)."""
-        state = {
-            i: {"step": torch.tensor(float(self.steps[u])), "exp_avg": m[u].clone(), "exp_avg_sq": v[u].clone()}
-            for i, (m, v) in enumerate(zip(self.exp_avg.values(), self.exp_avg_sq.values()))
-        }
-        return {"state": state, "param_groups": opt.state_dict()["param_groups"]}
-
-
-def packed_step(model: PackedTIMNet, adam: PackedAdam, label_smoothing: float) -> Step:
-    """One optimiser step of the units `units` (positions in the pack's model) on their own batches: per-unit mean
-    losses [G] and correct predictions [G], on the device, without a host sync (so it can be captured)."""
-
-    def step(units: torch.Tensor, x: torch.Tensor, y: torch.Tensor, generators: list) -> tuple:
-        logits = model.forward(x, units, generators)  # [G, B, K]
-        G, B, K = logits.shape
-        per_unit = F.cross_entropy(
-            logits.reshape(G * B, K), y.reshape(G * B), label_smoothing=label_smoothing, reduction="none"
-        ).view(G, B)
-        per_unit.mean(dim=1).sum().backward()  # units share no parameter: each gets its own mean's gradient
-        adam.step(units)
-        return per_unit.detach().mean(dim=1), (logits.detach().argmax(-1) == y).sum(dim=1)
-
-    return step
-
-
-def capture_declines(model: TIMNet, device: torch.device, steps: int = 3) -> str | None:
-    """Why a pack of `model`'s units cannot be captured as CUDA graphs on `device`, or None: a pack of two trained
-    `steps` Adam steps captured must end where the same pack trained eagerly ends (float32, as training runs;
-    checked once per machine, `check.cached`). Any failure of the check itself is a reason."""
-    if device.type != "cuda":
-        return f"CUDA graphs need a CUDA device, not {device.type}"
-    if reason := pack_declines(model, device):
-        return reason
-
-    def worst() -> float:
-        ends = [_trained_pack(model, device, steps, captured) for captured in (False, True)]
-        return largest_difference(*ends)
-
-    try:
-        diff = cached(signature(model, device.type, "captured", steps), worst)
-    except Exception as err:  # noqa: BLE001 — a check that cannot run is a reason not to capture
-        return f"the capture check failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
-    return None if diff <= TOLERANCE[torch.float32] else f"captured steps end {diff:.1e} away from eager ones"
-
-
-def _trained_pack(model: TIMNet, device: torch.device, steps: int, captured: bool) -> list[torch.Tensor]:
-    """The stacked weights of a pack of two copies of `model` after `steps` steps on fixed random batches."""
-    models = [copy.deepcopy(model).to(device).float() for _ in range(2)]
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
-    packed = PackedTIMNet(models)
-    adam = PackedAdam(packed.params, opts)
-    step = packed_step(packed, adam, 0.1)
-    graphs = CapturedSteps(step, packed.state + adam.state, "capture check") if captured else None
-    draw = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 4, 24, model.config.n_mfcc, generator=draw).to(device)
-    y = torch.randint(0, model.config.n_classes, (2, 4), generator=draw).to(device)
-    streams = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
-    units = torch.arange(2, device=device)
-    for group in [(0, 1)] * steps + [(0,)]:  # the whole pack, then one unit alone (an uneven last batch)
-        g = units[: len(group)]
-        args = (g, x[: len(group)], y[: len(group)], streams[: len(group)])
-        if graphs:
-            graphs(group, *args)
-        else:
-            step(*args)
-    return [t.detach().cpu() for t in packed.params.values()]

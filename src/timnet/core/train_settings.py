@@ -23,6 +23,14 @@ class TrainSettings:
     beta2: float = 0.98
     eps: float = 1e-8
     label_smoothing: float = 0.1
+    # the one training step (`training.step`); the defaults are the authors' recipe
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay)
+    weight_decay: float = 0.0  # L2 in Adam's gradient, decoupled in AdamW's update
+    class_weights: str = "none"  # none | balanced (each class weighs the same in the loss: n / (K * its count))
+    lr_schedule: str = "none"  # none | step (x lr_gamma every lr_step_size epochs) | cosine (to lr_min at the last)
+    lr_step_size: int = 100  # epochs between the step schedule's changes
+    lr_gamma: float = 0.1  # the step schedule's factor
+    lr_min: float = 0.0  # the cosine schedule's learning rate at the last epoch
     # random (authors' KFold) | speaker (speaker-independent) | sentence (text-independent) | speaker-sentence (both)
     protocol: str = "random"
     checkpoint: str = "last"  # last | best-val | best-test (paper protocol, optimistic)
@@ -43,6 +51,9 @@ class TrainSettings:
     CHECKPOINTS = ("last", "best-val", "best-test")
     SWITCHES = ("auto", "on", "off")  # compile, recompute, capture, kernel
     BLAS = ("auto", "torch", "numpy")
+    OPTIMIZERS = ("adam", "adamw")
+    CLASS_WEIGHTS = ("none", "balanced")
+    LR_SCHEDULES = ("none", "step", "cosine")
 
     def __post_init__(self) -> None:
         if isinstance(self.pack, int) and not isinstance(self.pack, bool):
@@ -58,17 +69,24 @@ class TrainSettings:
         check_choice("train.capture", self.capture, self.SWITCHES)
         check_choice("train.blas", self.blas, self.BLAS)
         check_choice("train.kernel", self.kernel, self.SWITCHES)
+        check_choice("train.optimizer", self.optimizer, self.OPTIMIZERS)
+        check_choice("train.class_weights", self.class_weights, self.CLASS_WEIGHTS)
+        check_choice("train.lr_schedule", self.lr_schedule, self.LR_SCHEDULES)
         if not (self.pack == "auto" or (isinstance(self.pack, str) and self.pack.isdigit() and int(self.pack) >= 1)):
             raise invalid("train.pack", "auto or a whole number ≥ 1", self.pack)
         check_range("train.folds", self.folds, 2, integer=True)
         for key in ("epochs", "batch_size"):
             check_range(f"train.{key}", getattr(self, key), 1, integer=True)
+        check_range("train.lr_step_size", self.lr_step_size, 1, integer=True)
         for key in ("seed", "patience", "test_every"):
             check_range(f"train.{key}", getattr(self, key), 0, integer=True)
         for key in ("lr", "eps"):
             check_range(f"train.{key}", getattr(self, key), 0, low_open=True)
         for key in ("beta1", "beta2", "label_smoothing"):
             check_range(f"train.{key}", getattr(self, key), 0, 1, high_open=True)
+        for key in ("weight_decay", "lr_min"):
+            check_range(f"train.{key}", getattr(self, key), 0)
+        check_range("train.lr_gamma", self.lr_gamma, 0, 1, low_open=True)
         check_range("train.val_fraction", self.val_fraction, 0, 0.5, low_open=True, high_open=True)
         check_bool("train.calibrate", self.calibrate)
         if not isinstance(self.seeds, (list, tuple)):

@@ -30,10 +30,11 @@ from ..core.atomic import write_json
 from ..core.config import TrainSettings, load_config, read_toml
 from ..core.errors import TimnetError
 from ..data.splits import check_protocol
+from ..training.execution import Execution
 from ..training.run import prepare_run
 from ..training.runs import Roots
 from .study_report import write_report
-from .sweep import Execution, reopen_runs, train_runs
+from .sweep import reopen_runs, train_runs
 
 QUICK = {"train.folds": 2, "train.epochs": 3}
 KEYS = {"name", "datasets", "protocols", "checkpoints", "baseline", "variants", "set", "quick", "mfcc"}

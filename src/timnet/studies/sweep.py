@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -41,7 +40,8 @@ from ..core.errors import TimnetError
 from ..core.locks import sole_writer_of_all
 from ..core.metrics import METRICS
 from ..core.report import write_workbook
-from ..training.run import execute, finish_run, prepare_run, resolve_device
+from ..training.execution import Execution
+from ..training.run import execute, finish_run, prepare_run
 from ..training.runs import Roots, read_run_record
 
 ALIASES = TRAIN_SHORTCUTS  # grid keys such as protocol = [...] stand for train.protocol
@@ -160,29 +160,12 @@ def reopen_runs(record: dict, roots: Roots, device: str) -> list:
     return [prepare_run(None, None, roots, r["run_id"], device) for r in record["runs"]]
 
 
-@dataclass(frozen=True)
-class Execution:
-    """Where a sweep's or a study's runs live and how their units train: the options of every command that trains
-    many runs at once (`timnet sweep`, `timnet study`)."""
-
-    roots: Roots = field(default_factory=Roots)
-    backend: str = "local"  # local | ray
-    address: str | None = None  # a Ray cluster's, for backend ray
-    device: str = "auto"
-    workers: int | None = None
-    threads: int | None = None
-    progress: bool = True
-
-    def resolved_device(self) -> str:
-        return resolve_device(self.device, self.backend, self.address)
-
-
 def train_runs(runs: list, kind: str, name: str, device: str, how: Execution) -> list:
     """Every unit of `runs` (those of sweep or study `name`) at once on `device`, then each run's outputs ->
     [RunResult]. A sweep or study resumed while it still runs is refused (one writer per run)."""
     writers = [(run.paths.models, f"run {run.paths.run_id} of {kind} {name}") for run in runs]
     with sole_writer_of_all(writers):
-        results = execute(runs, device, how.backend, how.workers, how.threads, how.progress, name, how.address)
+        results = execute(runs, device, how, name)
         return [finish_run(run.cfg, run.features, run.paths, units) for run, units in zip(runs, results)]
 
 

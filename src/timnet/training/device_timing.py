@@ -10,7 +10,6 @@ CPU without measuring.
 
 from __future__ import annotations
 
-import functools
 import math
 import platform
 import sys
@@ -24,17 +23,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..accel.blas import limit_threads, resolve_blas
 from ..accel.capture import CapturedSteps, resolve_capture
-from ..accel.packed import PackedAdam, PackedTIMNet, packed_step
+from ..accel.packed import PackedTIMNet
 from ..core.atomic import write_json
 from ..core.config import Config
 from ..core.devices import available_cores, cache_root, read_cache
 from ..model.network import TIMNet, TIMNetConfig
 from .pool import plan_workers
-from .unit import accelerate_unit, unit_adam
+from .step import class_weights, make_optimizer, packed_optimizer, packed_step, unit_step
+from .unit import accelerate_unit
 
 PAPER = {"folds": 10, "epochs": 500}
 WARMUP_STEPS = 2
@@ -88,30 +87,28 @@ def sync(device: torch.device) -> None:
 def train_step(cfg: Config, device: torch.device, pack: int, capture: bool) -> Callable[[], None]:
     """One training step of `pack` units on random batches of cfg's shape, as `timnet train` steps them: 1 = one
     unit as `unit.UnitTrainer` steps it (recomputing where `train.recompute` says); more = packed
-    (`packed.packed_step`), with `capture` recorded as a CUDA graph (`capture.CapturedSteps`)."""
+    (`step.packed_step`), with `capture` recorded as a CUDA graph (`capture.CapturedSteps`)."""
     t, arch = cfg.train, TIMNetConfig.from_config(cfg)
     models = [TIMNet(arch).to(device).train() for _ in range(pack)]
     accelerate_unit(models[0], resolve_blas(t.blas, str(device)), cfg)  # as an uncompiled unit alone trains there
-    opts = [unit_adam(m, t, device) for m in models]
+    opts = [make_optimizer(m.parameters(), t, device) for m in models]
     shape = (t.batch_size, cfg.features.frames, cfg.features.n_mfcc)
     x = torch.randn(pack, *shape, device=device)
     y = torch.randint(0, arch.n_classes, (pack, t.batch_size), device=device)
+    weights = [class_weights(t, y[u], arch.n_classes, x.dtype) for u in range(pack)]
     if pack == 1:
-
-        def step():
-            loss = F.cross_entropy(models[0](x[0]), y[0], label_smoothing=t.label_smoothing)
-            opts[0].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[0].step()
-
-        return step
+        return lambda: unit_step(models[0], opts[0], x[0], y[0], weights[0], t)
     packed = PackedTIMNet(models)
-    adam = PackedAdam(packed.params, opts)
-    one = packed_step(packed, adam, t.label_smoothing)
-    if capture:
-        one = functools.partial(CapturedSteps(one, packed.state + adam.state, f"timing {device}"), tuple(range(pack)))
+    optimizer = packed_optimizer(packed, opts, t, device, **({"capturable": True} if capture else {}))
+    one = packed_step(packed, optimizer, t, None if weights[0] is None else torch.stack(weights))
     units, streams = torch.arange(pack, device=device), [torch.Generator(device=device) for _ in range(pack)]
-    return lambda: one(units, x, y, streams)
+    group = tuple(range(pack))
+    optimizer.plan(group)
+    one(units, x, y, streams)  # the optimiser's state is made at its first step, which is not captured
+    if capture:
+        graphs = CapturedSteps(one, packed.state + optimizer.state, f"timing {device}")
+        return lambda: graphs(optimizer.plan(group), units, x, y, streams)
+    return lambda: (optimizer.plan(group), one(units, x, y, streams))
 
 
 def time_steps(config: dict, device: str, pack: int, threads: int | None, seconds: float, start=None) -> float:

@@ -1,6 +1,8 @@
 """Training packed units (`train.pack`): the units of a run stepped together as one batched model
-(`accel.packed`), each keeping its data order, dropout stream, Adam step count, evaluation, checkpoint choice and
-early stopping (a stopped unit leaves the pack). Its numbers equal its training alone to float tolerance, and its
+(`accel.packed`, `step`), each keeping its data order, dropout stream, optimiser step count, evaluation, checkpoint
+choice, early stopping (a stopped unit leaves the pack) and schedule (a pack steps units of one learning rate:
+units resumed at epochs their schedule sets apart catch up first, trained to float tolerance rather than bit for
+bit, as a pack of another size). Its numbers equal its training alone to float tolerance, and its
 per-epoch state file is a unit's own (`UnitTrainer.save`), so a packed unit resumes packed or alone
 (tests/test_packed.py)."""
 
@@ -15,12 +17,13 @@ import torch
 
 from ..accel.accelerate import FastPathDeclined
 from ..accel.capture import CapturedSteps, resolve_capture
-from ..accel.packed import PackedAdam, PackedTIMNet, capture_declines, packed_step
+from ..accel.packed import PackedTIMNet
 from ..core.config import Config, TIMNetConfig
 from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..data.features import FeatureSet, load_features
 from ..model.network import TIMNet
 from .runs import UnitResult, load_result
+from .step import capture_declines, hyperparameters, packed_optimizer, packed_step
 from .unit import ProgressReport, UnitJob, UnitTrainer
 
 
@@ -49,31 +52,51 @@ class Pack:
             self.dropout.append(generator)
         self.device = self.trainers[0].device
         self.capture = resolve_capture(self.t.capture, str(self.device))
-        if self.capture and (reason := capture_declines(reference_model(cfg, self.device), self.device)):
+        if self.capture and (reason := capture_declines(reference_model(cfg, self.device), self.t, self.device)):
             line = f"timnet: captured steps step aside: {reason}; the pack steps eagerly"
             warnings.warn(line, FastPathDeclined, stacklevel=2)
             self.capture = False
         self.members: tuple = ()
 
     def active(self) -> list[int]:
-        return [u for u, p in enumerate(self.progress) if p.epoch < self.t.epochs and not p.stopped]
+        """The units left to train that step with the hyperparameters of the earliest among them (one optimiser,
+        one learning rate: units resumed at epochs their schedule sets apart catch up first)."""
+        left = [u for u, p in enumerate(self.progress) if p.epoch < self.t.epochs and not p.stopped]
+        if not left:
+            return []
+        now = hyperparameters(self.trainers[min(left, key=lambda u: self.progress[u].epoch)].opt)
+        return [u for u in left if hyperparameters(self.trainers[u].opt) == now]
 
     def _stack(self, active: list[int]) -> None:
         """The stacked model and optimiser of the units `active`, from their trainers (which hold each epoch's end)."""
         self.members = tuple(active)
         trainers = [self.trainers[u] for u in active]
         self.model = PackedTIMNet([t.model for t in trainers])
-        self.adam = PackedAdam(self.model.params, [t.opt for t in trainers])
-        step = packed_step(self.model, self.adam, self.t.label_smoothing)
-        label = " + ".join(t.job.unit for t in trainers)
-        state = self.model.state + self.adam.state
-        self.step = CapturedSteps(step, state, label) if self.capture else (lambda group, *args: step(*args))
+        how = {"capturable": True} if self.capture else {}
+        self.optimizer = packed_optimizer(self.model, [t.opt for t in trainers], self.t, self.device, **how)
+        weights = None if trainers[0].weight is None else torch.stack([t.weight for t in trainers])
+        self.packed_step = packed_step(self.model, self.optimizer, self.t, weights)
+        self._capture_anew()
         self.index: dict[tuple, torch.Tensor] = {}
+
+    def _capture_anew(self) -> None:
+        """CUDA graphs hold the learning rate they were recorded with: recorded again when the schedule moves it."""
+        label = " + ".join(self.trainers[u].job.unit for u in self.members)
+        self.graphs = CapturedSteps(self.packed_step, [], label) if self.capture else None
+
+    def _step(self, group: tuple, *args) -> tuple:
+        key = self.optimizer.plan(group)
+        if self.graphs is None or self.optimizer.fresh:  # the optimiser's state is made at its first step
+            return self.packed_step(*args)
+        self.graphs.state = self.model.state + self.optimizer.state
+        return self.graphs(key, *args)
 
     def train_epoch(self, active: list[int]) -> list[tuple[float, float]]:
         """One epoch of the active units, packed: [(mean loss, accuracy %)] per active unit. One host sync."""
         if tuple(active) != self.members:
             self._stack(active)
+        elif self.optimizer.follow(self.trainers[active[0]].opt) and self.capture:
+            self._capture_anew()
         trainers = [self.trainers[u] for u in active]
         orders = [t.tr[torch.randperm(len(t.tr), generator=t.shuffle).to(t.device)] for t in trainers]
         loss_sum = torch.zeros(len(active), device=self.device)
@@ -92,12 +115,12 @@ class Pack:
                 x = torch.stack([trainers[i].x[b] for i, b in zip(group, batches)])  # [G, B, T, F]
                 y = torch.stack([trainers[i].y[b] for i, b in zip(group, batches)])  # [G, B]
                 generators = [self.dropout[active[i]] for i in group]
-                losses, hits = self.step(tuple(group), units, x, y, generators)
+                losses, hits = self._step(tuple(group), units, x, y, generators)
                 loss_sum.index_add_(0, units, losses * size)
                 correct.index_add_(0, units, hits)
         for i, trainer in enumerate(trainers):
             trainer.model.load_state_dict(self.model.unit_state(i))
-            trainer.opt.load_state_dict(self.adam.unit_state(i, trainer.opt))
+            trainer.opt.load_state_dict(self.optimizer.unit_state(i, trainer.opt))
         sizes = [len(o) for o in orders]
         return [(s / n, 100.0 * c / n) for s, c, n in zip(loss_sum.tolist(), correct.tolist(), sizes)]
 

@@ -2,7 +2,7 @@
 resume), execute its units with a backend (`local`: this process or a worker pool; `ray`: a cluster), and finish
 it: the run workbook, the summary row, the confusion heatmap and the curves grid.
 
-    run_training(cfg, mfcc_file)  ==  finish_run(*execute([prepare_run(cfg, mfcc_file, roots)], device))
+    run_training(cfg, mfcc_file, how)  ==  finish_run(*execute([prepare_run(cfg, mfcc_file, how.roots)], device, how))
 
 One unit is `unit.train_unit(UnitJob)`; its files and resume rules are in `unit`, the run store in `runs`.
 """
@@ -23,10 +23,9 @@ import torch
 from ..accel.accelerate import FastPathDeclined
 from ..accel.blas import resolve_blas
 from ..accel.capture import resolve_capture
-from ..accel.packed import pack_declines, resolve_pack
+from ..accel.packed import resolve_pack
 from ..core.calibration import calibration_line, calibration_sheets
 from ..core.config import Config
-from ..core.devices import pick_device
 from ..core.errors import TimnetError
 from ..core.locks import sole_writer
 from ..core.metrics import speaker_table, table_confusion
@@ -49,11 +48,12 @@ from ..data.feature_facts import feature_facts
 from ..data.features import FeatureSet, load_features
 from ..data.leakage import audit, leakage_line
 from ..data.splits import protocol_splits, validation_split
-from .cluster import cluster_has_gpus, run_units_on_ray
-from .device_timing import auto_device
+from .cluster import run_units_on_ray
+from .execution import Execution
 from .pack import reference_model
 from .pool import plan_workers, run_units
 from .runs import Roots, RunPaths, UnitResult, create_run, new_run_id, open_run, read_run_record, unit_name
+from .step import step_declines
 from .unit import UnitJob, should_compile
 
 
@@ -179,8 +179,8 @@ def prepare_run(
 
 
 def packable(cfg: Config, device: str) -> str | None:
-    """Why the units of cfg's model cannot be packed on `device` (`packed.pack_declines`), or None."""
-    return pack_declines(reference_model(cfg, device), torch.device(device))
+    """Why the units of cfg's model and training step cannot be packed on `device` (`step.step_declines`), or None."""
+    return step_declines(reference_model(cfg, device), cfg.train, torch.device(device))
 
 
 def plan_packs(runs: list[PreparedRun], pending: list[UnitJob], device: str) -> list[list[UnitJob]]:
@@ -222,12 +222,12 @@ def decide_execution(jobs: list[UnitJob], workers: int, packed: frozenset[str] =
         job.blas = "torch" if job.key in packed else blas
 
 
-def _execute_local(runs, jobs, device, workers, threads, progress, desc, address) -> list[UnitResult]:
+def _execute_local(runs, jobs, device: str, how: Execution, desc: str) -> list[UnitResult]:
     """This process (one unit after another) or a spawn pool sharing one memory-mapped copy of the features."""
     pending = [j for j in jobs if not j.final_path.exists()]
     packs = plan_packs(runs, pending, device)
     busy = {j.key for j in pending}
-    workers, threads = plan_workers(sum(pack[0].key in busy for pack in packs), device, workers, threads)
+    workers, threads = plan_workers(sum(pack[0].key in busy for pack in packs), device, how.workers, how.threads)
     decide_execution(pending, workers, frozenset(j.key for pack in packs if len(pack) > 1 for j in pack))
     features = runs[0].features if workers == 1 and len(runs) == 1 else None
     folder = Path(tempfile.mkdtemp(prefix="timnet_features_")) if workers > 1 else None
@@ -235,38 +235,30 @@ def _execute_local(runs, jobs, device, workers, threads, progress, desc, address
         shared = share_features(runs, folder) if folder else {}
         for run in runs:  # workers read the features themselves; the outputs need only labels and manifest
             run.features = without_samples(run.features)
-        return run_units(jobs, workers, threads, features, progress, desc, shared, packs)
+        return run_units(jobs, workers, threads, features, how.progress, desc, shared, packs)
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _execute_ray(runs, jobs, device, workers, threads, progress, desc, address) -> list[UnitResult]:
+def _execute_ray(runs, jobs, device: str, how: Execution, desc: str) -> list[UnitResult]:
     """One Ray task per unit; each node reads the features from the MFCC file itself."""
     for run in runs:
         run.features = without_samples(run.features)
     decide_execution(jobs, len(jobs))
-    return run_units_on_ray(jobs, threads, address, progress, desc)
+    return run_units_on_ray(jobs, how.threads, how.address, how.progress, desc)
 
 
 # backend name -> executor of the units of a list of prepared runs
 BACKENDS = {"local": _execute_local, "ray": _execute_ray}
 
 
-def execute(
-    runs: list[PreparedRun],
-    device: str,
-    backend: str = "local",
-    workers: int | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    desc: str = "",
-    address: str | None = None,
-) -> list[list[UnitResult]]:
-    """Train the units of one or more runs at once with a backend (`BACKENDS`); returns each run's results."""
-    check_choice("backend", backend, BACKENDS)
+def execute(runs: list[PreparedRun], device: str, how: Execution, desc: str = "") -> list[list[UnitResult]]:
+    """Train the units of one or more runs at once on `device` with `how.backend` (`BACKENDS`); returns each run's
+    results."""
+    check_choice("backend", how.backend, BACKENDS)
     jobs = [j for run in runs for j in run.jobs]
-    results = BACKENDS[backend](runs, jobs, device, workers, threads, progress, desc, address)
+    results = BACKENDS[how.backend](runs, jobs, device, how, desc)
     by_key = {j.key: r for j, r in zip(jobs, results)}
     return [[by_key[j.key] for j in run.jobs] for run in runs]
 
@@ -280,39 +272,21 @@ def check_resume(resume: str | None, given: list[str]) -> None:
 def run_training(
     cfg: Config | None,
     mfcc: Path | None,
-    models_root: Path = Path("Models"),
-    logs_root: Path = Path("logs"),
-    results_root: Path = Path("Results"),
+    how: Execution | None = None,
     resume: str | None = None,
-    device: str = "auto",
-    progress: bool = True,
     only_folds: list[int] | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    backend: str = "local",
-    address: str | None = None,
 ) -> "RunResult":
     """Train every fold (x seed) of a run — in parallel worker processes by default, or on Ray — then write the run
-    workbook and the summary row. `workers=1` trains in this process; `resume=RUN` (with cfg and mfcc None)
-    continues an interrupted run."""
+    workbook and the summary row, under `how.roots`. `how.workers=1` trains in this process; `resume=RUN` (with cfg
+    and mfcc None) continues an interrupted run."""
+    how = how or Execution()
     check_resume(resume, [name for name, value in (("cfg", cfg), ("mfcc", mfcc)) if value is not None])
-    shape = cfg if cfg is not None else Config.from_dict(open_run(models_root, resume)["config"])
-    device = resolve_device(device, backend, address, shape)
-    run = prepare_run(cfg, mfcc, Roots(models_root, logs_root, results_root), resume, device, only_folds)
+    shape = cfg if cfg is not None else Config.from_dict(open_run(how.roots.models, resume)["config"])
+    device = how.resolved_device(shape)
+    run = prepare_run(cfg, mfcc, how.roots, resume, device, only_folds)
     with sole_writer(run.paths.models, f"run {run.paths.run_id}"):  # two processes never train one run
-        [results] = execute([run], device, backend, workers, threads, progress, run.paths.run_id, address)
+        [results] = execute([run], device, how, run.paths.run_id)
         return finish_run(run.cfg, run.features, run.paths, results)
-
-
-def resolve_device(device: str, backend: str = "local", address: str | None = None, cfg: Config | None = None) -> str:
-    """The device units train on: checked here for `local`, where `auto` is the fastest way `timnet devices`
-    measures for cfg's shape (`device_timing.auto_device`; the CPU where there is no accelerator); for `ray`,
-    `auto` means CUDA when the cluster has GPUs."""
-    if backend != "ray":
-        return auto_device(cfg) if device == "auto" and cfg is not None else pick_device(device)
-    if device != "auto":
-        return device
-    return "cuda" if cluster_has_gpus(address) else "cpu"
 
 
 @dataclass

@@ -28,7 +28,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from ..accel.accelerate import Acceleration, accelerate
 from ..accel.allocator import keep_freed_memory
@@ -36,7 +35,7 @@ from ..accel.blas import limit_threads, unit_blas
 from ..accel.recompute import should_recompute
 from ..core.atomic import atomic_path
 from ..core.calibration import fit_temperature
-from ..core.config import Config, TrainSettings
+from ..core.config import Config
 from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..core.errors import TimnetError
 from ..core.metrics import confusion, scores
@@ -47,6 +46,7 @@ from ..model.network import TIMNet, TIMNetConfig
 from .flat_state import flatten, unflatten
 from .runs import RunPaths, UnitResult, load_result, save_pt, save_unit
 from .state_writer import StateWriter
+from .step import class_weights, make_optimizer, make_schedule, next_epoch, unit_step
 from .trackers import Trackers
 
 # `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
@@ -82,14 +82,6 @@ def should_compile(setting: str, epochs: int, device: str, units: int = 1, blas:
     if setting == "auto":
         return blas == "torch" and epochs * units >= COMPILE_MIN_EPOCHS.get(device.split(":")[0], float("inf"))
     return setting == "on"
-
-
-def unit_adam(model: TIMNet, t: TrainSettings, device: torch.device) -> torch.optim.Adam:
-    """The unit's optimiser. On the CPU torch's fused Adam: one kernel over TIM-Net's 135 tensors instead of a loop
-    of small ones. A resumed unit keeps the kind it started with
-    (`load_state_dict` restores the saved group's `fused`), so its resume stays exact."""
-    fused = True if device.type == "cpu" else None
-    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=fused)
 
 
 def compiled(model: TIMNet):
@@ -182,7 +174,9 @@ class UnitTrainer:
         self.forward = compiled(self.model) if job.compile else self.model
         self.compile_pending = job.compile
         t = self.t
-        self.opt = unit_adam(self.model, t, self.device)
+        self.opt = make_optimizer(self.model.parameters(), t, self.device)
+        self.schedule = make_schedule(self.opt, t)
+        self.weight = class_weights(t, self.y[self.tr], cfg.n_classes, next(self.model.parameters()).dtype)
         self.shuffle = torch.Generator().manual_seed(seed)
         self.watch = {"best-val": "val_acc", "best-test": "test_acc"}.get(t.checkpoint)
         self.writer = StateWriter()
@@ -203,6 +197,8 @@ class UnitTrainer:
             ) from None
         self.model.load_state_dict(unflatten(saved["model"]))
         self.opt.load_state_dict(unflatten(saved["optimizer"]))
+        if self.schedule and saved.get("schedule"):
+            self.schedule.load_state_dict(saved["schedule"])
         torch.set_rng_state(saved["torch_rng"])
         if f"{self.device.type}_rng" in saved:  # cuda_rng, mps_rng: where dropout draws on an accelerator
             set_device_rng_state(self.device, saved[f"{self.device.type}_rng"])
@@ -218,6 +214,7 @@ class UnitTrainer:
         state = {
             "model": flatten(self.model.state_dict()),  # the copies of the live tensors (`flat_state`)
             "optimizer": flatten(self.opt.state_dict()),
+            "schedule": self.schedule.state_dict() if self.schedule else None,
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle.get_state(),
             "progress": saved,
@@ -253,12 +250,7 @@ class UnitTrainer:
         return float(loss_sum) / len(order), 100.0 * int(correct) / len(order)
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.forward(xb)
-        loss = F.cross_entropy(logits, yb, label_smoothing=self.t.label_smoothing)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return logits.detach(), loss.detach()
+        return unit_step(self.forward, self.opt, xb, yb, self.weight, self.t)
 
     def _first_compiled_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Compilation happens on the first step; where it fails (no compiler, MPS, Windows), continue eagerly."""
@@ -288,8 +280,10 @@ class UnitTrainer:
         return self.record_epoch(progress, loss, train_acc, started)
 
     def record_epoch(self, progress: Progress, loss: float, train_acc: float, started: float) -> dict:
-        """After an epoch's training (here or in a pack: `pack.train_pack`): evaluate, log, pick, stop."""
+        """After an epoch's training (here or in a pack: `pack.train_pack`): the schedule moves on; evaluate, log,
+        pick, stop."""
         t = self.t
+        next_epoch(self.schedule)
         progress.epoch += 1
         test_due = (
             t.checkpoint == "best-test"
