@@ -324,3 +324,47 @@ def model_config(**changes):
     from timnet.model.network import TIMNetConfig
 
     return dataclasses.replace(TIMNetConfig.from_config(load_config("EMODB")), **changes)
+
+
+# Ray's node failure found within a few seconds, not its default of half a minute.
+FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 5}
+
+
+def start_two_nodes(attempts: int = 3):
+    """Ray's own test cluster: a head and a worker node on this machine, one CPU each; a node whose agents miss
+    Ray's fixed start-up wait on a busy machine is started again (clean), up to `attempts` times."""
+    import time
+
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(attempts):
+        cluster = Cluster()
+        try:
+            cluster.add_node(num_cpus=1, include_dashboard=False, _system_config=FAST_HEALTH)  # the head
+            cluster.add_node(num_cpus=1)
+            return cluster
+        except Exception:
+            cluster.shutdown()
+            if attempt == attempts - 1:
+                raise
+            print(f"a Ray node did not start (attempt {attempt + 1} of {attempts}); starting the cluster again")
+            time.sleep(2)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The one Ray cluster of the test session (the Ray files share a worker, so it starts once): a head, where
+    the driver connects, and a worker node, one CPU each, so of two units one runs on each. Started in turn with
+    the other heavy starters, with patience for a busy 2-core machine. A test that needs the worker node asks
+    `live_worker(cluster)` for it: a node-loss test may have removed it."""
+    ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
+    patience = pytest.MonkeyPatch()  # a busy 2-core machine starts a node's agents slowly: give them time
+    patience.setenv("RAY_agent_register_timeout_ms", "120000")
+    with heavy_start():
+        cluster = start_two_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    patience.undo()

@@ -1,4 +1,4 @@
-"""The Ray backend and sweeps, on a local Ray cluster of 2 CPUs started by these tests."""
+"""The Ray backend and sweeps, on the test session's Ray cluster of 2 CPUs (conftest.ray_cluster)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REFERENCE, SHORT, assert_same_units, heavy_start, tiny_grid, train
+from conftest import REFERENCE, SHORT, assert_same_units, tiny_grid, train
 
 from timnet import load_config
 from timnet.core.errors import TimnetError
@@ -28,14 +28,10 @@ from timnet.training.runs import Roots
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    # "local": always a cluster of its own, never one that another process started on this machine (`ray start`);
-    # started as the product starts it (once more if a busy machine made it miss Ray's start-up wait), in turn
-    with heavy_start():
-        start_local_ray(ray, address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's Ray cluster (conftest.ray_cluster: 2 CPUs, on two nodes), shared with the fault tests."""
+    return ray_cluster
 
 
 def short_run(**train) -> object:

@@ -20,47 +20,16 @@ ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup 
 if not sys.platform.startswith("linux"):
     pytest.skip("finds Ray's worker processes through /proc", allow_module_level=True)
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
 from timnet.studies.sweep import run_sweep  # noqa: E402
 from timnet.training.execution import Execution  # noqa: E402
 from timnet.training.run import run_training  # noqa: E402
 from timnet.training.runs import Roots  # noqa: E402
 
-# Node failure found within a few seconds, not Ray's default of half a minute.
-FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 5}
 
-
-def start_two_nodes(attempts: int = 3):
-    """A cluster of a head and a worker node; a node whose agents miss Ray's fixed 15 s start-up wait on a busy
-    machine is started again."""
-    for attempt in range(attempts):
-        cluster = Cluster()
-        try:
-            cluster.add_node(num_cpus=1, include_dashboard=False, _system_config=FAST_HEALTH)  # the head
-            cluster.add_node(num_cpus=1)
-            return cluster
-        except Exception:
-            cluster.shutdown()
-            if attempt == attempts - 1:
-                raise
-            time.sleep(2)
-
-
-@pytest.fixture(scope="module")
-def two_nodes():
-    """A head (where the driver connects) and a worker node, one CPU each: of two units, one runs on each. A test
-    that needs the worker node asks `live_worker(cluster)` for it: another test may have removed it."""
-    patience = pytest.MonkeyPatch()  # a busy 2-core machine starts a node's agents slowly: give them time
-    patience.setenv("RAY_agent_register_timeout_ms", "120000")
-    with heavy_start():
-        cluster = start_two_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
-        cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-    patience.undo()
+@pytest.fixture
+def two_nodes(ray_cluster):
+    """The session's Ray cluster (conftest.ray_cluster): a head and a worker node, one CPU each."""
+    return ray_cluster
 
 
 def live_worker(cluster, attempts: int = 3):
