@@ -5,6 +5,7 @@ function), no private name crosses a module boundary, and modules and functions 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,16 @@ def import_graph() -> dict[str, set[str]]:
 
 
 TOP_MODULES = {"__init__", "cli", "cli_options", "pipeline", "notebook"}
+
+# Rooms: a concept, the names that say it (a top-level definition, or an attribute used, e.g. `torch.optim`), and the
+# only modules it lives in.
+ROOMS = {
+    "scanning a corpus folder": (
+        r"^(scan_\w+|Row|Scan|AUDIO_SUFFIXES|audio_files)$",
+        {"data.corpus_scan", "data.corpora"},
+    ),
+    "the optimiser, the loss and the schedule": (r"^(optim|lr_scheduler|cross_entropy|nll_loss)$", {"training.step"}),
+}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -131,6 +142,30 @@ def test_every_module_lives_in_a_package_of_the_layers():
     stray = [p.name for p in PACKAGE.glob("*.py") if p.stem not in TOP_MODULES]
     assert not stray, f"modules at the top beside the CLI: {stray}; put each in the package of its concept"
     assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == set(LAYERS) - {""}
+
+
+def _names_used(tree: ast.Module) -> set[str]:
+    """Names a module defines at its top and attributes it reads (`torch.optim.Adam` -> optim, Adam)."""
+    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {
+        t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
+    }
+    return defined | {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+
+
+def test_the_room_check_sees_definitions_and_attributes():
+    tree = ast.parse("import torch\nROWS = 1\ndef scan_x():\n    return torch.optim.Adam([])\nclass Row: ...\n")
+    assert _names_used(tree) == {"ROWS", "scan_x", "Row", "optim", "Adam"}
+
+
+def test_every_concept_lives_in_its_room():
+    misplaced = [
+        f"{name}: {', '.join(sorted(found))} ({concept}: only in {', '.join(sorted(rooms))})"
+        for name, tree in _modules().items()
+        for concept, (pattern, rooms) in ROOMS.items()
+        if name not in rooms and (found := {n for n in _names_used(tree) if re.match(pattern, n)})
+    ]
+    assert not misplaced, misplaced
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: _name(p))
