@@ -36,7 +36,7 @@ def main() -> None:
     from timnet import load_config
     from timnet.training.execution import Execution
     from timnet.training.run import run_training
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:

@@ -87,7 +87,7 @@ def synthetic_features(dataset: str, out: Path) -> Path:
     order where the project knows it (EMO-DB: 535 x 188 x 39), else `expected_count` generic utterances."""
     from timnet import load_config
     from timnet.data.corpora import canonical_stems
-    from timnet.data.features import write_feature_files
+    from timnet.data.feature_files import write_feature_files
 
     cfg = load_config(dataset)
     files = canonical_stems(cfg.dataset)

@@ -158,7 +158,7 @@ def mfcc(tmp_path_factory) -> Path:
 
     def build(root: Path) -> str:
         from timnet import load_config
-        from timnet.data.features import preprocess
+        from timnet.data.mfcc_extraction import preprocess
 
         tree = emodb_tree(root / "EMODB", speakers=("03", "08", "09", "10"), texts=("a01", "a02", "a04"))
         with warnings.catch_warnings():
@@ -188,7 +188,7 @@ def train(
     from timnet import load_config
     from timnet.training.execution import Execution
     from timnet.training.run import run_training
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     if cfg is None and resume is None:
         overrides = {**SHORT, **(settings or {}), **{f"train.{k}": v for k, v in train_settings.items()}}
@@ -295,7 +295,7 @@ def small_study(tmp_path: Path, text: str, quick: bool = False):
     unit at a time, warnings silenced."""
     from timnet.studies.study import run_study
     from timnet.training.execution import Execution
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     path = tmp_path / "study.toml"
     path.write_text(text)

@@ -23,7 +23,7 @@ from timnet.core.errors import TimnetError
 from timnet.training.cluster import start_local_ray
 from timnet.training.execution import Execution
 from timnet.training.run import run_training
-from timnet.training.runs import Roots
+from timnet.training.run_store import Roots
 
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
 

@@ -25,7 +25,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from timnet.studies.sweep import run_sweep  # noqa: E402
 from timnet.training.execution import Execution  # noqa: E402
 from timnet.training.run import run_training  # noqa: E402
-from timnet.training.runs import Roots  # noqa: E402
+from timnet.training.run_store import Roots  # noqa: E402
 
 # Node failure found within a few seconds, not Ray's default of half a minute.
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 5}

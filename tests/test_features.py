@@ -16,7 +16,8 @@ from conftest import EMODB_16K, needs_shared, tone, write_wav
 from timnet import load_config
 from timnet.core.config import known_datasets
 from timnet.core.errors import BadAudioError, TimnetError
-from timnet.data.features import extract_file, extract_many, fix_length, load_features, preprocess
+from timnet.data.feature_files import load_features
+from timnet.data.mfcc_extraction import extract_file, extract_many, fix_length, preprocess
 
 EMODB = load_config("EMODB")
 FACT_FRAMES = {"CASIA": 172, "EMODB": 188, "EMOVO": 188, "IEMOCAP": 606, "RAVDESS": 215, "SAVEE": 254}

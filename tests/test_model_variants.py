@@ -22,7 +22,7 @@ from torch import nn
 
 from timnet import load_config
 from timnet.accel.accelerate import FastPathDeclined, accelerate
-from timnet.accel.packed import PackedTIMNet, pack_declines
+from timnet.accel.packed_model import PackedTIMNet, pack_declines
 from timnet.model import network
 from timnet.model.network import TemporalAwareBlock, TIMNet, batch_norm
 from timnet.training.step import PackedOptimizer, capture_declines

@@ -69,10 +69,10 @@ def test_pool_workers_map_one_shared_copy_of_the_features(tmp_path, mfcc):
     the pickled MFCC file into memory of its own; what they see equals the file."""
     import numpy as np
 
-    from timnet.data.feature_cache import share_features, unit_features
-    from timnet.data.features import load_features
+    from timnet.data.feature_files import load_features
+    from timnet.data.shared_features import share_features, unit_features
     from timnet.training.run import prepare_run
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     cfg = load_config("EMODB", SHORT)
     run = prepare_run(cfg, mfcc, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu")
@@ -185,7 +185,7 @@ def test_auto_compiles_where_a_workers_units_together_repay_it(tmp_path, mfcc):
     """10 folds x 500 epochs with torch's BLAS: 1 or 2 workers train 5+ units each and compile; 10 workers (one
     unit each) do not; with numpy's BLAS `auto` does not compile; `off` never compiles."""
     from timnet.training.run import decide_execution, prepare_run
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     cfg = load_config("EMODB", {**SHORT, "train.folds": 10, "train.epochs": 500, "train.blas": "torch"})
     run = prepare_run(cfg, mfcc, Roots(*(tmp_path / d for d in "MLR")), device="cpu")

@@ -79,7 +79,7 @@ def test_a_full_disk_then_two_resumes_at_once_then_a_killed_holder(tmp_path, mfc
 def test_the_state_written_in_the_background_is_the_saved_epochs(tmp_path):
     """`StateWriter` snapshots at save: tensors the next epoch changes in place while the thread still writes do not
     reach the file; a failed write raises in the training thread at the next save, the file keeps the last state."""
-    from timnet.training.runs import save_pt
+    from timnet.training.run_store import save_pt
     from timnet.training.state_writer import StateWriter
 
     path, writer, gate = tmp_path / "state.pt", StateWriter(), threading.Event()

@@ -168,6 +168,26 @@ def test_every_concept_lives_in_its_room():
     assert not misplaced, misplaced
 
 
+def _word(stem: str) -> str:
+    """A module name's word without a plural or participle ending: runs, run -> run; packed, pack -> pack."""
+    for ending in ("ed", "s"):
+        if stem.endswith(ending) and len(stem) > len(ending) + 2:
+            return stem[: -len(ending)]
+    return stem
+
+
+def test_no_two_modules_are_one_word():
+    """Modules whose names differ only by an ending (`run.py` beside `runs.py`) say no difference: name each by
+    what it holds."""
+    assert _word("runs") == _word("run") and _word("packed") == _word("pack") != _word("packing")
+    by_word: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.stem != "__init__":
+            by_word.setdefault(_word(path.stem), set()).add(path.stem)
+    confusable = [sorted(names) for names in by_word.values() if len(names) > 1]
+    assert not confusable, confusable
+
+
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: _name(p))
 def test_modules_and_functions_stay_small(path):
     lines = path.read_text().count("\n")

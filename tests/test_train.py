@@ -22,7 +22,7 @@ from timnet.analysis.tsne import run_embeddings
 from timnet.core.errors import TimnetError
 from timnet.core.report import SUMMARY_NAME
 from timnet.data.corpora import canonical_stems
-from timnet.data.features import load_features
+from timnet.data.feature_files import load_features
 from timnet.data.splits import make_folds, speaker_folds, validation_split
 from timnet.model.inference import infer
 from timnet.serving.loading import load_model

@@ -65,6 +65,6 @@ def execution(
     """The notebook's parameters as the one `Execution` every command that trains takes (the CLI builds it from its
     options)."""
     from .training.execution import Execution
-    from .training.runs import Roots
+    from .training.run_store import Roots
 
     return Execution(Roots(Path(models_dir), Path(logs_dir), Path(results_dir)), device=device, workers=workers)

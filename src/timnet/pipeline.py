@@ -13,10 +13,10 @@ from .analysis.tsne import embeddings_of, write_tsne
 from .core.config import Config
 from .data.corpora import corpus_of
 from .data.example import write_example_corpus
-from .data.features import PreprocessResult, preprocess
+from .data.mfcc_extraction import PreprocessResult, preprocess
 from .training.execution import Execution
 from .training.run import RunResult, run_training
-from .training.runs import Roots
+from .training.run_store import Roots
 
 
 @dataclass

@@ -15,7 +15,7 @@ from natsort import natsorted
 
 from ..core.errors import TimnetError
 from ..data.corpus_scan import AUDIO_SUFFIXES
-from ..training.runs import run_dir
+from ..training.run_store import run_dir
 from .loading import load_model
 
 

@@ -26,7 +26,7 @@ import torch
 
 from ..accel.blas import limit_threads, resolve_blas
 from ..accel.capture import CapturedSteps, resolve_capture
-from ..accel.packed import PackedTIMNet
+from ..accel.packed_model import PackedTIMNet
 from ..core.atomic import write_json
 from ..core.config import Config
 from ..core.devices import available_cores, cache_root, read_cache
