@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_vs_keras import append_csv, machine, synthetic_features  # noqa: E402
+from bench_common import append_csv, code_version, machine, synthetic_features  # noqa: E402
 
 
 def main() -> None:
@@ -63,6 +63,7 @@ def main() -> None:
                 {
                     "date": datetime.now().isoformat(timespec="seconds"),
                     "machine": machine(),
+                    "commit": code_version(),
                     "units": args.folds,
                     "epochs": epochs,
                     "local_s": times["local"],
