@@ -226,15 +226,17 @@ def trained_run(mfcc, tmp_path_factory):
 
 
 # The uninterrupted run that interrupted ones (a killed worker, a killed Ray worker, Ctrl-C) must equal.
-REFERENCE = {"folds": 2, "epochs": 40}
+UNINTERRUPTED = {"folds": 2, "epochs": 40}
 
 
 @pytest.fixture(scope="session")
-def reference_run(mfcc, tmp_path_factory) -> Path:
-    """The Models/<run> folder of one uninterrupted REFERENCE run, trained once per test session (both workers)."""
+def uninterrupted_run(mfcc, tmp_path_factory) -> Path:
+    """The Models/<run> folder of one UNINTERRUPTED run, trained once per test session (both workers)."""
     return Path(
         built_once(
-            tmp_path_factory, "reference", lambda root: str(root / "Models" / train(root, mfcc, **REFERENCE).run_id)
+            tmp_path_factory,
+            "uninterrupted",
+            lambda root: str(root / "Models" / train(root, mfcc, **UNINTERRUPTED).run_id),
         )
     )
 

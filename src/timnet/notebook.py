@@ -45,7 +45,7 @@ def one_line(shell, etype, value, tb, tb_offset=None) -> None:
 
 
 def show_errors_as_one_line() -> None:
-    """In a Jupyter kernel, show TimnetError as one line; elsewhere (plain Python) do nothing."""
+    """In a Jupyter notebook, show TimnetError as one line; elsewhere (plain Python) do nothing."""
     try:
         from IPython import get_ipython
     except ImportError:

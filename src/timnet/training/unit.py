@@ -52,7 +52,7 @@ from .trackers import Trackers
 # `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
 # units one after another: the next unit reuses the compiled code). The first compile costs minutes on a CPU and
 # an epoch gains a little: it repays itself only after several hundred epochs. On CUDA the many small elementwise
-# kernels are what compiling fuses. `auto` never compiles where the CPU's products go through numpy's BLAS
+# operations are what compiling fuses. `auto` never compiles where the CPU's products go through numpy's BLAS
 # (`train.blas`): compiling puts them back on torch's, and eager training with numpy's BLAS and the CPU kernel
 # measured faster (benchmarks/results/design_measurements.md).
 COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
