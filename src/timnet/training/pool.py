@@ -187,7 +187,7 @@ def run_units(
 ) -> list[UnitResult]:
     """Run units, one unit or one pack of units (`packs`, whose units are `jobs`) at a time per process: in
     parallel worker processes when workers > 1 (each reads the features from `shared`, see
-    `feature_cache.share_features`; one per GPU on CUDA, each with its GPU's pack), else in this process on
+    `shared_features.share_features`; one per GPU on CUDA, each with its GPU's pack), else in this process on
     `features`; one progress bar over all their epochs."""
     view, packs = ProgressView(jobs, desc, progress), packs or [[j] for j in jobs]
     try:
