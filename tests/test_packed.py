@@ -108,7 +108,7 @@ def test_a_packed_run_equals_its_units_trained_alone(tmp_path, mfcc):
 def test_an_interrupted_pack_resumes_exactly(tmp_path, mfcc, monkeypatch):
     """A pack stopped after some epochs (its units' per-epoch states on disk) and resumed equals the
     uninterrupted packed run bit for bit; the states are today's, so the run could also resume unpacked."""
-    from timnet.training import pack as packed
+    from timnet.training import packed_training as packed
 
     whole = train(tmp_path / "whole", mfcc, pack="2", folds=2, epochs=4)
     seen = []

@@ -242,11 +242,11 @@ def test_a_pack_stopped_between_its_units_resumes_with_its_schedule(tmp_path, mf
     late one to float32 rounding (so it did before schedules: its catching-up epoch runs in another pack)."""
     from test_packed import relative_gap, unit_weights
 
-    from timnet.training import pack
+    from timnet.training import packed_training
 
     common = dict(pack="2", folds=2, epochs=4, lr_schedule=schedule, lr_step_size=2, lr_gamma=0.5)
     whole = train(tmp_path / "whole", mfcc, **common)
-    original, seen = pack.Pack.record, []
+    original, seen = packed_training.Pack.record, []
 
     def stop_between(self, u, *args):
         row = original(self, u, *args)
@@ -255,10 +255,10 @@ def test_a_pack_stopped_between_its_units_resumes_with_its_schedule(tmp_path, mf
             raise KeyboardInterrupt
         return row
 
-    monkeypatch.setattr(pack.Pack, "record", stop_between)
+    monkeypatch.setattr(packed_training.Pack, "record", stop_between)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "cut", mfcc, **common)
-    monkeypatch.setattr(pack.Pack, "record", original)
+    monkeypatch.setattr(packed_training.Pack, "record", original)
     run_id = next((tmp_path / "cut" / "Models").iterdir()).name
     states = sorted((tmp_path / "cut" / "Models" / run_id / "in_progress").glob("fold_*.pt"))
     assert [torch.load(s, weights_only=True)["progress"]["epoch"] for s in states] == [2, 1]
