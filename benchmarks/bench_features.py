@@ -25,7 +25,7 @@ warnings.simplefilter("ignore")
 t0 = time.perf_counter()
 from timnet import load_config
 from timnet.data.corpora import build_manifest
-from timnet.data.features import extract_many
+from timnet.data.mfcc_extraction import extract_many
 cfg = load_config(sys.argv[1])
 manifest, _ = build_manifest(sys.argv[2], cfg.dataset, skip_bad=True)
 workers = int(sys.argv[3])

@@ -15,10 +15,9 @@ Under 8 minutes with the defaults.
 from __future__ import annotations
 
 import argparse
-import csv
-import platform
 import resource
 import statistics
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +27,12 @@ import torch
 from timnet import load_config
 from timnet.training.device_timing import sync, train_step
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_gpu.csv"
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_common import append_csv, code_version, cpu_model  # noqa: E402
+
+RESULTS = HERE / "results" / "bench_gpu.csv"
 SHAPES = {"EMODB": 535, "IEMOCAP": 5531}  # utterances; frames and levels from the dataset's config
 AUTHORS_STEP_SECONDS = 0.060  # the paper's RTX 3090 figure
 
@@ -92,7 +96,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(f"device: {args.device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     rows = [
         row
@@ -103,15 +107,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(str(v) for v in r.values()) + " |")
-    RESULTS.parent.mkdir(exist_ok=True)
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
-        writer = csv.DictWriter(f, ["date", "device", "name", *rows[0]])
-        if new:
-            writer.writeheader()
-        stamp = datetime.now().isoformat(timespec="seconds")
-        writer.writerows({"date": stamp, "device": args.device, "name": name, **r} for r in rows)
-    print(f"appended to {RESULTS}")
+    stamp = datetime.now().isoformat(timespec="seconds")
+    append_csv(
+        RESULTS, [{"date": stamp, "device": args.device, "name": name, "commit": code_version(), **r} for r in rows]
+    )
 
 
 if __name__ == "__main__":

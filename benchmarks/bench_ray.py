@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_vs_keras import append_csv, machine, synthetic_features  # noqa: E402
+from bench_common import append_csv, code_version, machine, synthetic_features  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     from timnet import load_config
     from timnet.training.execution import Execution
     from timnet.training.run import run_training
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
@@ -63,6 +63,7 @@ def main() -> None:
                 {
                     "date": datetime.now().isoformat(timespec="seconds"),
                     "machine": machine(),
+                    "commit": code_version(),
                     "units": args.folds,
                     "epochs": epochs,
                     "local_s": times["local"],

@@ -42,19 +42,12 @@ overrides), and its fixed cost holds the compile (once per worker; inductor's on
 the first round). Duration: ~(2 x wall(A) + 2 x wall(B)) per round; on 2 cores with
 the defaults roughly 15 minutes a round.
 
-    python benchmarks/bench_vs_keras.py --inference [--samples 2048]
-
-Inference instead, samples per second of one fold model (batch 64, EMO-DB shape, randomly initialised: speed does
-not depend on the weights), each competitor in its own process with all cores: Keras `model.predict` as the
-official code evaluates; `timnet` torch eager (`load_model(engine="torch")`); onnxruntime (`engine="onnx"`, the
-default of `timnet predict`); and both for a 10-fold model folder (fold-model samples per second).
-Appended to benchmarks/results/bench_inference.csv.
+Inference speed is benchmarks/bench_inference.py; what the benchmarks share, benchmarks/bench_common.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import resource
@@ -71,43 +64,28 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from bench_common import (  # noqa: E402
+    BATCH,
+    REPO,
+    append_csv,
+    code_version,
+    cpu_model,
+    legacy_keras,
+    library_versions,
+    machine,
+    spread,
+    synthetic_features,
+    versions,
+)
+
 AUTHORS_CODE = REPO.parent / "shared" / "reference" / "official-timnet"
 RESULTS = HERE / "results" / "bench_vs_authors.csv"
-INFERENCE_RESULTS = HERE / "results" / "bench_inference.csv"
-BATCH = 64
 PAPER_FOLDS, PAPER_EPOCHS = 10, 500
 REWRITE_LABEL = "our Keras rewrite, not the authors' code"
 AUTHORS_NAMES = {"RAVDESS": "RAVDE"}  # the authors' main.py names for our datasets, where they differ
 STARTED = "first_fold_started"  # file in a competitor-A worker's folder: time.time() when fold 1 begins
-
-
-def synthetic_features(dataset: str, out: Path) -> Path:
-    """MFCC/<DATASET>.npy trio of random features in that corpus's shape: its complete file list in the authors'
-    order where the project knows it (EMO-DB: 535 x 188 x 39), else `expected_count` generic utterances."""
-    from timnet import load_config
-    from timnet.data.corpora import canonical_stems
-    from timnet.data.features import write_feature_files
-
-    cfg = load_config(dataset)
-    files = canonical_stems(cfg.dataset)
-    if files is None:
-        n, classes = cfg.dataset.expected_count, cfg.dataset.classes
-        files = pd.DataFrame(
-            {"stem": [f"utt{i:05d}" for i in range(n)], "label": [classes[i % len(classes)] for i in range(n)]}
-        )
-    x = np.random.default_rng(0).normal(size=(len(files), cfg.features.frames, cfg.features.n_mfcc)).astype(np.float32)
-    labels = files.label.map(cfg.dataset.classes.index).to_numpy()
-    manifest = files.assign(file=files.stem + ".wav", speaker=files.stem.str[:2], status="ok")
-    npy = out / f"{cfg.dataset.name}.npy"
-    write_feature_files(npy, x, labels, len(cfg.dataset.classes), manifest, {"dataset": dataset, "synthetic": True})
-    return npy
-
-
-def legacy_keras() -> None:
-    """Keras 2 semantics (tf-keras) for `tensorflow.keras`, set before TensorFlow is imported."""
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def first_folds(folds: int, work: Path):
@@ -345,105 +323,6 @@ def derive(rows: list[dict], e1: int, e2: int, folds: int) -> dict[str, float]:
     return d
 
 
-def throughput(predict, x: np.ndarray, seconds: float = 10.0) -> float:
-    """Samples per second of `predict(x)`, after one warm-up call, over at least `seconds`."""
-    predict(x)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        predict(x)
-        done += len(x)
-    return done / (time.perf_counter() - started)
-
-
-def inference_worker(engine: str, samples: int, work: Path) -> None:
-    """One inference competitor in its own process; prints {"samples_per_s": ..., "models": ...} as JSON."""
-    import json
-
-    x = np.random.default_rng(0).normal(size=(samples, 188, 39)).astype(np.float32) * 20
-    if engine == "keras":
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        sys.path.insert(0, str(REPO / "tools"))
-        from keras_reference import build
-
-        model, _ = build(7, 188, levels=8)
-        rate, models = throughput(lambda v: model.predict(v, batch_size=BATCH, verbose=0), x), 1
-    else:
-        import timnet
-        from timnet.core.config import load_config
-        from timnet.model.network import TIMNet, TIMNetConfig
-        from timnet.serving.export import write_model_folder
-
-        folds = 10 if engine.endswith("10") else 1
-        cfg = load_config("EMODB")
-        models = {f"fold_{k}": TIMNet(TIMNetConfig.from_config(cfg)).eval() for k in range(1, folds + 1)}
-        folder = write_model_folder(work / engine, cfg, models, [], {"kind": "benchmark"})
-        loaded = timnet.load_model(folder, engine=engine.removesuffix("10"))
-        loaded.runner.batch_size = BATCH
-        rate = throughput(loaded.fold_outputs, x)
-        models = folds
-    print(json.dumps({"samples_per_s": rate, "models": models}))
-
-
-def inference_benchmark(samples: int) -> None:
-    """Inference competitors side by side, one process each, with ratios to Keras."""
-    import json
-
-    competitors = {
-        "keras model.predict (official)": "keras",
-        "timnet torch eager": "torch",
-        "timnet onnxruntime (predict's default)": "onnx",
-        "timnet torch eager, 10-fold model": "torch10",
-        "timnet onnxruntime, 10-fold model": "onnx10",
-    }
-    rows = []
-    for name, engine in competitors.items():
-        argv = [sys.executable, __file__, "--inference-worker", engine, str(samples)]
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"failed: {name}\n{done.stderr[-3000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append({"competitor": name, "fold_model_samples_per_s": result["samples_per_s"] * result["models"]})
-        print(f"  {name}: {rows[-1]['fold_model_samples_per_s']:.0f} samples/s", flush=True)
-    base = rows[0]["fold_model_samples_per_s"]
-    stamp, where, libs = datetime.now().isoformat(timespec="seconds"), machine(), versions()
-    print(f"\n{stamp} | {where} | {libs} | batch {BATCH}, {samples} samples of 188 x 39 per call\n")
-    print("| competitor | fold-model samples/s | vs Keras |\n|---|---|---|")
-    for row in rows:
-        row["speedup_vs_keras"] = row["fold_model_samples_per_s"] / base
-        print(f"| {row['competitor']} | {row['fold_model_samples_per_s']:.0f} | {row['speedup_vs_keras']:.2f}x |")
-    append_csv(INFERENCE_RESULTS, [{"date": stamp, "machine": where, "versions": libs, **r} for r in rows])
-
-
-def append_csv(path: Path, rows: list[dict], say=print) -> None:
-    """Rows appended in the file's column order; a column the file lacks is added (older rows left empty)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old, fields = [], []
-    if path.exists():
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            old, fields = list(reader), list(reader.fieldnames or [])
-    added = [k for k in rows[0] if k not in fields]
-    with open(path, "w" if added or not old else "a", newline="") as f:
-        writer = csv.DictWriter(f, fields + added, restval="")
-        if added or not old:
-            writer.writeheader()
-            writer.writerows(old)
-        writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    say(f"\nappended to {path.relative_to(REPO)}")
-
-
-def code_version() -> str:
-    """The commit timed (with "+changes" when the work tree differs from it): a row says which code it measured."""
-    git = ["git", "-C", str(REPO)]
-    try:
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
-
-
 def tree_memory(root: int) -> int:
     """Proportional resident bytes (PSS) of a process and all its descendants (Linux /proc): pages shared between
     them — the torch and TensorFlow libraries every worker maps — count once in total, not once per process."""
@@ -469,15 +348,6 @@ def tree_memory(root: int) -> int:
         except OSError:
             continue
     return total
-
-
-def spread(values: list[float], digits: int, unit: str = "") -> str:
-    """Median (min–max) of the rounds' values; just the value for one round."""
-    values = [v for v in values if v == v]  # drop NaN
-    if not values:
-        return "—"
-    med = f"{statistics.median(values):.{digits}f}{unit}"
-    return med if len(values) == 1 else f"{med} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
 def table(rounds: list[dict], names: dict[str, str], e1: int, e2: int, folds: int) -> list[str]:
@@ -542,60 +412,6 @@ def summary(args, rows: list[dict], names: dict[str, str], say, commit: str) -> 
             f"note: {args.folds} folds on {os.cpu_count()} cores: B trains one fold per core at once, so its steady "
             "rate here need not be that of a 10-fold run; use --folds >= cores for the projection"
         )
-
-
-def machine() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} cores"
-
-
-def versions() -> str:
-    import torch
-
-    found = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
-    try:
-        from importlib.metadata import version
-
-        found.append(f"tensorflow {version('tensorflow-cpu') if _has('tensorflow-cpu') else version('tensorflow')}")
-    except Exception:  # noqa: BLE001
-        found.append("tensorflow missing")
-    return ", ".join(found)
-
-
-def _has(dist: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(dist)
-        return True
-    except PackageNotFoundError:
-        return False
-
-
-def cpu_model() -> str:
-    """The CPU's model name and its widest vector extension (AVX-512, AVX2): every result row names it."""
-    if Path("/proc/cpuinfo").is_file():
-        info = Path("/proc/cpuinfo").read_text()
-        name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-        return name + (", AVX-512" if " avx512f" in info else ", AVX2" if " avx2" in info else "")
-    return platform.processor() or platform.machine()
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for column, dists in {
-        "torch": ["torch"],
-        "tensorflow": ["tensorflow-cpu", "tensorflow"],
-        "tf_keras": ["tf-keras"],
-    }.items():
-        for dist in dists:
-            try:
-                found[column] = version(dist)
-                break
-            except PackageNotFoundError:
-                found[column] = "missing"
-    return found
 
 
 def labelled_printer(fallback: bool):
@@ -679,17 +495,9 @@ def main() -> None:
         "--before", type=Path, help="also time timnet from this src/ folder (the code before a change) as B0"
     )
     ap.add_argument("--a-worker", nargs="+", help=argparse.SUPPRESS)
-    ap.add_argument("--inference", action="store_true", help="inference speed instead of training")
-    ap.add_argument("--samples", type=int, default=2048, help="--inference: samples per predict call")
-    ap.add_argument("--inference-worker", nargs=2, metavar=("ENGINE", "SAMPLES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.a_worker:  # before anything imports timnet (and torch) into competitor A's process
         return a_worker(args.a_worker)
-    if args.inference:
-        return inference_benchmark(args.samples)
-    if args.inference_worker:
-        with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
-            return inference_worker(args.inference_worker[0], int(args.inference_worker[1]), Path(tmp))
     training_benchmark(args)
 
 

@@ -158,7 +158,7 @@ def mfcc(tmp_path_factory) -> Path:
 
     def build(root: Path) -> str:
         from timnet import load_config
-        from timnet.data.features import preprocess
+        from timnet.data.mfcc_extraction import preprocess
 
         tree = emodb_tree(root / "EMODB", speakers=("03", "08", "09", "10"), texts=("a01", "a02", "a04"))
         with warnings.catch_warnings():
@@ -188,7 +188,7 @@ def train(
     from timnet import load_config
     from timnet.training.execution import Execution
     from timnet.training.run import run_training
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     if cfg is None and resume is None:
         overrides = {**SHORT, **(settings or {}), **{f"train.{k}": v for k, v in train_settings.items()}}
@@ -226,15 +226,17 @@ def trained_run(mfcc, tmp_path_factory):
 
 
 # The uninterrupted run that interrupted ones (a killed worker, a killed Ray worker, Ctrl-C) must equal.
-REFERENCE = {"folds": 2, "epochs": 40}
+UNINTERRUPTED = {"folds": 2, "epochs": 40}
 
 
 @pytest.fixture(scope="session")
-def reference_run(mfcc, tmp_path_factory) -> Path:
-    """The Models/<run> folder of one uninterrupted REFERENCE run, trained once per test session (both workers)."""
+def uninterrupted_run(mfcc, tmp_path_factory) -> Path:
+    """The Models/<run> folder of one UNINTERRUPTED run, trained once per test session (both workers)."""
     return Path(
         built_once(
-            tmp_path_factory, "reference", lambda root: str(root / "Models" / train(root, mfcc, **REFERENCE).run_id)
+            tmp_path_factory,
+            "uninterrupted",
+            lambda root: str(root / "Models" / train(root, mfcc, **UNINTERRUPTED).run_id),
         )
     )
 
@@ -295,7 +297,7 @@ def small_study(tmp_path: Path, text: str, quick: bool = False):
     unit at a time, warnings silenced."""
     from timnet.studies.study import run_study
     from timnet.training.execution import Execution
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     path = tmp_path / "study.toml"
     path.write_text(text)

@@ -50,7 +50,7 @@ def wav_header(channels: int, rate: int, bits: int, fmt: int, data_size: int) ->
 @FEW
 @given(data=st.binary(max_size=3000))
 def test_the_audio_reader_on_arbitrary_bytes(data):
-    from timnet.data.features import load_signal
+    from timnet.data.mfcc_extraction import load_signal
 
     settings_ = load_config("EMODB").features
     y = one_line_or_result(lambda: load_signal(written("x.wav", data), settings_))
@@ -67,7 +67,7 @@ def test_the_audio_reader_on_arbitrary_bytes(data):
     body=st.binary(max_size=4000),
 )
 def test_the_audio_reader_on_wav_headers_with_any_fields(channels, rate, bits, fmt, size, body):
-    from timnet.data.features import load_signal
+    from timnet.data.mfcc_extraction import load_signal
 
     data = wav_header(channels, rate, bits, fmt, size) + struct.pack("<I", size) + body
     one_line_or_result(lambda: load_signal(written("x.wav", data), load_config("EMODB").features))
@@ -77,7 +77,7 @@ def test_a_header_claiming_a_few_hertz_is_refused_before_resampling(tmp_path):
     """A 4-second body at "1 Hz" would be resampled to ~64 M samples per second of body (out of memory on a large
     file); it is refused from the header."""
     from timnet.core.errors import BadAudioError
-    from timnet.data.features import load_signal
+    from timnet.data.mfcc_extraction import load_signal
 
     data = wav_header(1, 1, 16, 1, 8000) + struct.pack("<I", 8000) + bytes(range(256)) * 31 + bytes(64)
     path = tmp_path / "one_hertz.wav"

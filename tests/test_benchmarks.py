@@ -1,6 +1,8 @@
-"""The speed benchmark's bookkeeping: every row says which CPU and which code it measured, and a new column never
-loses the rows before it."""
+"""The benchmarks' shared bookkeeping (benchmarks/bench_common.py): every row says which CPU and which code it
+measured, and a new column never loses the rows before it; each benchmark script imports that module, never
+another benchmark."""
 
+import ast
 import csv
 import importlib.util
 import subprocess
@@ -13,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_keras", REPO / "benchmarks" / "bench_vs_keras.py")
+    spec = importlib.util.spec_from_file_location("bench_common", REPO / "benchmarks" / "bench_common.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -44,3 +46,22 @@ def test_rows_name_the_code_and_the_cpu(bench):
     assert cpu
     if " avx2" in info:  # the vector extension is what moves the speed-up most between machines
         assert cpu.endswith(("AVX2", "AVX-512"))
+
+
+def test_benchmarks_share_one_module_and_import_no_other_benchmark():
+    scripts = sorted((REPO / "benchmarks").glob("bench_*.py"))
+    assert {"bench_vs_keras.py", "bench_inference.py", "bench_ray.py"} <= {s.name for s in scripts}
+    imported = {
+        script.name: {
+            node.module
+            for node in ast.walk(ast.parse(script.read_text()))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench")
+        }
+        for script in scripts
+    }
+    assert all(modules <= {"bench_common"} for modules in imported.values()), imported
+    assert {name for name, modules in imported.items() if modules} >= {
+        "bench_vs_keras.py",
+        "bench_inference.py",
+        "bench_ray.py",
+    }

@@ -83,7 +83,7 @@ def _prepare(root: Path) -> Path:
 
     from timnet import load_config
     from timnet.data.example import write_example_corpus
-    from timnet.data.features import preprocess
+    from timnet.data.mfcc_extraction import preprocess
 
     corpus = write_example_corpus(root / "Datasets" / "EXAMPLE")
     with warnings.catch_warnings():

@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REFERENCE, SHORT, assert_same_units, tiny_grid, train
+from conftest import SHORT, UNINTERRUPTED, assert_same_units, tiny_grid, train
 
 from timnet import load_config
 from timnet.core.errors import TimnetError
 from timnet.training.cluster import start_local_ray
 from timnet.training.execution import Execution
 from timnet.training.run import run_training
-from timnet.training.runs import Roots
+from timnet.training.run_store import Roots
 
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
 
@@ -102,7 +102,7 @@ def fold_1_in_progress(root: Path) -> tuple[str, int] | None:
 
 
 def ray_run_while(root: Path, mfcc: Path, act, window=(3, 30), job=None, watch=None) -> tuple[dict, object]:
-    """Train the REFERENCE run on Ray (in a thread) under `root`, or call `job()` (e.g. a sweep there); while the
+    """Train the UNINTERRUPTED run on Ray (in a thread) under `root`, or call `job()` (e.g. a sweep there); while the
     saved epoch of fold 1 (or of the unit `watch(root)` finds: its (name, epoch)) is within `window`, call
     `act(run_id or name, epoch)` until it returns something.
     -> ({"result" or "error", "warnings"}, what act returned)."""
@@ -110,7 +110,7 @@ def ray_run_while(root: Path, mfcc: Path, act, window=(3, 30), job=None, watch=N
 
     def reference():
         how = Execution(Roots(root / "Models", root / "logs", root / "Results"), "ray", threads=1, progress=False)
-        return run_training(short_run(**REFERENCE), mfcc, how)
+        return run_training(short_run(**UNINTERRUPTED), mfcc, how)
 
     def ray_run():
         with warnings.catch_warnings(record=True) as caught:
@@ -134,7 +134,7 @@ def ray_run_while(root: Path, mfcc: Path, act, window=(3, 30), job=None, watch=N
 
 
 @pytest.mark.slow
-def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_path, reference_run):
+def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_path, uninterrupted_run):
     """kill -9 of the worker in the middle of a unit: Ray retries it, it goes on from its last saved epoch,
     and the numbers equal an uninterrupted run."""
     root = tmp_path / "ray"
@@ -151,11 +151,11 @@ def test_a_killed_ray_worker_resumes_its_unit_from_its_state(cluster, mfcc, tmp_
     run_id = outcome["result"].run_id
     restarts = [w for w in outcome["warnings"] if "fold_1: started again, from its saved epoch" in w]
     assert restarts and int(restarts[0].rsplit(" ", 1)[1]) >= killed, outcome["warnings"]
-    assert_same_units(reference_run, root / "Models" / run_id)
+    assert_same_units(uninterrupted_run, root / "Models" / run_id)
 
 
 @pytest.mark.slow
-def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc, tmp_path, reference_run):
+def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc, tmp_path, uninterrupted_run):
     """Ctrl-C in the driver mid-run: every task is cancelled (its worker goes, its state stops changing), and
     `resume` finishes the run with the numbers of an uninterrupted one."""
     root = tmp_path / "ray"
@@ -177,7 +177,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc,
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a terminal, whatever ran before
     watcher.start()
     try:
-        train(root, mfcc, backend="ray", **REFERENCE)
+        train(root, mfcc, backend="ray", **UNINTERRUPTED)
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True
@@ -201,7 +201,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_the_run_resumes_exactly(cluster, mfcc,
     assert not (root / "Models" / run_id / "fold_1.pt").exists()
     resumed = train(root, None, resume=run_id, backend="ray")
     assert resumed.run_id == run_id
-    assert_same_units(reference_run, root / "Models" / run_id)
+    assert_same_units(uninterrupted_run, root / "Models" / run_id)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REFERENCE, assert_same_units, heavy_start, proc_stat, run_dirs, tiny_grid, train, train_cli
+from conftest import UNINTERRUPTED, assert_same_units, heavy_start, proc_stat, run_dirs, tiny_grid, train, train_cli
 from test_cluster import ray_run_while, ray_worker_of
 
 ray = pytest.importorskip("ray", reason="Ray is installed by the README's setup command")
@@ -23,7 +23,7 @@ if not sys.platform.startswith("linux"):
 from timnet.studies.sweep import run_sweep  # noqa: E402
 from timnet.training.execution import Execution  # noqa: E402
 from timnet.training.run import run_training  # noqa: E402
-from timnet.training.runs import Roots  # noqa: E402
+from timnet.training.run_store import Roots  # noqa: E402
 
 
 @pytest.fixture
@@ -90,14 +90,16 @@ def test_the_progress_queue_lives_on_the_drivers_node(two_nodes):
 
 
 @pytest.mark.slow
-def test_a_lost_node_costs_a_sweep_only_its_units_epochs_since_their_state(two_nodes, mfcc, tmp_path, reference_run):
-    """A sweep of two runs (REFERENCE's, then a 2-epoch one) on Ray: the worker node is removed while a unit of the
+def test_a_lost_node_costs_a_sweep_only_its_units_epochs_since_their_state(
+    two_nodes, mfcc, tmp_path, uninterrupted_run
+):
+    """A sweep of two runs (UNINTERRUPTED's, then a 2-epoch one) on Ray: the worker node is removed while a unit of the
     first run trains on it; the sweep completes (no traceback from the progress channel), that unit starts again
     on the head from its saved epoch, and each run's units equal the same run trained locally. A single run is
     this case too: `run_training` is `execute` of one run, the executor a sweep's runs share."""
     cluster, worker = two_nodes, live_worker(two_nodes)
     root = tmp_path / "ray"
-    grid = tiny_grid(tmp_path / "grid.toml", "lost", mfcc, grid=f'"train.epochs" = [{REFERENCE["epochs"]}, 2]')
+    grid = tiny_grid(tmp_path / "grid.toml", "lost", mfcc, grid=f'"train.epochs" = [{UNINTERRUPTED["epochs"]}, 2]')
 
     def sweep():
         roots = Roots(root / "Models", root / "logs", root / "Results")
@@ -115,7 +117,7 @@ def test_a_lost_node_costs_a_sweep_only_its_units_epochs_since_their_state(two_n
     assert restarts and int(restarts[0].rsplit(" ", 1)[1]) >= 3, outcome["warnings"]
     first, second = (root / "Models" / entry["run_id"] for entry in record["runs"])
     assert lost.split("/")[0] == first.name
-    assert_same_units(reference_run, first)
+    assert_same_units(uninterrupted_run, first)
     local = train(tmp_path / "local", mfcc, folds=2, epochs=2)
     assert_same_units(tmp_path / "local" / "Models" / local.run_id, second)
     assert workbook.is_file() and table.complete.all()
@@ -123,10 +125,10 @@ def test_a_lost_node_costs_a_sweep_only_its_units_epochs_since_their_state(two_n
 
 
 @pytest.mark.slow
-def test_a_run_whose_cluster_died_resumes_on_a_new_one(two_nodes, mfcc, tmp_path, reference_run):
+def test_a_run_whose_cluster_died_resumes_on_a_new_one(two_nodes, mfcc, tmp_path, uninterrupted_run):
     """A power cut: the driver and the local cluster it started are killed at once (kill -9 of the driver's
     process group); `--resume` on another cluster (here the two-node one) finishes the run exactly."""
-    common = ["--mfcc", str(mfcc), "--folds", str(REFERENCE["folds"]), "--epochs", str(REFERENCE["epochs"])]
+    common = ["--mfcc", str(mfcc), "--folds", str(UNINTERRUPTED["folds"]), "--epochs", str(UNINTERRUPTED["epochs"])]
     argv = train_cli(*common, "--backend", "ray", *run_dirs(tmp_path, "cut"))
     env = {**os.environ, "RAY_ADDRESS": "local"}  # its own local cluster, not the fixture's
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -148,4 +150,4 @@ def test_a_run_whose_cluster_died_resumes_on_a_new_one(two_nodes, mfcc, tmp_path
         warnings.simplefilter("ignore")
         how = Execution(Roots(root / "M", root / "L", root / "R"), "ray", device="cpu", progress=False)
         run_training(None, None, how, resume=found)
-    assert_same_units(reference_run, models)
+    assert_same_units(uninterrupted_run, models)

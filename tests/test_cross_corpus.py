@@ -15,7 +15,7 @@ from timnet import load_config, load_model
 from timnet.analysis.cross_corpus import class_mapping, evaluate_cross_corpus, write_cross_corpus
 from timnet.cli import main
 from timnet.core.errors import TimnetError
-from timnet.data.features import preprocess
+from timnet.data.mfcc_extraction import preprocess
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_a_pattern_corpus_trains_per_speaker_and_is_scored_on_the_emodb_layout(t
 def test_a_sweep_holds_cross_corpus_cells(mfcc, mine, tmp_path):
     from timnet.studies.sweep import run_sweep
     from timnet.training.execution import Execution
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     config, data = mine
     grid = tmp_path / "grid.toml"

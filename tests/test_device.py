@@ -22,10 +22,10 @@ from conftest import SHORT, model_config, train
 
 import timnet
 from timnet import load_config
-from timnet.data.features import load_features
+from timnet.data.feature_files import load_features
 from timnet.model.network import TIMNet
 from timnet.training.run import prepare_run
-from timnet.training.runs import Roots
+from timnet.training.run_store import Roots
 from timnet.training.unit import train_unit
 
 pytestmark = pytest.mark.device
@@ -153,7 +153,7 @@ def test_a_captured_pack_trains_what_the_eager_pack_trains(tmp_path, mfcc, devic
         pytest.skip(f"CUDA graphs need a CUDA device (the self-test runs on {device}: pass --device cuda)")
     from timnet.training.execution import Execution
     from timnet.training.run import run_training
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     runs = {}
     for capture in ("off", "on"):

@@ -14,7 +14,7 @@ from timnet.core.devices import available_cores
 from timnet.core.errors import TimnetError
 from timnet.training.device_timing import PAPER, Option, accelerators, auto_device, fastest, shape_key, steps_per_epoch
 
-ROW = re.compile(  # a timed row: name, unit-steps/s, s/fold-epoch, paper hours, the auto mark
+ROW = re.compile(  # a timed row: name, unit-steps/s, s/unit-epoch, paper hours, the auto mark
     r"^(?P<name>.+?)\s{2,}(?P<rate>[\d.]+)\s+(?P<epoch>[\d.]+)\s+(?P<hours>[\d.]+) h(?P<auto>  <- --device auto)?$"
 )
 
@@ -28,14 +28,14 @@ def cache(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_timnet_devices_times_each_way_to_train_and_caches_it(cache, capsys):
     """CPU workers (real worker processes) and the CPU packed, each timed: positive rates, seconds per
-    fold-epoch = steps / rate, the paper protocol = 10 x 500 of those; the fastest a run would use is marked."""
+    unit-epoch = steps / rate, the paper protocol = 10 x 500 of those; the fastest a run would use is marked."""
     argv = ["devices", "--dataset", "EMODB", "--set", "features.signal_length=16000", "--seconds", "0.5"]
     assert main([*argv, "--samples", "84"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {m["name"]: m for m in map(ROW.match, lines[1:]) if m}
     cfg = load_config("EMODB", SHORT)
     steps = steps_per_epoch(cfg, 84)
-    assert steps == 2 and lines[-1].startswith("EMODB: 84 utterances of 32 x 39, 2 steps per fold-epoch")
+    assert steps == 2 and lines[-1].startswith("EMODB: 84 utterances of 32 x 39, 2 steps per unit-epoch")
     workers = min(available_cores(), cfg.train.folds)
     names = [
         f"cpu, {workers} worker process(es) x {max(1, available_cores() // workers)} thread(s)",

@@ -19,7 +19,7 @@ from torch import nn
 import timnet
 from timnet import load_config
 from timnet.core.errors import TimnetError
-from timnet.data.features import load_features
+from timnet.data.feature_files import load_features
 from timnet.serving.export import export_run, export_weights
 from timnet.serving.onnx_export import ONNX_OPSET, ONNX_TOLERANCE
 from timnet.serving.timeline import SILENT, window_starts, write_timeline
@@ -31,7 +31,7 @@ def learned(mfcc, tmp_path_factory):
     (root, corpus folder, run id, exported folder)."""
     from timnet.training.execution import Execution
     from timnet.training.run import run_training
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     root = tmp_path_factory.mktemp("learned")
     cfg = load_config("EMODB", {**SHORT, "train.folds": 2, "train.epochs": 20, "train.batch_size": 8})
@@ -45,7 +45,7 @@ def learned(mfcc, tmp_path_factory):
 
 def run_mfcc(root, result):
     """The MFCC file the run trained on."""
-    from timnet.training.runs import read_run_record
+    from timnet.training.run_store import read_run_record
 
     return read_run_record(root / "Models" / result.run_id)["mfcc"]
 
@@ -250,7 +250,7 @@ def test_authors_weights_exported_still_give_their_accuracy(tmp_path):
     """EMODB_46 exported to a folder, loaded with both engines, on the authors' test folds: 94.46 % (361 files)."""
     from timnet.analysis.evaluate import authors_test_folds
     from timnet.core.metrics import scores
-    from timnet.data.features import features_from_audio
+    from timnet.data.mfcc_extraction import features_from_audio
 
     out = export_weights(WEIGHTS / "EMODB_46.zip", "EMODB", tmp_path / "EMODB_46")
     cfg = load_config("EMODB")

@@ -28,7 +28,7 @@ from timnet.accel import check
 from timnet.accel.accelerate import FastPathDeclined, accelerate, reference
 from timnet.accel.blas import cpu
 from timnet.accel.code_key import machine, plain_subclass
-from timnet.accel.packed import pack_declines
+from timnet.accel.packed_model import pack_declines
 from timnet.core.config import TIMNetConfig
 from timnet.core.errors import TimnetError
 from timnet.model import network

@@ -16,13 +16,14 @@ from conftest import EMODB_16K, needs_shared, tone, write_wav
 from timnet import load_config
 from timnet.core.config import known_datasets
 from timnet.core.errors import BadAudioError, TimnetError
-from timnet.data.features import extract_file, extract_many, fix_length, load_features, preprocess
+from timnet.data.feature_files import load_features
+from timnet.data.mfcc_extraction import extract_file, extract_many, fix_length, preprocess
 
 EMODB = load_config("EMODB")
 FACT_FRAMES = {"CASIA": 172, "EMODB": 188, "EMOVO": 188, "IEMOCAP": 606, "RAVDESS": 215, "SAVEE": 254}
 
 
-def reference_mfcc(path, length):
+def librosa_mfcc(path, length):
     """The authors' recipe written out directly with librosa, as in their preprocessing code."""
     y, sr = librosa.load(path, sr=22050, res_type="soxr_hq")
     if len(y) < length:
@@ -55,7 +56,7 @@ def test_all_paper_corpora_are_configured():
 @pytest.mark.parametrize("seconds,sr", [(1.2, 16000), (6.0, 16000), (2.0, 22050), (1.0, 48000)])
 def test_equals_direct_librosa_on_synthetic_audio(make_wav, seconds, sr):
     path = make_wav("x.wav", seconds=seconds, sr=sr, freq=230.0)
-    np.testing.assert_allclose(extract_file(path, EMODB.features), reference_mfcc(path, 96000), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(extract_file(path, EMODB.features), librosa_mfcc(path, 96000), rtol=0, atol=1e-3)
 
 
 @needs_shared
@@ -63,7 +64,7 @@ def test_equals_direct_librosa_on_real_emodb_files():
     files = sorted(EMODB_16K.glob("*.wav"))[::60]
     assert len(files) >= 6
     for f in files:
-        np.testing.assert_allclose(extract_file(f, EMODB.features), reference_mfcc(f, 96000), rtol=0, atol=1e-3)
+        np.testing.assert_allclose(extract_file(f, EMODB.features), librosa_mfcc(f, 96000), rtol=0, atol=1e-3)
 
 
 def test_resampler_is_the_recipe_not_a_default(make_wav):

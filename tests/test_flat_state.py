@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import REFERENCE, assert_same_units, train
+from conftest import UNINTERRUPTED, assert_same_units, train
 
 from timnet.training import unit as fold
 from timnet.training.flat_state import flatten, unflatten
@@ -41,13 +41,13 @@ def test_flatten_round_trips_every_dtype_and_shape_through_torch_save(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", ["last", "best-val"])
 def test_a_flat_state_and_an_earlier_unflat_one_resume_to_the_uninterrupted_bits(
-    tmp_path, mfcc, monkeypatch, reference_run, checkpoint
+    tmp_path, mfcc, monkeypatch, uninterrupted_run, checkpoint
 ):
     """A run stopped in fold 2's epoch 4: fold 1 finished through flat per-epoch states equals the uninterrupted
     run; fold 2's state (epoch 3) is flat and resumes to the uninterrupted run's bits, and so does the same state
     as torch.save wrote states before `flat_state` (every tensor its own entry)."""
     if checkpoint == "last":
-        settings, whole = REFERENCE, reference_run
+        settings, whole = UNINTERRUPTED, uninterrupted_run
     else:  # best-val: its own, shorter uninterrupted run
         settings = {"folds": 2, "epochs": 8, "checkpoint": checkpoint}
         whole = tmp_path / "whole" / "Models" / train(tmp_path / "whole", mfcc, **settings).run_id

@@ -22,7 +22,7 @@ from torch import nn
 
 from timnet import load_config
 from timnet.accel.accelerate import FastPathDeclined, accelerate
-from timnet.accel.packed import PackedTIMNet, pack_declines
+from timnet.accel.packed_model import PackedTIMNet, pack_declines
 from timnet.model import network
 from timnet.model.network import TemporalAwareBlock, TIMNet, batch_norm
 from timnet.training.step import PackedOptimizer, capture_declines
@@ -60,7 +60,7 @@ def gelu_forward(self, x):
 def build(variant: str) -> TIMNet:
     """A small float64 TIM-Net (3 levels) with `variant` blocks."""
     torch.manual_seed(0)
-    model = TIMNet(model_config(n_classes=4, levels=3, kernel_size=3 if variant == "kernel 3" else 2))
+    model = TIMNet(model_config(n_classes=4, levels=3, kernel_size=3 if variant == "kernel_size 3" else 2))
     kind = {"extra layer": ExtraLayer, "no gate": NoGate}.get(variant)
     if kind:
         c = model.config
@@ -70,7 +70,7 @@ def build(variant: str) -> TIMNet:
     return model.double()
 
 
-@pytest.fixture(params=["reference", "extra layer", "gelu (edited in place)", "kernel 3", "no gate"])
+@pytest.fixture(params=["reference", "extra layer", "gelu (edited in place)", "kernel_size 3", "no gate"])
 def variant(request, monkeypatch):
     if request.param.startswith("gelu"):
         monkeypatch.setattr(network.TemporalAwareBlock, "forward", gelu_forward)

@@ -52,7 +52,7 @@ def test_a_fresh_clone_runs_all_three_notebooks_unmodified_with_the_example_sett
     shown = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(shown) == 2, "the curves of every fold (one figure) and the confusion heatmap are shown"
     log = printed(nb)
-    assert f"{run_dir.name}: 100 % (80/80 fold-epoch" in log, "a headless log shows the progress as text"
+    assert f"{run_dir.name}: 100 % (80/80 unit-epoch" in log, "a headless log shows the progress as text"
     assert "WAR nan" not in log and "paper" not in log  # nothing is published for synthetic data
 
     execute("tsne", tmp_path)

@@ -19,7 +19,7 @@ from timnet.core.config import Config
 from timnet.core.errors import TimnetError
 from timnet.data.corpora import build_manifest
 from timnet.data.corpus_check import config_toml
-from timnet.data.features import load_signal, preprocess
+from timnet.data.mfcc_extraction import load_signal, preprocess
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -125,7 +125,7 @@ def test_timnet_run_on_casia_audio_says_the_fold_caveat_once(tmp_path):
     training stage says it for the run, and the features stage stays quiet about it (it once said it twice)."""
     from timnet.pipeline import run_pipeline
     from timnet.training.execution import Execution
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     cfg = load_config("CASIA", {**SHORT, "train.epochs": 1, "train.folds": 2})
     data = casia_tree(tmp_path / "CASIA", names=("201",))

@@ -10,7 +10,7 @@ from conftest import SHORT, assert_same_units, train
 
 from timnet import load_config
 from timnet.accel.accelerate import accelerate
-from timnet.accel.packed import PackedTIMNet, resolve_pack
+from timnet.accel.packed_model import PackedTIMNet, resolve_pack
 from timnet.core.errors import TimnetError
 from timnet.model.network import TIMNet, TIMNetConfig
 from timnet.training.step import PackedOptimizer, packed_step
@@ -108,7 +108,7 @@ def test_a_packed_run_equals_its_units_trained_alone(tmp_path, mfcc):
 def test_an_interrupted_pack_resumes_exactly(tmp_path, mfcc, monkeypatch):
     """A pack stopped after some epochs (its units' per-epoch states on disk) and resumed equals the
     uninterrupted packed run bit for bit; the states are today's, so the run could also resume unpacked."""
-    from timnet.training import pack as packed
+    from timnet.training import packed_training as packed
 
     whole = train(tmp_path / "whole", mfcc, pack="2", folds=2, epochs=4)
     seen = []
@@ -148,7 +148,7 @@ def test_packs_hold_the_units_of_one_device_and_gpus_take_turns(tmp_path, mfcc, 
     check, which runs on the GPU, is taken as passed.)"""
     import timnet.training.run
     from timnet.training.run import plan_packs, prepare_run
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     monkeypatch.setattr(timnet.training.run, "packable", lambda cfg, device: None)
 
@@ -170,7 +170,7 @@ def test_packed_units_use_torchs_products_and_compile_as_units_alone(tmp_path, m
     """`decide_execution`, the one place a unit's BLAS and compiling are decided: a pack's units run the pack's own
     batched products (torch's) whatever `train.blas` says; a unit alone keeps numpy's; compiling is the same."""
     from timnet.training.run import decide_execution, plan_packs, prepare_run
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     cfg = load_config("EMODB", {**SHORT, "train.folds": 3, "train.epochs": 2, "train.blas": "numpy", "train.pack": 2})
     run = prepare_run(cfg, mfcc, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu")

@@ -12,7 +12,7 @@ import warnings
 
 import pandas as pd
 import pytest
-from conftest import REFERENCE, SHORT, assert_same_units, pool_workers_of, run_dirs, train, train_cli
+from conftest import SHORT, UNINTERRUPTED, assert_same_units, pool_workers_of, run_dirs, train, train_cli
 
 from timnet import load_config
 from timnet.core.devices import available_cores
@@ -53,7 +53,7 @@ def test_two_workers_equal_one_bit_for_bit_and_show_one_bar(tmp_path, mfcc, caps
     parallel = train(tmp_path / "parallel", mfcc, workers=2, progress=True, folds=2, epochs=3, seeds=[46, 7])
     assert not list(scratch.iterdir()), "the shared copy of the features must be removed after the run"
     bar = capsys.readouterr().err
-    assert "12/12" in bar and "fold-epoch" in bar  # 4 units x 3 epochs in one bar
+    assert "12/12" in bar and "unit-epoch" in bar  # 4 units x 3 epochs in one bar
     units = ["fold_1_seed46", "fold_2_seed46", "fold_1_seed7", "fold_2_seed7"]
     assert_same_units(
         tmp_path / "serial" / "Models" / serial.run_id, tmp_path / "parallel" / "Models" / parallel.run_id, units
@@ -69,10 +69,10 @@ def test_pool_workers_map_one_shared_copy_of_the_features(tmp_path, mfcc):
     the pickled MFCC file into memory of its own; what they see equals the file."""
     import numpy as np
 
-    from timnet.data.feature_cache import share_features, unit_features
-    from timnet.data.features import load_features
+    from timnet.data.feature_files import load_features
+    from timnet.data.shared_features import share_features, unit_features
     from timnet.training.run import prepare_run
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     cfg = load_config("EMODB", SHORT)
     run = prepare_run(cfg, mfcc, Roots(tmp_path / "M", tmp_path / "L", tmp_path / "R"), device="cpu")
@@ -111,8 +111,8 @@ def test_failing_unit_is_named_finished_units_are_never_retrained(tmp_path, mfcc
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds worker processes through /proc")
-def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_path, mfcc, reference_run):
-    common = ["--mfcc", str(mfcc), "--folds", str(REFERENCE["folds"]), "--epochs", str(REFERENCE["epochs"])]
+def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_path, mfcc, uninterrupted_run):
+    common = ["--mfcc", str(mfcc), "--folds", str(UNINTERRUPTED["folds"]), "--epochs", str(UNINTERRUPTED["epochs"])]
 
     def dirs(name):
         return run_dirs(tmp_path, name)
@@ -141,7 +141,7 @@ def test_killed_worker_fails_the_run_naming_its_fold_and_resume_is_exact(tmp_pat
     assert not list(models.glob("fold_*.pt")) and len(list(models.glob("in_progress/fold_*.pt"))) == 2
 
     subprocess.run(train_cli("--resume", run_id, *dirs("killed")), check=True, capture_output=True)
-    assert_same_units(reference_run, models)
+    assert_same_units(uninterrupted_run, models)
 
 
 @pytest.mark.slow
@@ -185,7 +185,7 @@ def test_auto_compiles_where_a_workers_units_together_repay_it(tmp_path, mfcc):
     """10 folds x 500 epochs with torch's BLAS: 1 or 2 workers train 5+ units each and compile; 10 workers (one
     unit each) do not; with numpy's BLAS `auto` does not compile; `off` never compiles."""
     from timnet.training.run import decide_execution, prepare_run
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     cfg = load_config("EMODB", {**SHORT, "train.folds": 10, "train.epochs": 500, "train.blas": "torch"})
     run = prepare_run(cfg, mfcc, Roots(*(tmp_path / d for d in "MLR")), device="cpu")

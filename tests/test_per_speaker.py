@@ -20,7 +20,7 @@ from timnet.data.feature_files import load_features
 from timnet.data.splits import protocol_splits
 from timnet.training.execution import Execution
 from timnet.training.run import run_training
-from timnet.training.runs import Roots
+from timnet.training.run_store import Roots
 
 
 def test_speaker_table_pools_folds_and_averages_seeds():
@@ -132,7 +132,7 @@ def test_resume_refuses_a_run_planned_with_other_units(tmp_path, mfcc):
     resumed with this version's units: one line, before anything trains."""
     cfg = load_config("EMODB", {**SHORT, "train.protocol": "speaker-sentence", "train.folds": 2, "train.epochs": 1})
     from timnet.training.run import prepare_run
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     roots = Roots(tmp_path / "Models", tmp_path / "logs", tmp_path / "Results")
     with warnings.catch_warnings():
@@ -174,7 +174,7 @@ def test_a_study_of_a_grouped_protocol_reports_and_draws_each_speaker(tmp_path, 
 
 def test_a_study_of_savee_under_a_sentence_protocol_is_refused_before_any_run_exists(tmp_path, mfcc):
     from timnet.studies.study import run_study
-    from timnet.training.runs import Roots
+    from timnet.training.run_store import Roots
 
     path = tmp_path / "texts.toml"
     path.write_text(

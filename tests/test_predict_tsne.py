@@ -16,8 +16,9 @@ from timnet import load_config
 from timnet.analysis.evaluate import evaluate_weights
 from timnet.analysis.tsne import embeddings_of, procrustes_map, run_embeddings, write_tsne
 from timnet.core.errors import BadAudioError, TimnetError
-from timnet.data.features import features_from_audio, load_features, load_or_extract
-from timnet.training.runs import read_run_record
+from timnet.data.feature_files import load_features
+from timnet.data.mfcc_extraction import features_from_audio, load_or_extract
+from timnet.training.run_store import read_run_record
 
 
 def test_predict_with_one_fold_equals_the_evaluation_output(trained_run):

@@ -183,7 +183,7 @@ def test_a_comparable_study_row_shows_the_number_and_not_published_where_none_wa
 def test_an_older_feature_file_gains_its_source_audio_facts_on_the_next_preprocess(tmp_path):
     from conftest import SHORT, emodb_tree
 
-    from timnet.data.features import preprocess
+    from timnet.data.mfcc_extraction import preprocess
 
     tree = emodb_tree(tmp_path / "EMODB", speakers=("03",), texts=("a01",))
     cfg = load_config("EMODB", SHORT)

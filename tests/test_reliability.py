@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REFERENCE, assert_same_units, train, train_cli
+from conftest import UNINTERRUPTED, assert_same_units, train, train_cli
 
 from timnet.core.errors import TimnetError
 from timnet.core.locks import exclusive
@@ -38,14 +38,14 @@ def full_disk_at(monkeypatch, nth: int, matches) -> dict:
 
 
 @pytest.mark.slow
-def test_a_full_disk_then_two_resumes_at_once_then_a_killed_holder(tmp_path, mfcc, reference_run, monkeypatch):
+def test_a_full_disk_then_two_resumes_at_once_then_a_killed_holder(tmp_path, mfcc, uninterrupted_run, monkeypatch):
     """ENOSPC at fold 1's 6th per-epoch state: one line naming the file, the 5th epoch's state intact. Then a
     resume runs in another process, and a second one is refused naming it; that holder is killed (kill -9), and
     its lock is taken over by a third resume, which finishes the run with an uninterrupted run's numbers."""
     root = tmp_path / "run"
     full_disk_at(monkeypatch, 6, lambda name: "in_progress" in name)
     with pytest.raises(TimnetError) as full:
-        train(root, mfcc, **REFERENCE)
+        train(root, mfcc, **UNINTERRUPTED)
     monkeypatch.undo()
     message = str(full.value)
     assert (
@@ -72,14 +72,14 @@ def test_a_full_disk_then_two_resumes_at_once_then_a_killed_holder(tmp_path, mfc
         holder.wait()
     assert (run / "writer.lock").exists()
     train(root, None, resume=run.name)
-    assert_same_units(reference_run, run)
+    assert_same_units(uninterrupted_run, run)
     assert not (run / "writer.json").exists()
 
 
 def test_the_state_written_in_the_background_is_the_saved_epochs(tmp_path):
     """`StateWriter` snapshots at save: tensors the next epoch changes in place while the thread still writes do not
     reach the file; a failed write raises in the training thread at the next save, the file keeps the last state."""
-    from timnet.training.runs import save_pt
+    from timnet.training.run_store import save_pt
     from timnet.training.state_writer import StateWriter
 
     path, writer, gate = tmp_path / "state.pt", StateWriter(), threading.Event()

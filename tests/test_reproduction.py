@@ -12,7 +12,7 @@ from conftest import EMODB_16K, REPO, WEIGHTS, needs_shared
 import timnet
 from timnet import load_config
 from timnet.analysis.evaluate import authors_test_folds, evaluate_weights
-from timnet.data.features import features_from_audio
+from timnet.data.mfcc_extraction import features_from_audio
 
 pytestmark = needs_shared
 
@@ -63,7 +63,7 @@ def test_fold_models_know_their_training_files(emodb_subset):
 
 
 def synthetic_features(cfg, stems_labels: pd.DataFrame, seed: int = 0):
-    from timnet.data.features import FeatureSet
+    from timnet.data.feature_files import FeatureSet
 
     rng = np.random.default_rng(seed)
     x = rng.normal(0, 20, size=(len(stems_labels), cfg.features.frames, 39)).astype(np.float32)

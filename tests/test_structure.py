@@ -1,10 +1,12 @@
 """The house stays easy to see: the folders are the architecture and their imports flow one way (a package imports
 only from the packages below it, `LAYERS`), modules import without cycles (not even through an import inside a
-function), no private name crosses a module boundary, and modules and functions stay small."""
+function), no private name crosses a module boundary, each concept lives in its room (`ROOMS`), no two modules are
+one word (run.py beside runs.py), and modules and functions stay small."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,18 @@ def import_graph() -> dict[str, set[str]]:
 
 
 TOP_MODULES = {"__init__", "cli", "cli_options", "pipeline", "notebook"}
+
+# Rooms: a concept, the names that say it (a top-level definition, or an attribute used, e.g. `torch.optim`), and the
+# only modules it lives in.
+ROOMS = {
+    "scanning a corpus folder": (
+        r"^(scan_\w+|Row|Scan|AUDIO_SUFFIXES|audio_files)$",
+        {"data.corpus_scan", "data.corpora"},
+    ),
+    "the optimiser, the loss and the schedule": (r"^(optim|lr_scheduler|cross_entropy|nll_loss)$", {"training.step"}),
+    "computing MFCCs": (r"^librosa$", {"data.mfcc_extraction"}),
+    "units batched under vmap": (r"^vmap$", {"accel.packed_model", "training.step"}),
+}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -131,6 +145,52 @@ def test_every_module_lives_in_a_package_of_the_layers():
     stray = [p.name for p in PACKAGE.glob("*.py") if p.stem not in TOP_MODULES]
     assert not stray, f"modules at the top beside the CLI: {stray}; put each in the package of its concept"
     assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == set(LAYERS) - {""}
+
+
+def _names_used(tree: ast.Module) -> set[str]:
+    """Names a module defines at its top, modules it imports (at any depth) and attributes it reads
+    (`torch.optim.Adam` -> optim, Adam)."""
+    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {
+        t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
+    }
+    imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    return defined | imported | {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+
+
+def test_the_room_check_sees_definitions_and_attributes():
+    tree = ast.parse("import torch\nROWS = 1\ndef scan_x():\n    import librosa\n    return torch.optim.Adam([])\n")
+    assert _names_used(tree) == {"torch", "ROWS", "scan_x", "librosa", "optim", "Adam"}
+
+
+def test_every_concept_lives_in_its_room():
+    misplaced = [
+        f"{name}: {', '.join(sorted(found))} ({concept}: only in {', '.join(sorted(rooms))})"
+        for name, tree in _modules().items()
+        for concept, (pattern, rooms) in ROOMS.items()
+        if name not in rooms and (found := {n for n in _names_used(tree) if re.match(pattern, n)})
+    ]
+    assert not misplaced, misplaced
+
+
+def _word(stem: str) -> str:
+    """A module name's word without a plural or participle ending: runs, run -> run; packed, pack -> pack."""
+    for ending in ("ed", "s"):
+        if stem.endswith(ending) and len(stem) > len(ending) + 2:
+            return stem[: -len(ending)]
+    return stem
+
+
+def test_no_two_modules_are_one_word():
+    """Modules whose names differ only by an ending (`run.py` beside `runs.py`) say no difference: name each by
+    what it holds."""
+    assert _word("runs") == _word("run") and _word("packed") == _word("pack") != _word("packing")
+    by_word: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.stem != "__init__":
+            by_word.setdefault(_word(path.stem), set()).add(path.stem)
+    confusable = [sorted(names) for names in by_word.values() if len(names) > 1]
+    assert not confusable, confusable
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: _name(p))

@@ -22,7 +22,7 @@ from timnet.cli_options import build_parser
 from timnet.core.errors import TimnetError
 from timnet.studies.study import load_study, plan_study, restrict, run_study, trained_policy
 from timnet.training.execution import Execution
-from timnet.training.runs import Roots
+from timnet.training.run_store import Roots
 
 
 def study_file(tmp_path, mfcc, protocols='["random", "sentence"]') -> object:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REFERENCE, assert_same_units, pixels_of, pool_workers_of, proc_stat, run_dirs, train
+from conftest import UNINTERRUPTED, assert_same_units, pixels_of, pool_workers_of, proc_stat, run_dirs, train
 from conftest import train_cli as cli
 from sklearn.model_selection import KFold
 
@@ -22,7 +22,7 @@ from timnet.analysis.tsne import run_embeddings
 from timnet.core.errors import TimnetError
 from timnet.core.report import SUMMARY_NAME
 from timnet.data.corpora import canonical_stems
-from timnet.data.features import load_features
+from timnet.data.feature_files import load_features
 from timnet.data.splits import make_folds, speaker_folds, validation_split
 from timnet.model.inference import infer
 from timnet.serving.loading import load_model
@@ -212,8 +212,8 @@ def running(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfcc, reference_run):
-    common = ["--mfcc", str(mfcc), "--folds", str(REFERENCE["folds"]), "--epochs", str(REFERENCE["epochs"])]
+def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfcc, uninterrupted_run):
+    common = ["--mfcc", str(mfcc), "--folds", str(UNINTERRUPTED["folds"]), "--epochs", str(UNINTERRUPTED["epochs"])]
 
     def dirs(name):
         return run_dirs(tmp_path, name)
@@ -243,7 +243,7 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
     done_before = {p.name for p in models.glob("fold_*.pt")}
 
     subprocess.run(cli("--resume", run_id, *dirs("killed")), check=True, capture_output=True)
-    assert_same_units(reference_run, models)
+    assert_same_units(uninterrupted_run, models)
     changed = tmp_path / "changed.npy"
     changed.write_bytes(mfcc.read_bytes())
     record = models / "config.json"
@@ -258,7 +258,9 @@ def test_resume_after_kill_gives_exactly_the_uninterrupted_numbers(tmp_path, mfc
         assert (models / "fold_1.pt").stat().st_mtime_ns < (models / "fold_2.pt").stat().st_mtime_ns
     assert (
         pd.read_excel(tmp_path / "killed" / "R" / f"{run_id}.xlsx", sheet_name="folds").war[:2].tolist()
-        == pd.read_excel(reference_run.parents[1] / "Results" / f"{reference_run.name}.xlsx", sheet_name="folds")
+        == pd.read_excel(
+            uninterrupted_run.parents[1] / "Results" / f"{uninterrupted_run.name}.xlsx", sheet_name="folds"
+        )
         .war[:2]
         .tolist()
     )

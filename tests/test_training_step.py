@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import assert_same_units, model_config, train
 
 from timnet import load_config
-from timnet.accel.packed import PackedTIMNet
+from timnet.accel.packed_model import PackedTIMNet
 from timnet.core.errors import TimnetError
 from timnet.model.network import TIMNet
 from timnet.training import step as training_step
@@ -149,7 +149,7 @@ def test_a_run_declines_packing_for_it_and_trains_unit_by_unit(tmp_path, mfcc, m
     with pytest.warns(FastPathDeclined, match=r"^timnet: packed units step aside: packed steps of adam end "):
         from timnet.training.execution import Execution
         from timnet.training.run import run_training
-        from timnet.training.runs import Roots
+        from timnet.training.run_store import Roots
 
         overrides = {"features.signal_length": 16000, "model.levels": 2, "train.folds": 2, "train.epochs": 1}
         overrides["train.pack"] = "2"
@@ -215,9 +215,9 @@ def test_a_unit_with_a_schedule_resumes_exactly(tmp_path, mfcc, monkeypatch):
 
 
 def test_a_packed_run_with_every_step_setting_equals_its_units_alone(tmp_path, mfcc):
-    """Through `timnet train`'s own machinery (`training.pack`): AdamW with weight decay, balanced class weights
-    and a step schedule changing every epoch, 3 folds packed and alone: the same epochs' losses (float32 rounding,
-    which Adam amplifies: tests/test_packed.py), the same validation accuracies and predictions."""
+    """Through `timnet train`'s own machinery (`training.packed_training`): AdamW with weight decay, balanced class
+    weights and a step schedule changing every epoch, 3 folds packed and alone: the same epochs' losses (float32
+    rounding, which Adam amplifies: tests/test_packed.py), the same validation accuracies and predictions."""
     from test_packed import relative_gap, unit_weights
 
     step = {"optimizer": "adamw", "weight_decay": 0.01, "class_weights": "balanced", "lr_schedule": "step"}
@@ -242,11 +242,11 @@ def test_a_pack_stopped_between_its_units_resumes_with_its_schedule(tmp_path, mf
     late one to float32 rounding (so it did before schedules: its catching-up epoch runs in another pack)."""
     from test_packed import relative_gap, unit_weights
 
-    from timnet.training import pack
+    from timnet.training import packed_training
 
     common = dict(pack="2", folds=2, epochs=4, lr_schedule=schedule, lr_step_size=2, lr_gamma=0.5)
     whole = train(tmp_path / "whole", mfcc, **common)
-    original, seen = pack.Pack.record, []
+    original, seen = packed_training.Pack.record, []
 
     def stop_between(self, u, *args):
         row = original(self, u, *args)
@@ -255,10 +255,10 @@ def test_a_pack_stopped_between_its_units_resumes_with_its_schedule(tmp_path, mf
             raise KeyboardInterrupt
         return row
 
-    monkeypatch.setattr(pack.Pack, "record", stop_between)
+    monkeypatch.setattr(packed_training.Pack, "record", stop_between)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "cut", mfcc, **common)
-    monkeypatch.setattr(pack.Pack, "record", original)
+    monkeypatch.setattr(packed_training.Pack, "record", original)
     run_id = next((tmp_path / "cut" / "Models").iterdir()).name
     states = sorted((tmp_path / "cut" / "Models" / run_id / "in_progress").glob("fold_*.pt"))
     assert [torch.load(s, weights_only=True)["progress"]["epoch"] for s in states] == [2, 1]

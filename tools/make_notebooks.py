@@ -95,7 +95,7 @@ overrides: dict = {}     # any config value, e.g. {"features.res_type": "soxr_vh
     [
         SETUP
         + """
-from timnet.data.features import preprocess
+from timnet.data.mfcc_extraction import preprocess
 from timnet.pipeline import ensure_example, preprocess_lines
 
 cfg = timnet.load_config(dataset, overrides)

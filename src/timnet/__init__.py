@@ -20,7 +20,7 @@ __all__ = ["Config", "load_config", "TimnetError", "BadAudioError", "predict", "
 MOVED = {
     "cross_corpus": "analysis.cross_corpus", "evaluate": "analysis.evaluate", "tsne": "analysis.tsne",
     "config": "core.config", "errors": "core.errors", "report": "core.report", "corpora": "data.corpora",
-    "features": "data.features", "splits": "data.splits", "runs": "training.runs", "train": "training.run",
+    "features": "data.mfcc_extraction", "splits": "data.splits", "runs": "training.run_store", "train": "training.run",
     "loading": "serving.loading", "export": "serving.export", "timeline": "serving.timeline", "sweep": "studies.sweep",
 }  # fmt: skip
 

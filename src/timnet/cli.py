@@ -32,7 +32,7 @@ def _config(args, **overrides):
 
 def _preprocess(cfg, data: Path, out: Path, args):
     """Corpus audio -> MFCC trio, reporting what it found."""
-    from .data.features import preprocess
+    from .data.mfcc_extraction import preprocess
     from .pipeline import preprocess_lines
 
     result = preprocess(
@@ -56,7 +56,7 @@ def cmd_preprocess(args) -> None:
 
 def _feature_set(cfg, data: Path, args):
     """An MFCC .npy, or a corpus folder whose features are computed on the fly."""
-    from .data.features import load_or_extract
+    from .data.mfcc_extraction import load_or_extract
 
     features, skipped = load_or_extract(
         cfg, data, workers=args.workers, skip_bad=args.skip_bad, trust_pickle=args.trust_pickle, progress=not args.quiet
@@ -186,7 +186,7 @@ def cmd_train(args) -> None:
 def _execution(args):
     """The options of every command that trains (train, run, sweep, study), as one `training.execution.Execution`."""
     from .training.execution import Execution
-    from .training.runs import Roots
+    from .training.run_store import Roots
 
     roots = Roots(args.models, args.logs, args.results)
     return Execution(roots, args.backend, args.address, args.device, args.workers, args.threads, not args.quiet)

@@ -36,7 +36,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _audio_args(p: argparse.ArgumentParser) -> None:
     """Options of every command that may compute features from audio."""
     p.add_argument(
-        "--workers", type=int, help="processes for feature extraction (default: all cores); `run`: and for folds"
+        "--workers",
+        type=int,
+        help="processes for feature extraction (default: all cores); the pipeline (`run`): and for training units",
     )
     p.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable/silent/misnamed files and list them in the manifest"
@@ -54,9 +56,9 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _roots_args(p: argparse.ArgumentParser, *names: str) -> None:
-    """Where runs live: --models (fold weights, run records), --logs (curves), --results (workbooks, figures)."""
+    """Where runs live: --models (unit models, run records), --logs (curves), --results (workbooks, figures)."""
     what = {
-        "models": "fold models and run records",
+        "models": "unit models and run records",
         "logs": "per-epoch curves (CSV, PNG)",
         "results": "workbooks and figures",
     }
@@ -76,7 +78,7 @@ def _from_toml(key: str) -> str:
 def _train_args(p: argparse.ArgumentParser) -> None:
     """Options of every command that trains; choices and defaults come from the library, not retyped here."""
     p.add_argument("--folds", type=int, help=f"number of folds ({_from_toml('train.folds')})")
-    p.add_argument("--epochs", type=int, help=f"epochs per fold ({_from_toml('train.epochs')})")
+    p.add_argument("--epochs", type=int, help=f"epochs per unit, one fold of one seed ({_from_toml('train.epochs')})")
     p.add_argument("--batch-size", type=int, help=f"utterances per optimiser step ({_from_toml('train.batch_size')})")
     p.add_argument(
         "--protocol",
@@ -100,7 +102,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile",
         choices=TrainSettings.SWITCHES,
-        help=f"torch.compile the model (auto: where a worker's folds together train {minimum}, so that its "
+        help=f"torch.compile the model (auto: where a worker's units together train {minimum}, so that its "
         "1-2 minutes, once per worker, repay themselves)",
     )
     _roots_args(p, "models", "logs", "results")
@@ -196,7 +198,7 @@ def _add_data_commands(sub) -> None:
 
 
 def _add_training_commands(sub) -> None:
-    """train, sweep, run: everything that trains."""
+    """train, sweep, run (the pipeline): everything that trains."""
     p = sub.add_parser("train", help="train and evaluate TIM-Net over k folds; writes Models/, logs/, Results/")
     _config_args(p)
     p.add_argument("--mfcc", type=Path, help="features from `timnet preprocess` (default MFCC/<DATASET>.npy)")
@@ -217,7 +219,7 @@ def _add_training_commands(sub) -> None:
 
     p = sub.add_parser(
         "run",
-        help="preprocess -> train -> t-SNE in one go (the three notebooks); "
+        help="the pipeline: preprocess -> train -> t-SNE in one go (the three notebooks); "
         "without a corpus, on generated example data",
     )
     _config_args(p)

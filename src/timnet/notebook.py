@@ -45,7 +45,7 @@ def one_line(shell, etype, value, tb, tb_offset=None) -> None:
 
 
 def show_errors_as_one_line() -> None:
-    """In a Jupyter kernel, show TimnetError as one line; elsewhere (plain Python) do nothing."""
+    """In a Jupyter notebook, show TimnetError as one line; elsewhere (plain Python) do nothing."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -65,6 +65,6 @@ def execution(
     """The notebook's parameters as the one `Execution` every command that trains takes (the CLI builds it from its
     options)."""
     from .training.execution import Execution
-    from .training.runs import Roots
+    from .training.run_store import Roots
 
     return Execution(Roots(Path(models_dir), Path(logs_dir), Path(results_dir)), device=device, workers=workers)

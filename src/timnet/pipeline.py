@@ -13,15 +13,15 @@ from .analysis.tsne import embeddings_of, write_tsne
 from .core.config import Config
 from .data.corpora import corpus_of
 from .data.example import write_example_corpus
-from .data.features import PreprocessResult, preprocess
+from .data.mfcc_extraction import PreprocessResult, preprocess
 from .training.execution import Execution
 from .training.run import RunResult, run_training
-from .training.runs import Roots
+from .training.run_store import Roots
 
 
 @dataclass
 class PipelineResult:
-    """What one pipeline run produced, by stage."""
+    """What the pipeline produced, by stage."""
 
     features: PreprocessResult
     run: RunResult
@@ -36,7 +36,7 @@ class PipelineResult:
             f"outputs of run {run_id}:\n"
             f"  features  {self.features.npy} (+ .csv manifest, .json settings)\n"
             f"  models    {roots.models / run_id}/ (fold_<k>.pt, config.json)\n"
-            f"  curves    {roots.logs / run_id}/ (per-epoch CSV and PNG per fold), {self.run.curves_png}\n"
+            f"  curves    {roots.logs / run_id}/ (per-epoch CSV and PNG per unit), {self.run.curves_png}\n"
             f"  results   {self.run.workbook}, {roots.results / 'Accuracy Analysis Summary.xlsx'}\n"
             f"  confusion {self.run.confusion_png}\n"
             f"  t-SNE     {self.tsne_png}, {csv}, {csv.with_suffix('.json')}\n"

@@ -9,7 +9,7 @@ warning naming the path, the reason, and what runs instead) and that part runs a
   their levels' pooling, numba loops around numpy's products;
 - recomputation (`recompute`): each block's activations computed again in backward instead of kept.
 
-Packed units (`packed`, and their captured steps: `capture`) are checked by `packed.pack_declines`.
+Packed units (`packed_model`, and their captured steps: `capture`) are checked by `packed_model.pack_declines`.
 """
 
 from __future__ import annotations

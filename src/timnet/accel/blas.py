@@ -43,7 +43,7 @@ VECTOR_FLAGS = ("sse", "avx", "fma", "f16c", "amx", "asimd", "sve", "neon")
 @functools.cache
 def cpu() -> str:
     """The CPU's model name and its vector extensions (the flags /proc/cpuinfo lists, where there is one), and
-    the widest one torch's kernels use: what moves the speed and the rounding of a machine's products."""
+    the widest one torch's products use: what moves the speed and the rounding of a machine's products."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
@@ -87,7 +87,7 @@ def measure(rounds: int = 5) -> str:
     try:
         with threadpool_limits(1, user_api="blas"):
             times = {blas: [] for blas in CHOICES}
-            for blas in CHOICES:  # warm-up: libraries load their kernels
+            for blas in CHOICES:  # warm-up: libraries load their code
                 time_products(blas, x, w, out, 2)
             for _ in range(rounds):
                 for blas in CHOICES:

@@ -1,5 +1,5 @@
 """The packed training step as CUDA graphs (`train.capture`): forward, backward and optimiser step of a pack's units
-recorded once and replayed as one launch, instead of ~800 small kernels a step that leave a GPU waiting on Python.
+recorded once, replayed as one launch, instead of ~800 small GPU operations a step that leave the GPU waiting on Python.
 
 A graph is recorded per (units, batch size): the full batches of an epoch replay one graph; the last, shorter
 batches (units whose training parts differ in size step in groups) get their own. Capture needs warm-up steps;

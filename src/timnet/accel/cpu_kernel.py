@@ -219,7 +219,7 @@ def runs_on(block: torch.nn.Module, x: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and not (block.bn1.training or block.bn2.training)
 
 
-def run(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def block_forward(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(block(x), its mean over time): `fused_block` in training, `inference_block` in evaluation."""
     return fused_block(block, x) if block.training else inference_block(block, x)
 

@@ -35,7 +35,7 @@ class AcceleratedTIMNet(TIMNet):
             streams.append(self.backward_in(x.flip(1)))  # time reversed
             chains.append(self.backward_blocks)
         kernel = self.kernel and all(cpu_kernel.runs_on(b, streams[0]) for chain in chains for b in chain)
-        run = cpu_kernel.run if kernel else _as_defined
+        forward = cpu_kernel.block_forward if kernel else _as_defined
         C = streams[0].shape[-1]
         if kernel:  # the kernel's channels, padded with zeros once for all levels: [B, T, W]
             streams = [F.pad(h, (0, cpu_kernel.width(C) - C)) for h in streams]
@@ -44,9 +44,9 @@ class AcceleratedTIMNet(TIMNet):
             means = []
             for i, chain in enumerate(chains):
                 if self.recompute and self.training:
-                    streams[i], mean = recomputed(run, chain[level], streams[i])
+                    streams[i], mean = recomputed(forward, chain[level], streams[i])
                 else:
-                    streams[i], mean = run(chain[level], streams[i])
+                    streams[i], mean = forward(chain[level], streams[i])
                 means.append(mean)
             if kernel:  # the kernel's own means: no [B, T, C] sum, and backward adds no broadcast gradient
                 pooled.append(functools.reduce(torch.add, means)[:, :C])

@@ -17,11 +17,11 @@ from .code_key import plain_subclass
 
 
 class _CausalConvGEMM(torch.autograd.Function):
-    """Causal dilated conv on channels-last [B, T, C] as one GEMM per kernel tap, with a hand-written backward.
+    """Causal dilated conv on channels-last [B, T, C] as one GEMM per tap, with a hand-written backward.
 
     y[t] = b + sum_j W_j x[t - (k-1-j) d]. The older taps accumulate in place into the shifted output view
     (`baddbmm_`), so no [B, T, C] temporary is made. Faster than Conv1d where oneDNN runs TIM-Net's 39 channels x
-    kernel 2 far below GEMM speed (benchmarks/bench_model.py measures both on a machine).
+    2 taps far below GEMM speed (benchmarks/bench_model.py measures both on a machine).
     """
 
     @staticmethod

@@ -44,7 +44,7 @@ def _statistics_frozen(block: nn.Module):
             bn.num_batches_tracked.data.copy_(count)
 
 
-def recomputed(run: Callable, block: nn.Module, x: torch.Tensor):
-    """run(block, x), keeping only x for backward."""
+def recomputed(forward: Callable, block: nn.Module, x: torch.Tensor):
+    """forward(block, x), keeping only x for backward."""
     contexts = lambda: (contextlib.nullcontext(), _statistics_frozen(block))  # noqa: E731
-    return checkpoint(run, block, x, use_reentrant=False, context_fn=contexts)
+    return checkpoint(forward, block, x, use_reentrant=False, context_fn=contexts)

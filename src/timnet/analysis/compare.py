@@ -25,7 +25,7 @@ from ..core.errors import TimnetError
 from ..core.metrics import scores
 from ..data.feature_files import load_features
 from ..data.splits import protocol_splits
-from ..training.runs import features_unchanged, read_run_record, run_dir
+from ..training.run_store import features_unchanged, read_run_record, run_dir
 from .fold_statistics import fold_values, paired, size_ratio
 
 TESTED = ["t_ci_low", "t_ci_high", "t_p", "corrected_t_ci_low", "corrected_t_ci_high", "corrected_t_p"]

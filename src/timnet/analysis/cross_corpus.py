@@ -24,7 +24,7 @@ from ..core.metrics import METRICS, confusion, scores
 from ..core.report import append_summary, config_sheet, write_workbook
 from ..data.corpora import build_manifest
 from ..data.feature_files import FeatureSet, load_features, read_feature_record
-from ..data.features import extract_manifest
+from ..data.mfcc_extraction import extract_manifest
 from ..serving.loading import load_model
 from ..serving.portable import PortableModel
 

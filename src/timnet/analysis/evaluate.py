@@ -12,7 +12,7 @@ from ..core.config import Config
 from ..core.errors import TimnetError
 from ..core.metrics import prediction_table, scores, table_scores
 from ..data.corpora import canonical_stems
-from ..data.features import FeatureSet
+from ..data.feature_files import FeatureSet
 from ..data.splits import canonical_positions, kfold
 from ..serving.loading import load_model
 from ..serving.portable import PortableModel

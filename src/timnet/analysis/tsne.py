@@ -20,10 +20,11 @@ import pandas as pd
 from ..core.atomic import atomic_path, unique_path, write_json
 from ..core.config import Config, load_config
 from ..core.errors import TimnetError
-from ..data.features import FeatureSet, load_features, load_or_extract
+from ..data.feature_files import FeatureSet, load_features
+from ..data.mfcc_extraction import load_or_extract
 from ..serving.loading import load_model
 from ..serving.portable import PortableModel
-from ..training.runs import latest_run, read_run_record, run_dir
+from ..training.run_store import latest_run, read_run_record, run_dir
 from .evaluate import model_test_folds
 
 ALIGNMENTS = ("procrustes", "none")

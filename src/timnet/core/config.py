@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .corpus_layout import check_layout
 from .errors import TimnetError
+from .layout_check import check_layout
 from .train_settings import TrainSettings
 from .validation import check_bool, check_choice, check_range, invalid
 

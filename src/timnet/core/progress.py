@@ -1,5 +1,5 @@
-"""Progress: `Bar` (tqdm's, plus a line every 10 % in a notebook kernel, where a widget leaves a headless log
-empty), and the one progress view of a run: one bar over all fold-epochs, fed by the units' events wherever they
+"""Progress: `Bar` (tqdm's, plus a line every 10 % in a notebook, where a widget leaves a headless log
+empty), and the one progress view of a run: one bar over all unit-epochs, fed by the units' events wherever they
 run (this process, pool workers through a queue, Ray tasks through a Ray queue)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ MILESTONE_PERCENT = 10
 
 
 def in_notebook() -> bool:
-    """Running inside a Jupyter kernel (the browser, or papermill headless)."""
+    """Running inside a Jupyter notebook (the browser, or papermill headless)."""
     return "ipykernel" in sys.modules
 
 
@@ -33,7 +33,7 @@ def drain(messages, view: "ProgressView", empty: type[Exception]) -> None:
 
 
 class Bar(tqdm):
-    """tqdm.auto's bar (a widget in Jupyter, text in a terminal) that, in a notebook kernel or when `milestones`,
+    """tqdm.auto's bar (a widget in Jupyter, text in a terminal) that, in a notebook or when `milestones`,
     also prints `<desc>: 30 % (120/400 <unit>, 12 s)` at every MILESTONE_PERCENT: papermill's log of a widget
     shows only its first state."""
 
@@ -53,7 +53,7 @@ class Bar(tqdm):
 
 
 class ProgressView:
-    """One bar over all fold-epochs of a run, with each running unit's latest epoch, loss and accuracy."""
+    """One bar over all unit-epochs of a run, with each running unit's latest epoch, loss and accuracy."""
 
     def __init__(self, jobs: list, desc: str, enabled: bool):
         self.epochs = {j.key: j.config["train"]["epochs"] for j in jobs}
@@ -63,7 +63,7 @@ class ProgressView:
         self.pids: dict[str, int] = {}
         self.started: set[str] = set()
         self.bar = Bar(
-            total=sum(self.epochs.values()), desc=desc, unit="fold-epoch", disable=not enabled, smoothing=0.05
+            total=sum(self.epochs.values()), desc=desc, unit="unit-epoch", disable=not enabled, smoothing=0.05
         )
 
     def label(self, key: str) -> str:

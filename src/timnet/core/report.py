@@ -126,7 +126,7 @@ def append_summary(results_dir: Path, row: dict) -> Path:
 
 
 def unit_rows(results) -> list[dict]:
-    """One row per unit (`runs.UnitResult`): seed, fold (cell where it has one), test size, chosen epoch, training
+    """One row per unit (`run_store.UnitResult`): seed, fold (cell where it has one), test size, chosen epoch, training
     time, WAR/UAR/F1."""
     return [
         {

@@ -12,8 +12,8 @@ the config's class order; inside a class, natsort of `<stem>_raw.csv`, the names
                  CASIA's 50 texts (SAVEE's unknown: `SAVEE_TEXTS`); the leakage audit and sentence protocols use it
 
 Labels come from file names (or IEMOCAP's EmoEvaluation files), never from hand-sorted folders; the readers
-whose labels come from folders or your own pattern (CASIA as released, `reader = "pattern"`) are in
-timnet.core.corpus_layout.
+whose labels come from folders or your own pattern (CASIA as released, a folder per class, `reader = "pattern"`)
+are in `corpus_scan`, with what every reader finds (`Row`, `Scan`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import natsort
 import pandas as pd
 
 from ..core.config import DatasetConfig
-from ..core.corpus_layout import AUDIO_SUFFIXES, Row, Scan, audio_files, scan_casia, scan_pattern
 from ..core.errors import TimnetError
+from .corpus_scan import AUDIO_SUFFIXES, Row, Scan, audio_files, scan_casia, scan_folders, scan_pattern
 
 COLUMNS = ["file", "path", "stem", "label", "class_index", "speaker", "gender", "session", "sentence"]
 CASIA_ORDER = (
@@ -193,22 +193,6 @@ def scan_iemocap(root: Path, dataset: DatasetConfig) -> Scan:
                     continue
                 gender = utt.rsplit("_", 1)[1][0]
                 rows.append(Row(wav, IEMOCAP_LABELS[m["lab"]], f"{utt[:5]}{gender}", gender.lower(), session.name))
-    return Scan(rows, skipped)
-
-
-# --- folder per class: <root>/<class>/<any>.wav (CASIA raw audio, any new corpus) -----------
-def scan_folders(root: Path, dataset: DatasetConfig) -> Scan:
-    classes = dataset.classes
-    missing = [c for c in classes if not (root / c).is_dir()]
-    if len(missing) == len(classes):
-        raise TimnetError(f"{root}: expected one folder per class ({', '.join(classes)}) — none found")
-    rows, skipped = [], []
-    for c in classes:
-        for path in audio_files(root / c) if (root / c).is_dir() else []:
-            rows.append(Row(path, c, speaker=path.parent.name if path.parent != root / c else ""))
-    for path in audio_files(root):
-        if path.relative_to(root).parts[0] not in classes:
-            skipped.append((path.relative_to(root).as_posix(), f"not inside a class folder ({', '.join(classes)})"))
     return Scan(rows, skipped)
 
 

@@ -4,7 +4,7 @@
     <NAME>.csv    the manifest: one row per utterance, in npy order, plus the skipped files
     <NAME>.json   settings, input fingerprint and the npy's SHA-256 (proves we wrote that npy)
 
-Apart from computing features (timnet.data.features), so reading them needs neither librosa nor the corpus readers.
+Apart from computing features (`mfcc_extraction`), so reading them needs neither librosa nor the corpus readers.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class FeatureSet:
     y: np.ndarray
     manifest: pd.DataFrame
     classes: list[str]
-    digests: np.ndarray | None = None  # per utterance, of its features (kept when x is dropped: `feature_cache`)
+    digests: np.ndarray | None = None  # per utterance, of its features (kept when x is dropped: `shared_features`)
 
     def __len__(self) -> int:
         return len(self.y)

@@ -15,7 +15,7 @@ from ..core.config import Config
 from ..core.errors import TimnetError
 from ..core.metrics import METRICS
 from ..model.network import TIMNet
-from ..training.runs import load_result, read_run_record, run_dir
+from ..training.run_store import load_result, read_run_record, run_dir
 from .loading import load_model
 from .model_card import card_data, model_card
 from .model_folder import README, save_weights, write_card

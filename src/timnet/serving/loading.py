@@ -19,7 +19,7 @@ from ..core.errors import TimnetError, require
 from ..core.validation import check_choice
 from ..model.keras_weights import fold_weights, load_fold_models, seed_from_name
 from ..model.network import TIMNetConfig
-from ..training.runs import load_unit_model, read_run_record
+from ..training.run_store import load_unit_model, read_run_record
 from .folder_check import check_graph, load_checked_weights, read_checked_card
 from .hub import download, is_hub_id
 from .model_folder import CARD, graph_paths, has_card

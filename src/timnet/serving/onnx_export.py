@@ -1,7 +1,7 @@
 """Fold models to ONNX graphs: trace, simplify the graph once, and check it against torch before it is kept.
 
 One graph per fold, not one graph of all folds: onnxruntime runs single-fold sessions faster than one graph of
-all folds (benchmarks/bench_vs_keras.py --inference). A graph that disagrees with its
+all folds (benchmarks/bench_inference.py). A graph that disagrees with its
 torch model by more than `ONNX_TOLERANCE` is never written (and so neither is its model folder).
 """
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..core.config import Config
 from ..core.errors import BadAudioError, TimnetError
-from ..data.features import extract_many
+from ..data.mfcc_extraction import extract_many
 from ..model.inference import infer
 from ..model.network import TIMNet
 from .model_folder import ONNX_INPUT, ONNX_OUTPUTS

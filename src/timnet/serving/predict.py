@@ -14,10 +14,9 @@ import pandas as pd
 from natsort import natsorted
 
 from ..core.errors import TimnetError
-from ..training.runs import run_dir
+from ..data.corpus_scan import AUDIO_SUFFIXES
+from ..training.run_store import run_dir
 from .loading import load_model
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 def collect_audio(inputs: list[str | Path]) -> list[Path]:
@@ -28,7 +27,7 @@ def collect_audio(inputs: list[str | Path]) -> list[Path]:
         if item.is_dir():
             found = natsorted((p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES), key=str)
             if not found:
-                raise TimnetError(f"{item}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+                raise TimnetError(f"{item}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in this folder")
             files += found
         elif item.suffix.lower() == ".csv":
             table = read_file_list(item)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..core.atomic import atomic_path, unique_path
 from ..core.errors import TimnetError
-from ..data.features import compute_mfcc, fix_length, load_signal
+from ..data.mfcc_extraction import compute_mfcc, fix_length, load_signal
 from .portable import PortableModel
 
 HOP_SECONDS = 0.5  # between window starts

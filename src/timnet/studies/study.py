@@ -32,7 +32,7 @@ from ..core.errors import TimnetError
 from ..data.splits import check_protocol
 from ..training.execution import Execution
 from ..training.run import prepare_run
-from ..training.runs import Roots
+from ..training.run_store import Roots
 from .study_report import write_report
 from .sweep import reopen_runs, train_runs
 

@@ -34,7 +34,7 @@ from ..core.metrics import scores, speaker_table
 from ..core.published import NOT_PUBLISHED, PUBLISHED, not_comparable, number_text, published_numbers, verdict
 from ..core.report import pyplot, write_workbook
 from ..data.feature_facts import feature_facts
-from ..training.runs import Roots, read_run_record, run_dir
+from ..training.run_store import Roots, read_run_record, run_dir
 
 CI_COLUMNS = ("t_ci_low", "t_ci_high", "corrected_t_ci_low", "corrected_t_ci_high")
 CI_NOTE = (

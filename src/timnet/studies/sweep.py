@@ -42,7 +42,7 @@ from ..core.metrics import METRICS
 from ..core.report import write_workbook
 from ..training.execution import Execution
 from ..training.run import execute, finish_run, prepare_run
-from ..training.runs import Roots, read_run_record
+from ..training.run_store import Roots, read_run_record
 
 ALIASES = TRAIN_SHORTCUTS  # grid keys such as protocol = [...] stand for train.protocol
 

@@ -26,8 +26,8 @@ import torch
 
 from ..core.errors import TimnetError, one_line_warnings, require
 from ..core.progress import ProgressView, drain
-from ..data.feature_cache import unit_features
-from .runs import UnitResult
+from ..data.shared_features import unit_features
+from .run_store import UnitResult
 from .same_code import caller_digests, check_same_code
 from .unit import UnitJob, train_unit
 

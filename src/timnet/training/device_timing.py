@@ -1,7 +1,7 @@
 """What this machine offers for a dataset's shape (`timnet devices`): each way to train — CPU worker processes,
 Apple MPS, each CUDA GPU, one unit at a time or the run's units packed (`train.pack`) — timed for a few seconds of
 real Adam steps with dropout on random features of the shape (speed does not depend on the values), reported as
-unit-steps per second, seconds per fold-epoch and the projected paper protocol (10 folds x 500 epochs; per-epoch
+unit-steps per second, seconds per unit-epoch and the projected paper protocol (10 folds x 500 epochs; per-epoch
 evaluation and state saving not included). `--device auto` for training takes the fastest way a run would use
 (CPU workers, or an accelerator's packed units) as measured, never an accelerator slower than the CPU; the
 measurement is cached per machine, torch and shape (`cache_file`). A machine with no accelerator trains on the
@@ -26,7 +26,7 @@ import torch
 
 from ..accel.blas import limit_threads, resolve_blas
 from ..accel.capture import CapturedSteps, resolve_capture
-from ..accel.packed import PackedTIMNet
+from ..accel.packed_model import PackedTIMNet
 from ..core.atomic import write_json
 from ..core.config import Config
 from ..core.devices import available_cores, cache_root, read_cache
@@ -71,13 +71,13 @@ def shape_key(cfg: Config) -> str:
 
 
 def steps_per_epoch(cfg: Config, samples: int) -> int:
-    """Adam steps of one fold-epoch: the training part of a k-fold split, in batches."""
+    """Optimiser steps of one unit-epoch: the training part of a k-fold split, in batches."""
     train = samples - math.ceil(samples / cfg.train.folds)
     return math.ceil(train / cfg.train.batch_size)
 
 
 def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (timings must not end while kernels still run)."""
+    """Wait for the device's queued work (timings must not end while queued operations still run)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -162,12 +162,12 @@ class Option:
         """What `train.pack = auto` trains with on this device (the options `--device auto` chooses among)."""
         return (self.pack == 1) == (self.device == "cpu")
 
-    def fold_epoch_seconds(self, cfg: Config, samples: int) -> float:
-        """Seconds per fold-epoch, the parallel units' time shared out."""
+    def unit_epoch_seconds(self, cfg: Config, samples: int) -> float:
+        """Seconds per unit-epoch, the parallel units' time shared out."""
         return steps_per_epoch(cfg, samples) / self.unit_steps_per_second
 
     def paper_hours(self, cfg: Config, samples: int) -> float:
-        return PAPER["folds"] * PAPER["epochs"] * self.fold_epoch_seconds(cfg, samples) / 3600
+        return PAPER["folds"] * PAPER["epochs"] * self.unit_epoch_seconds(cfg, samples) / 3600
 
 
 def options(units: int) -> list[Option]:
@@ -250,7 +250,7 @@ def auto_device(cfg: Config) -> str:
 def table(cfg: Config, measured: list[Option], samples: int) -> list[str]:
     """The lines `timnet devices` prints."""
     choice = fastest(measured)
-    head = f"{'way to train':58} {'unit-steps/s':>12} {'s/fold-epoch':>12} {'paper protocol':>15}"
+    head = f"{'way to train':58} {'unit-steps/s':>12} {'s/unit-epoch':>12} {'paper protocol':>15}"
     lines = [head]
     for o in measured + ([choice] if choice not in measured else []):
         if o.error:
@@ -258,12 +258,12 @@ def table(cfg: Config, measured: list[Option], samples: int) -> list[str]:
             continue
         mark = "  <- --device auto" if o is choice else ""
         lines.append(
-            f"{o.name:58} {o.unit_steps_per_second:12.1f} {o.fold_epoch_seconds(cfg, samples):12.3f} "
+            f"{o.name:58} {o.unit_steps_per_second:12.1f} {o.unit_epoch_seconds(cfg, samples):12.3f} "
             f"{o.paper_hours(cfg, samples):13.2f} h{mark}"
         )
     lines.append(
         f"{cfg.dataset.name}: {samples} utterances of {cfg.features.frames} x {cfg.features.n_mfcc}, "
-        f"{steps_per_epoch(cfg, samples)} steps per fold-epoch; paper protocol = {PAPER['folds']} folds x "
+        f"{steps_per_epoch(cfg, samples)} steps per unit-epoch; paper protocol = {PAPER['folds']} folds x "
         f"{PAPER['epochs']} epochs (per-epoch evaluation and state saving not included)"
     )
     return lines

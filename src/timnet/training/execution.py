@@ -10,7 +10,7 @@ from ..core.config import Config
 from ..core.devices import pick_device
 from .cluster import cluster_has_gpus
 from .device_timing import auto_device
-from .runs import Roots
+from .run_store import Roots
 
 
 def resolve_device(device: str, backend: str = "local", address: str | None = None, cfg: Config | None = None) -> str:

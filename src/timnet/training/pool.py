@@ -19,10 +19,10 @@ from ..core.devices import available_cores
 from ..core.errors import TimnetError, one_line_warnings
 from ..core.progress import ProgressView, drain
 from ..core.validation import check_range
-from ..data.feature_cache import unit_features
-from ..data.features import FeatureSet
-from .pack import train_pack
-from .runs import UnitResult
+from ..data.feature_files import FeatureSet
+from ..data.shared_features import unit_features
+from .packed_training import train_pack
+from .run_store import UnitResult
 from .same_code import caller_digests, check_same_code
 from .unit import UnitJob, train_unit
 
@@ -81,7 +81,7 @@ def _worker_report(event: dict) -> None:
 
 
 def _train(pack: list[UnitJob], features: FeatureSet | None, report) -> list[UnitResult]:
-    """One unit (`unit.train_unit`), or a pack of several trained at once (`pack.train_pack`)."""
+    """One unit (`unit.train_unit`), or a pack of several trained at once (`packed_training.train_pack`)."""
     return train_pack(pack, features, report) if len(pack) > 1 else [train_unit(pack[0], features, report)]
 
 
@@ -125,7 +125,7 @@ def _collect(future, pack: list[UnitJob], view: ProgressView, processes: dict) -
 
 
 def _run_serially(packs: list[list[UnitJob]], threads: int | None, features: FeatureSet | None, view: ProgressView):
-    """Units one after another in this process; a pack of several (`pack.train_pack`) trains them at once."""
+    """Units one after another in this process; a pack of several (`packed_training.train_pack`) trains them at once."""
     if threads:
         torch.set_num_threads(threads)
     results = {}
@@ -187,7 +187,7 @@ def run_units(
 ) -> list[UnitResult]:
     """Run units, one unit or one pack of units (`packs`, whose units are `jobs`) at a time per process: in
     parallel worker processes when workers > 1 (each reads the features from `shared`, see
-    `feature_cache.share_features`; one per GPU on CUDA, each with its GPU's pack), else in this process on
+    `shared_features.share_features`; one per GPU on CUDA, each with its GPU's pack), else in this process on
     `features`; one progress bar over all their epochs."""
     view, packs = ProgressView(jobs, desc, progress), packs or [[j] for j in jobs]
     try:

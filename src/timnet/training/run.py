@@ -4,7 +4,7 @@ it: the run workbook, the summary row, the confusion heatmap and the curves grid
 
     run_training(cfg, mfcc_file, how)  ==  finish_run(*execute([prepare_run(cfg, mfcc_file, how.roots)], device, how))
 
-One unit is `unit.train_unit(UnitJob)`; its files and resume rules are in `unit`, the run store in `runs`.
+One unit is `unit.train_unit(UnitJob)`; its files and resume rules are in `unit`, the run store in `run_store`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from ..accel.accelerate import FastPathDeclined
 from ..accel.blas import resolve_blas
 from ..accel.capture import resolve_capture
-from ..accel.packed import resolve_pack
+from ..accel.packed_model import resolve_pack
 from ..core.calibration import calibration_line, calibration_sheets
 from ..core.config import Config
 from ..core.errors import TimnetError
@@ -43,16 +43,16 @@ from ..core.report import (
 )
 from ..core.validation import check_choice
 from ..data.corpora import corpus_caveat
-from ..data.feature_cache import share_features, without_samples
 from ..data.feature_facts import feature_facts
-from ..data.features import FeatureSet, load_features
+from ..data.feature_files import FeatureSet, load_features
 from ..data.leakage import audit, leakage_line
+from ..data.shared_features import share_features, without_samples
 from ..data.splits import protocol_splits, validation_split
 from .cluster import run_units_on_ray
 from .execution import Execution
-from .pack import reference_model
+from .packed_training import reference_model
 from .pool import plan_workers, run_units
-from .runs import Roots, RunPaths, UnitResult, create_run, new_run_id, open_run, read_run_record, unit_name
+from .run_store import Roots, RunPaths, UnitResult, create_run, new_run_id, open_run, read_run_record, unit_name
 from .step import step_declines
 from .unit import UnitJob, should_compile
 
@@ -184,7 +184,7 @@ def packable(cfg: Config, device: str) -> str | None:
 
 
 def plan_packs(runs: list[PreparedRun], pending: list[UnitJob], device: str) -> list[list[UnitJob]]:
-    """Each run's `pending` units in packs of `train.pack` (`packed.resolve_pack`: auto = all of a run's units on
+    """Each run's `pending` units in packs of `train.pack` (`packed_model.resolve_pack`: auto = all of a run's units on
     a GPU or MPS, one on CPU), a pack's units on one device (with several GPUs: one pack per GPU), its finished
     ones alone (they are only loaded); runs never share a pack."""
     keys, packs = {j.key for j in pending}, []
@@ -212,8 +212,9 @@ def decide_execution(jobs: list[UnitJob], workers: int, packed: frozenset[str] =
     code, so 10 folds x 500 epochs on 2 workers compile where one 500-epoch fold would not (Ray: each unit counts
     alone) — and does not compile where numpy's BLAS was chosen (`should_compile`). `blas` is the BLAS of the
     unit's eager products (a compiled unit's are torch's: the compiler traces torch operations; if compiling
-    fails, the unit goes on eagerly with `blas`). Units trained in a pack (`packed`: their keys) run the pack's own
-    batched products (`packed.causal_conv`): torch's; whether they compile is decided as for a unit alone."""
+    fails, the unit goes on eagerly with `blas`). Units trained in a pack (`packed`: their keys) run the model's own
+    forward under vmap (`accel.packed_model`) with torch's products; whether they compile is decided as for a unit
+    alone."""
     per_worker = -(-len(jobs) // workers)
     for job in jobs:
         t = job.config["train"]

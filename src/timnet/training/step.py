@@ -24,7 +24,7 @@ from torch import nn
 
 from ..accel.capture import CapturedSteps, Step
 from ..accel.check import TOLERANCE, float_type, largest_difference, seeded, signature
-from ..accel.packed import PackedTIMNet, pack_declines
+from ..accel.packed_model import PackedTIMNet, pack_declines
 from ..core.config import TrainSettings
 from ..core.errors import TimnetError
 
@@ -226,7 +226,7 @@ def check_epochs(t: TrainSettings) -> list[int]:
 
 def step_declines(model: nn.Module, t: TrainSettings, device: torch.device) -> str | None:
     """Why units of `model` trained with `t` cannot be packed on `device`, or None: the packed pass must be the
-    reference's (`packed.pack_declines`), and packed steps must end where each unit's own steps end — two units,
+    reference's (`packed_model.pack_declines`), and packed steps must end where each unit's own steps end — two units,
     float64 (where the device has it), their own data, class weights and dropout streams, stepping at
     `check_epochs` (one of them twice at the first: their step counts then differ), the schedule moved every
     epoch between. A step that cannot run is a reason."""

@@ -1,5 +1,5 @@
 """One unit of work: one fold of one seed of one run, `train_unit(UnitJob)`. Pure: it reads the MFCC file named
-in its job, trains, and writes only its own files (layout: `runs`):
+in its job, trains, and writes only its own files (layout: `run_store`):
 
     Models/<run>/in_progress/<unit>.pt   everything needed to continue (model, optimiser, RNG, progress),
                                          replaced atomically after every epoch (written by a background
@@ -40,11 +40,11 @@ from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..core.errors import TimnetError
 from ..core.metrics import confusion, scores
 from ..core.report import plot_history
-from ..data.features import FeatureSet, load_features
+from ..data.feature_files import FeatureSet, load_features
 from ..model.inference import accuracy, infer
 from ..model.network import TIMNet, TIMNetConfig
 from .flat_state import flatten, unflatten
-from .runs import RunPaths, UnitResult, load_result, save_pt, save_unit
+from .run_store import RunPaths, UnitResult, load_result, save_pt, save_unit
 from .state_writer import StateWriter
 from .step import class_weights, make_optimizer, make_schedule, next_epoch, unit_step
 from .trackers import Trackers
@@ -52,7 +52,7 @@ from .trackers import Trackers
 # `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
 # units one after another: the next unit reuses the compiled code). The first compile costs minutes on a CPU and
 # an epoch gains a little: it repays itself only after several hundred epochs. On CUDA the many small elementwise
-# kernels are what compiling fuses. `auto` never compiles where the CPU's products go through numpy's BLAS
+# operations are what compiling fuses. `auto` never compiles where the CPU's products go through numpy's BLAS
 # (`train.blas`): compiling puts them back on torch's, and eager training with numpy's BLAS and the CPU kernel
 # measured faster (benchmarks/results/design_measurements.md).
 COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
@@ -280,8 +280,8 @@ class UnitTrainer:
         return self.record_epoch(progress, loss, train_acc, started)
 
     def record_epoch(self, progress: Progress, loss: float, train_acc: float, started: float) -> dict:
-        """After an epoch's training (here or in a pack: `pack.train_pack`): the schedule moves on; evaluate, log,
-        pick, stop."""
+        """After an epoch's training (here or in a pack: `packed_training.train_pack`): the schedule moves on;
+        evaluate, log, pick, stop."""
         t = self.t
         next_epoch(self.schedule)
         progress.epoch += 1

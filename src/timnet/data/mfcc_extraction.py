@@ -3,7 +3,7 @@
 Recipe (the spec: ../shared/reference/TIMNET_FACTS.md beside the repo; README, "Faithfulness"): librosa.load
 at 22.05 kHz mono with soxr_hq resampling; centred zero-pad or crop to a fixed length; 39 MFCCs with
 librosa's defaults passed explicitly; [frames, 39] float32. The trio on disk (npy, csv manifest, json
-settings) is written and read by timnet.data.feature_files; its names are importable from here too.
+settings) is written and read by `feature_files`; the units of a run share it with workers by `shared_features`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ import torch
 from ..core.atomic import write_bytes, write_json
 from ..core.config import Config
 from ..core.errors import TimnetError
-from ..data.features import sha256
+from ..data.feature_files import sha256
 from ..model.network import TIMNet, TIMNetConfig
 
 RECORD = "config.json"

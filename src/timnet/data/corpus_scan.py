@@ -1,5 +1,7 @@
-"""Folder layouts: what a corpus reader finds (`Row`, `Scan`), and the two readers whose labels and speakers come
-from where files lie rather than from a naming scheme: CASIA as released, and your own corpus (`reader = "pattern"`).
+"""Scanning a corpus folder: what every corpus reader finds (`Row`, `Scan`, the audio files), and the readers whose
+labels and speakers come from where files lie rather than from a naming scheme: CASIA as released, a folder per
+class (`reader = "folders"`) and your own corpus (`reader = "pattern"`). The readers of the published corpora's
+naming schemes, and the corpus registry, are in `corpora`.
 
 Your own corpus says in its `[dataset]` section where the label, the speaker and the sentence (the text spoken,
 which the leakage audit and the sentence protocols need) come from (docs/manual.md, "Your own corpus"): a regular
@@ -7,7 +9,7 @@ expression searched in the file's path relative to the corpus root, with named g
 `(?P<speaker>…)` and `(?P<sentence>…)`, or a folder level (`label_level = 0`: the top folder; -1: the file's folder);
 `label_map` turns codes in names into class names (`ps = "surprise"`), `drop` leaves labels out of the task.
 Its stems are the relative path without the extension, `/` -> `_`, so names repeating in several folders stay
-distinct utterances. This module does not read the config module (which checks the keys with `check_layout`).
+distinct utterances. The keys are checked when the config is read (`core.layout_check`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TimnetError
-from .validation import check_range, invalid
+from ..core.config import DatasetConfig
+from ..core.errors import TimnetError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64"}
-PATTERN_GROUPS = ("label", "speaker", "sentence")
 CASIA_GENDER = {"liuchanhg": "f", "zhaoquanyin": "f", "wangzhe": "m", "zhaozuoxiang": "m"}
 CASIA_EXAMPLE = "liuchanhg/angry/201.wav or angry/liuchanhg/201.wav"
 
@@ -53,60 +54,11 @@ def audio_files(root: Path) -> list[Path]:
     )
 
 
-def _layout_keys(dataset) -> dict:
-    return {
-        "pattern": dataset.pattern,
-        "label_level": dataset.label_level,
-        "speaker_level": dataset.speaker_level,
-        "sentence_level": dataset.sentence_level,
-        "label_map": dataset.label_map,
-        "drop": dataset.drop,
-    }
-
-
-def check_layout(dataset) -> None:
-    """The pattern reader's keys of a DatasetConfig: each well-formed, one source of the label, that reader only."""
-    keys = _layout_keys(dataset)
-    if dataset.reader != "pattern":
-        given = [k for k, v in keys.items() if v not in ("", None, {}, [])]
-        if given:
-            raise invalid(f"dataset.{given[0]}", 'left out: it is read only with reader = "pattern"', keys[given[0]])
-        return
-    if not isinstance(dataset.pattern, str):
-        raise invalid("dataset.pattern", "a regular expression (a string)", dataset.pattern)
-    try:
-        groups = set(re.compile(dataset.pattern).groupindex)
-    except re.error as err:
-        raise invalid("dataset.pattern", f"a valid regular expression ({err})", dataset.pattern) from None
-    if groups - set(PATTERN_GROUPS):
-        raise invalid(
-            "dataset.pattern",
-            "a regex with no named groups but (?P<label>…), (?P<speaker>…) and (?P<sentence>…)",
-            keys["pattern"],
-        )
-    for key in ("label_level", "speaker_level", "sentence_level"):
-        if keys[key] is not None:
-            check_range(f"dataset.{key}", keys[key], integer=True)
-    if (dataset.label_level is None) == ("label" not in groups):
-        raise invalid(
-            "dataset.label_level", "set, or else dataset.pattern has a (?P<label>…) group", keys["label_level"]
-        )
-    if not isinstance(dataset.label_map, dict) or not all(isinstance(v, str) for v in dataset.label_map.values()):
-        raise invalid("dataset.label_map", 'a table of code = "class name"', dataset.label_map)
-    if not isinstance(dataset.drop, (list, tuple)) or not all(isinstance(d, str) for d in dataset.drop):
-        raise invalid("dataset.drop", "a list of labels", dataset.drop)
-    for code, name in dataset.label_map.items():
-        if name not in dataset.classes and name not in dataset.drop:
-            raise invalid(f"dataset.label_map.{code}", f"one of the classes ({', '.join(dataset.classes)})", name)
-    if any(d in dataset.classes for d in dataset.drop):
-        raise invalid("dataset.drop", "labels that are not classes", dataset.drop)
-
-
 def _level(folders: tuple[str, ...], level: int) -> str | None:
     return folders[level] if -len(folders) <= level < len(folders) else None
 
 
-def label_of(relative: Path, dataset) -> tuple[str, str, str] | str:
+def label_of(relative: Path, dataset: DatasetConfig) -> tuple[str, str, str] | str:
     """(label after label_map, speaker, sentence) of a path relative to the corpus root, or why it has no label."""
     rel, folders = relative.as_posix(), relative.parts[:-1]
     match = re.search(dataset.pattern, rel) if dataset.pattern else None
@@ -127,7 +79,7 @@ def label_of(relative: Path, dataset) -> tuple[str, str, str] | str:
     return label, named["speaker"], named["sentence"]
 
 
-def scan_pattern(root: Path, dataset) -> Scan:
+def scan_pattern(root: Path, dataset: DatasetConfig) -> Scan:
     """Your own corpus: label and speaker from the dataset's pattern / folder levels. Labels that are not classes
     are kept here (corpus-check shows them); `corpora.build_manifest` leaves out the dropped and flags the rest."""
     rows, skipped = [], []
@@ -142,7 +94,7 @@ def scan_pattern(root: Path, dataset) -> Scan:
     return Scan(rows, skipped)
 
 
-def scan_casia(root: Path, dataset) -> Scan:
+def scan_casia(root: Path, dataset: DatasetConfig) -> Scan:
     """CASIA as released, `<speaker>/<emotion>/201.wav`, or `<emotion>/<speaker>/201.wav`: the folder that is a class
     is the label, the other the speaker. The same names (201..250) repeat for every speaker, so an utterance is
     `<speaker>_<emotion>_<name>` (e.g. liuchanhg_angry_201), the same in both layouts."""
@@ -163,4 +115,20 @@ def scan_casia(root: Path, dataset) -> Scan:
         rows.append(Row(path, label, speaker, CASIA_GENDER.get(speaker.lower(), ""), stem=stem, sentence=path.stem))
     if not rows and skipped:
         raise TimnetError(f"{root}: no CASIA audio in <speaker>/<emotion>/<file>.wav folders (e.g. {CASIA_EXAMPLE})")
+    return Scan(rows, skipped)
+
+
+# --- folder per class: <root>/<class>/<any>.wav (CASIA raw audio, any new corpus) -----------
+def scan_folders(root: Path, dataset: DatasetConfig) -> Scan:
+    classes = dataset.classes
+    missing = [c for c in classes if not (root / c).is_dir()]
+    if len(missing) == len(classes):
+        raise TimnetError(f"{root}: expected one folder per class ({', '.join(classes)}) — none found")
+    rows, skipped = [], []
+    for c in classes:
+        for path in audio_files(root / c) if (root / c).is_dir() else []:
+            rows.append(Row(path, c, speaker=path.parent.name if path.parent != root / c else ""))
+    for path in audio_files(root):
+        if path.relative_to(root).parts[0] not in classes:
+            skipped.append((path.relative_to(root).as_posix(), f"not inside a class folder ({', '.join(classes)})"))
     return Scan(rows, skipped)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import FeatureSet, load_features
+from .feature_files import FeatureSet, load_features
 
 
 def without_samples(features: FeatureSet) -> FeatureSet:

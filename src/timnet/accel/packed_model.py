@@ -2,7 +2,7 @@
 
 Every parameter and BatchNorm statistic (and, in training, the optimiser's state: `training.step`) carries a
 leading unit dimension U, so one step of U units is one step's worth of operations on U-times larger tensors: on
-a GPU, where a TIM-Net step is bound by kernel launches (~800 tiny kernels), U units cost about what one does.
+a GPU, where a TIM-Net step is bound by launching ~800 tiny GPU operations, U units cost about what one does.
 Each unit keeps what it has alone: its data order, its dropout stream (a generator holding the RNG state it would
 have alone), its optimiser's step count.
 

@@ -1,8 +1,8 @@
 """Training packed units (`train.pack`): the units of a run stepped together as one batched model
-(`accel.packed`, `step`), each keeping its data order, dropout stream, optimiser step count, evaluation, checkpoint
-choice, early stopping (a stopped unit leaves the pack) and schedule (a pack steps units of one learning rate:
-units resumed at epochs their schedule sets apart catch up first, trained to float tolerance rather than bit for
-bit, as a pack of another size). Its numbers equal its training alone to float tolerance, and its
+(`accel.packed_model`, `step`), each keeping its data order, dropout stream, optimiser step count, evaluation,
+checkpoint choice, early stopping (a stopped unit leaves the pack) and schedule (a pack steps units of one learning
+rate: units resumed at epochs their schedule sets apart catch up first, trained to float tolerance rather than bit
+for bit, as a pack of another size). Its numbers equal its training alone to float tolerance, and its
 per-epoch state file is a unit's own (`UnitTrainer.save`), so a packed unit resumes packed or alone
 (tests/test_packed.py)."""
 
@@ -17,12 +17,12 @@ import torch
 
 from ..accel.accelerate import FastPathDeclined
 from ..accel.capture import CapturedSteps, resolve_capture
-from ..accel.packed import PackedTIMNet
+from ..accel.packed_model import PackedTIMNet
 from ..core.config import Config, TIMNetConfig
 from ..core.devices import device_rng_state, on_device, set_device_rng_state
-from ..data.features import FeatureSet, load_features
+from ..data.feature_files import FeatureSet, load_features
 from ..model.network import TIMNet
-from .runs import UnitResult, load_result
+from .run_store import UnitResult, load_result
 from .step import capture_declines, hyperparameters, packed_optimizer, packed_step
 from .unit import ProgressReport, UnitJob, UnitTrainer
 
