@@ -171,6 +171,7 @@ def test_seeds_are_averaged_within_a_fold_from_counts():
     assert uar == {1: Fraction(75)}
 
 
+@pytest.mark.slow
 def test_runs_on_other_folds_are_refused_in_one_line(runs):
     a_dir, _, c_dir = runs
     with pytest.raises(TimnetError, match=r"^cannot compare: fold 1 tests other utterances"):

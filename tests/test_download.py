@@ -136,6 +136,7 @@ def test_refusals(tmp_path, server):
         download("RAVDESS", tmp_path, "http://127.0.0.1:9/nothing.zip", progress=False)
 
 
+@pytest.mark.slow
 def test_the_command_prints_the_next_step(tmp_path, server):
     server.payload = archive("EMODB")
     argv = [sys.executable, "-m", "timnet.cli", "download", "EMODB", "--data", str(tmp_path), "--url", url(server)]

@@ -78,6 +78,7 @@ def test_export_writes_a_self_contained_folder(learned):
         export_run(result.run_id, out, root / "Models")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["torch", "onnx"])
 def test_exported_model_gives_the_runs_own_predictions(learned, engine):
     root, tree, result, out = learned
@@ -104,6 +105,7 @@ def test_exported_model_gives_the_runs_own_predictions(learned, engine):
         model.predict_proba(data.x[:4, :, :20])
 
 
+@pytest.mark.slow
 def test_engines_agree_and_hub_ids_load_through_huggingface_hub(learned, monkeypatch):
     import huggingface_hub
 
@@ -128,6 +130,7 @@ def test_engines_agree_and_hub_ids_load_through_huggingface_hub(learned, monkeyp
         timnet.load_model(root / "Models")
 
 
+@pytest.mark.slow
 def test_export_never_writes_a_graph_that_disagrees_with_torch(learned, monkeypatch):
     """A wrong graph (here BatchNorm dropped instead of folded into the conv before it) is caught by the check."""
     import copy
@@ -149,6 +152,7 @@ def test_export_never_writes_a_graph_that_disagrees_with_torch(learned, monkeypa
     assert not out.exists() and not list(root.glob(".wrong*")), "nothing of a failed export may stay"
 
 
+@pytest.mark.slow
 def test_predict_command_on_a_model_folder_a_folder_and_a_csv_list(learned, tmp_path, capsys):
     from timnet.cli import main
 
@@ -186,6 +190,7 @@ def test_window_starts_cover_the_audio():
     assert window_starts(90, 40, 25) == [0, 25, 50]
 
 
+@pytest.mark.slow
 def test_timeline_follows_the_emotions_of_a_long_recording(learned, tmp_path):
     """Per emotion, four utterances in a row (2.4 s, longer than the 0.73 s window), then a silent gap: the
     windows inside a segment mostly get its emotion, and the silent windows are marked, not classified."""
@@ -220,6 +225,7 @@ def test_timeline_follows_the_emotions_of_a_long_recording(learned, tmp_path):
     assert csv2 != csv and csv.exists(), "an earlier timeline must not be overwritten"
 
 
+@pytest.mark.slow
 def test_timeline_command(learned, tmp_path, capsys):
     from timnet.cli import main
 

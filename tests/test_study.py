@@ -84,6 +84,7 @@ def test_a_quick_study_reports_every_run_at_both_policies(quick_study):
     assert missing.dataset.tolist() == ["RAVDESS"] and "no features" in missing.reason.iat[0]
 
 
+@pytest.mark.slow
 def test_ablations_are_the_paired_comparison_of_the_same_folds(quick_study):
     roots, record, report = quick_study
     ablations = report["tables"]["ablations"]
@@ -98,6 +99,7 @@ def test_ablations_are_the_paired_comparison_of_the_same_folds(quick_study):
             assert got["diff"] == pytest.approx(want["diff"]) and got.mean_a == pytest.approx(want.mean_a)
 
 
+@pytest.mark.slow
 def test_the_workbook_and_page_say_quick_everywhere(quick_study):
     roots, record, report = quick_study
     sheets = pd.read_excel(report["xlsx"], sheet_name=None)
@@ -108,6 +110,7 @@ def test_the_workbook_and_page_say_quick_everywhere(quick_study):
     assert page.count("data:image/png;base64,") == 2 and "<table" in page and "http" not in page.split("<body>")[1]
 
 
+@pytest.mark.slow
 def test_the_markdown_table_has_every_result_row_and_its_numbers(quick_study):
     roots, record, report = quick_study
     text = report["md"].read_text()
@@ -197,6 +200,7 @@ def test_nothing_to_train_is_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nothing to train" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_the_report_shows_its_tables_and_figures_in_chromium(quick_study):
     from test_browser import _browser, _needs

@@ -33,7 +33,13 @@ def test_every_unit_writes_its_epochs_to_tensorboard(trained_run):
 
 
 def test_a_resumed_unit_continues_its_curves_without_repeating_epochs(tmp_path, mfcc, monkeypatch):
+    """Resumed in the same process and second, with TensorBoard's file counter at 9: the resumed unit's event file
+    (counter 10 or more) would sort before the first one (9), and the first file's epochs would purge its own."""
+    from tensorboard.summary.writer import event_file_writer
+
     from timnet.training import unit as unit_module
+
+    monkeypatch.setattr(event_file_writer._global_uid, "_value", 9)
 
     original = unit_module.UnitTrainer.save
     saved = []

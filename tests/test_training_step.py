@@ -185,6 +185,7 @@ def test_the_defaults_are_the_authors_step():
     assert training_step.make_schedule(opt, t) is None
 
 
+@pytest.mark.slow
 def test_a_unit_with_a_schedule_resumes_exactly(tmp_path, mfcc, monkeypatch):
     """Stopped after epoch 2 of 4 (its per-epoch state on disk: the optimiser's and the schedule's), resumed, a unit
     with AdamW, balanced class weights and a step schedule changing at epoch 2 ends bit for bit where the
@@ -214,6 +215,7 @@ def test_a_unit_with_a_schedule_resumes_exactly(tmp_path, mfcc, monkeypatch):
     assert_same_units(tmp_path / "whole" / "Models" / whole.run_id, tmp_path / "cut" / "Models" / run_id)
 
 
+@pytest.mark.slow
 def test_a_packed_run_with_every_step_setting_equals_its_units_alone(tmp_path, mfcc):
     """Through `timnet train`'s own machinery (`training.packed_training`): AdamW with weight decay, balanced class
     weights and a step schedule changing every epoch, 3 folds packed and alone: the same epochs' losses (float32
@@ -234,6 +236,7 @@ def test_a_packed_run_with_every_step_setting_equals_its_units_alone(tmp_path, m
         assert ((a_log.loss - p_log.loss).abs() / a_log.loss).max() < 2e-3, unit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["none", "step"])
 def test_a_pack_stopped_between_its_units_resumes_with_its_schedule(tmp_path, mfcc, monkeypatch, schedule):
     """Stopped when one unit had saved epoch 2 and the other epoch 1, the pack resumes: without a schedule both step

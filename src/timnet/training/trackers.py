@@ -10,6 +10,7 @@ it resumed from are purged first, so no epoch is drawn twice.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from ..core.config import Config
@@ -57,7 +58,9 @@ class Trackers:
         if self.tensorboard is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(log_dir=str(self.folder / self.unit), purge_step=step)
+            folder = self.folder / self.unit
+            _after_earlier_event_files(folder)
+            self.tensorboard = SummaryWriter(log_dir=str(folder), purge_step=step)
         for tag, value in values.items():
             self.tensorboard.add_scalar(tag, value, step)
         self.tensorboard.flush()
@@ -85,6 +88,18 @@ class Trackers:
         if self.mlflow_run is not None:
             client, run_id = self.mlflow_run
             client.set_terminated(run_id)
+
+
+def _after_earlier_event_files(folder: Path) -> None:
+    """Wait, at most a second, until a new event file sorts after the earlier ones: TensorBoard reads a folder's
+    files in name order (`events.out.tfevents.<second>.<host>.<pid>.<counter>`), and a resumed unit's file that
+    sorts first (the same second, a counter of more digits) made its epochs look out of order, so the earlier file
+    purged them from the curves."""
+    seconds = [
+        int(f.name.split(".")[3]) for f in folder.glob("events.out.tfevents.*") if f.name.split(".")[3].isdigit()
+    ]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
 
 
 def _experiment(client, name: str) -> str:
