@@ -204,3 +204,24 @@ def test_modules_and_functions_stay_small(path):
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
+
+
+def _marked_slow(decorators: list) -> bool:
+    return any("slow" in ast.unparse(d) for d in decorators)
+
+
+def test_every_test_file_has_a_test_in_the_quick_tier():
+    """`pytest -m "not slow"` (under two minutes on 2 cores) runs at least one test of every test file, so a quick
+    answer touches every part; a test file whose every test is slow (or that marks itself slow) fails here."""
+    quick_less = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        module_slow = any(
+            isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in node.targets)
+            and "slow" in ast.unparse(node.value)
+            for node in tree.body
+        )  # fmt: skip
+        tests = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+        if module_slow or all(_marked_slow(t.decorator_list) for t in tests):
+            quick_less.append(path.name)
+    assert not quick_less, f"no test of these files runs under -m 'not slow': {quick_less}"
