@@ -79,3 +79,11 @@ def test_mlflow_is_asked_for_and_needs_its_extra(tmp_path, mfcc):
     history = client.get_metric_history(runs[0].info.run_id, "loss")
     assert [m.step for m in history] == [1, 2]
     assert load_config("EMODB").log.mlflow is False
+
+
+def test_the_curves_and_the_epoch_log_show_the_learning_rate_the_schedule_set(tmp_path, mfcc):
+    run = train(tmp_path, mfcc, folds=2, epochs=3, lr_schedule="step", lr_step_size=2, lr_gamma=0.1)
+    history = pd.read_csv(tmp_path / "logs" / run.run_id / "fold_1.csv")
+    assert history.lr.tolist() == pytest.approx([0.001, 0.001, 0.0001])
+    got = scalars(tmp_path / "logs" / run.run_id / "fold_1")
+    assert [v for _, v in got["learning_rate"]] == pytest.approx([0.001, 0.001, 0.0001])

@@ -48,7 +48,7 @@ class Trackers:
         step = int(row["epoch"])
         logged = {key: row.get(key) for key in SCALARS}
         values = {SCALARS[k]: float(v) for k, v in logged.items() if v is not None and not math.isnan(float(v))}
-        values["learning_rate"] = self.cfg.train.lr
+        values["learning_rate"] = float(row.get("lr", self.cfg.train.lr))  # rows saved before `lr` was kept
         if self.cfg.log.tensorboard:
             self._write_tensorboard(values, step)
         if self.cfg.log.mlflow:

@@ -283,6 +283,7 @@ class UnitTrainer:
         """After an epoch's training (here or in a pack: `packed_training.train_pack`): the schedule moves on;
         evaluate, log, pick, stop."""
         t = self.t
+        lr = self.opt.param_groups[0]["lr"]  # what this epoch trained with, before the schedule moves on
         next_epoch(self.schedule)
         progress.epoch += 1
         test_due = (
@@ -294,6 +295,7 @@ class UnitTrainer:
             "epoch": progress.epoch,
             "loss": loss,
             "train_acc": train_acc,
+            "lr": lr,
             "val_acc": self._accuracy(self.va),
             "test_acc": self._accuracy(self.te) if test_due else float("nan"),
         }
