@@ -42,7 +42,7 @@ def test_two_fold_two_epoch_run_writes_every_output(tmp_path, mfcc):
         assert saved["test_probs"].shape == (42, 7)
         torch.testing.assert_close(saved["test_probs"].sum(1), torch.ones(42))
         history = pd.read_csv(logs / f"fold_{k}.csv")
-        assert list(history.columns) == ["epoch", "loss", "train_acc", "val_acc", "test_acc"] and list(
+        assert list(history.columns) == ["epoch", "loss", "train_acc", "lr", "val_acc", "test_acc"] and list(
             history.epoch
         ) == [1, 2]
         assert pixels_of(logs / f"fold_{k}.png", "C0") > 200, "fold curves: the train loss/accuracy not drawn"
