@@ -128,6 +128,14 @@ def train_packed(model: TIMNet) -> list[torch.Tensor]:
     return trained(model, logits)
 
 
+def accelerated(model: TIMNet, asked: dict):
+    """`accelerate(model, **asked)` and the decline lines it warned (each fast path that stepped aside)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        done = accelerate(model, **asked)
+    return done, [str(w.message) for w in caught if issubclass(w.category, FastPathDeclined)]
+
+
 PATHS = {  # what `accelerate` is asked for on the CPU
     "CPU kernel": dict(blas="numpy", kernel=True),
     "torch's products": dict(blas="torch"),
@@ -233,10 +241,7 @@ def test_the_papers_ablations_train_through_every_path_or_decline(ablation):
     want = train_alone(copy.deepcopy(model))
     for path, asked in PATHS.items():
         fast = copy.deepcopy(model)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            done = accelerate(fast, **asked)
-        lines = [str(w.message) for w in caught if issubclass(w.category, FastPathDeclined)]
+        done, lines = accelerated(fast, asked)
         for g, w in zip(train_alone(fast), want, strict=True):
             torch.testing.assert_close(g, w, **TOLERANCE)
         if ablation.startswith("w/o TAB") and asked.get("kernel"):  # the kernel computes the gated block only
