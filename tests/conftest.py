@@ -201,6 +201,24 @@ def train(
         return run_training(cfg, None if resume else mfcc, how, resume=resume)
 
 
+def train_interrupted(root: Path, mfcc: Path, monkeypatch, cls, method: str, stop, **train_settings) -> str:
+    """Train under `root` (as `train`) until `stop(self, *args)`, asked after each call of `cls.method`, says so:
+    then KeyboardInterrupt, as Ctrl-C would. The method is restored; returns the interrupted run's id."""
+    original = getattr(cls, method)
+
+    def stopping(self, *args):
+        result = original(self, *args)
+        if stop(self, *args):
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(cls, method, stopping)
+    with pytest.raises(KeyboardInterrupt):
+        train(root, mfcc, **train_settings)
+    monkeypatch.setattr(cls, method, original)
+    return next((root / "Models").iterdir()).name
+
+
 def assert_same_units(dir_a: Path, dir_b: Path, units: list[str] | None = None) -> None:
     """The finished units of two run folders are equal bit for bit: metrics, test files and probabilities, every
     weight, and the loss of every epoch (`units`: these, else all of dir_a's, which must be those of dir_b)."""

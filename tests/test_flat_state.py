@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import UNINTERRUPTED, assert_same_units, train
+from conftest import UNINTERRUPTED, assert_same_units, train, train_interrupted
 
 from timnet.training import unit as fold
 from timnet.training.flat_state import flatten, unflatten
@@ -51,19 +51,14 @@ def test_a_flat_state_and_an_earlier_unflat_one_resume_to_the_uninterrupted_bits
     else:  # best-val: its own, shorter uninterrupted run
         settings = {"folds": 2, "epochs": 8, "checkpoint": checkpoint}
         whole = tmp_path / "whole" / "Models" / train(tmp_path / "whole", mfcc, **settings).run_id
-    original = fold.UnitTrainer.record_epoch
 
-    def stop_at_epoch_four(self, progress, *args):
-        row = original(self, progress, *args)
-        if progress.epoch == 4 and self.job.fold == 2:  # fold 1 finished, epoch 3's state is on disk
-            raise KeyboardInterrupt
-        return row
+    def at_epoch_four(self, progress, *args):  # fold 1 finished, epoch 3's state is on disk
+        return progress.epoch == 4 and self.job.fold == 2
 
-    monkeypatch.setattr(fold.UnitTrainer, "record_epoch", stop_at_epoch_four)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "cut", mfcc, **settings)
-    monkeypatch.setattr(fold.UnitTrainer, "record_epoch", original)
-    models = next((tmp_path / "cut" / "Models").iterdir())
+    cut = train_interrupted(
+        tmp_path / "cut", mfcc, monkeypatch, fold.UnitTrainer, "record_epoch", at_epoch_four, **settings
+    )
+    models = tmp_path / "cut" / "Models" / cut
     state = models / "in_progress" / "fold_2.pt"
     with zipfile.ZipFile(state) as pt:
         stored = [n for n in pt.namelist() if "/data/" in n and not n.endswith(".pkl")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import train
+from conftest import train, train_interrupted
 
 from timnet import load_config
 from timnet.core.errors import TimnetError
@@ -41,20 +41,10 @@ def test_a_resumed_unit_continues_its_curves_without_repeating_epochs(tmp_path, 
 
     monkeypatch.setattr(event_file_writer._global_uid, "_value", 9)
 
-    original = unit_module.UnitTrainer.save
-    saved = []
-
-    def stop_after_two(self, progress):
-        original(self, progress)
-        saved.append(progress.epoch)
-        if progress.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(unit_module.UnitTrainer, "save", stop_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path, mfcc, folds=2, epochs=4)
-    monkeypatch.setattr(unit_module.UnitTrainer, "save", original)
-    run_id = next((tmp_path / "Models").iterdir()).name
+    stop_after_two = lambda self, progress: progress.epoch == 2  # noqa: E731
+    run_id = train_interrupted(
+        tmp_path, mfcc, monkeypatch, unit_module.UnitTrainer, "save", stop_after_two, folds=2, epochs=4
+    )
     train(tmp_path, None, resume=run_id)
     got = scalars(tmp_path / "logs" / run_id / "fold_1")
     assert [s for s, _ in got["loss"]] == [1, 2, 3, 4]

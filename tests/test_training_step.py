@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_same_units, model_config, train
+from conftest import assert_same_units, model_config, train, train_interrupted
 
 from timnet import load_config
 from timnet.accel.packed_model import PackedTIMNet
@@ -195,19 +195,8 @@ def test_a_unit_with_a_schedule_resumes_exactly(tmp_path, mfcc, monkeypatch):
     step = {"optimizer": "adamw", "weight_decay": 0.01, "class_weights": "balanced", "lr_schedule": "step"}
     common = dict(folds=2, epochs=4, lr_step_size=2, lr_gamma=0.5, **step)
     whole = train(tmp_path / "whole", mfcc, **common)
-    original, seen = unit.UnitTrainer.save, []
-
-    def stop_after_two(self, progress):
-        original(self, progress)
-        seen.append(progress.epoch)
-        if progress.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(unit.UnitTrainer, "save", stop_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "cut", mfcc, **common)
-    monkeypatch.setattr(unit.UnitTrainer, "save", original)
-    run_id = next((tmp_path / "cut" / "Models").iterdir()).name
+    after_two = lambda self, progress: progress.epoch == 2  # noqa: E731
+    run_id = train_interrupted(tmp_path / "cut", mfcc, monkeypatch, unit.UnitTrainer, "save", after_two, **common)
     state = next((tmp_path / "cut" / "Models" / run_id / "in_progress").glob("fold_*.pt"))
     saved = torch.load(state, weights_only=True)
     assert saved["schedule"]["last_epoch"] == 2 and saved["schedule"]["_last_lr"] == [pytest.approx(5e-4)]
@@ -249,20 +238,13 @@ def test_a_pack_stopped_between_its_units_resumes_with_its_schedule(tmp_path, mf
 
     common = dict(pack="2", folds=2, epochs=4, lr_schedule=schedule, lr_step_size=2, lr_gamma=0.5)
     whole = train(tmp_path / "whole", mfcc, **common)
-    original, seen = packed_training.Pack.record, []
+    seen = []
 
-    def stop_between(self, u, *args):
-        row = original(self, u, *args)
+    def between(self, u, *args):  # unit 0 has saved epoch 2, unit 1 epoch 1
         seen.append(u)
-        if len(seen) == 3:  # unit 0 has saved epoch 2, unit 1 epoch 1
-            raise KeyboardInterrupt
-        return row
+        return len(seen) == 3
 
-    monkeypatch.setattr(packed_training.Pack, "record", stop_between)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "cut", mfcc, **common)
-    monkeypatch.setattr(packed_training.Pack, "record", original)
-    run_id = next((tmp_path / "cut" / "Models").iterdir()).name
+    run_id = train_interrupted(tmp_path / "cut", mfcc, monkeypatch, packed_training.Pack, "record", between, **common)
     states = sorted((tmp_path / "cut" / "Models" / run_id / "in_progress").glob("fold_*.pt"))
     assert [torch.load(s, weights_only=True)["progress"]["epoch"] for s in states] == [2, 1]
     train(tmp_path / "cut", None, resume=run_id)
