@@ -180,8 +180,8 @@ def test_study_files_are_checked_in_one_line(tmp_path, mfcc):
         bad.write_text(text)
         with pytest.raises(TimnetError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
             load_study(bad)
-    with pytest.raises(TimnetError, match="ONE of best-val, best-test"):
-        trained_policy(["best-val", "best-test"])
+    assert trained_policy(["last", "best-val", "best-test"]) == {"train.checkpoint": "best-val", "train.test_every": 1}
+    assert trained_policy(["last"]) == {"train.checkpoint": "last"}
     paper = load_study(REPO / "studies" / "paper.toml")
     only = restrict(paper, {"datasets": ["EMODB"], "protocols": ["random"], "quick": True})
     assert (only["datasets"], only["protocols"]) == (["EMODB"], ["random"]) and len(plan_study(only, False)) == 1

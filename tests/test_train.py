@@ -120,6 +120,18 @@ def test_best_test_is_labelled_optimistic_and_best_val_uses_validation(tmp_path,
     assert saved["epoch"] == int(history.val_acc.idxmax()) + 1
 
 
+def test_a_best_val_unit_tested_every_epoch_keeps_the_best_test_epoch_and_the_last(tmp_path, mfcc):
+    run = train(tmp_path, mfcc, folds=2, epochs=3, checkpoint="best-val", protocol="speaker", test_every=1)
+    history = pd.read_csv(tmp_path / "logs" / run.run_id / "fold_1.csv")
+    saved = torch.load(tmp_path / "Models" / run.run_id / "fold_1.pt", weights_only=True)
+    best_test = saved["also"]["best-test"]
+    assert best_test["epoch"] == int(history.test_acc.idxmax()) + 1  # the first epoch of the best test accuracy
+    assert best_test["metrics"]["war"] == pytest.approx(history.test_acc.max())
+    assert saved["also"]["last"]["epoch"] == 3 and saved["epoch"] == int(history.val_acc.idxmax()) + 1
+    plain = train(tmp_path, mfcc, folds=2, epochs=3, checkpoint="best-val", protocol="speaker")
+    assert "best-test" not in torch.load(tmp_path / "Models" / plain.run_id / "fold_1.pt", weights_only=True)["also"]
+
+
 @pytest.mark.slow
 def test_early_stopping_on_validation(tmp_path, mfcc):
     run = train(tmp_path, mfcc, folds=2, epochs=60, patience=2)

@@ -33,6 +33,8 @@ class TrainSettings:
     lr_min: float = 0.0  # the cosine schedule's learning rate at the last epoch
     # random (authors' KFold) | speaker (speaker-independent) | sentence (text-independent) | speaker-sentence (both)
     protocol: str = "random"
+    # how speakers are dealt into fewer folds than speakers: shuffled (with the seed) | contiguous (in their order)
+    speaker_groups: str = "shuffled"
     checkpoint: str = "last"  # last | best-val | best-test (paper protocol, optimistic)
     val_fraction: float = 0.1  # validation carved from the training part (best-val, early stopping)
     patience: int = 0  # early stopping on validation accuracy; 0 = off
@@ -54,6 +56,7 @@ class TrainSettings:
     OPTIMIZERS = ("adam", "adamw")
     CLASS_WEIGHTS = ("none", "balanced")
     LR_SCHEDULES = ("none", "step", "cosine")
+    SPEAKER_GROUPS = ("shuffled", "contiguous")
 
     def __post_init__(self) -> None:
         if isinstance(self.pack, int) and not isinstance(self.pack, bool):
@@ -72,6 +75,7 @@ class TrainSettings:
         check_choice("train.optimizer", self.optimizer, self.OPTIMIZERS)
         check_choice("train.class_weights", self.class_weights, self.CLASS_WEIGHTS)
         check_choice("train.lr_schedule", self.lr_schedule, self.LR_SCHEDULES)
+        check_choice("train.speaker_groups", self.speaker_groups, self.SPEAKER_GROUPS)
         if not (self.pack == "auto" or (isinstance(self.pack, str) and self.pack.isdigit() and int(self.pack) >= 1)):
             raise invalid("train.pack", "auto or a whole number ≥ 1", self.pack)
         check_range("train.folds", self.folds, 2, integer=True)

@@ -68,9 +68,10 @@ def random_folds(stems: pd.Series, canonical: pd.DataFrame | None, n_splits: int
     return folds
 
 
-def group_chunks(groups: pd.Series, n_splits: int, seed: int, what: str) -> list[list[str]]:
+def group_chunks(groups: pd.Series, n_splits: int, seed: int, what: str, contiguous: bool = False) -> list[list[str]]:
     """The groups (speakers, sessions, sentences) of each fold's test part: one each when there are no more groups
-    than folds, else shuffled with `seed` and dealt into n_splits."""
+    than folds, else shuffled with `seed` and dealt into n_splits, or (`contiguous`, `train.speaker_groups`) cut
+    in their natural order into n_splits runs of consecutive groups (EmoBox's RAVDESS folds: actors 1-4, 5-8, ...)."""
     groups = groups.astype(str)
     if (groups == "").any():
         raise TimnetError(
@@ -83,25 +84,29 @@ def group_chunks(groups: pd.Series, n_splits: int, seed: int, what: str) -> list
         raise TimnetError(f"only one {what} ({names[0]}) — {what}-independent folds need at least two")
     if n_splits >= len(names):
         return [[g] for g in names]
-    rng = np.random.default_rng(seed)
-    return [list(c) for c in np.array_split(rng.permutation(names), n_splits)]
+    dealt = names if contiguous else np.random.default_rng(seed).permutation(names)
+    return [list(c) for c in np.array_split(np.asarray(dealt), n_splits)]
 
 
-def group_folds(groups: pd.Series, n_splits: int, seed: int, what: str = "speaker") -> list[Fold]:
+def group_folds(
+    groups: pd.Series, n_splits: int, seed: int, what: str = "speaker", contiguous: bool = False
+) -> list[Fold]:
     """Folds that share no group (speaker, IEMOCAP session, sentence): leave-one-group-out when there are no more
     groups than folds, else groups dealt into n_splits folds (`group_chunks`)."""
     values = groups.astype(str).to_numpy()
-    chunks = group_chunks(groups, n_splits, seed, what)
+    chunks = group_chunks(groups, n_splits, seed, what, contiguous)
     return [(np.flatnonzero(~np.isin(values, c)), np.flatnonzero(np.isin(values, c))) for c in chunks]
 
 
-def speaker_sentence_cells(speakers: pd.Series, sentences: pd.Series, n_splits: int, seed: int) -> list[Split]:
+def speaker_sentence_cells(
+    speakers: pd.Series, sentences: pd.Series, n_splits: int, seed: int, contiguous: bool = False
+) -> list[Split]:
     """K_s speaker groups (`group_chunks`: n_splits, capped by the speakers) x K_t = min(K_s, sentences) sentence
     groups, both drawn from `seed`. Cell (i, j) tests speaker group i on sentence group j and trains on every other
     speaker's other sentences: neither a voice nor a text of its test part is heard in training, and every utterance
     is in exactly one test part. Cells without utterances (a speaker group that never said those sentences) are
     left out: they test nothing."""
-    by_speaker = group_chunks(speakers, n_splits, seed, "speaker")
+    by_speaker = group_chunks(speakers, n_splits, seed, "speaker", contiguous)
     by_sentence = group_chunks(sentences, len(by_speaker), seed, "sentence")
     spk, sen = speakers.astype(str).to_numpy(), sentences.astype(str).to_numpy()
     cells = []
@@ -114,9 +119,9 @@ def speaker_sentence_cells(speakers: pd.Series, sentences: pd.Series, n_splits: 
     return cells
 
 
-def speaker_folds(groups: pd.Series, n_splits: int, seed: int) -> list[Fold]:
+def speaker_folds(groups: pd.Series, n_splits: int, seed: int, contiguous: bool = False) -> list[Fold]:
     """Speaker-independent folds (`group_folds` over speakers or IEMOCAP sessions)."""
-    return group_folds(groups, n_splits, seed, "speaker")
+    return group_folds(groups, n_splits, seed, "speaker", contiguous)
 
 
 def validation_split(
@@ -155,32 +160,43 @@ def validation_split(
 
 
 def make_splits(
-    protocol: str, manifest: pd.DataFrame, canonical: pd.DataFrame | None, n_splits: int, seed: int
+    protocol: str,
+    manifest: pd.DataFrame,
+    canonical: pd.DataFrame | None,
+    n_splits: int,
+    seed: int,
+    contiguous: bool = False,
 ) -> list[Split]:
     """The units' parts for a protocol (`TrainSettings.PROTOCOLS`); IEMOCAP's speaker protocol is
     leave-one-session-out. The sentence protocols need the manifest's `sentence` column (`corpora.sentences`)."""
     if protocol == "speaker-sentence":
         sentence = manifest["sentence"] if "sentence" in manifest else pd.Series("", index=manifest.index)
-        return speaker_sentence_cells(manifest.speaker, sentence, n_splits, seed)
-    folds = make_folds(protocol, manifest, canonical, n_splits, seed)
+        return speaker_sentence_cells(manifest.speaker, sentence, n_splits, seed, contiguous)
+    folds = make_folds(protocol, manifest, canonical, n_splits, seed, contiguous)
     return [Split(k, 0, train, test) for k, (train, test) in enumerate(folds, start=1)]
 
 
 def make_folds(
-    protocol: str, manifest: pd.DataFrame, canonical: pd.DataFrame | None, n_splits: int, seed: int
+    protocol: str,
+    manifest: pd.DataFrame,
+    canonical: pd.DataFrame | None,
+    n_splits: int,
+    seed: int,
+    contiguous: bool = False,
 ) -> list[Fold]:
     """The (train, test) parts of every unit of a protocol, in unit order (`make_splits` says which fold and cell
-    each is)."""
+    each is); `contiguous`: speakers grouped in their order, not shuffled (`group_chunks`)."""
     if protocol == "random":
         return random_folds(manifest.stem, canonical, n_splits, seed)
     sentence = manifest["sentence"] if "sentence" in manifest else pd.Series("", index=manifest.index)
     if protocol == "speaker":
         use_sessions = "session" in manifest and (manifest.session.astype(str) != "").all()
-        return speaker_folds(manifest.session if use_sessions else manifest.speaker, n_splits, seed)
+        return speaker_folds(manifest.session if use_sessions else manifest.speaker, n_splits, seed, contiguous)
     if protocol == "sentence":
         return group_folds(sentence, n_splits, seed, "sentence")
     if protocol == "speaker-sentence":
-        return [(s.train, s.test) for s in speaker_sentence_cells(manifest.speaker, sentence, n_splits, seed)]
+        cells = speaker_sentence_cells(manifest.speaker, sentence, n_splits, seed, contiguous)
+        return [(s.train, s.test) for s in cells]
     raise invalid("train.protocol", f"one of {', '.join(TrainSettings.PROTOCOLS)}", protocol)
 
 
@@ -197,4 +213,5 @@ def protocol_splits(cfg: Config, manifest: pd.DataFrame) -> tuple[pd.DataFrame, 
     check_protocol(cfg)
     t = cfg.train
     manifest = manifest.assign(sentence=sentences(manifest, cfg.dataset))
-    return manifest, make_splits(t.protocol, manifest, canonical_stems(cfg.dataset), t.folds, t.seed)
+    contiguous = t.speaker_groups == "contiguous"
+    return manifest, make_splits(t.protocol, manifest, canonical_stems(cfg.dataset), t.folds, t.seed, contiguous)

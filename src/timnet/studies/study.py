@@ -7,13 +7,16 @@ A study file (TOML):
     name = "paper"
     datasets = ["EMODB", "RAVDESS", ...]       # a corpus without features (MFCC/<NAME>.npy) is listed as missing
     protocols = ["random", "speaker"]
-    checkpoints = ["best-test", "last"]        # policies reported; one training per unit gives both (best-test's
-                                               # units also evaluate their last epoch)
+    checkpoints = ["best-test", "last"]        # policies reported; one training per unit gives them all (best-test's
+                                               # units also evaluate their last epoch; best-val's, tested every
+                                               # epoch, keep the best-test epoch's predictions too)
     baseline = "TIM-Net"                       # the variant every other is compared with (paired, on the same folds)
     [variants]                                 # name -> settings; default: TIM-Net alone
     "TIM-Net" = {}
     "w/o TAB" = { "model.gate" = false }
     [set]                                      # settings of every run, e.g. { "train.epochs" = 500 }
+    [per_corpus.RAVDESS.speaker]               # settings of one corpus under one protocol, on top of [set]:
+    "train.folds" = 6                          # e.g. its speaker folds (6 groups of 4 actors, in their order)
     [quick]                                    # what --quick sets on top (default: 2 folds x 3 epochs)
     [mfcc]                                     # where a corpus's features are, if not MFCC/<NAME>.npy
 
@@ -37,7 +40,7 @@ from .study_report import write_report
 from .sweep import reopen_runs, train_runs
 
 QUICK = {"train.folds": 2, "train.epochs": 3}
-KEYS = {"name", "datasets", "protocols", "checkpoints", "baseline", "variants", "set", "quick", "mfcc"}
+KEYS = {"name", "datasets", "protocols", "checkpoints", "baseline", "variants", "set", "per_corpus", "quick", "mfcc"}
 
 
 def _strings(path: Path, key: str, value, allowed=None) -> list[str]:
@@ -61,6 +64,11 @@ def load_study(path: Path) -> dict:
     for key in ("set", "quick", "mfcc"):
         if not isinstance(data.get(key, {}), dict):
             raise TimnetError(f"{path}: [{key}] must be a table, got {data[key]!r}")
+    per_corpus = data.get("per_corpus", {})
+    for corpus, by_protocol in per_corpus.items():
+        if not isinstance(by_protocol, dict) or not all(isinstance(v, dict) for v in by_protocol.values()):
+            raise TimnetError(f"{path}: [per_corpus.{corpus}] must hold tables such as [per_corpus.{corpus}.speaker]")
+        _strings(path, f"per_corpus.{corpus}", list(by_protocol) or [""], TrainSettings.PROTOCOLS)
     baseline = data.get("baseline", next(iter(variants)))
     if baseline not in variants:
         raise TimnetError(f"{path}: baseline {baseline!r} is not one of the variants ({', '.join(variants)})")
@@ -72,6 +80,7 @@ def load_study(path: Path) -> dict:
         "baseline": baseline,
         "variants": variants,
         "set": data.get("set", {}),
+        "per_corpus": per_corpus,
         "quick": data.get("quick", QUICK),
         "mfcc": data.get("mfcc", {}),
     }
@@ -88,13 +97,15 @@ def restrict(study: dict, only: dict[str, list[str]] | None) -> dict:
     return study
 
 
-def trained_policy(checkpoints: list[str]) -> str:
-    """The checkpoint a unit trains for: one that also gives the others (best-test or best-val evaluate the last
-    epoch too)."""
+def trained_policy(checkpoints: list[str]) -> dict:
+    """The settings of the one training that gives every policy listed: best-test or best-val units evaluate their
+    last epoch too, and best-val units tested every epoch keep the best-test epoch's predictions (`training.unit`)."""
     watched = [c for c in checkpoints if c != "last"]
-    if len(watched) > 1:
-        raise TimnetError(f"checkpoints {checkpoints}: one training gives `last` and ONE of best-val, best-test")
-    return watched[0] if watched else "last"
+    if not watched:
+        return {"train.checkpoint": "last"}
+    if len(watched) == 1:
+        return {"train.checkpoint": watched[0]}
+    return {"train.checkpoint": "best-val", "train.test_every": 1}
 
 
 def plan_study(study: dict, quick: bool) -> list[dict]:
@@ -104,7 +115,8 @@ def plan_study(study: dict, quick: bool) -> list[dict]:
     for dataset in study["datasets"]:
         for protocol in study["protocols"]:
             for variant, settings in study["variants"].items():
-                overrides = {**study["set"], **settings, "train.protocol": protocol, "train.checkpoint": policy}
+                corpus = study.get("per_corpus", {}).get(dataset, {}).get(protocol, {})
+                overrides = {**study["set"], **corpus, **settings, "train.protocol": protocol, **policy}
                 overrides |= study["quick"] if quick else {}
                 specs.append({"dataset": dataset, "protocol": protocol, "variant": variant, "overrides": overrides})
     return specs
