@@ -33,6 +33,9 @@ class TrainSettings:
     lr_min: float = 0.0  # the cosine schedule's learning rate at the last epoch
     # random (authors' KFold) | speaker (speaker-independent) | sentence (text-independent) | speaker-sentence (both)
     protocol: str = "random"
+    # none (the authors' recipe) | speaker (each speaker's MFCCs standardised per coefficient by that speaker's own
+    # frames: a test speaker's from their unlabelled test audio; `data.speaker_normalization`)
+    normalize: str = "none"
     # how speakers are dealt into fewer folds than speakers: shuffled (with the seed) | contiguous (in their order)
     speaker_groups: str = "shuffled"
     checkpoint: str = "last"  # last | best-val | best-test (paper protocol, optimistic)
@@ -57,6 +60,7 @@ class TrainSettings:
     CLASS_WEIGHTS = ("none", "balanced")
     LR_SCHEDULES = ("none", "step", "cosine")
     SPEAKER_GROUPS = ("shuffled", "contiguous")
+    NORMALIZATIONS = ("none", "speaker")  # data.speaker_normalization
 
     def __post_init__(self) -> None:
         if isinstance(self.pack, int) and not isinstance(self.pack, bool):
@@ -76,6 +80,7 @@ class TrainSettings:
         check_choice("train.class_weights", self.class_weights, self.CLASS_WEIGHTS)
         check_choice("train.lr_schedule", self.lr_schedule, self.LR_SCHEDULES)
         check_choice("train.speaker_groups", self.speaker_groups, self.SPEAKER_GROUPS)
+        check_choice("train.normalize", self.normalize, self.NORMALIZATIONS)
         if not (self.pack == "auto" or (isinstance(self.pack, str) and self.pack.isdigit() and int(self.pack) >= 1)):
             raise invalid("train.pack", "auto or a whole number ≥ 1", self.pack)
         check_range("train.folds", self.folds, 2, integer=True)

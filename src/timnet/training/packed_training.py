@@ -21,6 +21,7 @@ from ..accel.packed_model import PackedTIMNet
 from ..core.config import Config, TIMNetConfig
 from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..data.feature_files import FeatureSet, load_features
+from ..data.speaker_normalization import model_inputs
 from ..model.network import TIMNet
 from .run_store import UnitResult, load_result
 from .step import capture_declines, hyperparameters, packed_optimizer, packed_step
@@ -156,6 +157,7 @@ def train_pack(
 
 def _train(todo: list[UnitJob], cfg: Config, features: FeatureSet, report: ProgressReport, events: dict) -> dict:
     """The epochs of the unfinished units `todo`, packed; {key: result}."""
+    features = model_inputs(features, cfg.train.normalize)  # what the model reads: as computed, or per speaker
     results, pack = {}, Pack(todo, cfg, features)
     for job, progress in zip(todo, pack.progress):
         report({**events[job.key], "event": "start", "epoch": progress.epoch})

@@ -43,6 +43,7 @@ from ..core.errors import TimnetError
 from ..core.metrics import confusion, scores
 from ..core.report import plot_history
 from ..data.feature_files import FeatureSet, load_features
+from ..data.speaker_normalization import model_inputs
 from ..model.inference import accuracy, infer
 from ..model.network import TIMNet, TIMNetConfig
 from .flat_state import flatten, unflatten
@@ -396,6 +397,7 @@ def train_unit(job: UnitJob, features: FeatureSet | None = None, report: Progres
 
 
 def _train(job: UnitJob, cfg: Config, features: FeatureSet, report: ProgressReport, event: dict) -> UnitResult:
+    features = model_inputs(features, cfg.train.normalize)  # what the model reads: as computed, or per speaker
     trainer = UnitTrainer(job, cfg, features)
     progress = trainer.restore()
     report({**event, "event": "start", "epoch": progress.epoch})
