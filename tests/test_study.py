@@ -4,6 +4,7 @@ in headless Chromium (skips without it)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import warnings
@@ -167,6 +168,23 @@ def test_a_resumed_study_writes_its_report_again(quick_study, tmp_path):
         again, second = run_study(resume=record["study"], how=how)
     assert again["runs"] == record["runs"] and second["html"].stat().st_mtime_ns > before
     pd.testing.assert_frame_equal(second["tables"]["results"], report["tables"]["results"])
+
+
+@pytest.mark.slow
+def test_report_only_reports_the_units_trained_so_far_and_trains_none(quick_study, tmp_path):
+    roots, record, _ = quick_study
+    copy = Roots(tmp_path / "Models", tmp_path / "logs", tmp_path / "Results")
+    for source, target in zip((roots.models, roots.logs, roots.results), (copy.models, copy.logs, copy.results)):
+        shutil.copytree(source, target)
+    run = record["runs"][0]["run_id"]
+    (copy.models / run / "fold_2.pt").unlink()  # a unit still training elsewhere
+    how = Execution(copy, device="cpu", workers=1, progress=False)
+    _, partial = run_study(resume=record["study"], how=how, report_only=True)
+    assert not (copy.models / run / "fold_2.pt").exists()
+    results = partial["tables"]["results"]
+    assert (results[results.run == run].units == 1).all() and (results[results.run != run].units == 2).all()
+    with pytest.raises(TimnetError, match=r"^--report-only needs --resume ID"):
+        run_study(study_file(tmp_path, "x.npy"), how=how, report_only=True)
 
 
 def test_study_files_are_checked_in_one_line(tmp_path, mfcc):

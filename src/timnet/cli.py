@@ -212,7 +212,7 @@ def cmd_study(args) -> None:
 
     if (args.study is None) == (args.resume is None):
         raise TimnetError("give a study file (timnet study studies/paper.toml) or --resume ID")
-    record, report = run_study(args.study, args.resume, args.quick, vars(args), _execution(args))
+    record, report = run_study(args.study, args.resume, args.quick, vars(args), _execution(args), args.report_only)
     print("\n".join(study_lines(record, report)))
 
 

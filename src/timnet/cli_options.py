@@ -277,6 +277,9 @@ def _add_study_commands(sub) -> None:
     for key, example in (("datasets", "EMODB,SAVEE"), ("protocols", "random,speaker")):
         p.add_argument(f"--{key}", type=lambda v: v.split(","), help=f"only these of the file's {key}, e.g. {example}")
     p.add_argument("--resume", metavar="ID", help="continue a study (Results/studies/ID.json) and write its report")
+    p.add_argument(
+        "--report-only", action="store_true", help="with --resume: the report of the units trained so far, no training"
+    )
     _many_runs_args(p)
 
 

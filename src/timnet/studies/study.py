@@ -157,14 +157,19 @@ def start_study(study_file: Path, roots: Roots, device: str, quick: bool, only: 
     return record, runs
 
 
-def resume_study(study_id: str, roots: Roots, device: str) -> tuple[dict, list]:
+def resume_study_record(study_id: str, roots: Roots) -> dict:
+    """The record of study `study_id` (`Results/studies/<id>.json`), or one line listing the studies there."""
     import json
 
     path = _record_path(roots, study_id)
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in path.parent.glob("*.json"))) or "none yet"
         raise TimnetError(f"{path}: no such study (studies in {path.parent}: {known})")
-    record = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def resume_study(study_id: str, roots: Roots, device: str) -> tuple[dict, list]:
+    record = resume_study_record(study_id, roots)
     return record, reopen_runs(record, roots, device)
 
 
@@ -174,12 +179,19 @@ def run_study(
     quick: bool = False,
     only: dict[str, list[str]] | None = None,
     how: Execution | None = None,
+    report_only: bool = False,
 ) -> tuple[dict, dict]:
     """Start (or resume) a study, train every unit of every run at once, then write each run's outputs and the
     study's report -> (record, {"xlsx": path, "html": path, "tables": {...}}); `only`: {"datasets": [...],
-    "protocols": [...]} restricts the file's lists."""
+    "protocols": [...]} restricts the file's lists; `report_only` (with `resume`): the report of the units trained
+    so far, training nothing (a long study's partial tables, while it trains elsewhere)."""
     how = how or Execution()
     roots, device = how.roots, how.resolved_device()
+    if report_only:
+        if not resume:
+            raise TimnetError("--report-only needs --resume ID: the study whose trained units to report")
+        record = resume_study_record(resume, roots)
+        return record, write_report(record, roots)
     if resume:
         record, runs = resume_study(resume, roots, device)
     else:
