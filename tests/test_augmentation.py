@@ -18,8 +18,9 @@ from conftest import assert_same_units, run_dirs, train, train_cli, train_interr
 from timnet import load_config
 from timnet.core.config import Config
 from timnet.core.errors import TimnetError
+from timnet.training.augmentation import augment, augmentation_seed
 from timnet.training.packed_training import reference_model
-from timnet.training.step import augment, augmentation_seed, step_declines, trained_both_ways, unit_step
+from timnet.training.step import step_declines, trained_both_ways, unit_step
 
 # Every augmentation on, strong enough to change what a short run learns.
 AUGMENT = {"time_masks": 2, "time_mask_width": 8, "coefficient_masks": 2, "coefficient_mask_width": 6, "mixup": 0.4}

@@ -23,8 +23,9 @@ from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..data.feature_files import FeatureSet, load_features
 from ..data.speaker_normalization import model_inputs
 from ..model.network import TIMNet
+from .augmentation import augment_pack
 from .run_store import UnitResult, load_result
-from .step import augment_pack, capture_declines, hyperparameters, packed_optimizer, packed_step
+from .step import capture_declines, hyperparameters, packed_optimizer, packed_step
 from .unit import ProgressReport, UnitJob, UnitTrainer
 
 

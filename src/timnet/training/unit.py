@@ -46,10 +46,11 @@ from ..data.feature_files import FeatureSet, load_features
 from ..data.speaker_normalization import model_inputs
 from ..model.inference import accuracy, infer
 from ..model.network import TIMNet, TIMNetConfig
+from .augmentation import augmentation_seed
 from .flat_state import flatten, unflatten
 from .run_store import RunPaths, UnitResult, load_result, save_pt, save_unit
 from .state_writer import StateWriter
-from .step import augmentation_seed, class_weights, make_optimizer, make_schedule, next_epoch, unit_step
+from .step import class_weights, make_optimizer, make_schedule, next_epoch, unit_step
 from .trackers import Trackers
 
 # `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
