@@ -21,9 +21,9 @@ from ..core.errors import TimnetError
 # Warm-up steps before a capture (cuBLAS workspaces, autograd's buffers), as torch's whole-network example does.
 WARMUP_STEPS = 3
 
-# A packed step: (units [G] on the device, x [G, B, T, F], y [G, B], their dropout generators) -> (losses [G],
-# correct [G]) on the device, without a host sync.
-Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list], tuple[torch.Tensor, torch.Tensor]]
+# A packed step: (units [G] on the device, x [G, B, T, F], y [G, B], their dropout generators, mixup's partners
+# [G, B] and lambdas [G] or None) -> (losses [G], correct [G]) on the device, without a host sync.
+Step = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 # helpers
 
@@ -51,14 +51,14 @@ class CapturedSteps:
         self.pool = None
         self.failed = False
 
-    def __call__(self, group: tuple, units: torch.Tensor, x: torch.Tensor, y: torch.Tensor, generators: list):
+    def __call__(self, group: tuple, units: torch.Tensor, x: torch.Tensor, y: torch.Tensor, generators: list, mix=None):
         """One step of the units `group` (their positions in the pack; `units` the same on the device)."""
         if self.failed:
-            return self.step(units, x, y, generators)
+            return self.step(units, x, y, generators, mix)
         key = (group, x.shape[1])
         if key not in self.graphs:
             try:
-                self.graphs[key] = self._capture(units, x, y, generators)
+                self.graphs[key] = self._capture(units, x, y, generators, mix)
             except Exception as err:  # noqa: BLE001 — any capture failure means: train eagerly
                 self.failed = True
                 warnings.warn(
@@ -66,18 +66,21 @@ class CapturedSteps:
                     "); training the pack without capturing (train.capture=off avoids the attempt)",
                     stacklevel=2,
                 )
-                return self.step(units, x, y, generators)
+                return self.step(units, x, y, generators, mix)
         graph, static = self.graphs[key]
         static["x"].copy_(x)
         static["y"].copy_(y)
+        for held, value in zip(static["mix"] or (), mix or ()):
+            held.copy_(value)
         graph.replay()
         return static["out"]  # overwritten by the next replay: read (queued on the stream) before it
 
-    def _capture(self, units, x, y, generators) -> tuple:
+    def _capture(self, units, x, y, generators, mix) -> tuple:
         graph = torch.cuda.CUDAGraph()  # checked first: no warm-up steps where capture cannot work
         if not hasattr(graph, "register_generator_state"):
             raise TimnetError(f"torch {torch.__version__} cannot capture per-unit dropout generators (needs ≥ 2.5)")
-        static = {"units": units.clone(), "x": x.clone(), "y": y.clone()}
+        static = {"units": units.clone(), "x": x.clone(), "y": y.clone(), "mix": mix and tuple(m.clone() for m in mix)}
+        args = (static["units"], static["x"], static["y"], generators, static["mix"])
         saved = [t.detach().clone() for t in self.state]
         streams = [g.get_state() for g in generators]
         side = torch.cuda.Stream()
@@ -85,7 +88,7 @@ class CapturedSteps:
         try:
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):
-                    self.step(static["units"], static["x"], static["y"], generators)
+                    self.step(*args)
         finally:
             torch.cuda.current_stream().wait_stream(side)
             self._put_back(saved, generators, streams)
@@ -94,7 +97,7 @@ class CapturedSteps:
         try:
             # thread_local: the state writer's thread may wait on its copies while this thread captures
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                static["out"] = self.step(static["units"], static["x"], static["y"], generators)
+                static["out"] = self.step(*args)
         except Exception:  # recording runs nothing, but a failed capture may have advanced the generators
             self._put_back(saved, generators, streams)
             raise

@@ -11,8 +11,8 @@ from .validation import check_bool, check_choice, check_range, invalid
 @dataclass
 class TrainSettings:
     """[train]: the authors' optimiser, batch, epochs and KFold seed, plus this project's choices
-    (protocol, checkpoint policy, validation carve, early stopping, repeat seeds, compiling,
-    how often the test fold's accuracy is logged)."""
+    (the step's loss, optimiser, schedule and augmentation, protocol, checkpoint policy, validation carve, early
+    stopping, repeat seeds, compiling, how often the test fold's accuracy is logged)."""
 
     seed: int = 46  # KFold random_state of the authors
     folds: int = 10
@@ -31,6 +31,12 @@ class TrainSettings:
     lr_step_size: int = 100  # epochs between the step schedule's changes
     lr_gamma: float = 0.1  # the step schedule's factor
     lr_min: float = 0.0  # the cosine schedule's learning rate at the last epoch
+    # augmentation of each training batch (`step.augment`), drawn from the unit's own generator; 0 = off (the authors')
+    time_masks: int = 0  # SpecAugment time masks per utterance: spans of frames set to the utterance's mean
+    time_mask_width: int = 20  # a time mask's width: 0 to this many frames, uniformly
+    coefficient_masks: int = 0  # SpecAugment masks of MFCC coefficients per utterance (set to their utterance mean)
+    coefficient_mask_width: int = 5  # a coefficient mask's width: 0 to this many coefficients, uniformly
+    mixup: float = 0.0  # mixup's alpha: pairs of a batch mixed by lambda ~ Beta(alpha, alpha), and their losses
     # random (authors' KFold) | speaker (speaker-independent) | sentence (text-independent) | speaker-sentence (both)
     protocol: str = "random"
     # none (the authors' recipe) | speaker (each speaker's MFCCs standardised per coefficient by that speaker's own
@@ -96,6 +102,9 @@ class TrainSettings:
         for key in ("weight_decay", "lr_min"):
             check_range(f"train.{key}", getattr(self, key), 0)
         check_range("train.lr_gamma", self.lr_gamma, 0, 1, low_open=True)
+        for key in ("time_masks", "time_mask_width", "coefficient_masks", "coefficient_mask_width"):
+            check_range(f"train.{key}", getattr(self, key), 0, integer=True)
+        check_range("train.mixup", self.mixup, 0)
         check_range("train.val_fraction", self.val_fraction, 0, 0.5, low_open=True, high_open=True)
         check_bool("train.calibrate", self.calibrate)
         if not isinstance(self.seeds, (list, tuple)):

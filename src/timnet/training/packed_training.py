@@ -1,9 +1,9 @@
 """Training packed units (`train.pack`): the units of a run stepped together as one batched model
-(`accel.packed_model`, `step`), each keeping its data order, dropout stream, optimiser step count, evaluation,
-checkpoint choice, early stopping (a stopped unit leaves the pack) and schedule (a pack steps units of one learning
-rate: units resumed at epochs their schedule sets apart catch up first, trained to float tolerance rather than bit
-for bit, as a pack of another size). Its numbers equal its training alone to float tolerance, and its
-per-epoch state file is a unit's own (`UnitTrainer.save`), so a packed unit resumes packed or alone
+(`accel.packed_model`, `step`), each keeping its data order, dropout and augmentation streams, optimiser step count,
+evaluation, checkpoint choice, early stopping (a stopped unit leaves the pack) and schedule (a pack steps units of
+one learning rate: units resumed at epochs their schedule sets apart catch up first, trained to float tolerance
+rather than bit for bit, as a pack of another size). Its numbers equal its training alone to float tolerance, and
+its per-epoch state file is a unit's own (`UnitTrainer.save`), so a packed unit resumes packed or alone
 (tests/test_packed.py)."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..core.devices import device_rng_state, on_device, set_device_rng_state
 from ..data.feature_files import FeatureSet, load_features
 from ..data.speaker_normalization import model_inputs
 from ..model.network import TIMNet
+from .augmentation import augment_pack
 from .run_store import UnitResult, load_result
 from .step import capture_declines, hyperparameters, packed_optimizer, packed_step
 from .unit import ProgressReport, UnitJob, UnitTrainer
@@ -116,7 +117,8 @@ class Pack:
                 x = torch.stack([trainers[i].x[b] for i, b in zip(group, batches)])  # [G, B, T, F]
                 y = torch.stack([trainers[i].y[b] for i, b in zip(group, batches)])  # [G, B]
                 generators = [self.dropout[active[i]] for i in group]
-                losses, hits = self._step(tuple(group), units, x, y, generators)
+                x, mix = augment_pack(x, y, self.t, [trainers[i].augmenting for i in group])  # each as alone
+                losses, hits = self._step(tuple(group), units, x, y, generators, mix)
                 loss_sum.index_add_(0, units, losses * size)
                 correct.index_add_(0, units, hits)
         for i, trainer in enumerate(trainers):

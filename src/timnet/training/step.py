@@ -1,8 +1,10 @@
-"""One training step, defined once from [train]: the loss (cross-entropy with the authors' label smoothing, weighted
-by `train.class_weights`), the optimiser (`train.optimizer`, `train.weight_decay`, the authors' lr, betas and eps)
-and the learning-rate schedule (`train.lr_schedule`, moved once per epoch). Every path derives from these: a unit
-alone (`unit_step`, in `unit.UnitTrainer`), packed units (`packed_step`: the same loss under vmap, the same torch
-optimiser over the units' stacked parameters) and the timing of `timnet devices`.
+"""One training step, defined once from [train]: the batch's augmentation (`augment`: SpecAugment-style time and
+coefficient masks, mixup; off by default, drawn from the unit's own generator), the loss (cross-entropy with the
+authors' label smoothing, weighted by `train.class_weights`; mixup's pair of losses), the optimiser
+(`train.optimizer`, `train.weight_decay`, the authors' lr, betas and eps) and the learning-rate schedule
+(`train.lr_schedule`, moved once per epoch). Every path derives from these: a unit alone (`unit_step`, in
+`unit.UnitTrainer`), packed units (`augment_pack`: each unit's batch augmented as alone; `packed_step`: the same loss
+under vmap, the same torch optimiser over the units' stacked parameters) and the timing of `timnet devices`.
 
 Packing relies on the optimiser being elementwise (Adam's and AdamW's updates, weight decay included, are: each
 element moves by its own gradient and state), so one instance of it over [U, ...] tensors computes each unit's own
@@ -14,7 +16,6 @@ that is not elementwise) trains unit by unit with one line saying why.
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from typing import Callable, Iterable
 
@@ -27,6 +28,7 @@ from ..accel.check import TOLERANCE, float_type, largest_difference, seeded, sig
 from ..accel.packed_model import PackedTIMNet, pack_declines
 from ..core.config import TrainSettings
 from ..core.errors import TimnetError
+from .augmentation import augment, augment_pack, augments, spans
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 # Optimiser group keys that say how it computes, not what: the packed instance keeps its own.
@@ -48,6 +50,15 @@ def class_weights(t: TrainSettings, labels: torch.Tensor, n_classes: int, dtype:
 def loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, t: TrainSettings) -> torch.Tensor:
     """The unit's loss on a batch: logits [B, K], labels [B], class weights [K] or None."""
     return F.cross_entropy(logits, y, weight=weight, label_smoothing=t.label_smoothing)
+
+
+def mixed_loss(logits: torch.Tensor, y: torch.Tensor, weight, t: TrainSettings, mix: tuple | None) -> torch.Tensor:
+    """`loss`, or under mixup (mix = (the partners' labels [B], lambda)) lambda x the loss on the batch's labels +
+    (1 - lambda) x the loss on the partners' (Zhang et al. 2018), each with the step's smoothing and class weights."""
+    if mix is None:
+        return loss(logits, y, weight, t)
+    partners, lam = mix
+    return lam * loss(logits, y, weight, t) + (1 - lam) * loss(logits, partners, weight, t)
 
 
 def make_optimizer(params: Iterable, t: TrainSettings, device: torch.device, **how) -> torch.optim.Optimizer:
@@ -81,10 +92,12 @@ def hyperparameters(opt: torch.optim.Optimizer) -> list[dict]:
     return [{k: v for k, v in group.items() if k not in HOW} for group in opt.param_groups]
 
 
-def unit_step(forward: Callable, opt: torch.optim.Optimizer, x, y, weight, t: TrainSettings) -> tuple:
-    """One step of a unit alone: (logits, loss), detached."""
+def unit_step(forward: Callable, opt: torch.optim.Optimizer, x, y, weight, t: TrainSettings, augmenting=None) -> tuple:
+    """One step of a unit alone, its batch augmented from the generator `augmenting` (`augment`): (logits, loss),
+    detached."""
+    x, mix = augment(x, y, t, augmenting) if augments(t) else (x, None)
     logits = forward(x)
-    value = loss(logits, y, weight, t)
+    value = mixed_loss(logits, y, weight, t, mix)
     opt.zero_grad(set_to_none=True)
     value.backward()
     opt.step()
@@ -191,14 +204,18 @@ class PackedOptimizer:
 
 
 def packed_step(model: PackedTIMNet, optimizer: PackedOptimizer, t: TrainSettings, weights=None) -> Step:
-    """One optimiser step of the units `units` (positions, planned: `PackedOptimizer.plan`) on their own batches:
-    the loss per unit [G] (`loss` under vmap; `weights` [U, K]: each unit's class weights) and correct predictions
-    [G], on the device, without a host sync (so it can be captured)."""
-    per_unit = torch.vmap(functools.partial(loss, t=t), in_dims=(0, 0, None if weights is None else 0))
+    """One optimiser step of the units `units` (positions, planned: `PackedOptimizer.plan`) on their own batches,
+    augmented (`augment_pack`; mix: mixup's partners and lambdas, or None): the loss per unit [G] (`mixed_loss` under
+    vmap; `weights` [U, K]: each unit's class weights) and correct predictions [G], on the device, without a host
+    sync (so it can be captured)."""
+    w = None if weights is None else 0
+    unit_loss = lambda logits, y, weight, mix: mixed_loss(logits, y, weight, t, mix)  # noqa: E731
+    per_unit = torch.vmap(unit_loss, in_dims=(0, 0, w, None))
+    per_unit_mixed = torch.vmap(unit_loss, in_dims=(0, 0, w, (0, 0)))
 
-    def step(units: torch.Tensor, x: torch.Tensor, y: torch.Tensor, generators: list) -> tuple:
+    def step(units: torch.Tensor, x: torch.Tensor, y: torch.Tensor, generators: list, mix=None) -> tuple:
         logits = model.forward(x, units, generators)  # [G, B, K]
-        losses = per_unit(logits, y, None if weights is None else weights[units])
+        losses = (per_unit if mix is None else per_unit_mixed)(logits, y, None if w is None else weights[units], mix)
         losses.sum().backward()  # units share no parameter: each gets its own loss's gradient
         optimizer.step()
         return losses.detach(), (logits.detach().argmax(-1) == y).sum(dim=1)
@@ -227,12 +244,13 @@ def check_epochs(t: TrainSettings) -> list[int]:
 def step_declines(model: nn.Module, t: TrainSettings, device: torch.device) -> str | None:
     """Why units of `model` trained with `t` cannot be packed on `device`, or None: the packed pass must be the
     reference's (`packed_model.pack_declines`), and packed steps must end where each unit's own steps end — two units,
-    float64 (where the device has it), their own data, class weights and dropout streams, stepping at
+    float64 (where the device has it), their own data, class weights, dropout and augmentation streams, stepping at
     `check_epochs` (one of them twice at the first: their step counts then differ), the schedule moved every
     epoch between. A step that cannot run is a reason."""
     if reason := pack_declines(model, device):
         return reason
     code = (OPTIMIZERS.get(t.optimizer), make_optimizer.__code__, make_schedule.__code__, loss.__code__)
+    code += (mixed_loss.__code__, augment.__code__, spans.__code__)
     key = (signature(model, device.type), repr(t), code)
     if key not in _verdicts:
         _verdicts[key] = _step_verdict(model, t, device)
@@ -267,11 +285,12 @@ def trained_both_ways(model: nn.Module, t: TrainSettings, device: torch.device) 
         m = copy.deepcopy(models[u])
         opt = make_optimizer(m.parameters(), t, device)
         schedule = make_schedule(opt, t)
+        augmenting = torch.Generator().manual_seed(20 + u)
         with seeded(device, 10 + u):  # alone, dropout draws from torch's generator
             for epoch in range(epochs[-1] + 1):
                 if epoch in epochs:
                     for b in range(2 if epoch == 0 and u == 0 else 1):
-                        alone.append(unit_step(m, opt, x[u, b], y[u, b], weights[u], t)[1])
+                        alone.append(unit_step(m, opt, x[u, b], y[u, b], weights[u], t, augmenting)[1])
                 next_epoch(schedule)
         with torch.no_grad(), seeded(device, 99):
             alone.append(m(x[1, 1]))
@@ -286,14 +305,16 @@ def _packed(models: list, t: TrainSettings, device, epochs: list[int], x, y, wei
     stacked = None if weights[0] is None else torch.stack(weights)
     step = packed_step(packed, optimizer, t, stacked)
     streams = [torch.Generator(device=device).manual_seed(10 + u) for u in range(2)]
+    augmenting = [torch.Generator().manual_seed(20 + u) for u in range(2)]
     units, losses = torch.arange(2, device=device), [[], []]
     for epoch in range(epochs[-1] + 1):
         if epoch in epochs:
             groups = [(0, 1), (0,)] if epoch == 0 else [(0, 1)]
             for b, group in enumerate(groups):
                 optimizer.plan(group)
-                g = units[: len(group)]
-                got = step(g, x[: len(group), b], y[: len(group), b], streams[: len(group)])[0]
+                g, n = units[: len(group)], len(group)
+                xb, mix = augment_pack(x[:n, b], y[:n, b], t, augmenting[:n])
+                got = step(g, xb, y[:n, b], streams[:n], mix)[0]
                 for u in group:
                     losses[u].append(got[u])
         for schedule in schedules:
@@ -332,10 +353,13 @@ def _trained_pack(model: nn.Module, t: TrainSettings, device, steps: int, captur
     x = torch.randn(2, 4, 24, model.config.n_mfcc, generator=draw).to(device)
     y = torch.randint(0, model.config.n_classes, (2, 4), generator=draw).to(device)
     streams = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
+    augmenting = [torch.Generator().manual_seed(s) for s in (3, 4)]
     units = torch.arange(2, device=device)
     for group in [(0, 1)] * steps + [(0,)]:  # the whole pack, then one unit alone (an uneven last batch)
         key = optimizer.plan(group)
-        args = (units[: len(group)], x[: len(group)], y[: len(group)], streams[: len(group)])
+        n = len(group)
+        xb, mix = augment_pack(x[:n], y[:n], t, augmenting[:n])
+        args = (units[:n], xb, y[:n], streams[:n], mix)
         if graphs and not optimizer.fresh:
             graphs.state = packed.state + optimizer.state
             graphs(key, *args)

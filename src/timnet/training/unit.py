@@ -1,7 +1,7 @@
 """One unit of work: one fold of one seed of one run, `train_unit(UnitJob)`. Pure: it reads the MFCC file named
 in its job, trains, and writes only its own files (layout: `run_store`):
 
-    Models/<run>/in_progress/<unit>.pt   everything needed to continue (model, optimiser, RNG, progress),
+    Models/<run>/in_progress/<unit>.pt   everything needed to continue (model, optimiser, RNGs, progress),
                                          replaced atomically after every epoch (written by a background
                                          thread: `state_writer`), deleted when the unit ends
     Models/<run>/<unit>.pt               the chosen weights + config + metrics + test predictions
@@ -46,6 +46,7 @@ from ..data.feature_files import FeatureSet, load_features
 from ..data.speaker_normalization import model_inputs
 from ..model.inference import accuracy, infer
 from ..model.network import TIMNet, TIMNetConfig
+from .augmentation import augmentation_seed
 from .flat_state import flatten, unflatten
 from .run_store import RunPaths, UnitResult, load_result, save_pt, save_unit
 from .state_writer import StateWriter
@@ -157,7 +158,7 @@ class Progress:
 
 
 class UnitTrainer:
-    """The live objects of one unit: data on the device, model, optimiser, shuffling RNG."""
+    """The live objects of one unit: data on the device, model, optimiser, shuffling and augmentation RNGs."""
 
     def __init__(self, job: UnitJob, cfg: Config, features: FeatureSet):
         self.job, self.cfg, self.t = job, cfg, cfg.train
@@ -182,6 +183,7 @@ class UnitTrainer:
         self.schedule = make_schedule(self.opt, t)
         self.weight = class_weights(t, self.y[self.tr], cfg.n_classes, next(self.model.parameters()).dtype)
         self.shuffle = torch.Generator().manual_seed(seed)
+        self.augmenting = torch.Generator().manual_seed(augmentation_seed(seed))  # draws only where augmentation is on
         self.watch = {"best-val": "val_acc", "best-test": "test_acc"}.get(t.checkpoint)
         self.keeps_best_test = t.checkpoint == "best-val" and t.test_every == 1  # the optimistic extra, labelled
         self.writer = StateWriter()
@@ -208,6 +210,8 @@ class UnitTrainer:
         if f"{self.device.type}_rng" in saved:  # cuda_rng, mps_rng: where dropout draws on an accelerator
             set_device_rng_state(self.device, saved[f"{self.device.type}_rng"])
         self.shuffle.set_state(saved["shuffle_rng"])
+        if "augment_rng" in saved:  # states written before augmentation have none: nothing was drawn from it
+            self.augmenting.set_state(saved["augment_rng"])
         if not self.job.compile:  # the BLAS it started with (before there was a choice: torch's): an exact resume
             self.use_blas(saved.get("blas", "torch"))
         return Progress(**{**saved["progress"], "best": unflatten(saved["progress"]["best"])})
@@ -222,6 +226,7 @@ class UnitTrainer:
             "schedule": self.schedule.state_dict() if self.schedule else None,
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle.get_state(),
+            "augment_rng": self.augmenting.get_state(),
             "progress": saved,
             "blas": self.blas,
         }
@@ -255,11 +260,12 @@ class UnitTrainer:
         return float(loss_sum) / len(order), 100.0 * int(correct) / len(order)
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return unit_step(self.forward, self.opt, xb, yb, self.weight, self.t)
+        return unit_step(self.forward, self.opt, xb, yb, self.weight, self.t, self.augmenting)
 
     def _first_compiled_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Compilation happens on the first step; where it fails (no compiler, MPS, Windows), continue eagerly."""
         before = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()), torch.get_rng_state())
+        augmenting = self.augmenting.get_state()
         self.compile_pending = False
         try:
             return self._step(xb, yb)
@@ -272,6 +278,7 @@ class UnitTrainer:
             self.model.load_state_dict(before[0])
             self.opt.load_state_dict(before[1])
             torch.set_rng_state(before[2])
+            self.augmenting.set_state(augmenting)
             self.forward = self.model
             self.use_blas(self.job.blas)
             return self._step(xb, yb)
