@@ -22,7 +22,7 @@ METRICS = ("war", "uar")
 COLUMNS = ["dataset", "setting", "model", "variant", "checkpoint", "normalisation", "folds"]
 COLUMNS += [f"{m}_{c}" for m in METRICS for c in ("per_fold_mean", "corrected_t_ci_low", "corrected_t_ci_high")]
 COLUMNS += ["speakers"] + [f"{m}_speaker_{s}" for m in METRICS for s in ("min", "median", "max")]
-COLUMNS += ["reference_uar", "protocol", "source", "note"]
+COLUMNS += ["reference_uar", "protocol", "source", "run", "note"]
 NORMALIZE_NOTE = (
     "Speaker normalisation (train.normalize = speaker): each speaker's MFCCs are standardised per coefficient with "
     "that speaker's own mean and standard deviation over all of their frames. A test speaker's statistics come from "
@@ -60,14 +60,15 @@ def speaker_spread(speakers: pd.DataFrame) -> pd.DataFrame:
 
 def _timnet_row(row: pd.Series, setting: str, spread: pd.DataFrame, normalize: dict) -> dict:
     out = {"dataset": row.dataset, "setting": setting, "model": TIMNET, "variant": row.variant}
-    out |= {"checkpoint": row.checkpoint, "protocol": f"{row.protocol} ({row.get('folds', '?')} folds)"}
+    folds = row.get("folds")
+    out |= {"checkpoint": row.checkpoint, "protocol": row.protocol + ("" if pd.isna(folds) else f" ({folds:g} folds)")}
     out["normalisation"] = NORMALIZED if normalize.get(row.run) == "speaker" else normalize.get(row.run, "")
     out |= {c: row.get(c) for c in COLUMNS if c.endswith(("per_fold_mean", "_ci_low", "_ci_high")) or c == "folds"}
     mine = spread[(spread.run == row.run) & (spread.checkpoint == row.checkpoint)] if len(spread) else spread
     if len(mine):
         out |= mine.iloc[0].drop(["dataset", "protocol", "variant", "checkpoint", "run"]).to_dict()
     note = row.get("note")
-    return out | {"source": "this study", "note": "" if pd.isna(note) else note}
+    return out | {"source": "this study", "run": row.run, "note": "" if pd.isna(note) else note}
 
 
 def speaker_independent_table(results: pd.DataFrame, speakers: pd.DataFrame, normalize: dict) -> pd.DataFrame:
@@ -126,8 +127,13 @@ def markdown_section(table: pd.DataFrame) -> list[str]:
         cells = [row.dataset, row.setting, row.model, row.variant, checkpoint, _interval(row, "war"), uar, spread]
         cells += [row.protocol, row.source]
         lines.append("| " + " | ".join("" if pd.isna(c) else str(c) for c in cells) + " |")
-    notes = [NOTES] + ([NORMALIZE_NOTE] if (table.normalisation == NORMALIZED).any() else [])
-    return lines + [""] + notes
+    return lines + [""] + section_notes(table)
+
+
+def section_notes(table: pd.DataFrame) -> list[str]:
+    """What the table says under its title: the labels, and how speaker normalisation finds a test speaker's
+    statistics where a row uses it."""
+    return [NOTES] + ([NORMALIZE_NOTE] if (table.normalisation == NORMALIZED).any() else [])
 
 
 def speakers_figure(speakers: pd.DataFrame, baseline: str, results: pd.DataFrame | None = None) -> bytes | None:

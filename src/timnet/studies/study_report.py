@@ -36,8 +36,15 @@ from ..core.published import NOT_PUBLISHED, PUBLISHED, not_comparable, number_te
 from ..core.report import png_bytes, pyplot, write_workbook
 from ..data.feature_facts import feature_facts
 from ..training.run_store import Roots, read_run_record, run_dir
-from .speaker_independent import GROUPED, NORMALIZE_NOTE, NORMALIZED, NOTES, SHEET, markdown_section, short_label
-from .speaker_independent import speaker_independent_table, speakers_figure
+from .speaker_independent import (
+    GROUPED,
+    SHEET,
+    markdown_section,
+    section_notes,
+    short_label,
+    speaker_independent_table,
+    speakers_figure,
+)
 
 CI_COLUMNS = ("t_ci_low", "t_ci_high", "corrected_t_ci_low", "corrected_t_ci_high")
 CI_NOTE = (
@@ -265,7 +272,8 @@ def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes
     ]
     for title, sheet, figure in [s for s in sections if s[1] in sheets]:
         parts += [f"<h2 id='{sheet.replace(' ', '-')}'>{title}</h2>", banner]
-        parts += [f"<p>{html.escape(note)}</p>" for note in (section_notes(sheets[sheet]) if sheet == SHEET else [])]
+        notes = [CI_NOTE, *section_notes(sheets[sheet])] if sheet == SHEET else []
+        parts += [f"<p>{html.escape(note)}</p>" for note in notes]
         if figure and figures.get(figure):
             data = base64.b64encode(figures[figure]).decode()
             parts.append(f"<img id='figure-{figure}' alt='{title}' src='data:image/png;base64,{data}'>")
@@ -273,12 +281,6 @@ def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes
         table_id = sheet.replace(" ", "-")
         parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="", table_id=table_id))
     return "\n".join(parts + ["</body></html>"])
-
-
-def section_notes(table: pd.DataFrame) -> list[str]:
-    """What the "without shared speakers" section says above its table: the CI, the labels, and how speaker
-    normalisation finds a test speaker's statistics where a row uses it."""
-    return [CI_NOTE, NOTES] + ([NORMALIZE_NOTE] if (table.normalisation == NORMALIZED).any() else [])
 
 
 def _cell(row: pd.Series, metric: str) -> str:
