@@ -28,6 +28,7 @@ from timnet.studies.speaker_independent import (
     NORMALIZED,
     RANDOM,
     SHEET,
+    console_lines,
     markdown_section,
     short_label,
     speaker_independent_table,
@@ -81,7 +82,9 @@ def test_per_corpus_settings_reach_their_corpus_and_protocol_only():
     ravdess = load_config("RAVDESS", specs["RAVDESS", "speaker"]).train
     assert (ravdess.folds, ravdess.speaker_groups, ravdess.protocol) == (6, "contiguous", "speaker")
     assert load_config("RAVDESS", specs["RAVDESS", "random"]).train.speaker_groups == "shuffled"
-    assert all(s["overrides"]["train.folds"] == 2 for s in plan_study(study, quick=True))  # --quick on top of the corpus's
+    assert all(
+        s["overrides"]["train.folds"] == 2 for s in plan_study(study, quick=True)
+    )  # --quick on top of the corpus's
     ablations = load_study(ABLATIONS)
     assert ablations["per_corpus"] == study["per_corpus"] and ablations["protocols"] == ["speaker"]
     assert ablations["checkpoints"] == study["checkpoints"] == ["last", "best-val", "best-test"]
@@ -142,6 +145,8 @@ def test_the_table_without_shared_speakers_puts_the_random_protocol_and_another_
     assert "| EMOVO | speakers held out (speaker protocol) |" in text and "| best-test (optimistic) |" in text
     assert "| 30.00 [20.00, 40.00] | 28.00 [18.00, 38.00] | 14.30 / 22.50 / 33.70 |" in text
     assert "| 57.82 |" in text and NORMALIZE_NOTE not in text and "no difference is taken" in text
+    printed = "\n".join(console_lines(table))
+    assert "ANOTHER MODEL CLASS" in printed and "57.82" in printed and "best-test (optimistic)" in printed
     normalized = speaker_independent_table(*synthetic_results("speaker"))
     assert (normalized.normalisation.dropna() == NORMALIZED).sum() == 4
     assert NORMALIZE_NOTE in "\n".join(markdown_section(normalized))
@@ -181,6 +186,9 @@ def test_the_speaker_study_end_to_end_through_the_cli(full_length_emodb):
     command = [sys.executable, "-m", "timnet.cli", "study", str(SPEAKER), "--quick", "--datasets", "EMODB"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
+    printed = done.stdout.split("without shared speakers")[1]
+    assert "best-test (optimistic)" in printed and "random protocol (speakers shared)" in printed
+    assert "ANOTHER MODEL CLASS" in printed
     (xlsx,) = (root / "Results" / "studies").glob("speaker_quick_*.xlsx")
     sheets = pd.read_excel(xlsx, sheet_name=None)
     assert list(sheets)[:2] == ["results", SHEET] and "speakers" in sheets

@@ -130,6 +130,22 @@ def markdown_section(table: pd.DataFrame) -> list[str]:
     return lines + [""] + section_notes(table)
 
 
+def console_lines(table: pd.DataFrame) -> list[str]:
+    """The table as the CLI prints it: WAR and UAR (per-fold means; a reference's UAR as published) per row."""
+    shown = pd.DataFrame(
+        {
+            "dataset": table.dataset,
+            "setting": table.setting.replace(ANOTHER_CLASS, "ANOTHER MODEL CLASS"),
+            "variant": table.variant.fillna(""),
+            "checkpoint": table.checkpoint.map(lambda c: "" if pd.isna(c) else short_label(c)),
+            "WAR": table.war_per_fold_mean.map(_number),
+            "UAR": table.uar_per_fold_mean.fillna(table.reference_uar).map(_number),
+            "model": table.model.fillna(""),
+        }
+    )
+    return ["without shared speakers (references: another model class, for context):", shown.to_string(index=False)]
+
+
 def section_notes(table: pd.DataFrame) -> list[str]:
     """What the table says under its title: the labels, and how speaker normalisation finds a test speaker's
     statistics where a row uses it."""

@@ -15,7 +15,8 @@ A study file (TOML):
     "TIM-Net" = {}
     "w/o TAB" = { "model.gate" = false }
     [set]                                      # settings of every run, e.g. { "train.epochs" = 500 }
-    [per_corpus.RAVDESS.speaker]               # settings of one corpus under one protocol, on top of [set]:
+    [per_corpus.RAVDESS.speaker]               # settings of one corpus (of datasets) under one protocol (of
+                                               # protocols), on top of [set]:
     "train.folds" = 6                          # e.g. its speaker folds (6 groups of 4 actors, in their order)
     [quick]                                    # what --quick sets on top (default: 2 folds x 3 epochs)
     [mfcc]                                     # where a corpus's features are, if not MFCC/<NAME>.npy

@@ -39,6 +39,7 @@ from ..training.run_store import Roots, read_run_record, run_dir
 from .speaker_independent import (
     GROUPED,
     SHEET,
+    console_lines,
     markdown_section,
     section_notes,
     short_label,
@@ -345,6 +346,7 @@ def study_lines(record: dict, report: dict) -> list[str]:
     results = report["tables"]["results"]
     shown = ("dataset", "protocol", "variant", "checkpoint", "folds", "war_per_fold_mean", "uar_per_fold_mean")
     lines = [results[[c for c in shown if c in results]].to_string(index=False, float_format=lambda v: f"{v:.2f}")]
+    lines += console_lines(report["tables"][SHEET]) if SHEET in report["tables"] else []
     lines += [f"missing: {m['dataset']}: {m['reason']}" for m in record["missing"]]
     wrote = f"{report['xlsx']}, {report['html']} and {report['md']}"
     return lines + [f"study {record['study']} ({mode_label(record)}): wrote {wrote}"]
