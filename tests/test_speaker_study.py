@@ -163,6 +163,7 @@ def test_the_references_are_the_issues_numbers_with_their_protocols():
     results, speakers, normalize = synthetic_results()
     emodb = speaker_independent_table(results.assign(dataset="EMODB"), speakers.assign(dataset="EMODB"), normalize)
     assert emodb.iloc[-1].setting == ANOTHER_CLASS and emodb.iloc[-1].note == "none recorded for EMODB"
+    assert f"| EMODB | {ANOTHER_CLASS} | none recorded for EMODB |" in "\n".join(markdown_section(emodb))
 
 
 @pytest.fixture(scope="module")
@@ -255,4 +256,5 @@ def test_the_speaker_ablations_pair_speaker_normalisation_with_the_plain_model(a
     assert set(held[held.variant == "TIM-Net"].normalisation) == {"none"}
     random = table[table.setting == RANDOM]
     assert len(random) == 1 and random.note.iat[0].startswith("not in this study")
+    assert f"| EMODB | {RANDOM} | not in this study (studies/speaker.toml) |" in report["md"].read_text()
     assert NORMALIZE_NOTE in report["md"].read_text() and html.escape(NORMALIZE_NOTE) in report["html"].read_text()

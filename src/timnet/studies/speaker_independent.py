@@ -124,10 +124,13 @@ def markdown_section(table: pd.DataFrame) -> list[str]:
             _number(row[f"war_speaker_{s}"]) for s in ("min", "median", "max")
         )  # fmt: skip
         checkpoint = "" if pd.isna(row.checkpoint) else short_label(row.checkpoint)
-        cells = [row.dataset, row.setting, row.model, row.variant, checkpoint, _interval(row, "war"), uar, spread]
+        model = row.note if pd.isna(row.model) else row.model  # a row with nothing but its note: the note
+        cells = [row.dataset, row.setting, model, row.variant, checkpoint, _interval(row, "war"), uar, spread]
         cells += [row.protocol, row.source]
         lines.append("| " + " | ".join("" if pd.isna(c) else str(c) for c in cells) + " |")
-    return lines + [""] + section_notes(table)
+    for note in section_notes(table):
+        lines += ["", note]
+    return lines
 
 
 def console_lines(table: pd.DataFrame) -> list[str]:
