@@ -354,3 +354,13 @@ def save_figure(fig, path: Path) -> Path:
         fig.savefig(tmp, dpi=100, format="png")
     pyplot().close(fig)
     return path
+
+
+def png_bytes(fig, dpi: int = 90) -> bytes:
+    """A figure as PNG bytes (to embed in a page), closed."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return buffer.getvalue()

@@ -15,7 +15,8 @@ A study file (TOML):
     "TIM-Net" = {}
     "w/o TAB" = { "model.gate" = false }
     [set]                                      # settings of every run, e.g. { "train.epochs" = 500 }
-    [per_corpus.RAVDESS.speaker]               # settings of one corpus under one protocol, on top of [set]:
+    [per_corpus.RAVDESS.speaker]               # settings of one corpus (of datasets) under one protocol (of
+                                               # protocols), on top of [set]:
     "train.folds" = 6                          # e.g. its speaker folds (6 groups of 4 actors, in their order)
     [quick]                                    # what --quick sets on top (default: 2 folds x 3 epochs)
     [mfcc]                                     # where a corpus's features are, if not MFCC/<NAME>.npy
@@ -64,18 +65,26 @@ def load_study(path: Path) -> dict:
     for key in ("set", "quick", "mfcc"):
         if not isinstance(data.get(key, {}), dict):
             raise TimnetError(f"{path}: [{key}] must be a table, got {data[key]!r}")
+    datasets = _strings(path, "datasets", data.get("datasets"))
+    protocols = _strings(path, "protocols", data.get("protocols", ["random"]), TrainSettings.PROTOCOLS)
     per_corpus = data.get("per_corpus", {})
+    if not isinstance(per_corpus, dict):
+        raise TimnetError(f"{path}: [per_corpus] must hold tables such as [per_corpus.EMODB.speaker]")
     for corpus, by_protocol in per_corpus.items():
         if not isinstance(by_protocol, dict) or not all(isinstance(v, dict) for v in by_protocol.values()):
             raise TimnetError(f"{path}: [per_corpus.{corpus}] must hold tables such as [per_corpus.{corpus}.speaker]")
-        _strings(path, f"per_corpus.{corpus}", list(by_protocol) or [""], TrainSettings.PROTOCOLS)
+        if corpus not in datasets:  # a typo would otherwise set nothing, silently
+            raise TimnetError(
+                f"{path}: [per_corpus.{corpus}]: {corpus!r} is not one of the datasets ({', '.join(datasets)})"
+            )
+        _strings(path, f"per_corpus.{corpus}", list(by_protocol) or [""], protocols)
     baseline = data.get("baseline", next(iter(variants)))
     if baseline not in variants:
         raise TimnetError(f"{path}: baseline {baseline!r} is not one of the variants ({', '.join(variants)})")
     return {
         "name": str(data.get("name", path.stem)),
-        "datasets": _strings(path, "datasets", data.get("datasets")),
-        "protocols": _strings(path, "protocols", data.get("protocols", ["random"]), TrainSettings.PROTOCOLS),
+        "datasets": datasets,
+        "protocols": protocols,
         "checkpoints": _strings(path, "checkpoints", data.get("checkpoints", ["last"]), TrainSettings.CHECKPOINTS),
         "baseline": baseline,
         "variants": variants,

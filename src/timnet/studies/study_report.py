@@ -11,14 +11,15 @@ run is their setting (`core.published`: corpus, audio, sample order, protocol, f
 else the reason). Each variant against the baseline on the same folds: `analysis.compare`'s paired
 statistics. Under the grouped protocols (speaker, speaker-sentence: where the spread between speakers is the finding)
 WAR and UAR per speaker, pooled over the folds that tested the speaker, seeds averaged (`metrics.speaker_table`),
-as a table and a figure. A quick study says so on every table and at the top of the page.
+as a table and a figure, and per corpus the "without shared speakers" table (`speaker_independent`): those runs beside
+the random protocol's and the published speaker-held-out references of another model class. A quick study says so
+on every table and at the top of the page; best-test is labelled optimistic wherever it is named.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from pathlib import Path
 
@@ -32,9 +33,19 @@ from ..core.config import Config
 from ..core.errors import TimnetError
 from ..core.metrics import scores, speaker_table
 from ..core.published import NOT_PUBLISHED, PUBLISHED, not_comparable, number_text, published_numbers, verdict
-from ..core.report import pyplot, write_workbook
+from ..core.report import png_bytes, pyplot, write_workbook
 from ..data.feature_facts import feature_facts
 from ..training.run_store import Roots, read_run_record, run_dir
+from .speaker_independent import (
+    GROUPED,
+    SHEET,
+    console_lines,
+    markdown_section,
+    section_notes,
+    short_label,
+    speaker_independent_table,
+    speakers_figure,
+)
 
 CI_COLUMNS = ("t_ci_low", "t_ci_high", "corrected_t_ci_low", "corrected_t_ci_high")
 CI_NOTE = (
@@ -121,7 +132,6 @@ def study_gate(record: dict, roots: Roots, entry: dict):
     return gate
 
 
-GROUPED = ("speaker", "speaker-sentence")  # the protocols whose folds are groups of speakers
 SPEAKER_COLUMNS = ["dataset", "protocol", "variant", "checkpoint", "run", "speaker", "n", "war", "uar", "folds"]
 
 
@@ -136,9 +146,22 @@ def speaker_rows(entry: dict, units: RunUnits | None, policy: str) -> list[dict]
     return [where | row for row in speaker_table(predictions).to_dict("records")]
 
 
+def run_normalize(record: dict, roots: Roots) -> dict[str, str]:
+    """Run id -> its train.normalize, as its saved config says ("" where its record cannot be read)."""
+    out = {}
+    for entry in record["runs"]:
+        try:
+            config = read_run_record(run_dir(entry["run_id"], roots.models))["config"]
+            out[entry["run_id"]] = config["train"].get("normalize", "none")
+        except (OSError, ValueError, KeyError, TimnetError):
+            out[entry["run_id"]] = ""
+    return out
+
+
 def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
-    """results (one row per run x policy), ablations (each variant against the baseline), speakers (per speaker,
-    where a run of a grouped protocol is trained), missing, runs."""
+    """results (one row per run x policy), without shared speakers (`speaker_independent`, where a run holds
+    speakers out), ablations (each variant against the baseline), speakers (per speaker, where a run of a grouped
+    protocol is trained), missing, runs."""
     definition = record["definition"]
     policies, baseline = definition["checkpoints"], definition["baseline"]
     results, ablations, speakers = [], [], []
@@ -159,22 +182,17 @@ def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
             where = {k: entry[k] for k in ("dataset", "protocol")} | {"checkpoint": POLICY_LABELS[policy]}
             for row in compared.to_dict("records"):
                 ablations.append({**where, "variant": entry["variant"], "against": baseline, **row})
-    mode = mode_label(record)
+    mode, speakers = mode_label(record), pd.DataFrame(speakers, columns=SPEAKER_COLUMNS)
+    held_out = speaker_independent_table(pd.DataFrame(results), speakers, run_normalize(record, roots))
     out = {
         "results": pd.DataFrame(results),
+        **({SHEET: held_out} if len(held_out) else {}),
         "ablations": pd.DataFrame(ablations),
-        **({"speakers": pd.DataFrame(speakers, columns=SPEAKER_COLUMNS)} if speakers else {}),
+        **({"speakers": speakers} if len(speakers) else {}),
         "missing": pd.DataFrame(record["missing"], columns=["dataset", "reason"]),
         "runs": pd.DataFrame(record["runs"]),
     }
     return {name: t.assign(mode=mode) for name, t in out.items()}
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    pyplot().close(fig)
-    return buffer.getvalue()
 
 
 def _panels(table: pd.DataFrame, width: float):
@@ -182,7 +200,7 @@ def _panels(table: pd.DataFrame, width: float):
     groups = list(table.groupby(["protocol", "checkpoint"], sort=False))
     fig, axes = pyplot().subplots(1, len(groups), figsize=(width * len(groups), 3.6), squeeze=False)
     for ax, ((protocol, checkpoint), _) in zip(axes[0], groups):
-        ax.set_title(f"{protocol} · {checkpoint.split(' (')[0]}", fontsize=9)
+        ax.set_title(f"{protocol} · {short_label(checkpoint)}", fontsize=9)
     return fig, [(ax, key, group) for ax, (key, group) in zip(axes[0], groups)]  # noqa: B905 (same length)
 
 
@@ -208,7 +226,7 @@ def results_figure(results: pd.DataFrame, baseline: str) -> bytes | None:
         ax.set_ylabel("WAR % (per-fold mean)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def ablations_figure(ablations: pd.DataFrame) -> bytes | None:
@@ -226,29 +244,7 @@ def ablations_figure(ablations: pd.DataFrame) -> bytes | None:
         ax.set_xticks(range(len(group)), labels, fontsize=7)
         ax.set_ylabel("WAR difference, points")
     fig.tight_layout()
-    return _png(fig)
-
-
-def speakers_figure(speakers: pd.DataFrame, baseline: str) -> bytes | None:
-    """WAR (bars) and UAR (dots) per speaker of the baseline variant, one panel per corpus x grouped protocol x
-    checkpoint policy; the n of each speaker under its bar."""
-    shown = speakers[speakers.variant == baseline] if len(speakers) else speakers
-    if shown.empty:
-        return None
-    groups = list(shown.groupby(["dataset", "protocol", "checkpoint"], sort=False))
-    width = max(3.0, 0.45 * shown.groupby(["dataset", "protocol", "checkpoint"]).size().max())
-    fig, axes = pyplot().subplots(1, len(groups), figsize=(width * len(groups), 3.6), squeeze=False)
-    for ax, ((dataset, protocol, checkpoint), group) in zip(axes[0], groups):  # noqa: B905 (same length)
-        x = np.arange(len(group))
-        ax.bar(x, group.war, color="C0", label="WAR")
-        ax.plot(x, group.uar, "o", color="C1", label="UAR")
-        ax.set_xticks(x, [f"{s}\nn={n:g}" for s, n in zip(group.speaker, group.n)], fontsize=7)
-        ax.set_ylim(0, 100)
-        ax.set_ylabel("% per speaker")
-        ax.set_title(f"{dataset} · {protocol} · {checkpoint.split(' (')[0]}", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes | None]) -> str:
@@ -269,18 +265,22 @@ def page(record: dict, sheets: dict[str, pd.DataFrame], figures: dict[str, bytes
     )
     sections = [
         ("Results", "results", "results"),
+        ("Without shared speakers: TIM-Net with its test speakers held out, per corpus", SHEET, "speakers"),
         ("Ablations against the baseline (paired: B − A)", "ablations", "ablations"),
-        ("Per speaker (speaker and speaker-sentence protocols)", "speakers", "speakers"),
+        ("Per speaker (speaker and speaker-sentence protocols)", "speakers", None),  # its figure: above
         ("Corpora missing on this machine", "missing", None),
         ("Runs", "runs", None),
     ]
     for title, sheet, figure in [s for s in sections if s[1] in sheets]:
-        parts += [f"<h2 id='{sheet}'>{title}</h2>", banner]
+        parts += [f"<h2 id='{sheet.replace(' ', '-')}'>{title}</h2>", banner]
+        notes = [CI_NOTE, *section_notes(sheets[sheet])] if sheet == SHEET else []
+        parts += [f"<p>{html.escape(note)}</p>" for note in notes]
         if figure and figures.get(figure):
             data = base64.b64encode(figures[figure]).decode()
             parts.append(f"<img id='figure-{figure}' alt='{title}' src='data:image/png;base64,{data}'>")
         table = sheets[sheet].drop(columns="mode")
-        parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="", table_id=sheet))
+        table_id = sheet.replace(" ", "-")
+        parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="", table_id=table_id))
     return "\n".join(parts + ["</body></html>"])
 
 
@@ -300,8 +300,9 @@ def _signed(value: float) -> str:
     return "—" if pd.isna(value) else f"{value:+.2f}"
 
 
-def markdown(record: dict, results: pd.DataFrame) -> str:
-    """The results table as Markdown, to paste beside a paper's (a README, a lab note), with the mode above it."""
+def markdown(record: dict, results: pd.DataFrame, held_out: pd.DataFrame | None = None) -> str:
+    """The results table as Markdown, to paste beside a paper's (a README, a lab note), with the mode above it; then
+    the "without shared speakers" table where the study has one."""
     head = ["dataset", "protocol", "variant", "checkpoint", "WAR % per-fold mean [95 % CI] (plain t) · pooled"]
     head += ["UAR %"]
     head += ["published WAR / UAR", "difference"]
@@ -313,10 +314,13 @@ def markdown(record: dict, results: pd.DataFrame) -> str:
         if not pd.isna(row.get("published_war", math.nan)):
             published = f"{row['published']}: {number_text(row['published_war'])} / {number_text(row['published_uar'])}"
             diff = " / ".join(_signed(row[f"{m}_minus_published"]) for m in ("war", "uar"))
-        cells = [row.dataset, row.protocol, row.variant, row.checkpoint.split(" (")[0]]
+        cells = [row.dataset, row.protocol, row.variant, short_label(row.checkpoint)]
         cells += [_cell(row, "war") or row.get("note", ""), _cell(row, "uar"), published, diff]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines + ["", CI_NOTE]) + "\n"
+    lines += ["", CI_NOTE]
+    if held_out is not None and len(held_out):
+        lines += ["", *markdown_section(held_out)]
+    return "\n".join(lines) + "\n"
 
 
 def write_report(record: dict, roots: Roots) -> dict:
@@ -326,14 +330,14 @@ def write_report(record: dict, roots: Roots) -> dict:
     figures = {
         "results": results_figure(sheets["results"], baseline),
         "ablations": ablations_figure(sheets["ablations"]),
-        "speakers": speakers_figure(sheets["speakers"], baseline) if "speakers" in sheets else None,
+        "speakers": speakers_figure(sheets["speakers"], baseline, sheets["results"]) if "speakers" in sheets else None,
     }
     folder = roots.results / "studies"
     xlsx = write_workbook(folder / f"{record['study']}.xlsx", sheets, overwrite=True)
     html_path = folder / f"{record['study']}.html"
     write_bytes(html_path, page(record, sheets, figures).encode("utf-8"))
     md_path = folder / f"{record['study']}.md"
-    write_bytes(md_path, markdown(record, sheets["results"]).encode("utf-8"))
+    write_bytes(md_path, markdown(record, sheets["results"], sheets.get(SHEET)).encode("utf-8"))
     return {"xlsx": xlsx, "html": html_path, "md": md_path, "tables": sheets}
 
 
@@ -342,6 +346,7 @@ def study_lines(record: dict, report: dict) -> list[str]:
     results = report["tables"]["results"]
     shown = ("dataset", "protocol", "variant", "checkpoint", "folds", "war_per_fold_mean", "uar_per_fold_mean")
     lines = [results[[c for c in shown if c in results]].to_string(index=False, float_format=lambda v: f"{v:.2f}")]
+    lines += console_lines(report["tables"][SHEET]) if SHEET in report["tables"] else []
     lines += [f"missing: {m['dataset']}: {m['reason']}" for m in record["missing"]]
     wrote = f"{report['xlsx']}, {report['html']} and {report['md']}"
     return lines + [f"study {record['study']} ({mode_label(record)}): wrote {wrote}"]
