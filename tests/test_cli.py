@@ -193,8 +193,8 @@ def test_choices_and_defaults_come_from_the_library():
     from timnet.core.config import TrainSettings
     from timnet.serving.loading import ENGINES
     from timnet.serving.timeline import HOP_SECONDS, SILENCE_DB
+    from timnet.training.compiling import COMPILE_MIN_EPOCHS
     from timnet.training.run import BACKENDS
-    from timnet.training.unit import COMPILE_MIN_EPOCHS
 
     expected = {
         "--protocol": (TrainSettings.PROTOCOLS, None),

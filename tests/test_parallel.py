@@ -18,7 +18,7 @@ from timnet import load_config
 from timnet.core.devices import available_cores
 from timnet.core.errors import TimnetError
 from timnet.training.pool import plan_workers
-from timnet.training.unit import should_compile
+from timnet.training.compiling import should_compile
 
 
 def test_worker_rule():

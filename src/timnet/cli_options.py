@@ -12,9 +12,9 @@ from .core.config import TrainSettings, load_config
 from .core.version import __version__
 from .serving.loading import ENGINES
 from .serving.timeline import HOP_SECONDS, SILENCE_DB
+from .training.compiling import COMPILE_MIN_EPOCHS
 from .training.device_timing import DEVICE_SECONDS
 from .training.run import BACKENDS
-from .training.unit import COMPILE_MIN_EPOCHS
 
 DEVICES = (
     "auto (training: the fastest `timnet devices` measured; else CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"

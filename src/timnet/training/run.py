@@ -49,12 +49,13 @@ from ..data.leakage import audit, leakage_line
 from ..data.shared_features import share_features, without_samples
 from ..data.splits import protocol_splits, validation_split
 from .cluster import run_units_on_ray
+from .compiling import should_compile
 from .execution import Execution
 from .packed_training import reference_model
 from .pool import plan_workers, run_units
 from .run_store import Roots, RunPaths, UnitResult, create_run, new_run_id, open_run, read_run_record, unit_name
 from .step import step_declines
-from .unit import UnitJob, should_compile
+from .unit import UnitJob
 
 
 def plan_jobs(cfg: Config, features: FeatureSet, mfcc_file: Path, paths: RunPaths, device: str) -> list[UnitJob]:

@@ -47,19 +47,13 @@ from ..data.speaker_normalization import model_inputs
 from ..model.inference import accuracy, infer
 from ..model.network import TIMNet, TIMNetConfig
 from .augmentation import augmentation_seed
+from .compiling import compiled
 from .flat_state import flatten, unflatten
 from .run_store import RunPaths, UnitResult, load_result, save_pt, save_unit
 from .state_writer import StateWriter
 from .step import class_weights, make_optimizer, make_schedule, next_epoch, unit_step
 from .trackers import Trackers
 
-# `train.compile = "auto"` compiles when one process trains at least this many epochs on that device (its
-# units one after another: the next unit reuses the compiled code). The first compile costs minutes on a CPU and
-# an epoch gains a little: it repays itself only after several hundred epochs. On CUDA the many small elementwise
-# operations are what compiling fuses. `auto` never compiles where the CPU's products go through numpy's BLAS
-# (`train.blas`): compiling puts them back on torch's, and eager training with numpy's BLAS and the CPU kernel
-# measured faster (benchmarks/results/design_measurements.md).
-COMPILE_MIN_EPOCHS = {"cpu": 1000, "cuda": 200}
 # A progress event: {"key", "event": "start" | "epoch" | "done", "epoch", "epochs", "pid", and for "epoch" the
 # history row}. Executors turn them into one progress bar (`progress.ProgressView`); `None` reports nothing.
 ProgressReport = Callable[[dict], None]
@@ -77,23 +71,6 @@ def accelerate_unit(model: TIMNet, blas: str, cfg: Config) -> tuple[str, Acceler
     kernel = t.kernel == "on" or (t.kernel == "auto" and blas == "numpy")
     recompute = lambda kernel: should_recompute(t.recompute, cfg, t.batch_size, kernel=kernel)  # noqa: E731
     return blas, accelerate(model, blas=blas, kernel=kernel, recompute=recompute)
-
-
-def should_compile(setting: str, epochs: int, device: str, units: int = 1, blas: str = "torch") -> bool:
-    """`on`, `off`, or `auto`: compile where it repays its cost (COMPILE_MIN_EPOCHS per process; never on MPS, nor
-    where the eager products use numpy's BLAS). A process compiles once: the units it trains one after another
-    (`units`) reuse the compiled code."""
-    if setting == "auto":
-        return blas == "torch" and epochs * units >= COMPILE_MIN_EPOCHS.get(device.split(":")[0], float("inf"))
-    return setting == "on"
-
-
-def compiled(model: TIMNet):
-    """torch.compile with dropout masks drawn from the eager RNG: the same draws, a resumable RNG state."""
-    import torch._inductor.config as inductor
-
-    inductor.fallback_random = True
-    return torch.compile(model)
 
 
 # classes
