@@ -127,7 +127,7 @@ def test_normalisation_makes_unseen_speakers_recognisable(mfcc, tmp_path):
         assert len(run.folds) == 2
         uar[normalize] = run.summary["uar_mean"]
     # 7 classes: chance is 14.3; the speaker offsets leave the plain model near it
-    assert uar["speaker"] >= 90 and uar["none"] <= 40, uar
+    assert uar["speaker"] >= 90 and uar["none"] <= 50 and uar["speaker"] - uar["none"] >= 40, uar
 
 
 @pytest.fixture(scope="module")
