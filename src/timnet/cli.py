@@ -287,14 +287,22 @@ def cmd_predict(args) -> None:
         tables = []
         for f in files:
             table, csv, png = write_timeline(model, f, args.out_dir, args.hop, args.silence_db)
+            _print_note(table)
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
             print(f"wrote {csv} and {png}")
             tables.append(table)
         table = pd.concat(tables, ignore_index=True)  # --csv: every file's windows in one table
     else:
         table = model.predict(files, None, args.workers, args.skip_bad, progress=not args.quiet and len(files) > 1)
+        _print_note(table)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     _write_csv(table, args.csv)
+
+
+def _print_note(table) -> None:
+    """How a speaker-normalised model took the audio (`PortableModel.given_together`), in one line."""
+    if table.attrs.get("note"):
+        print(table.attrs["note"])
 
 
 def cmd_export(args) -> None:

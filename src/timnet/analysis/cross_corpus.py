@@ -4,7 +4,9 @@ The target audio gets the MODEL's feature recipe (its rate, signal length and MF
 config's. Target labels are mapped onto the model's classes by emotion name (or `--map calm=neutral`: target class
 = model class; `--map calm=` leaves a class out); only the classes both share are scored: the model's probabilities
 of the other classes are dropped and the rest renormalised. Scores are those of the fold models' averaged
-probabilities (what `timnet predict` says); each fold model's own are in the workbook too.
+probabilities (what `timnet predict` says); each fold model's own are in the workbook too. A model trained with
+`train.normalize = speaker` reads the target's MFCCs normalised per speaker of the TARGET corpus (its own speakers'
+statistics, as a test speaker's in training).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..core.report import append_summary, config_sheet, write_workbook
 from ..data.corpora import build_manifest
 from ..data.feature_files import FeatureSet, load_features, read_feature_record
 from ..data.mfcc_extraction import extract_manifest
+from ..data.speaker_normalization import model_inputs
 from ..serving.loading import load_model
 from ..serving.portable import PortableModel
 
@@ -210,6 +213,8 @@ def evaluate_cross_corpus(
     features, skipped = found or target_features(model, target, data, workers, skip_bad, progress)
     if cache is not None:
         cache[key] = (features, skipped)
+    fix = f"the model reads MFCCs normalised per speaker: give {target.dataset.name} with a speaker in its pattern"
+    features = model_inputs(features, model.normalize, fix)  # per speaker of the target corpus
     counts = features.manifest.label.value_counts()
     table = class_table(chosen, model.classes, target.dataset.classes, counts)
     predictions, overall, conf, units = score_on(model, features, chosen, shared)
@@ -281,7 +286,12 @@ def write_cross_corpus(result: CrossCorpus, results: Path = Path("Results"), out
                 str(result.data),
                 ", ".join(result.shared),
                 "fold models' probabilities averaged, non-shared classes dropped and the rest renormalised",
-                "the model's recipe (model config below)",
+                "the model's recipe (model config below)"
+                + (
+                    "; normalised per speaker of the target corpus"
+                    if result.model_config.train.normalize != "none"
+                    else ""
+                ),
                 *(round(o[m], 2) for m in METRICS),
             ],
         }

@@ -13,6 +13,7 @@ from ..core.errors import TimnetError
 from ..core.metrics import prediction_table, scores, table_scores
 from ..data.corpora import canonical_stems
 from ..data.feature_files import FeatureSet
+from ..data.speaker_normalization import model_inputs
 from ..data.splits import canonical_positions, kfold
 from ..serving.loading import load_model
 from ..serving.portable import PortableModel
@@ -72,8 +73,10 @@ def model_test_folds(
 
 
 def evaluate_model(model: PortableModel, features: FeatureSet, seed: int | None = None) -> Evaluation:
-    """Evaluate each fold-k model (the authors' weights, usually) on the authors' fold-k test files that are present."""
+    """Evaluate each fold-k model (the authors' weights, usually) on the authors' fold-k test files that are present,
+    fed what it was trained on (`train.normalize`)."""
     config = model.config
+    features = model_inputs(features, config.train.normalize)
     tests, missing = model_test_folds(model, features, seed)
     rows, preds, embeddings = [], [], np.zeros((len(features), config.model.filters), np.float32)
     for unit in model.units:

@@ -22,6 +22,7 @@ from ..core.config import Config, load_config
 from ..core.errors import TimnetError
 from ..data.feature_files import FeatureSet, load_features
 from ..data.mfcc_extraction import load_or_extract
+from ..data.speaker_normalization import model_inputs
 from ..serving.loading import load_model
 from ..serving.portable import PortableModel
 from ..training.run_store import latest_run, read_run_record, run_dir
@@ -134,6 +135,7 @@ def run_embeddings(
         raise TimnetError(f"run {Path(run).name} has no seed {seed}; its seeds: {', '.join(map(str, seeds))}")
     model = load_model(path, fold=fold, seed=seed, engine="torch", models_root=models_root)
     features = load_features(Path(record["mfcc"]), model.config.dataset.classes)
+    features = model_inputs(features, model.config.train.normalize)  # what the run's models read
     if fold is not None:
         embeddings = model.embed(features.x)
         return (model.config, features, embeddings, _one_model_notes(fold, embeddings, features.y))
@@ -172,6 +174,7 @@ def embeddings_of(
         if features is None:
             features = load_or_extract(config, Path("MFCC") / f"{config.dataset.name}.npy")[0]
         model = load_model(Path(weights), dataset=config, fold=fold, engine="torch")
+        features = model_inputs(features, model.config.train.normalize)
         if fold is None:
             features, embeddings, notes = _held_out(features, model, model_test_folds(model, features)[0], align)
         else:

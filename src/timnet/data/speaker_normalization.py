@@ -22,15 +22,20 @@ def speaker_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > 0, std, 1.0)
 
 
-def normalize_by_speaker(x: np.ndarray, speakers: pd.Series | np.ndarray) -> np.ndarray:
-    """x [N, T, F] with each speaker's utterances standardised by `speaker_statistics` of that speaker alone."""
+NO_SPEAKER_FIX = "your corpus without a speaker in its pattern? — use train.normalize = none"
+ONE_SPEAKER = "given"  # the speaker of utterances normalised together as one (`normalize_as_one_speaker`)
+
+
+def normalize_by_speaker(x: np.ndarray, speakers: pd.Series | np.ndarray, fix: str = NO_SPEAKER_FIX) -> np.ndarray:
+    """x [N, T, F] with each speaker's utterances standardised by `speaker_statistics` of that speaker alone;
+    utterances without a speaker are refused in one line that ends with `fix`."""
     speakers = np.asarray(speakers, dtype=str)
     if len(speakers) != len(x):
         raise TimnetError(f"speaker normalisation: {len(speakers)} speakers for {len(x)} utterances")
     if (speakers == "").any():
         raise TimnetError(
             f"train.normalize = speaker needs the speaker of every utterance; {int((speakers == '').sum())} have "
-            "none (your corpus without a speaker in its pattern?) — use train.normalize = none"
+            f"none ({fix})"
         )
     out = np.empty(x.shape, dtype=np.float32)
     for speaker in np.unique(speakers):
@@ -40,8 +45,16 @@ def normalize_by_speaker(x: np.ndarray, speakers: pd.Series | np.ndarray) -> np.
     return out
 
 
-def model_inputs(features: FeatureSet, normalize: str) -> FeatureSet:
-    """The features a model of `train.normalize` reads: as computed (none), or normalised per speaker."""
+def normalize_as_one_speaker(x: np.ndarray) -> np.ndarray:
+    """x [N, T, F] standardised with the statistics of all of its frames: utterances taken as one speaker's (the
+    files `timnet predict` is given together, the windows of one recording)."""
+    return normalize_by_speaker(x, np.full(len(x), ONE_SPEAKER))
+
+
+def model_inputs(features: FeatureSet, normalize: str, fix: str = NO_SPEAKER_FIX) -> FeatureSet:
+    """The features a model of `train.normalize` reads: as computed (none, the very object), or normalised per
+    speaker of `features` (its manifest's `speaker`; none there: one line ending with `fix`)."""
     if normalize == "none":
         return features
-    return dataclasses.replace(features, x=normalize_by_speaker(features.x, features.manifest.speaker))
+    speakers = features.manifest["speaker"] if "speaker" in features.manifest else np.full(len(features), "")
+    return dataclasses.replace(features, x=normalize_by_speaker(features.x, speakers, fix))

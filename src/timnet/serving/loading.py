@@ -129,6 +129,11 @@ def weights_model(
             'for — e.g. --dataset EMODB, or dataset="EMODB" in Python'
         )
     config = dataset if isinstance(dataset, Config) else load_config(dataset, {"train.checkpoint": "best-test"})
+    if config.train.normalize != "none":
+        raise TimnetError(
+            f"{path.name}: the authors' weights read MFCCs as computed, not train.normalize = "
+            f"{config.train.normalize} — give the dataset with train.normalize = none"
+        )
     kfold = seed_from_name(path)
     found = fold_weights(path)
     units = select_units([Unit(f"fold_{k}", k, kfold) for k in found], fold, seed, str(path))

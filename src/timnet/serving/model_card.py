@@ -30,6 +30,7 @@ def card_data(config: Config, models: dict[str, TIMNet], folds: list[dict], prov
         "architecture": architecture,
         "classes": list(config.dataset.classes),
         "features": {**asdict(config.features), "frames": config.features.frames},
+        "inputs": {"normalize": config.train.normalize, "mfcc": inputs_text(config.train.normalize)},
         "protocol": config.train.protocol,
         "checkpoint": config.train.checkpoint_label,
         "optimistic": config.train.optimistic,
@@ -39,6 +40,18 @@ def card_data(config: Config, models: dict[str, TIMNet], folds: list[dict], prov
         "provenance": provenance,
         "config": config.to_dict(),
     }
+
+
+def inputs_text(normalize: str) -> str:
+    """What the fold models (their ONNX graphs too) read, and how `timnet predict` makes it from audio."""
+    if normalize == "none":
+        return "MFCCs [N, T, F] as computed by the feature recipe (`timnet predict` computes them from audio)"
+    return (
+        "speaker-normalised MFCCs [N, T, F] (train.normalize = speaker): each coefficient minus its mean, divided by "
+        "its std (1 where it never varies), both over all frames of all utterances of ONE speaker; `timnet predict` "
+        "takes the files given together as one speaker (give several of one speaker), while a caller of the ONNX "
+        "graphs or `predict_proba` normalises per speaker first (`PortableModel.inputs`)"
+    )
 
 
 def percent(metrics: dict, key: str) -> str:
@@ -92,6 +105,7 @@ def model_card(card: dict) -> str:
         f"- Protocol: {protocol}; {cfg['train']['folds']} folds, checkpoint: {card['checkpoint']}.",
         f"- Features: {f['n_mfcc']} MFCCs of {seconds:.2f} s of audio at "
         f"{f['sample_rate']} Hz (resampler {f['res_type']}), longer files centre-cropped, shorter zero-padded.",
+        f"- Model inputs (the ONNX graphs' `mfcc` too): {inputs_text(cfg['train'].get('normalize', 'none'))}.",
         "",
         "## Numbers",
         f"{m['source'].capitalize()}: WAR {percent(m, 'war')} %, UAR {percent(m, 'uar')} %"

@@ -4,6 +4,7 @@
                              policy, per-fold and mean ± std metrics, provenance, timnet version, ONNX check
     <DIR>/model.safetensors  every fold model's weights, keys `<unit>.<parameter>` (`fold_3.classifier.weight`)
     <DIR>/onnx/<unit>.onnx   one graph per fold model: mfcc [N, T, F] -> probabilities [N, K], embedding [N, C]
+                             (mfcc: what the model reads, config.json's `inputs`: as computed, or speaker-normalised)
     <DIR>/README.md          the model card
 
 Only the names and the (de)serialisation live here, so reading a folder never imports the ONNX writer.

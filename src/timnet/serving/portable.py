@@ -2,9 +2,14 @@
 by onnxruntime with the same answers. Make one with `timnet.load_model` (any source: `loading`).
 
 model.predict(["a.wav", "b.wav"])        # the table `timnet predict` prints
-model.predict_proba(mfcc)                # [N, T, F] float32 -> [N, K], mean over the fold models
+model.inputs(mfcc)                       # what the model reads: as computed, or normalised as one speaker
+model.predict_proba(mfcc)                # [N, T, F] model inputs -> [N, K], mean over the fold models
 model.embed(mfcc)                        # [N, C] penultimate layer (one fold model's)
 model.unit_outputs("fold_3", mfcc)       # one fold model's (probabilities, embeddings), e.g. on its test files
+
+A model trained with `train.normalize = speaker` reads each speaker's MFCCs standardised by that speaker's own
+statistics: `predict` (and `timeline`) take the audio given together as one speaker's and say so in the table's
+`attrs["note"]`; `predict_proba`, `embed` and the ONNX graphs take MFCCs already so normalised (`inputs`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import pandas as pd
 from ..core.config import Config
 from ..core.errors import BadAudioError, TimnetError
 from ..data.mfcc_extraction import extract_many
+from ..data.speaker_normalization import normalize_as_one_speaker, normalize_by_speaker
 from ..model.inference import infer
 from ..model.network import TIMNet
 from .model_folder import ONNX_INPUT, ONNX_OUTPUTS
@@ -132,6 +138,36 @@ class PortableModel:
             )
         return self.runner.models
 
+    @property
+    def normalize(self) -> str:
+        """What the model reads (`train.normalize`): MFCCs as computed (none), or normalised per speaker."""
+        return self.config.train.normalize
+
+    def inputs(self, mfcc, speakers=None) -> np.ndarray:
+        """MFCCs [N, T, F] as the model reads them: as computed (normalize none: the very array), or each speaker's
+        standardised by their own statistics (`speakers`: one per utterance; None: all of one speaker)."""
+        x = self._check(mfcc)
+        if self.normalize == "none":
+            return x
+        return normalize_as_one_speaker(x) if speakers is None else normalize_by_speaker(x, speakers)
+
+    def given_together(self, mfcc, what: str = "file", where: str = "given") -> tuple[np.ndarray, str | None]:
+        """(model inputs of utterances given together, the line that says how they were normalised, or None): a
+        speaker-normalised model takes them as ONE speaker; from one utterance alone it warns (weak statistics)."""
+        x = self.inputs(mfcc)
+        if self.normalize == "none" or not len(x):
+            return x, None
+        if len(x) == 1:
+            warnings.warn(
+                f"speaker-normalised model: the statistics of one {what} alone are weak; give several of the "
+                "same speaker together",
+                stacklevel=3,
+            )
+        return x, (
+            f"speaker-normalised model: the {len(x)} {what}s {where} are normalised together as one speaker (the mean "
+            "and std of each coefficient over all their frames)"
+        )
+
     def _check(self, mfcc) -> np.ndarray:
         x = np.asarray(mfcc, dtype=np.float32)
         f = self.config.features.n_mfcc
@@ -157,7 +193,8 @@ class PortableModel:
         return [u.name for u in select_units(self.unit_list, fold, source=self.source)]
 
     def predict_proba(self, mfcc, fold: int | None = None) -> np.ndarray:
-        """[N, T, F] MFCCs -> [N, K] class probabilities: the mean over the fold models (or fold `fold`'s)."""
+        """[N, T, F] model inputs (`inputs`) -> [N, K] class probabilities: the mean over the fold models (or fold
+        `fold`'s)."""
         probs, _ = self.fold_outputs(mfcc, self.chosen(fold))
         return probs.mean(1)
 
@@ -188,11 +225,13 @@ class PortableModel:
     def predict(
         self, files, fold: int | None = None, workers: int | None = None, skip_bad: bool = False, progress: bool = False
     ) -> pd.DataFrame:
-        """Audio files -> a table: file, predicted emotion, its probability, the probability of every class."""
+        """Audio files -> a table: file, predicted emotion, its probability, the probability of every class; a
+        speaker-normalised model takes the files as one speaker's and says so in `attrs["note"]`."""
         files = [Path(f) for f in files]
         if not files:
             raise TimnetError("no audio files given")
         x, kept = self.features(files, workers, skip_bad, progress)
+        x, note = self.given_together(x)
         probs = self.predict_proba(x, fold) if len(kept) else np.zeros((0, len(self.classes)), np.float32)
         table = pd.DataFrame(
             {
@@ -203,6 +242,8 @@ class PortableModel:
         )
         for c, name in enumerate(self.classes):
             table[name] = probs[:, c]
+        if note:
+            table.attrs["note"] = note
         return table
 
 

@@ -3,7 +3,8 @@
 The models (read by `timnet.load_model`): an exported folder or hub id (`model=`, torch or onnxruntime), a
 training run (`run=`) or the authors' published fold weights (`weights=` + `dataset=`). The fold models' class
 probabilities are averaged, or one fold is used (`fold=k`), which then equals that fold's evaluation output
-for its test files.
+for its test files. A model trained with `train.normalize = speaker` takes the files given together as ONE
+speaker (their own statistics over all their frames) and says so (the table's `attrs["note"]`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Each window gets the same recipe as a training utterance (MFCCs of exactly `signal_length` samples), so
 the model sees what it was trained on; a window quieter than `silence_db` (RMS, dBFS) is marked `silent`
-and not classified. Output: one row per window (file, start, end, emotion, probability, one column per
-class) as CSV, and a PNG of the probabilities over time above the waveform.
+and not classified. A speaker-normalised model (`train.normalize = speaker`) takes the classified windows of
+one recording as one speaker's (the table's `attrs["note"]` says so). Output: one row per window (file, start,
+end, emotion, probability, one column per class) as CSV, and a PNG of the probabilities over time above the
+waveform.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def window_starts(n_samples: int, length: int, hop: int) -> list[int]:
 def timeline(
     model: PortableModel, path: Path, hop: float = HOP_SECONDS, silence_db: float = SILENCE_DB
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """(one row per window, the signal at the model's rate) for one audio file."""
+    """(one row per window, the signal at the model's rate) for one audio file; a speaker-normalised model
+    normalises its classified windows together, as one speaker (`attrs["note"]`)."""
     if hop <= 0:
         raise TimnetError(f"--hop {hop}: the hop between windows must be a positive number of seconds")
     settings = model.config.features
@@ -47,8 +50,10 @@ def timeline(
     rms = np.array([np.sqrt(np.mean(np.square(w[: min(length, len(signal))], dtype=np.float64))) for w in windows])
     silent = 20 * np.log10(np.maximum(rms, 1e-12)) < silence_db
     probs = np.full((len(starts), len(model.classes)), np.nan, np.float32)
+    note = None
     if not silent.all():
         x = np.stack([compute_mfcc(w, settings) for w, quiet in zip(windows, silent) if not quiet])
+        x, note = model.given_together(x, "window", f"of {Path(path).name}")
         probs[~silent] = model.predict_proba(x)
     table = pd.DataFrame(
         {
@@ -63,6 +68,8 @@ def timeline(
     )
     for c, name in enumerate(model.classes):
         table[name] = probs[:, c]
+    if note:
+        table.attrs["note"] = note
     return table, signal
 
 
