@@ -17,8 +17,8 @@ from conftest import SHORT, UNINTERRUPTED, assert_same_units, pool_workers_of, r
 from timnet import load_config
 from timnet.core.devices import available_cores
 from timnet.core.errors import TimnetError
-from timnet.training.pool import plan_workers
 from timnet.training.compiling import should_compile
+from timnet.training.pool import plan_workers
 
 
 def test_worker_rule():
