@@ -270,19 +270,11 @@ def test_an_augmented_run_killed_and_resumed_is_exact(tmp_path, mfcc):
 def test_augmented_units_train_the_same_pooled_and_packed_as_alone(tmp_path, mfcc):
     """Every augmentation on, 3 folds: in 2 worker processes bit for bit what one process trains; packed, the same
     epochs' validation accuracies and predictions, losses and weights to float32 rounding (tests/test_packed.py)."""
-    from test_packed import relative_gap, unit_weights
+    from test_packed import assert_packed_like_alone
 
     common = dict(folds=3, epochs=3, batch_size=16, checkpoint="best-val", **AUGMENT)
     alone = train(tmp_path / "alone", mfcc, pack="1", **common)
     pooled = train(tmp_path / "pooled", mfcc, pack="1", workers=2, **common)
     packed = train(tmp_path / "packed", mfcc, pack="3", **common)
-    a_dir = tmp_path / "alone" / "Models" / alone.run_id
-    assert_same_units(a_dir, tmp_path / "pooled" / "Models" / pooled.run_id)
-    assert alone.predictions.predicted.tolist() == packed.predictions.predicted.tolist()
-    p_dir = tmp_path / "packed" / "Models" / packed.run_id
-    for unit in ("fold_1", "fold_2", "fold_3"):
-        assert relative_gap(unit_weights(a_dir, unit), unit_weights(p_dir, unit)) < 1e-2, unit
-        a_log = pd.read_csv(tmp_path / "alone" / "logs" / alone.run_id / f"{unit}.csv")
-        p_log = pd.read_csv(tmp_path / "packed" / "logs" / packed.run_id / f"{unit}.csv")
-        assert (a_log.val_acc == p_log.val_acc).all(), unit
-        assert ((a_log.loss - p_log.loss).abs() / a_log.loss).max() < 2e-3, unit
+    assert_same_units(tmp_path / "alone" / "Models" / alone.run_id, tmp_path / "pooled" / "Models" / pooled.run_id)
+    assert_packed_like_alone(tmp_path, alone, packed)

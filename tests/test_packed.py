@@ -32,6 +32,19 @@ def unit_weights(run_dir, unit: str) -> dict:
     return torch.load(run_dir / f"{unit}.pt", weights_only=True)["state_dict"]
 
 
+def assert_packed_like_alone(tmp_path, alone, packed, units=("fold_1", "fold_2", "fold_3")) -> None:
+    """A run trained packed (under tmp_path/packed) against the same run alone (tmp_path/alone): the same
+    predictions and validation accuracies each epoch, losses and weights to float32 rounding (which Adam amplifies)."""
+    assert alone.predictions.predicted.tolist() == packed.predictions.predicted.tolist()
+    a_dir, p_dir = tmp_path / "alone" / "Models" / alone.run_id, tmp_path / "packed" / "Models" / packed.run_id
+    for unit in units:
+        assert relative_gap(unit_weights(a_dir, unit), unit_weights(p_dir, unit)) < 1e-2, unit
+        a_log = pd.read_csv(tmp_path / "alone" / "logs" / alone.run_id / f"{unit}.csv")
+        p_log = pd.read_csv(tmp_path / "packed" / "logs" / packed.run_id / f"{unit}.csv")
+        assert (a_log.val_acc == p_log.val_acc).all(), unit
+        assert ((a_log.loss - p_log.loss).abs() / a_log.loss).max() < 2e-3, unit
+
+
 def test_resolve_pack_auto_packs_accelerators_only():
     assert resolve_pack("auto", "cpu", 10) == 1
     assert resolve_pack("auto", "cuda:0", 10) == 10 and resolve_pack("auto", "mps", 4) == 4

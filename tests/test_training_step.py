@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -209,20 +208,13 @@ def test_a_packed_run_with_every_step_setting_equals_its_units_alone(tmp_path, m
     """Through `timnet train`'s own machinery (`training.packed_training`): AdamW with weight decay, balanced class
     weights and a step schedule changing every epoch, 3 folds packed and alone: the same epochs' losses (float32
     rounding, which Adam amplifies: tests/test_packed.py), the same validation accuracies and predictions."""
-    from test_packed import relative_gap, unit_weights
+    from test_packed import assert_packed_like_alone
 
     step = {"optimizer": "adamw", "weight_decay": 0.01, "class_weights": "balanced", "lr_schedule": "step"}
     common = dict(folds=3, epochs=3, batch_size=16, checkpoint="best-val", lr_step_size=1, lr_gamma=0.5, **step)
     alone = train(tmp_path / "alone", mfcc, pack="1", **common)
     packed = train(tmp_path / "packed", mfcc, pack="3", **common)
-    assert alone.predictions.predicted.tolist() == packed.predictions.predicted.tolist()
-    a_dir, p_dir = tmp_path / "alone" / "Models" / alone.run_id, tmp_path / "packed" / "Models" / packed.run_id
-    for unit in ("fold_1", "fold_2", "fold_3"):
-        assert relative_gap(unit_weights(a_dir, unit), unit_weights(p_dir, unit)) < 1e-2, unit
-        a_log = pd.read_csv(tmp_path / "alone" / "logs" / alone.run_id / f"{unit}.csv")
-        p_log = pd.read_csv(tmp_path / "packed" / "logs" / packed.run_id / f"{unit}.csv")
-        assert (a_log.val_acc == p_log.val_acc).all(), unit
-        assert ((a_log.loss - p_log.loss).abs() / a_log.loss).max() < 2e-3, unit
+    assert_packed_like_alone(tmp_path, alone, packed)
 
 
 @pytest.mark.slow

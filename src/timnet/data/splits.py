@@ -167,37 +167,27 @@ def make_splits(
     seed: int,
     contiguous: bool = False,
 ) -> list[Split]:
-    """The units' parts for a protocol (`TrainSettings.PROTOCOLS`); IEMOCAP's speaker protocol is
-    leave-one-session-out. The sentence protocols need the manifest's `sentence` column (`corpora.sentences`)."""
-    if protocol == "speaker-sentence":
-        sentence = manifest["sentence"] if "sentence" in manifest else pd.Series("", index=manifest.index)
+    """The units' parts for a protocol (`TrainSettings.PROTOCOLS`), in unit order; IEMOCAP's speaker protocol is
+    leave-one-session-out. The sentence protocols need the manifest's `sentence` column (`corpora.sentences`);
+    `contiguous`: speakers grouped in their order, not shuffled (`group_chunks`)."""
+    sentence = manifest["sentence"] if "sentence" in manifest else pd.Series("", index=manifest.index)
+    if protocol == "random":
+        folds = random_folds(manifest.stem, canonical, n_splits, seed)
+    elif protocol == "speaker":
+        use_sessions = "session" in manifest and (manifest.session.astype(str) != "").all()
+        folds = speaker_folds(manifest.session if use_sessions else manifest.speaker, n_splits, seed, contiguous)
+    elif protocol == "sentence":
+        folds = group_folds(sentence, n_splits, seed, "sentence")
+    elif protocol == "speaker-sentence":
         return speaker_sentence_cells(manifest.speaker, sentence, n_splits, seed, contiguous)
-    folds = make_folds(protocol, manifest, canonical, n_splits, seed, contiguous)
+    else:
+        raise invalid("train.protocol", f"one of {', '.join(TrainSettings.PROTOCOLS)}", protocol)
     return [Split(k, 0, train, test) for k, (train, test) in enumerate(folds, start=1)]
 
 
-def make_folds(
-    protocol: str,
-    manifest: pd.DataFrame,
-    canonical: pd.DataFrame | None,
-    n_splits: int,
-    seed: int,
-    contiguous: bool = False,
-) -> list[Fold]:
-    """The (train, test) parts of every unit of a protocol, in unit order (`make_splits` says which fold and cell
-    each is); `contiguous`: speakers grouped in their order, not shuffled (`group_chunks`)."""
-    if protocol == "random":
-        return random_folds(manifest.stem, canonical, n_splits, seed)
-    sentence = manifest["sentence"] if "sentence" in manifest else pd.Series("", index=manifest.index)
-    if protocol == "speaker":
-        use_sessions = "session" in manifest and (manifest.session.astype(str) != "").all()
-        return speaker_folds(manifest.session if use_sessions else manifest.speaker, n_splits, seed, contiguous)
-    if protocol == "sentence":
-        return group_folds(sentence, n_splits, seed, "sentence")
-    if protocol == "speaker-sentence":
-        cells = speaker_sentence_cells(manifest.speaker, sentence, n_splits, seed, contiguous)
-        return [(s.train, s.test) for s in cells]
-    raise invalid("train.protocol", f"one of {', '.join(TrainSettings.PROTOCOLS)}", protocol)
+def make_folds(protocol: str, manifest: pd.DataFrame, canonical, n_splits: int, seed: int, contiguous=False) -> list:
+    """The (train, test) parts of `make_splits`'s units, in unit order."""
+    return [(s.train, s.test) for s in make_splits(protocol, manifest, canonical, n_splits, seed, contiguous)]
 
 
 def check_protocol(cfg: Config) -> None:
