@@ -183,6 +183,9 @@ def test_report_only_reports_the_units_trained_so_far_and_trains_none(quick_stud
     assert not (copy.models / run / "fold_2.pt").exists()
     results = partial["tables"]["results"]
     assert (results[results.run == run].units == 1).all() and (results[results.run != run].units == 2).all()
+    assert set(results[results.run == run].trained) == {"PARTIAL: 1 of 2 folds"}
+    assert set(results[results.run != run].trained) == {"complete"}
+    assert f"**Not complete** (resume the study): {run} PARTIAL: 1 of 2 folds" in partial["md"].read_text()
     with pytest.raises(TimnetError, match=r"^--report-only needs --resume ID"):
         run_study(study_file(tmp_path, "x.npy"), how=how, report_only=True)
 

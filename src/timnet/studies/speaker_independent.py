@@ -19,7 +19,8 @@ RANDOM = "random protocol (speakers shared)"
 TIMNET = "TIM-Net (trained from scratch on MFCCs)"
 NORMALIZED = "per speaker (a test speaker's statistics from their own unlabelled test audio)"
 METRICS = ("war", "uar")
-COLUMNS = ["dataset", "setting", "model", "variant", "checkpoint", "normalisation", "folds"]
+KEPT = ("folds", "trained")  # columns of a results row the table keeps as they are
+COLUMNS = ["dataset", "setting", "model", "variant", "checkpoint", "normalisation", "folds", "trained"]
 COLUMNS += [f"{m}_{c}" for m in METRICS for c in ("per_fold_mean", "corrected_t_ci_low", "corrected_t_ci_high")]
 COLUMNS += ["speakers"] + [f"{m}_speaker_{s}" for m in METRICS for s in ("min", "median", "max")]
 COLUMNS += ["reference_uar", "protocol", "source", "run", "note"]
@@ -63,7 +64,7 @@ def _timnet_row(row: pd.Series, setting: str, spread: pd.DataFrame, normalize: d
     folds = row.get("folds")
     out |= {"checkpoint": row.checkpoint, "protocol": row.protocol + ("" if pd.isna(folds) else f" ({folds:g} folds)")}
     out["normalisation"] = NORMALIZED if normalize.get(row.run) == "speaker" else normalize.get(row.run, "")
-    out |= {c: row.get(c) for c in COLUMNS if c.endswith(("per_fold_mean", "_ci_low", "_ci_high")) or c == "folds"}
+    out |= {c: row.get(c) for c in COLUMNS if c.endswith(("per_fold_mean", "_ci_low", "_ci_high")) or c in KEPT}
     mine = spread[(spread.run == row.run) & (spread.checkpoint == row.checkpoint)] if len(spread) else spread
     if len(mine):
         out |= mine.iloc[0].drop(["dataset", "protocol", "variant", "checkpoint", "run"]).to_dict()
@@ -143,7 +144,8 @@ def console_lines(table: pd.DataFrame) -> list[str]:
             "checkpoint": table.checkpoint.map(lambda c: "" if pd.isna(c) else short_label(c)),
             "WAR": table.war_per_fold_mean.map(_number),
             "UAR": table.uar_per_fold_mean.fillna(table.reference_uar).map(_number),
-            "model": table.model.fillna(""),
+            "model": table.model.fillna(table.note).fillna(""),  # what a row without a model says instead
+            "trained": table.trained.fillna(""),
         }
     )
     return ["without shared speakers (references: another model class, for context):", shown.to_string(index=False)]

@@ -77,11 +77,26 @@ def _read(roots: Roots, entry: dict, policy: str) -> RunUnits | None:
         return None
 
 
-def result_row(entry: dict, units: RunUnits | None, policy: str, baseline: str, gate) -> dict:
+def planned_folds(roots: Roots, entry: dict) -> int | None:
+    """How many folds the run of `entry` has (its record's units), None where the record cannot be read."""
+    try:
+        return len({unit["fold"] for unit in read_run_record(run_dir(entry["run_id"], roots.models))["folds"]})
+    except (OSError, ValueError, KeyError, TimnetError):
+        return None
+
+
+def trained_label(units: RunUnits | None, planned: int | None) -> str:
+    """complete, or PARTIAL: k of n folds (a study still training, reported with --report-only)."""
+    if units is None:
+        return "not trained yet"
+    return "complete" if planned is None or units.folds >= planned else f"PARTIAL: {units.folds} of {planned} folds"
+
+
+def result_row(entry: dict, units: RunUnits | None, policy: str, baseline: str, gate, planned=None) -> dict:
     """One run at one checkpoint policy: per-fold mean with CI, pooled, and the published number it compares to
-    (`gate`: `study_gate`'s, the reasons it may not)."""
+    (`gate`: `study_gate`'s, the reasons it may not); `trained`: whether all `planned` folds are in it."""
     row = {"dataset": entry["dataset"], "protocol": entry["protocol"], "variant": entry["variant"]}
-    row |= {"checkpoint": POLICY_LABELS[policy], "run": entry["run_id"]}
+    row |= {"checkpoint": POLICY_LABELS[policy], "run": entry["run_id"], "trained": trained_label(units, planned)}
     if units is None:
         return row | {"units": 0, "note": "not trained yet (resume the study)"}
     row["units"], row["folds"] = len(units.metrics), units.folds
@@ -168,7 +183,8 @@ def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
     for policy in policies:
         read = {e["run_id"]: _read(roots, e, policy) for e in record["runs"]}
         results += [
-            result_row(e, read[e["run_id"]], policy, baseline, study_gate(record, roots, e)) for e in record["runs"]
+            result_row(e, read[e["run_id"]], policy, baseline, study_gate(record, roots, e), planned_folds(roots, e))
+            for e in record["runs"]
         ]
         speakers += [row for e in record["runs"] for row in speaker_rows(e, read[e["run_id"]], policy)]
         for entry in record["runs"]:
@@ -306,7 +322,13 @@ def markdown(record: dict, results: pd.DataFrame, held_out: pd.DataFrame | None 
     head = ["dataset", "protocol", "variant", "checkpoint", "WAR % per-fold mean [95 % CI] (plain t) · pooled"]
     head += ["UAR %"]
     head += ["published WAR / UAR", "difference"]
-    lines = [f"Study `{record['study']}` ({mode_label(record)})", "", "| " + " | ".join(head) + " |"]
+    lines = [f"Study `{record['study']}` ({mode_label(record)})", ""]
+    if "trained" in results and (partial := results[results.trained.str.startswith("PARTIAL")]).size:
+        lines += [
+            f"**Not complete** (resume the study): {', '.join(sorted(set(partial.run + ' ' + partial.trained)))}",
+            "",
+        ]
+    lines += ["| " + " | ".join(head) + " |"]
     lines.append("|" + "---|" * len(head))
     for _, row in results.iterrows():
         published, diff = row.get("published", ""), ""
@@ -344,7 +366,7 @@ def write_report(record: dict, roots: Roots) -> dict:
 def study_lines(record: dict, report: dict) -> list[str]:
     """The study as the CLI prints it: the numbers per run and policy, what is missing, where the report is."""
     results = report["tables"]["results"]
-    shown = ("dataset", "protocol", "variant", "checkpoint", "folds", "war_per_fold_mean", "uar_per_fold_mean")
+    shown = ("dataset", "protocol", "variant", "checkpoint", "trained", "war_per_fold_mean", "uar_per_fold_mean")
     lines = [results[[c for c in shown if c in results]].to_string(index=False, float_format=lambda v: f"{v:.2f}")]
     lines += console_lines(report["tables"][SHEET]) if SHEET in report["tables"] else []
     lines += [f"missing: {m['dataset']}: {m['reason']}" for m in record["missing"]]
