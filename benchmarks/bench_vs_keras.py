@@ -176,7 +176,7 @@ def paper_compile() -> str:
     train ceil(10 / workers) units of 500 epochs, compiled once per worker)."""
     from timnet.accel.blas import resolve_blas
     from timnet.training.pool import plan_workers
-    from timnet.training.unit import should_compile
+    from timnet.training.compiling import should_compile
 
     workers, _ = plan_workers(PAPER_FOLDS, "cpu")
     units, blas = -(-PAPER_FOLDS // workers), resolve_blas("auto", "cpu")

@@ -140,7 +140,7 @@ def test_toml_comments_say_what_the_code_does():
     """The compile setting's comment (beside its default, in core/train_settings.py) quotes the thresholds the code
     uses (it once said 200 for every device); the TOMLs hold only what differs for their corpus."""
     import timnet.core.train_settings
-    from timnet.training.unit import COMPILE_MIN_EPOCHS
+    from timnet.training.compiling import COMPILE_MIN_EPOCHS
 
     cpu, cuda = COMPILE_MIN_EPOCHS["cpu"], COMPILE_MIN_EPOCHS["cuda"]
     said = f"auto (a worker's units together, of >= {cpu} epochs on CPU, >= {cuda} on CUDA)"
