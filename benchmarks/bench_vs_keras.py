@@ -175,8 +175,8 @@ def paper_compile() -> str:
     """`on` or `off`: what `--compile auto` chooses for the paper protocol on this machine (its workers each
     train ceil(10 / workers) units of 500 epochs, compiled once per worker)."""
     from timnet.accel.blas import resolve_blas
-    from timnet.training.pool import plan_workers
     from timnet.training.compiling import should_compile
+    from timnet.training.pool import plan_workers
 
     workers, _ = plan_workers(PAPER_FOLDS, "cpu")
     units, blas = -(-PAPER_FOLDS // workers), resolve_blas("auto", "cpu")

@@ -145,7 +145,7 @@ def console_lines(table: pd.DataFrame) -> list[str]:
             "WAR": table.war_per_fold_mean.map(_number),
             "UAR": table.uar_per_fold_mean.fillna(table.reference_uar).map(_number),
             "model": table.model.fillna(table.note).fillna(""),  # what a row without a model says instead
-            "trained": table.trained.fillna(""),
+            "trained": table.trained.astype(object).fillna(""),
         }
     )
     return ["without shared speakers (references: another model class, for context):", shown.to_string(index=False)]
