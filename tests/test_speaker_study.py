@@ -245,3 +245,21 @@ def test_the_speaker_ablations_pair_speaker_normalisation_with_the_plain_model(a
     assert len(random) == 1 and random.note.iat[0].startswith("not in this study")
     assert f"| EMODB | {RANDOM} | not in this study (studies/speaker.toml) |" in report["md"].read_text()
     assert NORMALIZE_NOTE in report["md"].read_text() and html.escape(NORMALIZE_NOTE) in report["html"].read_text()
+
+
+@pytest.mark.slow
+def test_runs_trained_apart_are_reported_as_the_study_they_are(ablations_study):
+    roots, record, _ = ablations_study
+    runs = {r["variant"]: r["run_id"] for r in record["runs"]}
+    pair = {"TIM-Net": runs["TIM-Net"], "speaker norm": runs["speaker norm"]}
+    how = Execution(roots, device="cpu", workers=1, threads=1, progress=False)
+    adopted, report = run_study(ABLATIONS, how=how, report_only=True, adopt=pair)
+    assert adopted["adopted"] and adopted["quick"] and adopted["study"].startswith("speaker-ablations_quick_")
+    assert {r["run_id"] for r in adopted["runs"]} == set(pair.values())
+    assert list(adopted["definition"]["variants"]) == ["TIM-Net", "speaker norm"]
+    ablations = report["tables"]["ablations"]
+    assert set(ablations.variant) == {"speaker norm"} and len(ablations) == 3 * 2
+    with pytest.raises(TimnetError, match=r"^run .*: train.normalize = 'none', but .* sets 'speaker' for speaker norm"):
+        run_study(ABLATIONS, how=how, report_only=True, adopt={"speaker norm": runs["TIM-Net"]})
+    with pytest.raises(TimnetError, match=r"^--run w/o TAB=\.\.\.: not a variant of"):
+        run_study(ABLATIONS, how=how, report_only=True, adopt={"w/o TAB": runs["TIM-Net"]})

@@ -206,13 +206,22 @@ def cmd_sweep(args) -> None:
     print(f"sweep {record['sweep']}: {len(table)} runs; wrote {workbook} and {len(table)} rows of the summary workbook")
 
 
+def _variant_run(text: str) -> tuple[str, str]:
+    variant, sep, run = text.partition("=")
+    if not sep or not variant or not run:
+        raise TimnetError(f"--run {text}: give VARIANT=RUN, e.g. --run 'speaker norm=EMODB_speaker_best-val_<time>'")
+    return variant, run
+
+
 def cmd_study(args) -> None:
     from .studies.study import run_study
     from .studies.study_report import study_lines
 
     if (args.study is None) == (args.resume is None):
         raise TimnetError("give a study file (timnet study studies/paper.toml) or --resume ID")
-    record, report = run_study(args.study, args.resume, args.quick, vars(args), _execution(args), args.report_only)
+    adopt = dict(_variant_run(text) for text in args.run or [])
+    how = _execution(args)
+    record, report = run_study(args.study, args.resume, args.quick, vars(args), how, args.report_only, adopt)
     print("\n".join(study_lines(record, report)))
 
 

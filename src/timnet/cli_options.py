@@ -280,6 +280,12 @@ def _add_study_commands(sub) -> None:
     p.add_argument(
         "--report-only", action="store_true", help="with --resume: the report of the units trained so far, no training"
     )
+    p.add_argument(
+        "--run",
+        action="append",
+        metavar="VARIANT=RUN",
+        help="runs trained apart, one per variant (repeatable): the study file's runs, reported as one study",
+    )
     _many_runs_args(p)
 
 

@@ -36,7 +36,7 @@ from ..core.errors import TimnetError
 from ..data.splits import check_protocol
 from ..training.execution import Execution
 from ..training.run import prepare_run
-from ..training.run_store import Roots
+from ..training.run_store import Roots, read_run_record, run_dir
 from .study_report import write_report
 from .sweep import reopen_runs, train_runs
 
@@ -135,6 +135,15 @@ def _record_path(roots: Roots, study_id: str) -> Path:
     return roots.results / "studies" / f"{study_id}.json"
 
 
+def new_record(study: dict, study_file: Path, roots: Roots, quick: bool) -> dict:
+    """A new study's record, its id new under Results/studies (name, quick, date and time)."""
+    study_id = f"{study['name']}{'_quick' if quick else ''}_{datetime.now():%Y%m%d-%H%M%S}"
+    while _record_path(roots, study_id).exists():
+        study_id += "_2"
+    record = {"study": study_id, "study_file": str(study_file), "quick": quick, "created": datetime.now().isoformat()}
+    return record | {"definition": study, "runs": [], "missing": []}
+
+
 def start_study(study_file: Path, roots: Roots, device: str, quick: bool, only: dict | None = None) -> tuple:
     """Create every run the machine has features for (the others are listed as missing) -> (record, runs)."""
     study = restrict(load_study(study_file), only)
@@ -143,11 +152,7 @@ def start_study(study_file: Path, roots: Roots, device: str, quick: bool, only: 
     features = [Path(study["mfcc"].get(c.dataset.name, Path("MFCC") / f"{c.dataset.name}.npy")) for c in configs]
     for cfg in (c for c, mfcc in zip(configs, features) if mfcc.is_file()):
         check_protocol(cfg)  # e.g. SAVEE under a sentence protocol
-    study_id = f"{study['name']}{'_quick' if quick else ''}_{datetime.now():%Y%m%d-%H%M%S}"
-    while _record_path(roots, study_id).exists():
-        study_id += "_2"
-    record = {"study": study_id, "study_file": str(study_file), "quick": quick, "created": datetime.now().isoformat()}
-    record |= {"definition": study, "runs": [], "missing": []}
+    record = new_record(study, study_file, roots, quick)
     runs = []
     for spec, cfg, mfcc in zip(specs, configs, features):
         name = cfg.dataset.name
@@ -159,11 +164,59 @@ def start_study(study_file: Path, roots: Roots, device: str, quick: bool, only: 
         run = prepare_run(cfg, mfcc, roots, device=device)
         runs.append(run)
         record["runs"].append({"run_id": run.paths.run_id, **{k: spec[k] for k in ("dataset", "protocol", "variant")}})
-        write_json(_record_path(roots, study_id), record)
+        write_json(_record_path(roots, record["study"]), record)
     if not runs:
         missing = "; ".join(m["reason"] for m in record["missing"])
         raise TimnetError(f"{study_file}: nothing to train on this machine — {missing}")
     return record, runs
+
+
+def _setting(config: dict, key: str):
+    section, name = key.split(".", 1)
+    return config.get(section, {}).get(name)
+
+
+def _adopted(study: dict, study_file: Path, runs: dict[str, str], roots: Roots, quick: bool) -> list[dict]:
+    """The record's entries of `runs` if each is the run the study plans (quick or not) for its variant, corpus and
+    protocol — every setting the plan sets, as set — else one line naming the first setting that differs."""
+    entries = []
+    for variant, run_id in runs.items():
+        config = read_run_record(run_dir(run_id, roots.models))["config"]
+        dataset, protocol = config["dataset"]["name"], config["train"]["protocol"]
+        where = (dataset, protocol, variant)
+        spec = next((s for s in plan_study(study, quick) if (s["dataset"], s["protocol"], s["variant"]) == where), None)
+        if spec is None:
+            raise TimnetError(f"run {run_id}: {dataset} under {protocol} is not in {study_file}")
+        for key, value in spec["overrides"].items():
+            if _setting(config, key) != value:
+                raise TimnetError(
+                    f"run {run_id}: {key} = {_setting(config, key)!r}, but {study_file} sets {value!r} for "
+                    f"{variant}{' (--quick)' if quick else ''} — not the study's run"
+                )
+        entries.append({"run_id": run_id, "dataset": dataset, "protocol": protocol, "variant": variant})
+    return entries
+
+
+def adopt_runs(study_file: Path, runs: dict[str, str], roots: Roots, only: dict | None = None) -> dict:
+    """A study's record over runs trained apart (`runs`: variant -> run id, e.g. on two machines), each checked to be
+    the study's (`_adopted`: as planned in full, or all as planned by --quick). The study is restricted to those
+    variants, corpora and protocols -> the record."""
+    study = restrict(load_study(study_file), only)
+    if unknown := [v for v in runs if v not in study["variants"]]:
+        raise TimnetError(f"--run {unknown[0]}=...: not a variant of {study_file} ({', '.join(study['variants'])})")
+    try:
+        quick, entries = False, _adopted(study, study_file, runs, roots, quick=False)
+    except TimnetError as full:
+        if not any(f" {key} = " in str(full) for key in study["quick"]):
+            raise  # not a quick run either: a setting --quick does not set differs
+        quick, entries = True, _adopted(study, study_file, runs, roots, quick=True)
+    study["variants"] = {v: study["variants"][v] for v in study["variants"] if v in runs}
+    study["baseline"] = study["baseline"] if study["baseline"] in runs else next(iter(study["variants"]))
+    study["datasets"] = [d for d in study["datasets"] if d in {e["dataset"] for e in entries}]
+    study["protocols"] = [p for p in study["protocols"] if p in {e["protocol"] for e in entries}]
+    record = new_record(study, study_file, roots, quick) | {"runs": entries, "adopted": True}
+    write_json(_record_path(roots, record["study"]), record)
+    return record
 
 
 def resume_study_record(study_id: str, roots: Roots) -> dict:
@@ -189,16 +242,20 @@ def run_study(
     only: dict[str, list[str]] | None = None,
     how: Execution | None = None,
     report_only: bool = False,
+    adopt: dict[str, str] | None = None,
 ) -> tuple[dict, dict]:
     """Start (or resume) a study, train every unit of every run at once, then write each run's outputs and the
     study's report -> (record, {"xlsx": path, "html": path, "tables": {...}}); `only`: {"datasets": [...],
     "protocols": [...]} restricts the file's lists; `report_only` (with `resume`): the report of the units trained
-    so far, training nothing (a long study's partial tables, while it trains elsewhere)."""
+    so far, training nothing (a long study's partial tables, while it trains elsewhere); `adopt`: {variant: run id}
+    of runs trained apart, made one study (`adopt_runs`) and then resumed."""
     how = how or Execution()
     roots, device = how.roots, how.resolved_device()
+    if adopt:  # runs trained apart, reported (and finished) as the study they are
+        resume = adopt_runs(study_file, adopt, roots, only)["study"]
     if report_only:
         if not resume:
-            raise TimnetError("--report-only needs --resume ID: the study whose trained units to report")
+            raise TimnetError("--report-only needs --resume ID (or --run): the study whose trained units to report")
         record = resume_study_record(resume, roots)
         return record, write_report(record, roots)
     if resume:
