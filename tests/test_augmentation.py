@@ -274,3 +274,20 @@ def test_augmented_units_train_packed_as_alone(tmp_path, mfcc):
     alone = train(tmp_path / "alone", mfcc, pack="1", **common)
     packed = train(tmp_path / "packed", mfcc, pack="2", **common)
     assert_packed_like_alone(tmp_path, alone, packed, ("fold_1", "fold_2"))
+
+
+def test_the_packing_verdict_follows_a_change_of_the_packed_augmentation(monkeypatch):
+    """`step_declines` remembers its verdict per process, keyed by the code its check runs: a packed augmentation
+    that no longer draws each unit's batch from that unit's own generator is checked again, and declined."""
+    from timnet.training import step as training_step
+
+    cfg = load_config("EMODB", {f"train.{k}": v for k, v in AUGMENT.items()})
+    model = reference_model(cfg, "cpu")
+    assert step_declines(model, cfg.train, torch.device("cpu")) is None
+    packed = training_step.augment_pack
+
+    def swapped(x, y, t, generators):  # each unit's batch from the other unit's generator
+        return packed(x, y, t, generators[::-1])
+
+    monkeypatch.setattr(training_step, "augment_pack", swapped)
+    assert "away from each unit's own" in (step_declines(model, cfg.train, torch.device("cpu")) or "")

@@ -20,6 +20,18 @@ from .errors import TimnetError
 # source (the prefix of its [published] keys) -> (what outputs call it, the checkpoint policy it was measured with)
 PUBLISHED = {"paper": ("paper", "best-test"), "update_2023": ("authors' 2023 update", "last")}
 TRAINING = ("folds", "epochs", "seed", "lr", "batch_size", "beta1", "beta2", "eps", "label_smoothing")
+# The training step's settings beyond the authors' (`TrainSettings`: optimiser, schedule, class weights, speaker
+# normalisation, augmentation): any but the dataset's default trains something the authors did not.
+STEP = (
+    "optimizer",
+    "weight_decay",
+    "class_weights",
+    "lr_schedule",
+    "normalize",
+    "time_masks",
+    "coefficient_masks",
+    "mixup",
+)
 NOT_PUBLISHED = "not published"
 
 
@@ -87,9 +99,12 @@ def config_reasons(config: dict, defaults: Config, policy: str, source: str) -> 
         reasons.append(f"{train['epochs']} epoch{'s' * (train['epochs'] != 1)}")
     if train["seed"] != reference.seed:
         reasons.append(f"seed {train['seed']} (the authors': {reference.seed})")
-    reasons += _differs("train", train, reference, TRAINING[3:])
+    reasons += _differs("train", train, reference, TRAINING[3:] + STEP)
     if train.get("patience", 0):
         reasons.append(f"early stopping (patience {train['patience']})")
+    elif train.get("checkpoint") == "best-val" or train.get("calibrate"):  # whatever policy it is read at
+        carved = train.get("val_fraction", reference.val_fraction)
+        reasons.append(f"validation held out of each training part (train.val_fraction {carved})")
     measured = PUBLISHED[source][1]
     if policy != measured:
         reasons.append(f"checkpoint {policy} (the {PUBLISHED[source][0]}'s: {measured})")

@@ -250,7 +250,8 @@ def step_declines(model: nn.Module, t: TrainSettings, device: torch.device) -> s
     if reason := pack_declines(model, device):
         return reason
     code = (OPTIMIZERS.get(t.optimizer), make_optimizer.__code__, make_schedule.__code__, loss.__code__)
-    code += (mixed_loss.__code__, augment.__code__, spans.__code__)
+    code += (mixed_loss.__code__, augments.__code__, augment.__code__, spans.__code__, augment_pack.__code__)
+    code += (unit_step.__code__, packed_step.__code__, next_epoch.__code__)  # the steps the check runs, both ways
     key = (signature(model, device.type), repr(t), code)
     if key not in _verdicts:
         _verdicts[key] = _step_verdict(model, t, device)
