@@ -70,35 +70,43 @@ def mode_label(record: dict) -> str:
     return f"QUICK ({folds} folds x {epochs} epochs): a first look, not the paper's protocol — do not compare"
 
 
-def _read(roots: Roots, entry: dict, policy: str) -> RunUnits | None:
+def _read(roots: Roots, entry: dict, policy: str) -> RunUnits | str:
+    """The run's finished units read at `policy`, or why they cannot be (nothing trained yet, changed features, a
+    unit without that policy): its row says so."""
     try:
         return read_units(roots.models / entry["run_id"], roots.models, policy)
-    except TimnetError:  # not trained yet (an interrupted study): its row says so
-        return None
+    except TimnetError as err:
+        return str(err)
 
 
-def planned_folds(roots: Roots, entry: dict) -> int | None:
-    """How many folds the run of `entry` has (its record's units), None where the record cannot be read."""
+def planned_units(roots: Roots, entry: dict) -> set | None:
+    """The (seed, fold) pairs the run of `entry` trains (its record's units), None where it cannot be read."""
     try:
-        return len({unit["fold"] for unit in read_run_record(run_dir(entry["run_id"], roots.models))["folds"]})
+        units = read_run_record(run_dir(entry["run_id"], roots.models))["folds"]
+        return {(unit["seed"], unit["fold"]) for unit in units}
     except (OSError, ValueError, KeyError, TimnetError):
         return None
 
 
-def trained_label(units: RunUnits | None, planned: int | None) -> str:
-    """complete, or PARTIAL: k of n folds (a study still training, reported with --report-only)."""
-    if units is None:
+def trained_label(units: RunUnits | str, planned: set | None) -> str:
+    """complete, or PARTIAL: k of n folds (of fold-seed units where a run has several seeds): a study still
+    training, reported with --report-only."""
+    if isinstance(units, str):
         return "not trained yet"
-    return "complete" if planned is None or units.folds >= planned else f"PARTIAL: {units.folds} of {planned} folds"
+    if planned is None:
+        return "unknown (the run's record cannot be read)"
+    what = "folds" if len({seed for seed, _ in planned}) == 1 else "fold-seed units"
+    done = len(set(units.metrics) & planned)
+    return "complete" if done == len(planned) else f"PARTIAL: {done} of {len(planned)} {what}"
 
 
-def result_row(entry: dict, units: RunUnits | None, policy: str, baseline: str, gate, planned=None) -> dict:
+def result_row(entry: dict, units: RunUnits | str, policy: str, baseline: str, gate, planned=None) -> dict:
     """One run at one checkpoint policy: per-fold mean with CI, pooled, and the published number it compares to
     (`gate`: `study_gate`'s, the reasons it may not); `trained`: whether all `planned` folds are in it."""
     row = {"dataset": entry["dataset"], "protocol": entry["protocol"], "variant": entry["variant"]}
     row |= {"checkpoint": POLICY_LABELS[policy], "run": entry["run_id"], "trained": trained_label(units, planned)}
-    if units is None:
-        return row | {"units": 0, "note": "not trained yet (resume the study)"}
+    if isinstance(units, str):
+        return row | {"units": 0, "note": units}
     row["units"], row["folds"] = len(units.metrics), units.folds
     pooled = pd.concat(units.tests.values(), ignore_index=True)
     overall = scores(pooled.label.to_numpy(), pooled.predicted.to_numpy())
@@ -150,10 +158,10 @@ def study_gate(record: dict, roots: Roots, entry: dict):
 SPEAKER_COLUMNS = ["dataset", "protocol", "variant", "checkpoint", "run", "speaker", "n", "war", "uar", "folds"]
 
 
-def speaker_rows(entry: dict, units: RunUnits | None, policy: str) -> list[dict]:
+def speaker_rows(entry: dict, units: RunUnits | str, policy: str) -> list[dict]:
     """One run at one policy, per speaker (`metrics.speaker_table` of its test predictions), under the grouped
     protocols; none elsewhere or before it is trained."""
-    if units is None or entry["protocol"] not in GROUPED:
+    if isinstance(units, str) or entry["protocol"] not in GROUPED:
         return []
     predictions = pd.concat([t.assign(seed=k[0], fold=k[1]) for k, t in units.tests.items()], ignore_index=True)
     where = {k: entry[k] for k in ("dataset", "protocol", "variant")}
@@ -183,7 +191,7 @@ def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
     for policy in policies:
         read = {e["run_id"]: _read(roots, e, policy) for e in record["runs"]}
         results += [
-            result_row(e, read[e["run_id"]], policy, baseline, study_gate(record, roots, e), planned_folds(roots, e))
+            result_row(e, read[e["run_id"]], policy, baseline, study_gate(record, roots, e), planned_units(roots, e))
             for e in record["runs"]
         ]
         speakers += [row for e in record["runs"] for row in speaker_rows(e, read[e["run_id"]], policy)]
@@ -192,7 +200,11 @@ def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
                 (b for b in record["runs"] if b["variant"] == baseline and b["dataset"] == entry["dataset"]
                  and b["protocol"] == entry["protocol"]), None,
             )  # fmt: skip
-            if entry["variant"] == baseline or base is None or None in (read[base["run_id"]], read[entry["run_id"]]):
+            if (
+                entry["variant"] == baseline
+                or base is None
+                or any(isinstance(read[e["run_id"]], str) for e in (base, entry))
+            ):
                 continue
             compared = compare_units(read[base["run_id"]], read[entry["run_id"]])
             where = {k: entry[k] for k in ("dataset", "protocol")} | {"checkpoint": POLICY_LABELS[policy]}
