@@ -221,7 +221,8 @@ def train_interrupted(root: Path, mfcc: Path, monkeypatch, cls, method: str, sto
 
 def assert_same_units(dir_a: Path, dir_b: Path, units: list[str] | None = None) -> None:
     """The finished units of two run folders are equal bit for bit: metrics, test files and probabilities, every
-    weight, and the loss of every epoch (`units`: these, else all of dir_a's, which must be those of dir_b)."""
+    weight, the loss of every epoch, the epoch and predictions of every other policy a unit keeps (`units`: these,
+    else all of dir_a's, which must be those of dir_b)."""
     if units is None:
         units = sorted(p.stem for p in dir_a.glob("fold_*.pt"))
         assert units and units == sorted(p.stem for p in dir_b.glob("fold_*.pt"))
@@ -233,6 +234,10 @@ def assert_same_units(dir_a: Path, dir_b: Path, units: list[str] | None = None) 
         for key, tensor in a["state_dict"].items():
             assert torch.equal(tensor, b["state_dict"][key]), (unit, key)
         assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]], unit
+        assert a.get("also", {}).keys() == b.get("also", {}).keys(), unit  # the other policies' epochs, too
+        for policy, other in a.get("also", {}).items():
+            assert other["epoch"] == b["also"][policy]["epoch"], (unit, policy)
+            assert torch.equal(other["test_probs"], b["also"][policy]["test_probs"]), (unit, policy)
 
 
 @pytest.fixture(scope="session")

@@ -195,27 +195,36 @@ def test_packed_augmented_steps_equal_each_unit_alone_in_float64():
 
 
 @pytest.mark.slow
-def test_an_augmented_packed_run_stopped_and_resumed_is_exact(tmp_path, mfcc, monkeypatch):
-    """Stopped (as Ctrl-C) after epoch 2 of 4 with every augmentation on, packed, the per-epoch state holds the
-    augmentation generator; resumed, the run ends bit for bit where the uninterrupted run ends, which differs from
-    the same run without augmentation. (Alone and in worker processes: the kill -9 test below.)"""
+def test_a_packed_run_of_every_new_setting_stopped_and_resumed_is_exact(tmp_path, mfcc, monkeypatch):
+    """Every augmentation on, speaker normalisation, best-val tested every epoch (which keeps the best-test
+    epoch's predictions), packed, stopped (as Ctrl-C) after epoch 2 of 4: the per-epoch state holds the augmentation
+    generator, moved by its draws, and the best-test extra; resumed, the run ends bit for bit where the
+    uninterrupted run ends, its best-test extra too, which is the first best test epoch and that of the units
+    trained alone. (Alone and in worker processes, killed: the kill -9 test below.)"""
     from timnet.training import packed_training
 
-    common = dict(folds=2, epochs=4, pack="2", **AUGMENT)
-    whole = train(tmp_path / "whole", mfcc, **common)
+    common = dict(folds=2, epochs=4, checkpoint="best-val", protocol="speaker", test_every=1, normalize="speaker")
+    common |= AUGMENT
+    whole = train(tmp_path / "whole", mfcc, pack="2", **common)
     seen = []
     cls, method, stop = packed_training.Pack, "record", lambda self, u, *args: seen.append(u) or len(seen) == 4
-    run_id = train_interrupted(tmp_path / "cut", mfcc, monkeypatch, cls, method, stop, **common)
+    run_id = train_interrupted(tmp_path / "cut", mfcc, monkeypatch, cls, method, stop, pack="2", **common)
     states = sorted((tmp_path / "cut" / "Models" / run_id / "in_progress").glob("fold_*.pt"))
     saved = torch.load(states[0], weights_only=True)
-    assert saved["progress"]["epoch"] == 2 and "augment_rng" in saved
+    assert saved["progress"]["epoch"] == 2 and saved["progress"]["best_test"]["epoch"] in (1, 2)
+    unmoved = torch.Generator().manual_seed(augmentation_seed(46 * 1000 + 1)).get_state()
+    assert not torch.equal(saved["augment_rng"], unmoved)  # augmentation drew from it
     train(tmp_path / "cut", None, resume=run_id)
-    whole_dir = tmp_path / "whole" / "Models" / whole.run_id
-    assert_same_units(whole_dir, tmp_path / "cut" / "Models" / run_id)
-    plain = train(tmp_path / "plain", mfcc, folds=2, epochs=4, pack=common["pack"])
-    a = torch.load(whole_dir / "fold_1.pt", weights_only=True)["history"]
-    b = torch.load(tmp_path / "plain" / "Models" / plain.run_id / "fold_1.pt", weights_only=True)["history"]
-    assert [r["loss"] for r in a] != [r["loss"] for r in b]
+    assert_same_units(tmp_path / "whole" / "Models" / whole.run_id, tmp_path / "cut" / "Models" / run_id)
+    alone = train(tmp_path / "alone", mfcc, pack="1", **common)
+    for name in ("fold_1", "fold_2"):
+        packed, apart = (
+            torch.load(tmp_path / where / "Models" / run / f"{name}.pt", weights_only=True)["also"]["best-test"]
+            for where, run in (("whole", whole.run_id), ("alone", alone.run_id))
+        )
+        history = pd.read_csv(tmp_path / "whole" / "logs" / whole.run_id / f"{name}.csv")
+        assert packed["epoch"] == int(history.test_acc.idxmax()) + 1 == apart["epoch"], name
+        assert torch.allclose(packed["test_probs"], apart["test_probs"], atol=1e-3), name
 
 
 @pytest.mark.slow

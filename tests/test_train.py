@@ -13,16 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import (
-    UNINTERRUPTED,
-    assert_same_units,
-    pixels_of,
-    pool_workers_of,
-    proc_stat,
-    run_dirs,
-    train,
-    train_interrupted,
-)
+from conftest import UNINTERRUPTED, assert_same_units, pixels_of, pool_workers_of, proc_stat, run_dirs, train
 from conftest import train_cli as cli
 from sklearn.model_selection import KFold
 
@@ -139,29 +130,6 @@ def test_a_best_val_unit_tested_every_epoch_keeps_the_best_test_epoch_and_the_la
     assert saved["also"]["last"]["epoch"] == 3 and saved["epoch"] == int(history.val_acc.idxmax()) + 1
     plain = train(tmp_path, mfcc, folds=2, epochs=3, checkpoint="best-val", protocol="speaker")
     assert "best-test" not in torch.load(tmp_path / "Models" / plain.run_id / "fold_1.pt", weights_only=True)["also"]
-
-
-@pytest.mark.slow
-def test_the_best_test_extra_survives_a_resume_and_is_the_same_packed(tmp_path, mfcc, monkeypatch):
-    """The best-test epoch a best-val unit keeps (`Progress.best_test`) is in its per-epoch state: stopped after
-    epoch 2 of 4 and resumed, the unit keeps the same epoch and predictions bit for bit; packed, the same epoch."""
-    from timnet.training import unit
-
-    common = dict(folds=2, epochs=4, checkpoint="best-val", protocol="speaker", test_every=1, normalize="speaker")
-    whole = train(tmp_path / "whole", mfcc, **common)
-    stop = lambda self, progress: progress.epoch == 2  # noqa: E731
-    cut = train_interrupted(tmp_path / "cut", mfcc, monkeypatch, unit.UnitTrainer, "save", stop, **common)
-    train(tmp_path / "cut", None, resume=cut)
-    packed = train(tmp_path / "packed", mfcc, pack="2", **common)
-    for name in ("fold_1", "fold_2"):
-        a, b, c = (
-            torch.load(tmp_path / where / "Models" / run / f"{name}.pt", weights_only=True)["also"]["best-test"]
-            for where, run in (("whole", whole.run_id), ("cut", cut), ("packed", packed.run_id))
-        )
-        history = pd.read_csv(tmp_path / "whole" / "logs" / whole.run_id / f"{name}.csv")
-        assert a["epoch"] == int(history.test_acc.idxmax()) + 1 == b["epoch"] == c["epoch"], name
-        assert torch.equal(a["test_probs"], b["test_probs"]) and a["metrics"] == b["metrics"], name
-        assert torch.allclose(a["test_probs"], c["test_probs"], atol=1e-3), name
 
 
 @pytest.mark.slow
