@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_same_units, run_dirs, train, train_cli, train_interrupted
+from conftest import assert_same_units, train, train_cli, train_interrupted
 
 from timnet import load_config
 from timnet.core.config import Config
@@ -248,17 +248,19 @@ def test_a_state_from_before_augmentation_resumes_exactly(tmp_path, mfcc, monkey
 @pytest.mark.slow
 def test_an_augmented_run_killed_and_resumed_is_exact(tmp_path, mfcc):
     """`timnet train` with every augmentation on, in 2 worker processes, killed with SIGKILL mid-run (its workers
-    with it), resumed with --resume: the same bits as the run trained uninterrupted in this process (so pooled
-    units train as alone, too)."""
+    with it), resumed (here, as `--resume` does): the same bits as the run trained uninterrupted in this process
+    (so pooled units train as alone, too)."""
     epochs = 6
     aug = [f"train.{k}={v}" for k, v in AUGMENT.items()]
     common = ["--mfcc", str(mfcc), "--folds", "2", "--epochs", str(epochs), "--workers", "2"]
     common += [a for s in aug for a in ("--set", s)]
     whole = train(tmp_path / "whole", mfcc, folds=2, epochs=epochs, **AUGMENT)
-    proc = subprocess.Popen(train_cli(*common, *run_dirs(tmp_path, "killed")), stderr=subprocess.DEVNULL)
+    killed = tmp_path / "killed"
+    dirs = ["--models", str(killed / "Models"), "--logs", str(killed / "logs"), "--results", str(killed / "Results")]
+    proc = subprocess.Popen(train_cli(*common, *dirs), stderr=subprocess.DEVNULL)
     deadline, history = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "killed" / "L").glob("*/fold_1.csv"))
+        found = list((killed / "logs").glob("*/fold_1.csv"))
         if found and len(pd.read_csv(found[0])) >= 3:
             history = found[0]
             break
@@ -266,10 +268,10 @@ def test_an_augmented_run_killed_and_resumed_is_exact(tmp_path, mfcc):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert history is not None, "the run never got going"
-    models = tmp_path / "killed" / "M" / history.parent.name
+    models = killed / "Models" / history.parent.name
     assert not (models / "fold_2.pt").exists(), "the kill came too late to test anything"
     time.sleep(1)  # orphaned workers stop within a second (tests/test_train.py checks that they do)
-    subprocess.run(train_cli("--resume", models.name, *run_dirs(tmp_path, "killed")), check=True, capture_output=True)
+    train(killed, None, resume=models.name)
     assert_same_units(tmp_path / "whole" / "Models" / whole.run_id, models)
 
 

@@ -171,7 +171,18 @@ def test_the_speaker_study_end_to_end_through_the_cli(mfcc, tmp_path):
     root = tmp_path
     study = root / "speaker.toml"
     study.write_text(SPEAKER.read_text() + f'\n[set]\n"features.signal_length" = 16000\n[mfcc]\nEMODB = "{mfcc}"\n')
-    command = [sys.executable, "-m", "timnet.cli", "study", str(study), "--quick", "--datasets", "EMODB"]
+    command = [
+        sys.executable,
+        "-m",
+        "timnet.cli",
+        "study",
+        str(study),
+        "--quick",
+        "--datasets",
+        "EMODB",
+        "--workers",
+        "1",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
     printed = done.stdout.split("without shared speakers")[1]
