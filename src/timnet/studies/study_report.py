@@ -79,13 +79,21 @@ def _read(roots: Roots, entry: dict, policy: str) -> RunUnits | str:
         return str(err)
 
 
-def planned_units(roots: Roots, entry: dict) -> set | None:
-    """The (seed, fold) pairs the run of `entry` trains (its record's units), None where it cannot be read."""
-    try:
-        units = read_run_record(run_dir(entry["run_id"], roots.models))["folds"]
-        return {(unit["seed"], unit["fold"]) for unit in units}
-    except (OSError, ValueError, KeyError, TimnetError):
-        return None
+def run_records(record: dict, roots: Roots) -> dict[str, dict | None]:
+    """Each run's record (`run_store`: its config and units), read once per report; None where it cannot be read."""
+    out = {}
+    for entry in record["runs"]:
+        try:
+            run = read_run_record(run_dir(entry["run_id"], roots.models))
+            out[entry["run_id"]] = run if {"config", "folds"} <= set(run) else None
+        except (OSError, ValueError, TimnetError):
+            out[entry["run_id"]] = None
+    return out
+
+
+def planned_units(run: dict | None) -> set | None:
+    """The (seed, fold) pairs a run trains (its record's units), None where its record cannot be read."""
+    return None if run is None else {(unit["seed"], unit["fold"]) for unit in run["folds"]}
 
 
 def trained_label(units: RunUnits | str, planned: set | None) -> str:
@@ -169,16 +177,11 @@ def speaker_rows(entry: dict, units: RunUnits | str, policy: str) -> list[dict]:
     return [where | row for row in speaker_table(predictions).to_dict("records")]
 
 
-def run_normalize(record: dict, roots: Roots) -> dict[str, str]:
+def run_normalize(runs: dict[str, dict | None]) -> dict[str, str]:
     """Run id -> its train.normalize, as its saved config says ("" where its record cannot be read)."""
-    out = {}
-    for entry in record["runs"]:
-        try:
-            config = read_run_record(run_dir(entry["run_id"], roots.models))["config"]
-            out[entry["run_id"]] = config["train"].get("normalize", "none")
-        except (OSError, ValueError, KeyError, TimnetError):
-            out[entry["run_id"]] = ""
-    return out
+    return {
+        run_id: "" if run is None else run["config"]["train"].get("normalize", "none") for run_id, run in runs.items()
+    }
 
 
 def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
@@ -187,11 +190,13 @@ def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
     protocol is trained), missing, runs."""
     definition = record["definition"]
     policies, baseline = definition["checkpoints"], definition["baseline"]
-    results, ablations, speakers = [], [], []
+    results, ablations, speakers, runs = [], [], [], run_records(record, roots)
     for policy in policies:
         read = {e["run_id"]: _read(roots, e, policy) for e in record["runs"]}
         results += [
-            result_row(e, read[e["run_id"]], policy, baseline, study_gate(record, roots, e), planned_units(roots, e))
+            result_row(
+                e, read[e["run_id"]], policy, baseline, study_gate(record, roots, e), planned_units(runs[e["run_id"]])
+            )
             for e in record["runs"]
         ]
         speakers += [row for e in record["runs"] for row in speaker_rows(e, read[e["run_id"]], policy)]
@@ -211,7 +216,7 @@ def tables(record: dict, roots: Roots) -> dict[str, pd.DataFrame]:
             for row in compared.to_dict("records"):
                 ablations.append({**where, "variant": entry["variant"], "against": baseline, **row})
     mode, speakers = mode_label(record), pd.DataFrame(speakers, columns=SPEAKER_COLUMNS)
-    held_out = speaker_independent_table(pd.DataFrame(results), speakers, run_normalize(record, roots))
+    held_out = speaker_independent_table(pd.DataFrame(results), speakers, run_normalize(runs))
     out = {
         "results": pd.DataFrame(results),
         **({SHEET: held_out} if len(held_out) else {}),

@@ -95,7 +95,7 @@ def hyperparameters(opt: torch.optim.Optimizer) -> list[dict]:
 def unit_step(forward: Callable, opt: torch.optim.Optimizer, x, y, weight, t: TrainSettings, augmenting=None) -> tuple:
     """One step of a unit alone, its batch augmented from the generator `augmenting` (`augment`): (logits, loss),
     detached."""
-    x, mix = augment(x, y, t, augmenting) if augments(t) else (x, None)
+    x, mix = augment(x, y, t, augmenting)  # off (the defaults): x itself, no draw
     logits = forward(x)
     value = mixed_loss(logits, y, weight, t, mix)
     opt.zero_grad(set_to_none=True)
